@@ -1,0 +1,3 @@
+from conchshare.cli import run
+
+run()
