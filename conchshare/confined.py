@@ -1,0 +1,928 @@
+"""
+Blocking filesystem operations confined to a L{ShareSet}.
+
+This is the one place where a client path becomes a real location.  Every
+operation normalises the virtual path lexically, finds its share, then walks
+the real folder component by component from the share's root with
+C{O_NOFOLLOW|O_DIRECTORY} opens relative to the previous directory's file
+descriptor, and performs the final operation relative to the last directory's
+descriptor, never following a final symlink in the kernel.  A concurrent
+process that swaps a directory for a symlink can therefore only make a request
+fail, never reach outside.
+
+Symlinks met on the way are resolved here, lexically and component by
+component, as long as their target stays inside the same share (a relative
+target whose C{..} stay below the share root, or an absolute target under the
+share's real folder).  Any other symlink is listed but never followed:
+following it fails with L{PermissionError}.
+
+Pure Python: no Twisted.  Every method blocks; the SFTP avatar runs them in a
+thread pool.  Failures are L{OSError} (errno mapped to an SFTP status by the
+protocol layer) and L{EOFError}.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import grp
+import os
+import pwd
+import stat
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
+
+__all__ = [
+    "ConfinedDirectory",
+    "ConfinedFile",
+    "ConfinedFilesystem",
+    "Place",
+    "attrsFromStat",
+    "groupName",
+    "longname",
+    "userName",
+]
+
+Attrs = dict[str, object]
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+# O_PATH lets us walk through directories we may search but not read.
+_WALK = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+_MAX_HOPS = 40
+_RENAME_NOREPLACE = 1
+_BATCH = 100
+
+FXF_READ = 0x01
+FXF_WRITE = 0x02
+FXF_APPEND = 0x04
+FXF_CREAT = 0x08
+FXF_TRUNC = 0x10
+FXF_EXCL = 0x20
+
+
+def _denied(message: str = "Permission denied") -> PermissionError:
+    return PermissionError(errno.EACCES, message)
+
+
+def _readOnly() -> PermissionError:
+    return _denied("The share is read-only")
+
+
+@lru_cache(maxsize=1024)
+def userName(uid: int) -> bytes:
+    """
+    The login name of C{uid}, or the empty string when unknown.
+    """
+    try:
+        return os.fsencode(pwd.getpwuid(uid).pw_name)
+    except (KeyError, OverflowError):
+        return b""
+
+
+@lru_cache(maxsize=1024)
+def groupName(gid: int) -> bytes:
+    """
+    The name of group C{gid}, or the empty string when unknown.
+    """
+    try:
+        return os.fsencode(grp.getgrgid(gid).gr_name)
+    except (KeyError, OverflowError):
+        return b""
+
+
+def _number(attrs: Mapping[str, object], key: str, default: int | None = None) -> int:
+    """
+    An integer attribute (C{default} when absent).
+    """
+    value = attrs.get(key, default)
+    if not isinstance(value, int):
+        raise OSError(errno.EINVAL, f"The attribute {key} is not an integer")
+    return value
+
+
+def _u32(value: float) -> int:
+    return min(max(int(value), 0), 0xFFFFFFFF)
+
+
+def attrsFromStat(st: os.stat_result) -> Attrs:
+    """
+    SFTP v3 attributes of a stat result (times clamped to 32 bits).
+    """
+    return {
+        "size": st.st_size,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "permissions": st.st_mode,
+        "atime": _u32(st.st_atime),
+        "mtime": _u32(st.st_mtime),
+    }
+
+
+_MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun"]
+_MONTHS += [b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"]
+
+
+def _modeString(mode: int) -> bytes:
+    kinds = {
+        stat.S_IFDIR: "d",
+        stat.S_IFLNK: "l",
+        stat.S_IFCHR: "c",
+        stat.S_IFBLK: "b",
+        stat.S_IFIFO: "p",
+        stat.S_IFSOCK: "s",
+    }
+    chars = [kinds.get(stat.S_IFMT(mode), "-")]
+    for shift, special, lower, upper in (
+        (6, stat.S_ISUID, "s", "S"),
+        (3, stat.S_ISGID, "s", "S"),
+        (0, stat.S_ISVTX, "t", "T"),
+    ):
+        bits = (mode >> shift) & 7
+        chars.append("r" if bits & 4 else "-")
+        chars.append("w" if bits & 2 else "-")
+        if mode & special:
+            chars.append(lower if bits & 1 else upper)
+        else:
+            chars.append("x" if bits & 1 else "-")
+    return "".join(chars).encode()
+
+
+def longname(
+    name: bytes, attrs: Mapping[str, object], nlink: int = 1, *, now: float | None = None
+) -> bytes:
+    """
+    An C{ls -l} line, formatted like OpenSSH's C{ls_file}.
+
+    @param name: the file name.
+    @param attrs: its attributes (see L{attrsFromStat}).
+    @param nlink: its link count.
+    @param now: the current time (for the recent/old date format).
+    """
+    mode = _number(attrs, "permissions", 0)
+    uid = _number(attrs, "uid", 0)
+    gid = _number(attrs, "gid", 0)
+    size = _number(attrs, "size", 0)
+    mtime = _number(attrs, "mtime", 0)
+    user = userName(uid) or str(uid).encode()
+    group = groupName(gid) or str(gid).encode()
+    now = time.time() if now is None else now
+    t = time.localtime(mtime)
+    day = b"%s %2d" % (_MONTHS[t.tm_mon - 1], t.tm_mday)
+    # OpenSSH: the time for the last six months, the year otherwise.
+    if now - (365 * 24 * 60 * 60) / 2 < mtime <= now:
+        when = day + b" %02d:%02d" % (t.tm_hour, t.tm_min)
+    else:
+        when = day + b"  %d" % t.tm_year
+    return b"%s %3d %-*s %-*s %8d %s %s" % (
+        _modeString(mode) + b" ",
+        nlink,
+        max(len(user), 8),
+        user,
+        max(len(group), 8),
+        group,
+        size,
+        when,
+        name,
+    )
+
+
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_renameat2Function = _renameat2()
+
+
+def _renameNoReplace(srcFd: int, src: bytes, dstFd: int, dst: bytes) -> None:
+    """
+    Rename without replacing an existing destination (EEXIST instead).
+    """
+    if _renameat2Function is not None:
+        result = _renameat2Function(srcFd, src, dstFd, dst, _RENAME_NOREPLACE)
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code))
+    # The filesystem lacks RENAME_NOREPLACE: link+unlink is atomic for
+    # files; for the rest, check then rename (a narrow race, no escape).
+    st = os.stat(src, dir_fd=srcFd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            os.link(src, dst, src_dir_fd=srcFd, dst_dir_fd=dstFd, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise
+        else:
+            os.unlink(src, dir_fd=srcFd)
+            return
+    try:
+        os.stat(dst, dir_fd=dstFd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=srcFd, dst_dir_fd=dstFd)
+    else:
+        raise FileExistsError(errno.EEXIST, "File exists")
+
+
+def _processUmask() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class Place:
+    """
+    A confined real location: the entry C{name} of the directory open as
+    C{parent}.  Valid only inside the L{ConfinedFilesystem.place} context.
+
+    @ivar share: the share it is in.
+    @ivar parent: a descriptor of the containing directory.
+    @ivar name: the entry's name (C{b"."} for the share's root).
+    @ivar components: the resolved components from the share's root,
+        C{name} included (empty for the root).
+    """
+
+    share: Share
+    parent: int
+    name: bytes
+    components: tuple[bytes, ...]
+
+    @property
+    def isRoot(self) -> bool:
+        return not self.components
+
+    @property
+    def virtualPath(self) -> bytes:
+        return b"/".join((self.share.virtualPath,) + self.components)
+
+
+class _Unresolved(Exception):
+    """
+    Raised by the walker in lenient mode: what could be resolved, and the
+    rest, lexically.
+    """
+
+    def __init__(self, components: tuple[bytes, ...], rest: list[bytes]) -> None:
+        self.components = components
+        self.rest = rest
+
+
+class ConfinedFile:
+    """
+    An open regular file of a share.  Blocking; not thread-safe (the avatar
+    serialises the calls).
+    """
+
+    def __init__(self, fd: int, share: Share, *, append: bool, virtualPath: bytes) -> None:
+        self.fd = fd
+        self.share = share
+        self.append = append
+        self.virtualPath = virtualPath
+        self.closed = False
+
+    def read(self, offset: int, length: int) -> bytes:
+        """
+        Read up to C{length} bytes at C{offset}.
+
+        @raise EOFError: at or past the end of the file.
+        """
+        chunks = []
+        while length > 0:
+            data = os.pread(self.fd, length, offset)
+            if not data:
+                break
+            chunks.append(data)
+            offset += len(data)
+            length -= len(data)
+        if not chunks:
+            raise EOFError("End of file")
+        return b"".join(chunks)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """
+        Write all of C{data} at C{offset} (at the end in append mode).
+        """
+        view = memoryview(data)
+        while view:
+            if self.append:
+                # O_APPEND: the kernel writes at the end, whatever the offset.
+                written = os.write(self.fd, view)
+            else:
+                written = os.pwrite(self.fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def stat(self) -> Attrs:
+        return attrsFromStat(os.fstat(self.fd))
+
+    def setAttrs(self, attrs: Mapping[str, object]) -> None:
+        if self.share.readOnly:
+            raise _readOnly()
+        _setAttrsOnFd(self.fd, attrs)
+
+    def statVFS(self) -> dict[str, int]:
+        return _statvfs(self.fd, self.share.readOnly)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def _setAttrsOnFd(fd: int, attrs: Mapping[str, object]) -> None:
+    if "size" in attrs:
+        os.ftruncate(fd, _number(attrs, "size"))
+    if "uid" in attrs or "gid" in attrs:
+        os.chown(fd, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
+    if "permissions" in attrs:
+        os.chmod(fd, _number(attrs, "permissions") & 0o7777)
+    if "atime" in attrs and "mtime" in attrs:
+        os.utime(fd, (_number(attrs, "atime"), _number(attrs, "mtime")))
+
+
+def _statvfs(fd: int, readOnly: bool) -> dict[str, int]:
+    st = os.statvfs(fd)
+    flag = 0
+    if readOnly or st.f_flag & os.ST_RDONLY:
+        flag |= 1
+    if st.f_flag & os.ST_NOSUID:
+        flag |= 2
+    return {
+        "bsize": st.f_bsize,
+        "frsize": st.f_frsize,
+        "blocks": st.f_blocks,
+        "bfree": st.f_bfree,
+        "bavail": st.f_bavail,
+        "files": st.f_files,
+        "ffree": st.f_ffree,
+        "favail": st.f_favail,
+        "fsid": st.f_fsid,
+        "flag": flag,
+        "namemax": st.f_namemax,
+    }
+
+
+Entry = tuple[bytes, bytes, Attrs]
+
+
+class ConfinedDirectory:
+    """
+    An open directory listing (real or virtual).  Blocking; not thread-safe.
+    """
+
+    def __init__(
+        self, fd: int | None, entries: list[Entry] | None = None, *, now: float | None = None
+    ) -> None:
+        self._fd = fd
+        self._scan: Iterator[os.DirEntry[str]] | None = None
+        self._entries = entries
+        self._now = now
+        if fd is not None:
+            self._scan = os.scandir(fd)
+
+    def read(self, maximum: int = _BATCH) -> list[Entry]:
+        """
+        Up to C{maximum} entries with lstat attributes and long names.
+
+        @raise EOFError: no entries are left.
+        """
+        maximum = max(1, maximum)
+        batch: list[Entry] = []
+        if self._entries is not None:
+            batch, self._entries = self._entries[:maximum], self._entries[maximum:]
+        elif self._scan is not None and self._fd is not None:
+            for entry in self._scan:
+                name = os.fsencode(entry.name)
+                try:
+                    st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since listed
+                attrs = attrsFromStat(st)
+                batch.append((name, longname(name, attrs, st.st_nlink, now=self._now), attrs))
+                if len(batch) >= maximum:
+                    break
+        if not batch:
+            raise EOFError("End of directory")
+        return batch
+
+    def close(self) -> None:
+        if self._scan is not None:
+            self._scan.close()  # type: ignore[attr-defined]
+            self._scan = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._entries = None
+
+
+class ConfinedFilesystem:
+    """
+    The blocking, confined filesystem over a share set.
+
+    Paths are client (virtual) bytes.  See the module docstring for the
+    confinement rules.
+    """
+
+    def __init__(self, shares: ShareSet, *, umask: int = 0o022) -> None:
+        self.shares = shares
+        self.umask = umask & 0o777
+        self._processUmask = _processUmask()
+        self._started = int(time.time())
+
+    # -- walking --------------------------------------------------------
+
+    def _lookup(self, path: bytes) -> tuple[Share, tuple[bytes, ...]] | VirtualDirectory:
+        return self.shares.locate(self.shares.normalize(path))
+
+    @contextmanager
+    def place(self, path: bytes, *, follow: bool) -> Iterator[Place | VirtualDirectory]:
+        """
+        Resolve C{path} to a confined location.
+
+        @param follow: resolve a final symlink (inside its share) too.
+        @raise PermissionError: a symlink on the way leads out of the share.
+        @raise OSError: a directory on the way is missing or not a directory.
+        """
+        found = self._lookup(path)
+        if isinstance(found, VirtualDirectory):
+            yield found
+            return
+        share, components = found
+        fds: list[int] = []
+        try:
+            yield self._walk(share, components, follow, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _walk(
+        self,
+        share: Share,
+        components: tuple[bytes, ...],
+        follow: bool,
+        fds: list[int],
+        *,
+        lenient: bool = False,
+    ) -> Place:
+        root = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        fds.append(root)
+        stack = [root]
+        names: list[bytes] = []
+        pending = list(components)
+        hops = _MAX_HOPS
+        rootParts = splitPath(os.fsencode(share.path))
+
+        def fail(error: OSError, component: bytes) -> OSError:
+            if lenient:
+                raise _Unresolved(tuple(names), [component] + pending)
+            return error
+
+        while pending:
+            component = pending.pop(0)
+            if component in (b"", b"."):
+                continue
+            if component == b"..":
+                if not names:
+                    raise fail(_denied("A symlink leads out of the share"), component)
+                names.pop()
+                stack.pop()  # its fd stays in fds, closed at the end
+                continue
+            last = not any(c not in (b"", b".") for c in pending)
+            parent = stack[-1]
+            if last:
+                if not follow:
+                    return Place(share, parent, component, tuple(names) + (component,))
+                try:
+                    st = os.stat(component, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError as e:
+                    if lenient:
+                        raise _Unresolved(tuple(names), [component])
+                    # The parent exists: a new entry may be made here.
+                    del e
+                    return Place(share, parent, component, tuple(names) + (component,))
+                if not stat.S_ISLNK(st.st_mode):
+                    return Place(share, parent, component, tuple(names) + (component,))
+            else:
+                try:
+                    fd = os.open(component, _WALK, dir_fd=parent)
+                except OSError as e:
+                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise fail(e, component)
+                    try:
+                        st = os.stat(component, dir_fd=parent, follow_symlinks=False)
+                    except OSError as e2:
+                        raise fail(e2, component)
+                    if not stat.S_ISLNK(st.st_mode):
+                        raise fail(NotADirectoryError(errno.ENOTDIR, "Not a directory"), component)
+                else:
+                    fds.append(fd)
+                    stack.append(fd)
+                    names.append(component)
+                    continue
+            # A symlink: expand it, if it stays in the share.
+            hops -= 1
+            if hops < 0:
+                raise fail(OSError(errno.ELOOP, "Too many levels of symbolic links"), component)
+            try:
+                target = os.readlink(component, dir_fd=parent)
+            except OSError as e:
+                raise fail(e, component)
+            if target.startswith(b"/"):
+                parts = [p for p in target.split(b"/") if p not in (b"", b".")]
+                if parts[: len(rootParts)] != rootParts:
+                    raise fail(_denied("A symlink leads out of the share"), component)
+                del stack[1:]
+                names.clear()
+                pending[:0] = parts[len(rootParts) :]
+            else:
+                pending[:0] = target.split(b"/")
+        # The path ended on a directory reached through a symlink or "..".
+        if not names:
+            return Place(share, root, b".", ())
+        return Place(share, stack[-2], names[-1], tuple(names))
+
+    def _writable(self, found: Place | VirtualDirectory) -> Place:
+        if isinstance(found, VirtualDirectory):
+            raise _denied("The virtual directories above the shares are read-only")
+        if found.share.readOnly:
+            raise _readOnly()
+        return found
+
+    def _entry(self, found: Place | VirtualDirectory) -> Place:
+        """
+        A place that names a removable/renamable entry (not a share root).
+        """
+        place = self._writable(found)
+        if place.isRoot:
+            raise _denied("A share itself cannot be removed or renamed")
+        return place
+
+    # -- attributes -----------------------------------------------------
+
+    def _virtualAttrs(self) -> Attrs:
+        return {
+            "size": 0,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "permissions": stat.S_IFDIR | 0o555,
+            "atime": self._started,
+            "mtime": self._started,
+        }
+
+    def stat(self, path: bytes, *, follow: bool = True) -> Attrs:
+        """
+        STAT (C{follow}) or LSTAT.
+        """
+        with self.place(path, follow=follow) as found:
+            if isinstance(found, VirtualDirectory):
+                return self._virtualAttrs()
+            return attrsFromStat(os.stat(found.name, dir_fd=found.parent, follow_symlinks=False))
+
+    def setAttrs(self, path: bytes, attrs: Mapping[str, object], *, follow: bool = True) -> None:
+        """
+        SETSTAT (C{follow}) or lsetstat: size, uid/gid, permissions,
+        atime/mtime.
+        """
+        with self.place(path, follow=follow) as found:
+            place = self._writable(found)
+            st = os.stat(place.name, dir_fd=place.parent, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                # lsetstat on a symlink: only what Linux can do to a link.
+                if "size" in attrs or "permissions" in attrs:
+                    raise OSError(errno.EOPNOTSUPP, "Operation not supported on a symlink")
+                if "uid" in attrs or "gid" in attrs:
+                    os.chown(
+                        place.name,
+                        _number(attrs, "uid", -1),
+                        _number(attrs, "gid", -1),
+                        dir_fd=place.parent,
+                        follow_symlinks=False,
+                    )
+                if "atime" in attrs and "mtime" in attrs:
+                    os.utime(
+                        place.name,
+                        (_number(attrs, "atime"), _number(attrs, "mtime")),
+                        dir_fd=place.parent,
+                        follow_symlinks=False,
+                    )
+                return
+            flags = os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+            if "size" in attrs:
+                fd = os.open(place.name, os.O_WRONLY | flags, dir_fd=place.parent)
+            else:
+                try:
+                    fd = os.open(place.name, os.O_RDONLY | flags, dir_fd=place.parent)
+                except PermissionError:
+                    if not hasattr(os, "O_PATH"):
+                        raise
+                    fd = os.open(place.name, os.O_PATH | flags, dir_fd=place.parent)
+                    try:
+                        # An O_PATH descriptor accepts no fchmod: go through
+                        # its /proc link, which names this very inode.
+                        self._setAttrsByProc(fd, attrs)
+                    finally:
+                        os.close(fd)
+                    return
+            try:
+                _setAttrsOnFd(fd, attrs)
+            finally:
+                os.close(fd)
+
+    def _setAttrsByProc(self, fd: int, attrs: Mapping[str, object]) -> None:
+        proc = f"/proc/self/fd/{fd}"
+        if "uid" in attrs or "gid" in attrs:
+            os.chown(proc, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
+        if "permissions" in attrs:
+            os.chmod(proc, _number(attrs, "permissions") & 0o7777)
+        if "atime" in attrs and "mtime" in attrs:
+            os.utime(proc, (_number(attrs, "atime"), _number(attrs, "mtime")))
+
+    def statVFS(self, path: bytes) -> dict[str, int]:
+        """
+        statvfs@openssh.com.  A virtual directory reports the first share
+        under it, read-only.
+        """
+        with self.place(path, follow=True) as found:
+            if isinstance(found, VirtualDirectory):
+                share = next(
+                    s
+                    for s in self.shares.shares
+                    if s.components[: len(found.components)] == found.components
+                )
+                fd = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+                readOnly = True
+            else:
+                fd = os.open(found.name, _WALK, dir_fd=found.parent)
+                readOnly = found.share.readOnly
+            try:
+                return _statvfs(fd, readOnly)
+            finally:
+                os.close(fd)
+
+    # -- files and directories ------------------------------------------
+
+    def openFile(self, path: bytes, flags: int, attrs: Mapping[str, object]) -> ConfinedFile:
+        """
+        OPEN with SFTP v3 C{FXF_*} flags.  A created file gets the requested
+        permissions (default 0666) minus the umask.
+        """
+        mutating = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
+        if flags & (FXF_WRITE | FXF_APPEND):
+            osFlags = os.O_RDWR if flags & FXF_READ else os.O_WRONLY
+        else:
+            osFlags = os.O_RDONLY
+        if flags & FXF_APPEND:
+            osFlags |= os.O_APPEND
+        if flags & FXF_TRUNC:
+            osFlags |= os.O_TRUNC
+        osFlags |= os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+        mode = _number(attrs, "permissions", 0o666) & 0o7777 & ~self.umask
+        with self.place(path, follow=True) as found:
+            if mutating:
+                place = self._writable(found)
+            elif isinstance(found, VirtualDirectory):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            else:
+                place = found
+            created = False
+            if flags & FXF_CREAT:
+                try:
+                    fd = os.open(
+                        place.name, osFlags | os.O_CREAT | os.O_EXCL, mode, dir_fd=place.parent
+                    )
+                    created = True
+                except FileExistsError:
+                    if flags & FXF_EXCL:
+                        raise
+                    fd = os.open(place.name, osFlags, dir_fd=place.parent)
+            else:
+                fd = os.open(place.name, osFlags, dir_fd=place.parent)
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    # O_NONBLOCK only guarded the open against FIFOs.
+                    os.set_blocking(fd, True)
+                if created and mode & self._processUmask:
+                    os.fchmod(fd, mode)
+            except BaseException:
+                os.close(fd)
+                raise
+            return ConfinedFile(
+                fd, place.share, append=bool(flags & FXF_APPEND), virtualPath=place.virtualPath
+            )
+
+    def openDirectory(self, path: bytes) -> ConfinedDirectory:
+        """
+        OPENDIR.
+        """
+        now = time.time()
+        with self.place(path, follow=True) as found:
+            if isinstance(found, VirtualDirectory):
+                entries = []
+                for child in found.children:
+                    attrs = self.stat(found.virtualPath.rstrip(b"/") + b"/" + child)
+                    entries.append((child, longname(child, attrs, now=now), attrs))
+                return ConfinedDirectory(None, entries, now=now)
+            fd = os.open(found.name, _LIST, dir_fd=found.parent)
+            try:
+                return ConfinedDirectory(fd, now=now)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> None:
+        """
+        MKDIR with the requested permissions (default 0777) minus the umask.
+        """
+        mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask
+        with self.place(path, follow=False) as found:
+            place = self._entry(found)
+            os.mkdir(place.name, mode, dir_fd=place.parent)
+            if mode & self._processUmask:
+                fd = os.open(place.name, _LIST, dir_fd=place.parent)
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+
+    def removeDirectory(self, path: bytes) -> None:
+        """
+        RMDIR, never recursive.
+        """
+        with self.place(path, follow=False) as found:
+            place = self._entry(found)
+            os.rmdir(place.name, dir_fd=place.parent)
+
+    def removeFile(self, path: bytes) -> None:
+        """
+        REMOVE (a symlink itself is removed, not its target).
+        """
+        with self.place(path, follow=False) as found:
+            place = self._entry(found)
+            os.unlink(place.name, dir_fd=place.parent)
+
+    def rename(self, oldPath: bytes, newPath: bytes, *, overwrite: bool) -> None:
+        """
+        RENAME (C{overwrite=False}: an existing C{newPath} is an error, as
+        SFTP v3 requires) or posix-rename (C{overwrite=True}).
+        """
+        with self.place(oldPath, follow=False) as old, self.place(newPath, follow=False) as new:
+            source = self._entry(old)
+            destination = self._entry(new)
+            if overwrite:
+                os.rename(
+                    source.name,
+                    destination.name,
+                    src_dir_fd=source.parent,
+                    dst_dir_fd=destination.parent,
+                )
+            else:
+                _renameNoReplace(source.parent, source.name, destination.parent, destination.name)
+
+    def hardLink(self, oldPath: bytes, newPath: bytes) -> None:
+        """
+        hardlink@openssh.com: C{newPath} becomes a link to C{oldPath} (a
+        symlink is linked itself, never followed).  Both shares must be
+        writable, or a link would let the read-only file be written.
+        """
+        with self.place(oldPath, follow=False) as old, self.place(newPath, follow=False) as new:
+            source = self._entry(old)
+            destination = self._entry(new)
+            os.link(
+                source.name,
+                destination.name,
+                src_dir_fd=source.parent,
+                dst_dir_fd=destination.parent,
+                follow_symlinks=False,
+            )
+
+    # -- symlinks and names ---------------------------------------------
+
+    def makeLink(self, linkPath: bytes, targetPath: bytes) -> None:
+        """
+        SYMLINK.  An absolute virtual target in the link's own share is
+        stored relative to the link, so it works on both sides; any other
+        target is stored as given.
+        """
+        if b"\0" in targetPath:
+            raise OSError(errno.EINVAL, "The target contains a NUL byte")
+        with self.place(linkPath, follow=False) as found:
+            place = self._entry(found)
+            target = targetPath
+            located: tuple[Share, tuple[bytes, ...]] | VirtualDirectory | None = None
+            if targetPath.startswith(b"/"):
+                try:
+                    located = self.shares.locate(self.shares.normalize(targetPath))
+                except OSError:
+                    located = None  # not a virtual path: stored as given
+                if isinstance(located, tuple) and located[0] == place.share:
+                    base = list(place.components[:-1])
+                    goal = list(located[1])
+                    common = 0
+                    while common < min(len(base), len(goal)) and base[common] == goal[common]:
+                        common += 1
+                    parts = [b".."] * (len(base) - common) + goal[common:]
+                    target = b"/".join(parts) or b"."
+            os.symlink(target, place.name, dir_fd=place.parent)
+
+    def readLink(self, path: bytes) -> bytes:
+        """
+        READLINK: a relative target as stored, an absolute real target in a
+        share as its virtual path, anything else as stored.
+        """
+        with self.place(path, follow=False) as found:
+            if isinstance(found, VirtualDirectory):
+                raise OSError(errno.EINVAL, "Not a symbolic link")
+            target = os.readlink(found.name, dir_fd=found.parent)
+        if target.startswith(b"/"):
+            inside = self.shares.shareForRealPath(target)
+            if inside is not None:
+                share, rest = inside
+                return b"/".join((share.virtualPath,) + rest)
+        return target
+
+    def realPath(self, path: bytes) -> bytes:
+        """
+        REALPATH: the canonical virtual path.  Symlinks inside the share are
+        resolved; where resolution stops (missing entry, link out of the
+        share) the rest is kept lexically.  Never a real path.
+        """
+        found = self._lookup(path)
+        if isinstance(found, VirtualDirectory):
+            return found.virtualPath
+        share, components = found
+        fds: list[int] = []
+        try:
+            try:
+                place = self._walk(share, components, True, fds, lenient=True)
+                resolved = list(place.components)
+            except _Unresolved as stop:
+                resolved = list(stop.components)
+                for component in stop.rest:
+                    if component == b"..":
+                        if resolved:
+                            resolved.pop()
+                    elif component not in (b"", b"."):
+                        resolved.append(component)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return b"/".join([share.virtualPath] + resolved)
+
+    # -- extensions -----------------------------------------------------
+
+    def copyData(
+        self,
+        source: ConfinedFile,
+        readOffset: int,
+        length: int,
+        destination: ConfinedFile,
+        writeOffset: int,
+    ) -> None:
+        """
+        copy-data: C{length} bytes (0: to the end) from C{source} to
+        C{destination}.
+        """
+        if destination.share.readOnly:
+            raise _readOnly()
+        remaining = length if length else None
+        while remaining is None or remaining > 0:
+            size = 256 * 1024 if remaining is None else min(remaining, 256 * 1024)
+            data = os.pread(source.fd, size, readOffset)
+            if not data:
+                break
+            destination.write(writeOffset, data)
+            readOffset += len(data)
+            writeOffset += len(data)
+            if remaining is not None:
+                remaining -= len(data)
