@@ -1,0 +1,447 @@
+"""
+Channels that carry a protocol, with receive-side backpressure and pausing.
+
+State rules (the whole module follows them):
+  - A channel is I{paused} while any reason is set: C{"group"} (the
+    L{ChannelGroup} paused everything), C{"protocol"} (our protocol called
+    C{pauseProducing} on its transport, the channel), C{"output"} (more than
+    L{OUTPUT_HIGH} bytes wait to be sent) or C{"transport"} (the TCP
+    connection's send buffer is full).
+  - While paused, received bytes are kept in order, not handed to the
+    protocol, and no window credit is granted: the peer can send at most one
+    window more.  Credit is sent only for bytes the protocol has consumed.
+  - Only the C{"group"} reason holds our writes; they are kept in order and
+    sent on resume.  Writes are never sent beyond the peer's window either.
+  - Resume hands over the kept bytes, in order, then grants the credit.
+
+Conch's L{SSHConnection} re-opens the receive window before C{dataReceived}
+runs; a connection that uses these channels must mix in
+L{WindowCreditMixin} so that the channel alone decides when to grant.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.internet import interfaces
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+#: Receive window of our channels (OpenSSH uses the same; 8 MiB is slower).
+WINDOW_SIZE = 2 * 1024 * 1024
+#: Largest data packet we accept.
+MAX_PACKET = 32768
+#: Pending output above which the channel stops taking input ("output" pause).
+OUTPUT_HIGH = 1024 * 1024
+#: Pending output below which it takes input again.
+OUTPUT_LOW = 256 * 1024
+
+GROUP = "group"
+PROTOCOL = "protocol"
+OUTPUT = "output"
+TRANSPORT = "transport"
+
+
+class WindowCreditMixin:
+    """
+    Mix into an L{SSHConnection} subclass: leaves window credit of
+    L{ForwardedChannel}s to the channel (Conch grants it before the data is
+    even handed over, which defeats backpressure).
+    """
+
+    def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
+        if isinstance(channel, ForwardedChannel):
+            return
+        super().adjustWindow(channel, bytesToAdd)  # type: ignore[misc]
+
+
+@implementer(interfaces.IPushProducer, interfaces.IConsumer)
+class ForwardedChannel(SSHChannel):  # type: ignore[misc]
+    """
+    A channel that is the transport of a protocol: C{forwarded-tcpip},
+    C{forwarded-streamlocal@openssh.com}, the nested server's session
+    channel and exec channels all use it.
+
+    @ivar bytesIn: bytes received from the peer.
+    @ivar bytesOut: bytes written toward the peer (sent or still queued).
+    @ivar protocol: the attached protocol, or L{None} before L{attach}.
+    """
+
+    _log = Logger()
+    name = b"forwarded-tcpip"
+
+    def __init__(
+        self,
+        protocol: interfaces.IProtocol | None = None,
+        *,
+        localWindow: int = WINDOW_SIZE,
+        localMaxPacket: int = MAX_PACKET,
+        remoteWindow: int = 0,
+        remoteMaxPacket: int = 0,
+        conn: SSHConnection | None = None,
+        data: bytes | None = None,
+        avatar: Any = None,
+    ) -> None:
+        super().__init__(
+            localWindow=localWindow,
+            localMaxPacket=localMaxPacket,
+            remoteWindow=remoteWindow,
+            remoteMaxPacket=remoteMaxPacket,
+            conn=conn,
+            data=data,
+            avatar=avatar,
+        )
+        self.protocol: interfaces.IProtocol | None = None
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self._reasons: set[str] = set()
+        self._kept: deque[bytes] = deque()
+        self._keptBytes = 0
+        self._outgoing: deque[bytes] = deque()
+        self._outgoingBytes = 0
+        self._delivering = False
+        self._eofPending = False
+        self._isOpen = False
+        self._isClosed = False
+        self._producer: interfaces.IPushProducer | None = None
+        self._producerPaused = False
+        self._closeObservers: list[Callable[[ForwardedChannel], None]] = []
+        self._pendingProtocol = protocol
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether received bytes are being kept back (any pause reason set).
+        """
+        return bool(self._reasons)
+
+    @property
+    def keptBytes(self) -> int:
+        """
+        How many received bytes wait for the protocol.
+        """
+        return self._keptBytes
+
+    @property
+    def pendingOutput(self) -> int:
+        """
+        How many written bytes wait for the peer's window (or for resume).
+        """
+        return self._outgoingBytes
+
+    @property
+    def isClosed(self) -> bool:
+        """
+        Whether the channel has closed on both sides (or the connection is gone).
+        """
+        return self._isClosed
+
+    def notifyOnClose(self, observer: Callable[[ForwardedChannel], None]) -> None:
+        """
+        Call C{observer(channel)} once, when the channel has closed.
+        """
+        if self._isClosed:
+            observer(self)
+        else:
+            self._closeObservers.append(observer)
+
+    # -- attaching a protocol ---------------------------------------------
+
+    def attach(self, protocol: interfaces.IProtocol) -> None:
+        """
+        Make C{protocol} the receiver of this channel's bytes; the channel is
+        its transport.  Bytes received before are handed over now.
+        """
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        self._deliver()
+        self._maybeGrant()
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self._isOpen = True
+        if self._pendingProtocol is not None:
+            protocol, self._pendingProtocol = self._pendingProtocol, None
+            self.attach(protocol)
+
+    # -- receiving ---------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytesIn += len(data)
+        self._kept.append(data)
+        self._keptBytes += len(data)
+        self._deliver()
+        self._maybeGrant()
+
+    def eofReceived(self) -> None:
+        self._eofPending = True
+        self._deliver()
+
+    def _deliver(self) -> None:
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while self._kept and not self._reasons and self.protocol is not None:
+                data = self._kept.popleft()
+                self._keptBytes -= len(data)
+                self.protocol.dataReceived(data)
+        finally:
+            self._delivering = False
+        if self._eofPending and not self._kept and self.protocol is not None:
+            self._eofPending = False
+            half = interfaces.IHalfCloseableProtocol(self.protocol, None)
+            if half is not None:
+                half.readConnectionLost()
+            else:
+                self.loseConnection()
+
+    def _maybeGrant(self) -> None:
+        """
+        Send window credit for the bytes the protocol has consumed, once
+        they amount to half a window, and only while not paused.
+        """
+        if self._reasons or self.localClosed or self.conn is None:
+            return
+        if self.id is None or self not in self.conn.channelsToRemoteChannel:
+            return
+        consumed = self.localWindowSize - self.localWindowLeft - self._keptBytes
+        if consumed >= self.localWindowSize // 2:
+            SSHConnection.adjustWindow(self.conn, self, consumed)
+
+    # -- pausing -----------------------------------------------------------
+
+    def pause(self, reason: str) -> bool:
+        """
+        Set a pause reason.
+
+        @return: whether the channel was not paused for this reason before.
+        """
+        if reason in self._reasons or self._isClosed:
+            return False
+        self._reasons.add(reason)
+        if reason in (GROUP, OUTPUT, TRANSPORT):
+            self._pauseProducer()
+        return True
+
+    def resume(self, reason: str) -> bool:
+        """
+        Clear a pause reason; if none is left, hand over kept bytes and grant
+        the window credit.  Held writes are sent once C{"group"} is cleared.
+
+        @return: whether the channel was paused for this reason.
+        """
+        if reason not in self._reasons:
+            return False
+        self._reasons.discard(reason)
+        if reason == GROUP:
+            self._flush()
+        if not (self._reasons & {GROUP, OUTPUT, TRANSPORT}):
+            self._resumeProducer()
+        if not self._isClosed:
+            self._deliver()
+            self._maybeGrant()
+        return True
+
+    def pauseProducing(self) -> None:
+        """
+        The protocol asks for no more bytes for now (SFTP backpressure).
+        """
+        self.pause(PROTOCOL)
+
+    def resumeProducing(self) -> None:
+        """
+        The protocol takes bytes again.
+        """
+        self.resume(PROTOCOL)
+
+    def stopProducing(self) -> None:
+        """
+        Close the channel.
+        """
+        self.loseConnection()
+
+    # -- the protocol's producer (IConsumer) -------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self._producerPaused = False
+        if self._reasons & {GROUP, OUTPUT, TRANSPORT}:
+            self._pauseProducer()
+        elif not streaming:
+            producer.resumeProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producerPaused = False
+
+    def _pauseProducer(self) -> None:
+        if self._producer is not None and not self._producerPaused:
+            self._producerPaused = True
+            self._producer.pauseProducing()
+
+    def _resumeProducer(self) -> None:
+        if self._producer is not None and self._producerPaused:
+            self._producerPaused = False
+            self._producer.resumeProducing()
+
+    # -- sending -----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not data or self.localClosed or self._isClosed:
+            return
+        self.bytesOut += len(data)
+        self._outgoing.append(bytes(data))
+        self._outgoingBytes += len(data)
+        self._flush()
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def addWindowBytes(self, data: int) -> None:
+        self.remoteWindowLeft += data
+        self._flush()
+
+    def _flush(self) -> None:
+        if GROUP in self._reasons or self.conn is None or self.localClosed:
+            return
+        if self.id is None or self not in self.conn.channelsToRemoteChannel:
+            return
+        send = self.conn.sendData
+        while self._outgoing and self.remoteWindowLeft > 0:
+            chunk = self._outgoing.popleft()
+            room = min(self.remoteWindowLeft, len(chunk))
+            if room < len(chunk):
+                self._outgoing.appendleft(chunk[room:])
+                chunk = chunk[:room]
+            self._outgoingBytes -= room
+            self.remoteWindowLeft -= room
+            step = self.remoteMaxPacket or MAX_PACKET
+            for offset in range(0, room, step):
+                send(self, chunk[offset : offset + step])
+        if self._outgoingBytes > OUTPUT_HIGH:
+            self.pause(OUTPUT)
+        elif self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
+            self.resume(OUTPUT)
+        if self.closing and not self._outgoing:
+            self.conn.sendClose(self)
+
+    def loseConnection(self) -> None:
+        """
+        Close the channel once written bytes are sent (held writes of a
+        paused channel wait for resume; use L{abort} to close now).
+        """
+        self.closing = 1
+        if self.conn is None or self.id is None:
+            return
+        if not self._outgoing and self in self.conn.channelsToRemoteChannel:
+            self.conn.sendClose(self)
+
+    def abort(self) -> None:
+        """
+        Close the channel now, dropping kept and held bytes.
+        """
+        self.closing = 1
+        self._outgoing.clear()
+        self._outgoingBytes = 0
+        self._kept.clear()
+        self._keptBytes = 0
+        if self.conn is not None and self in self.conn.channelsToRemoteChannel:
+            self.conn.sendClose(self)
+
+    # -- closing -----------------------------------------------------------
+
+    def closeReceived(self) -> None:
+        # The peer sends nothing more; hand over what we kept before closing.
+        self._eofPending = False
+        self.loseConnection()
+
+    def openFailed(self, reason: Any) -> None:
+        self._closed(Failure(ConnectionLost(str(reason))))
+
+    def closed(self) -> None:
+        self._closed(Failure(ConnectionDone()))
+
+    def _closed(self, reason: Failure) -> None:
+        if self._isClosed:
+            return
+        self._isClosed = True
+        self._kept.clear()
+        self._keptBytes = 0
+        self._outgoing.clear()
+        self._outgoingBytes = 0
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None:
+            try:
+                protocol.connectionLost(reason)
+            except Exception:
+                self._log.failure("protocol failed in connectionLost")
+        observers, self._closeObservers = self._closeObservers, []
+        for observer in observers:
+            try:
+                observer(self)
+            except Exception:
+                self._log.failure("channel close observer failed")
+
+
+class ChannelGroup:
+    """
+    Every live channel of a connection, paused and resumed together.
+    Channels added while the group is paused start paused.
+    """
+
+    def __init__(self) -> None:
+        self._channels: set[ForwardedChannel] = set()
+        self.paused = False
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def __iter__(self) -> Any:
+        return iter(list(self._channels))
+
+    def add(self, channel: ForwardedChannel) -> None:
+        """
+        Add C{channel}; it leaves the group when it closes.
+        """
+        if channel.isClosed:
+            return
+        self._channels.add(channel)
+        channel.notifyOnClose(self._channels.discard)
+        if self.paused:
+            channel.pause(GROUP)
+
+    def pause(self) -> int:
+        """
+        Pause every live channel and every channel added from now on.
+
+        @return: how many channels were paused by this call.
+        """
+        self.paused = True
+        return sum(1 for c in list(self._channels) if c.pause(GROUP))
+
+    def resume(self) -> int:
+        """
+        Resume every channel paused by L{pause}.
+
+        @return: how many channels were resumed.
+        """
+        self.paused = False
+        return sum(1 for c in list(self._channels) if c.resume(GROUP))
+
+    def setReason(self, reason: str, on: bool) -> None:
+        """
+        Set or clear another pause reason (e.g. C{"transport"}) on every channel.
+        """
+        for c in list(self._channels):
+            if on:
+                c.pause(reason)
+            else:
+                c.resume(reason)

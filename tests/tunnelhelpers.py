@@ -1,0 +1,251 @@
+"""
+Helpers for the tunnel tests: connect a L{ShareConnection} to a throwaway
+sshd, run remote-side clients (sftp, sshfs, socat) as subprocesses, make
+test files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.conch.ssh import keys, transport, userauth
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from conchshare.tunnel.connection import ShareConnection
+from tests.sshd import ThrowawaySSHD
+
+
+class _Transport(transport.SSHClientTransport):  # type: ignore[misc]
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Any:
+        expected = keys.Key.fromString(self.factory.sshd.hostPublicKey.encode()).blob()
+        if hostKey != expected:
+            return defer.fail(Exception("host key mismatch"))
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.factory.connection.transport = self
+        self.requestService(_UserAuth(self.factory.sshd.user, self.factory.connection, self.factory))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if not self.factory.ready.called:
+            self.factory.ready.errback(reason or Failure(ConnectionDone()))
+
+
+class _UserAuth(userauth.SSHUserAuthClient):  # type: ignore[misc]
+    def __init__(self, user: str, conn: Any, factory: Any) -> None:
+        super().__init__(user.encode(), conn)
+        self._factory = factory
+        self._key = keys.Key.fromFile(factory.sshd.clientKeyPath)
+
+    def getPublicKey(self) -> Any:
+        if getattr(self, "_gave", False):
+            return None
+        self._gave = True
+        return self._key.public()
+
+    def getPrivateKey(self) -> Any:
+        return defer.succeed(self._key)
+
+    def getPassword(self, prompt: Any = None) -> Any:
+        return None
+
+
+class _ReadyConnection(ShareConnection):
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.transport.transport.setTcpNoDelay(True)
+        d = self.factory.ready
+        if not d.called:
+            d.callback(self)
+
+
+class _Factory(protocol.ClientFactory):
+    protocol = _Transport
+
+    def __init__(self, sshd: ThrowawaySSHD, connection: ShareConnection) -> None:
+        self.sshd = sshd
+        self.connection = connection
+        self.ready: defer.Deferred[ShareConnection] = defer.Deferred()
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(reason)
+
+
+def connect(testCase: Any, sshd: ThrowawaySSHD, **kw: Any) -> defer.Deferred[ShareConnection]:
+    """
+    Connect a L{ShareConnection} to C{sshd}; the test case's cleanup stops it.
+
+    @return: a Deferred firing with the connection once its service started.
+    """
+    conn = _ReadyConnection(**kw)
+    factory = _Factory(sshd, conn)
+    conn.factory = factory
+    connector = reactor.connectTCP(sshd.host, sshd.port, factory, timeout=10)
+
+    def cleanup() -> defer.Deferred[None] | None:
+        if conn.transport is not None and not conn._lost:
+            return conn.stop(timeout=5)
+        connector.disconnect()
+        return None
+
+    testCase.addCleanup(cleanup)
+    return factory.ready
+
+
+class _Collect(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.err: list[bytes] = []
+        self.done: defer.Deferred[tuple[int | None, bytes, bytes]] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0 if reason.check(ProcessDone) else reason.value.exitCode
+        self.done.callback((code, b"".join(self.out), b"".join(self.err)))
+
+
+def run(
+    testCase: Any,
+    args: Sequence[str],
+    stdin: bytes | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
+    """
+    Run a command without blocking the reactor; killed after C{timeout}.
+
+    @return: a Deferred firing with (exit code, stdout, stderr).
+    """
+    proc = _Collect()
+    exe = shutil.which(args[0]) or args[0]
+    transport = reactor.spawnProcess(
+        proc, exe, list(args), env=env if env is not None else dict(os.environ)
+    )
+    if stdin is not None:
+        transport.write(stdin)
+    transport.closeStdin()
+
+    def kill() -> None:
+        try:
+            transport.signalProcess("KILL")
+        except Exception:
+            pass
+
+    timer = reactor.callLater(timeout, kill)
+
+    def cancel(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    proc.done.addBoth(cancel)
+    testCase.addCleanup(lambda: None if proc.done.called else (kill(), proc.done)[1])
+    return proc.done
+
+
+def spawn(testCase: Any, args: Sequence[str]) -> tuple[Any, defer.Deferred[tuple[int | None, bytes, bytes]]]:
+    """
+    Start a command; return (process transport, Deferred of its end).
+    Killed in cleanup.
+    """
+    proc = _Collect()
+    transport = reactor.spawnProcess(proc, shutil.which(args[0]) or args[0], list(args), env=dict(os.environ))
+    transport.closeStdin()
+
+    def cleanup() -> Any:
+        if proc.done.called:
+            return None
+        try:
+            transport.signalProcess("KILL")
+        except Exception:
+            pass
+        return proc.done
+
+    testCase.addCleanup(cleanup)
+    return transport, proc.done
+
+
+def makeFile(path: str, size: int) -> str:
+    """
+    Write C{size} pseudo-random bytes to C{path}; return their SHA-256.
+    """
+    h = hashlib.sha256()
+    block = hashlib.sha256(path.encode()).digest() * 2048  # 64 KiB
+    with open(path, "wb") as f:
+        written = 0
+        counter = 0
+        while written < size:
+            chunk = (counter.to_bytes(8, "big") + block)[: min(len(block) + 8, size - written)]
+            f.write(chunk)
+            h.update(chunk)
+            written += len(chunk)
+            counter += 1
+    return h.hexdigest()
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def waitFor(predicate: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> None:
+    """
+    Wait until C{predicate()} is true; fail after C{timeout} seconds.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError("timed out waiting")
+        await sleep(step)
+        waited += step
+
+
+def unmount(path: str) -> None:
+    """
+    Lazily unmount a FUSE mount, ignoring "not mounted".
+    """
+    subprocess.run(["fusermount3", "-uz", path], capture_output=True)
+
+
+class EchoProtocol(Protocol):
+    """
+    Echoes what it receives (a stand-in endpoint protocol).
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def fuseAvailable() -> str | None:
+    """
+    Why sshfs mounts cannot run here, or L{None}.
+    """
+    if not shutil.which("sshfs") or not shutil.which("fusermount3"):
+        return "sshfs/fusermount3 not installed"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse missing"
+    return None
