@@ -461,19 +461,34 @@ class ConfinedFilesystem:
 
     # -- walking --------------------------------------------------------
 
-    def _lookup(self, path: bytes) -> tuple[Share, tuple[bytes, ...]] | VirtualDirectory:
-        return self.shares.locate(self.shares.normalize(path))
+    def _lookup(
+        self, path: bytes, *, creating: bool = False
+    ) -> tuple[Share, tuple[bytes, ...]] | VirtualDirectory:
+        components = self.shares.normalize(path)
+        try:
+            return self.shares.locate(components)
+        except FileNotFoundError:
+            # A new entry in a virtual directory: refused, not missing.
+            if creating and components:
+                parent = self.shares.locate(components[:-1])
+                if isinstance(parent, VirtualDirectory):
+                    raise _denied("The virtual directories above the shares are read-only")
+            raise
 
     @contextmanager
-    def place(self, path: bytes, *, follow: bool) -> Iterator[Place | VirtualDirectory]:
+    def place(
+        self, path: bytes, *, follow: bool, creating: bool = False
+    ) -> Iterator[Place | VirtualDirectory]:
         """
         Resolve C{path} to a confined location.
 
         @param follow: resolve a final symlink (inside its share) too.
+        @param creating: the caller means to create the entry, so a new name
+            in a virtual directory is refused (EACCES) rather than missing.
         @raise PermissionError: a symlink on the way leads out of the share.
         @raise OSError: a directory on the way is missing or not a directory.
         """
-        found = self._lookup(path)
+        found = self._lookup(path, creating=creating)
         if isinstance(found, VirtualDirectory):
             yield found
             return
@@ -502,8 +517,14 @@ class ConfinedFilesystem:
         hops = _MAX_HOPS
         rootParts = splitPath(os.fsencode(share.path))
 
+        # Lenient mode (realPath): the state before the first symlink, so
+        # that a link out of the share is reported by its own name.
+        firstLink: tuple[tuple[bytes, ...], list[bytes]] | None = None
+
         def fail(error: OSError, component: bytes) -> OSError:
             if lenient:
+                if isinstance(error, PermissionError) and firstLink is not None:
+                    raise _Unresolved(*firstLink)
                 raise _Unresolved(tuple(names), [component] + pending)
             return error
 
@@ -550,6 +571,8 @@ class ConfinedFilesystem:
                     names.append(component)
                     continue
             # A symlink: expand it, if it stays in the share.
+            if firstLink is None:
+                firstLink = (tuple(names), [component] + pending)
             hops -= 1
             if hops < 0:
                 raise fail(OSError(errno.ELOOP, "Too many levels of symbolic links"), component)
@@ -707,7 +730,7 @@ class ConfinedFilesystem:
             osFlags |= os.O_TRUNC
         osFlags |= os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
         mode = _number(attrs, "permissions", 0o666) & 0o7777 & ~self.umask
-        with self.place(path, follow=True) as found:
+        with self.place(path, follow=True, creating=bool(flags & FXF_CREAT)) as found:
             if mutating:
                 place = self._writable(found)
             elif isinstance(found, VirtualDirectory):
@@ -765,7 +788,7 @@ class ConfinedFilesystem:
         MKDIR with the requested permissions (default 0777) minus the umask.
         """
         mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask
-        with self.place(path, follow=False) as found:
+        with self.place(path, follow=False, creating=True) as found:
             place = self._entry(found)
             os.mkdir(place.name, mode, dir_fd=place.parent)
             if mode & self._processUmask:
@@ -796,7 +819,10 @@ class ConfinedFilesystem:
         RENAME (C{overwrite=False}: an existing C{newPath} is an error, as
         SFTP v3 requires) or posix-rename (C{overwrite=True}).
         """
-        with self.place(oldPath, follow=False) as old, self.place(newPath, follow=False) as new:
+        with (
+            self.place(oldPath, follow=False) as old,
+            self.place(newPath, follow=False, creating=True) as new,
+        ):
             source = self._entry(old)
             destination = self._entry(new)
             if overwrite:
@@ -815,7 +841,10 @@ class ConfinedFilesystem:
         symlink is linked itself, never followed).  Both shares must be
         writable, or a link would let the read-only file be written.
         """
-        with self.place(oldPath, follow=False) as old, self.place(newPath, follow=False) as new:
+        with (
+            self.place(oldPath, follow=False) as old,
+            self.place(newPath, follow=False, creating=True) as new,
+        ):
             source = self._entry(old)
             destination = self._entry(new)
             os.link(
@@ -836,7 +865,7 @@ class ConfinedFilesystem:
         """
         if b"\0" in targetPath:
             raise OSError(errno.EINVAL, "The target contains a NUL byte")
-        with self.place(linkPath, follow=False) as found:
+        with self.place(linkPath, follow=False, creating=True) as found:
             place = self._entry(found)
             target = targetPath
             located: tuple[Share, tuple[bytes, ...]] | VirtualDirectory | None = None

@@ -137,7 +137,9 @@ def parseShare(spec: str, *, cwd: str | None = None) -> Share:
             readOnly = flag
             break
     name: bytes | None
-    if "=" in rest and not rest.startswith(("/", "~", ".")):
+    base = cwd if cwd is not None else os.getcwd()
+    # A folder whose own path holds "=" is still a bare path.
+    if "=" in rest and not os.path.isdir(os.path.join(base, os.path.expanduser(rest))):
         rawName, rawPath = rest.split("=", 1)
         name = _checkName(os.fsencode(rawName), spec)
     else:
@@ -145,7 +147,7 @@ def parseShare(spec: str, *, cwd: str | None = None) -> Share:
     if not rawPath:
         raise ShareError(f"The share {spec!r} has no folder path.")
     path = os.path.expanduser(rawPath)
-    path = os.path.join(cwd if cwd is not None else os.getcwd(), path)
+    path = os.path.join(base, path)
     if not os.path.exists(path):
         raise ShareError(f"The folder {rawPath!r} of the share {spec!r} does not exist.")
     if not os.path.isdir(path):

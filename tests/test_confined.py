@@ -1,0 +1,606 @@
+"""
+Tests for L{conchshare.confined}: confinement (paths, symlinks at every depth,
+races), read-only shares, the virtual tree, names as bytes, umask, and the
+POSIX semantics of each operation.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from conchshare.confined import (
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_EXCL,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    ConfinedFilesystem,
+    longname,
+)
+from conchshare.shares import ShareSet
+
+SECRET = b"OUTSIDE-SECRET"
+
+
+def write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def makeTree(base: str) -> None:
+    """
+    Three shares (C{one}, C{two}, read-only C{ro}), a multi-component share
+    C{home/alice/docs}, an C{outside} folder with a secret, and symlinks
+    leading in and out at several depths.
+    """
+    j = os.path.join
+    for d in ("outside/dir", "one/sub/deeper", "two", "ro/d", "alice"):
+        os.makedirs(j(base, d))
+    write(j(base, "outside", "secret"), SECRET)
+    write(j(base, "one", "f"), b"inside")
+    write(j(base, "one", "sub", "g"), b"deep")
+    write(j(base, "two", "t"), b"two")
+    write(j(base, "ro", "r"), b"read-only")
+    write(j(base, "alice", "a"), b"alice")
+    links = {
+        "one/esc_abs": j(base, "outside"),
+        "one/esc_rel": "../outside",
+        "one/esc_root": "/",
+        "one/sub/deeper/esc": "../../../outside",
+        "one/sub/esc_file": j(base, "outside", "secret"),
+        "one/to_sibling": j(base, "two"),
+        "one/rel_sibling": "../two",
+        "one/in_rel": "sub",
+        "one/in_abs": j(base, "one", "sub"),
+        "one/in_dotdot": "sub/deeper/..",
+        "one/sub/deeper/up": "../g",
+        "one/chain": "in_rel",
+        "one/loop": "loop",
+        "one/dangling": "nothing-here",
+        "ro/l": "r",
+    }
+    for name, target in links.items():
+        os.symlink(target, j(base, name))
+
+
+class ConfinedTestCase(SynchronousTestCase):
+    umask = 0o022
+
+    def setUp(self) -> None:
+        self.base = os.path.realpath(self.mktemp())
+        makeTree(self.base)
+        self.shares = ShareSet.fromSpecs(
+            ["one", "two", "ro:ro", "home/alice/docs=alice"], cwd=self.base
+        )
+        self.fs = ConfinedFilesystem(self.shares, umask=self.umask)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.base, *parts)
+
+    def assertErrno(
+        self, code: int, function: Callable[..., object], *args: object, **kwargs: object
+    ) -> None:
+        with self.assertRaises(OSError) as raised:
+            function(*args, **kwargs)
+        self.assertEqual(raised.exception.errno, code, f"{function.__name__}{args!r}")
+
+    def readAll(self, path: bytes) -> bytes:
+        f = self.fs.openFile(path, FXF_READ, {})
+        try:
+            return f.read(0, 1 << 20)
+        finally:
+            f.close()
+
+
+class PathTests(ConfinedTestCase):
+    def test_absoluteAndDotted(self) -> None:
+        for path in [b"/one/f", b"//one//f", b"/one/./f", b"/one/sub/../f", b"/two/../one/f"]:
+            self.assertEqual(self.readAll(path), b"inside", path)
+
+    def test_dotDotNeverAboveRoot(self) -> None:
+        """
+        C{..} stops at C{/}: C{/../..} is the virtual root, and a name after
+        it is looked up among the shares, never in a real parent folder.
+        """
+        self.assertEqual(self.fs.realPath(b"/../../.."), b"/")
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/one/../../outside/secret")
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"../outside")
+        self.assertEqual(self.readAll(b"/../../one/f"), b"inside")
+
+    def test_relativeToHome(self) -> None:
+        """
+        With one share, relative paths start inside it.
+        """
+        fs = ConfinedFilesystem(ShareSet.fromSpecs(["one"], cwd=self.base))
+        self.assertEqual(fs.realPath(b"."), b"/one")
+        self.assertEqual(fs.realPath(b""), b"/one")
+        f = fs.openFile(b"sub/g", FXF_READ, {})
+        self.assertEqual(f.read(0, 10), b"deep")
+        f.close()
+        self.assertEqual(fs.realPath(b"../../.."), b"/")
+
+    def test_trailingDot(self) -> None:
+        self.assertTrue(stat.S_ISDIR(int(self.fs.stat(b"/one/sub/.")["permissions"])))  # type: ignore[call-overload]
+        self.assertEqual(self.fs.realPath(b"/one/sub/."), b"/one/sub")
+
+    def test_nul(self) -> None:
+        self.assertErrno(errno.EINVAL, self.fs.stat, b"/one/f\0/etc/passwd")
+        self.assertErrno(errno.EINVAL, self.fs.openFile, b"/one/f\0x", FXF_READ, {})
+
+    def test_veryLong(self) -> None:
+        self.assertErrno(errno.ENAMETOOLONG, self.fs.stat, b"/one/" + b"a/" * 3000)
+        self.assertErrno(errno.ENAMETOOLONG, self.fs.stat, b"/one/" + b"a" * 256)
+        self.assertErrno(errno.ENAMETOOLONG, self.fs.makeDirectory, b"/one/" + b"a" * 300, {})
+
+
+class SymlinkEscapeTests(ConfinedTestCase):
+    """
+    Symlinks out of a share are listed but never followed, at any depth.
+    """
+
+    escapes = [
+        b"/one/esc_abs/secret",
+        b"/one/esc_rel/secret",
+        b"/one/esc_root/etc/passwd",
+        b"/one/sub/deeper/esc/secret",
+        b"/one/sub/esc_file",
+        b"/one/in_rel/deeper/esc/secret",
+        b"/one/to_sibling/t",
+        b"/one/rel_sibling/t",
+    ]
+
+    def test_neverRead(self) -> None:
+        for path in self.escapes:
+            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_READ, {})
+            self.assertErrno(errno.EACCES, self.fs.stat, path)
+            if path != b"/one/sub/esc_file":  # there the link is final
+                self.assertErrno(errno.EACCES, self.fs.stat, path, follow=False)
+
+    def test_neverWritten(self) -> None:
+        for path in [b"/one/esc_abs/new", b"/one/sub/deeper/esc/new", b"/one/esc_root/tmp/x"]:
+            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_WRITE | FXF_CREAT, {})
+            self.assertErrno(errno.EACCES, self.fs.makeDirectory, path, {})
+            self.assertErrno(errno.EACCES, self.fs.makeLink, path, b"x")
+        self.assertErrno(errno.EACCES, self.fs.openFile, b"/one/sub/esc_file", FXF_WRITE, {})
+        self.assertErrno(
+            errno.EACCES, self.fs.setAttrs, b"/one/sub/esc_file", {"permissions": 0o777}
+        )
+        self.assertErrno(errno.EACCES, self.fs.setAttrs, b"/one/esc_abs/secret", {"size": 0})
+        self.assertErrno(errno.EACCES, self.fs.removeFile, b"/one/esc_abs/secret")
+        self.assertErrno(errno.EACCES, self.fs.removeDirectory, b"/one/esc_abs/dir")
+        self.assertEqual(sorted(os.listdir(self.path("outside"))), ["dir", "secret"])
+        self.assertEqual(read(self.path("outside", "secret")), SECRET)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("outside", "secret")).st_mode), 0o644)
+
+    def test_neverListed(self) -> None:
+        for path in [b"/one/esc_abs", b"/one/esc_root", b"/one/sub/deeper/esc", b"/one/to_sibling"]:
+            self.assertErrno(errno.EACCES, self.fs.openDirectory, path)
+
+    def test_listedAsSymlinks(self) -> None:
+        d = self.fs.openDirectory(b"/one")
+        entries = {name: attrs for name, _, attrs in d.read(1000)}
+        d.close()
+        for name in (b"esc_abs", b"esc_root", b"to_sibling"):
+            self.assertTrue(stat.S_ISLNK(int(entries[name]["permissions"])), name)  # type: ignore[call-overload]
+        lstat = self.fs.stat(b"/one/esc_abs", follow=False)
+        self.assertTrue(stat.S_ISLNK(int(lstat["permissions"])))  # type: ignore[call-overload]
+        self.assertErrno(errno.EACCES, self.fs.stat, b"/one/esc_abs")
+
+    def test_insideLinksWork(self) -> None:
+        for path in [
+            b"/one/in_rel/g",
+            b"/one/in_abs/g",
+            b"/one/in_dotdot/g",
+            b"/one/chain/g",
+            b"/one/sub/deeper/up",
+            b"/one/chain/deeper/up",
+        ]:
+            self.assertEqual(self.readAll(path), b"deep", path)
+        self.assertTrue(stat.S_ISDIR(int(self.fs.stat(b"/one/in_abs")["permissions"])))  # type: ignore[call-overload]
+
+    def test_loop(self) -> None:
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/loop")
+        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/loop/x", FXF_READ, {})
+
+    def test_danglingCreatesInside(self) -> None:
+        """
+        Opening a dangling symlink inside the share with CREAT creates its
+        target, as open(2) does.
+        """
+        f = self.fs.openFile(b"/one/dangling", FXF_WRITE | FXF_CREAT, {})
+        f.write(0, b"made")
+        f.close()
+        self.assertEqual(read(self.path("one", "nothing-here")), b"made")
+
+    def test_hardlinkOutside(self) -> None:
+        """
+        A hard link to an escaping symlink links the symlink itself; the
+        outside file is never reachable through it.
+        """
+        self.assertErrno(errno.EACCES, self.fs.hardLink, b"/one/esc_abs/secret", b"/one/stolen")
+        self.fs.hardLink(b"/one/sub/esc_file", b"/one/hl")
+        self.assertTrue(os.path.islink(self.path("one", "hl")))
+        self.assertErrno(errno.EACCES, self.fs.openFile, b"/one/hl", FXF_READ, {})
+        self.assertEqual(os.stat(self.path("outside", "secret")).st_nlink, 1)
+
+    def test_renameInOut(self) -> None:
+        self.assertErrno(
+            errno.EACCES, self.fs.rename, b"/one/esc_abs/secret", b"/one/s", overwrite=False
+        )
+        self.assertErrno(errno.EACCES, self.fs.rename, b"/one/f", b"/one/esc_abs/f", overwrite=True)
+        self.assertErrno(
+            errno.EACCES, self.fs.rename, b"/one/f", b"/one/esc_rel/f", overwrite=False
+        )
+        self.assertErrno(errno.EACCES, self.fs.rename, b"/one/f", b"/../f", overwrite=False)
+        self.assertErrno(errno.ENOENT, self.fs.rename, b"/../one/../f", b"/one/g", overwrite=False)
+        self.assertErrno(errno.EACCES, self.fs.rename, b"/one/f", b"/f2", overwrite=False)
+        self.assertEqual(sorted(os.listdir(self.path("outside"))), ["dir", "secret"])
+        self.assertEqual(read(self.path("one", "f")), b"inside")
+        # Renaming the escaping link itself is fine: it moves the link.
+        self.fs.rename(b"/one/esc_abs", b"/one/moved", overwrite=False)
+        self.assertTrue(os.path.islink(self.path("one", "moved")))
+
+    def test_realPathNeverLeaks(self) -> None:
+        base = os.fsencode(self.base)
+        paths = self.escapes + [
+            b"/one/esc_abs",
+            b"/one/in_abs",
+            b"/one/in_abs/g",
+            b"/one/dangling",
+            b"/one/missing/x/../y",
+            b"/one/loop",
+            b".",
+            b"/",
+            b"/home/alice",
+        ]
+        results = {p: self.fs.realPath(p) for p in paths}
+        for path, result in results.items():
+            self.assertTrue(result.startswith(b"/"), path)
+            self.assertNotIn(base, result, path)
+            self.assertNotIn(b"outside", result.replace(b"/one/", b""), path)
+        self.assertEqual(results[b"/one/in_abs/g"], b"/one/sub/g")
+        self.assertEqual(results[b"/one/esc_abs"], b"/one/esc_abs")
+        self.assertEqual(results[b"/one/esc_root/etc/passwd"], b"/one/esc_root/etc/passwd")
+        self.assertEqual(results[b"/one/esc_rel/secret"], b"/one/esc_rel/secret")
+        self.assertEqual(results[b"/one/sub/deeper/esc/secret"], b"/one/sub/deeper/esc/secret")
+        self.assertEqual(results[b"/one/missing/x/../y"], b"/one/missing/y")
+
+    def test_readLink(self) -> None:
+        self.assertEqual(self.fs.readLink(b"/one/in_rel"), b"sub")
+        self.assertEqual(self.fs.readLink(b"/one/in_abs"), b"/one/sub")
+        self.assertEqual(self.fs.readLink(b"/one/to_sibling"), b"/two")
+        # Not in any share: as stored (never followed).
+        self.assertEqual(self.fs.readLink(b"/one/esc_root"), b"/")
+        self.assertEqual(self.fs.readLink(b"/one/esc_rel"), b"../outside")
+        self.assertErrno(errno.EINVAL, self.fs.readLink, b"/one/f")
+        self.assertErrno(errno.EINVAL, self.fs.readLink, b"/home")
+
+    def test_makeLink(self) -> None:
+        self.fs.makeLink(b"/one/sub/deeper/abs", b"/one/f")
+        self.assertEqual(os.readlink(self.path("one", "sub", "deeper", "abs")), "../../f")
+        self.assertEqual(self.readAll(b"/one/sub/deeper/abs"), b"inside")
+        self.fs.makeLink(b"/one/top", b"/one")
+        self.assertEqual(os.readlink(self.path("one", "top")), ".")
+        self.fs.makeLink(b"/one/rel", b"sub/g")
+        self.assertEqual(os.readlink(self.path("one", "rel")), "sub/g")
+        self.fs.makeLink(b"/one/other", b"/two/t")
+        self.assertEqual(os.readlink(self.path("one", "other")), "/two/t")
+        self.assertErrno(errno.EEXIST, self.fs.makeLink, b"/one/f", b"x")
+
+
+class RaceTests(ConfinedTestCase):
+    def test_swapDirectoryForSymlink(self) -> None:
+        """
+        While another thread keeps swapping a directory of the share for a
+        symlink to an outside folder or to C{/}, nothing outside is ever
+        read, listed or stat'ed through it.
+        """
+        sw = self.path("one", "sw")
+        os.makedirs(os.path.join(sw, "etc"))
+        write(os.path.join(sw, "secret"), b"inside")
+        write(os.path.join(sw, "etc", "passwd"), b"inside")
+        os.symlink(self.path("outside"), self.path("one", "link_out"))
+        os.symlink("/", self.path("one", "link_root"))
+        passwd = read("/etc/passwd")
+        stop = threading.Event()
+        swaps = [0]
+
+        def swapper() -> None:
+            links = [self.path("one", "link_out"), self.path("one", "link_root")]
+            saved = self.path("one", "sw_saved")
+            while not stop.is_set():
+                link = links[swaps[0] % 2]
+                os.rename(sw, saved)
+                os.rename(link, sw)
+                os.rename(sw, link)
+                os.rename(saved, sw)
+                swaps[0] += 1
+
+        thread = threading.Thread(target=swapper)
+        thread.start()
+        seen = {"inside": 0, "failed": 0}
+        outsideNames = set(os.listdir(self.path("outside"))) - {"secret"}
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                for path in (b"/one/sw/secret", b"/one/sw/etc/passwd"):
+                    try:
+                        data = self.readAll(path)
+                    except OSError:
+                        seen["failed"] += 1
+                        continue
+                    self.assertNotIn(SECRET, data)
+                    self.assertNotEqual(data, passwd)
+                    self.assertEqual(data, b"inside")
+                    seen["inside"] += 1
+                for path in (b"/one/sw", b"/one/sw/etc"):
+                    try:
+                        d = self.fs.openDirectory(path)
+                        names = {os.fsdecode(n) for n, _, _ in d.read(1000)}
+                        d.close()
+                    except (OSError, EOFError):
+                        continue
+                    self.assertFalse(names & outsideNames, names)
+                    self.assertNotIn("shadow", names)
+                try:
+                    attrs = self.fs.stat(b"/one/sw/secret")
+                except OSError:
+                    continue
+                self.assertEqual(attrs["size"], len(b"inside"))
+                realPath = self.fs.realPath(b"/one/sw/secret")
+                self.assertNotIn(os.fsencode(self.base), realPath)
+        finally:
+            stop.set()
+            thread.join()
+        self.assertGreater(swaps[0], 10)
+        self.assertGreater(seen["inside"], 0)
+        self.assertEqual(read(self.path("outside", "secret")), SECRET)
+
+
+class ReadOnlyTests(ConfinedTestCase):
+    """
+    A read-only share refuses every mutating operation with EACCES.
+    """
+
+    def test_everyMutationDenied(self) -> None:
+        fs = self.fs
+        denied: list[tuple[Callable[..., object], tuple[object, ...]]] = [
+            (fs.openFile, (b"/ro/r", FXF_WRITE, {})),
+            (fs.openFile, (b"/ro/r", FXF_READ | FXF_WRITE, {})),
+            (fs.openFile, (b"/ro/r", FXF_APPEND, {})),
+            (fs.openFile, (b"/ro/r", FXF_READ | FXF_TRUNC, {})),
+            (fs.openFile, (b"/ro/new", FXF_READ | FXF_CREAT, {})),
+            (fs.openFile, (b"/ro/new", FXF_WRITE | FXF_CREAT | FXF_EXCL, {})),
+            (fs.setAttrs, (b"/ro/r", {"permissions": 0o600})),
+            (fs.setAttrs, (b"/ro/r", {"size": 0})),
+            (fs.setAttrs, (b"/ro/l", {"atime": 0, "mtime": 0})),
+            (fs.setAttrs, (b"/ro", {"permissions": 0o700})),
+            (fs.removeFile, (b"/ro/r",)),
+            (fs.removeFile, (b"/ro/l",)),
+            (fs.makeDirectory, (b"/ro/newdir", {})),
+            (fs.removeDirectory, (b"/ro/d",)),
+            (fs.makeLink, (b"/ro/newlink", b"r")),
+            (fs.hardLink, (b"/ro/r", b"/ro/hl")),
+            (fs.hardLink, (b"/ro/r", b"/one/hl")),
+            (fs.hardLink, (b"/one/f", b"/ro/hl")),
+        ]
+        for function, args in denied:
+            self.assertErrno(errno.EACCES, function, *args)
+        for overwrite in (False, True):
+            self.assertErrno(errno.EACCES, fs.rename, b"/ro/r", b"/ro/r2", overwrite=overwrite)
+            self.assertErrno(errno.EACCES, fs.rename, b"/ro/r", b"/one/r2", overwrite=overwrite)
+            self.assertErrno(errno.EACCES, fs.rename, b"/one/f", b"/ro/f", overwrite=overwrite)
+        with self.assertRaises(PermissionError):
+            fs.setAttrs(b"/ro/l", {"uid": 0, "gid": 0}, follow=False)
+        self.assertEqual(sorted(os.listdir(self.path("ro"))), ["d", "l", "r"])
+        self.assertEqual(read(self.path("ro", "r")), b"read-only")
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("ro", "r")).st_mode), 0o644)
+
+    def test_openFileDenied(self) -> None:
+        """
+        FSETSTAT and copy-data into a file of a read-only share are refused.
+        """
+        source = self.fs.openFile(b"/one/f", FXF_READ, {})
+        f = self.fs.openFile(b"/ro/r", FXF_READ, {})
+        try:
+            self.assertErrno(errno.EACCES, f.setAttrs, {"size": 0})
+            self.assertErrno(errno.EACCES, f.setAttrs, {"permissions": 0o777})
+            self.assertErrno(errno.EACCES, self.fs.copyData, source, 0, 0, f, 0)
+            self.assertEqual(f.read(0, 100), b"read-only")
+            self.assertEqual(f.statVFS()["flag"] & 1, 1)
+        finally:
+            f.close()
+            source.close()
+
+    def test_readingWorks(self) -> None:
+        self.assertEqual(self.readAll(b"/ro/l"), b"read-only")
+        d = self.fs.openDirectory(b"/ro")
+        self.assertEqual(sorted(n for n, _, _ in d.read(100)), [b"d", b"l", b"r"])
+        d.close()
+        self.assertEqual(self.fs.statVFS(b"/ro")["flag"] & 1, 1)
+        self.assertEqual(self.fs.statVFS(b"/one")["flag"] & 1, 0)
+
+
+class VirtualTreeTests(ConfinedTestCase):
+    def list(self, path: bytes) -> list[bytes]:
+        d = self.fs.openDirectory(path)
+        try:
+            return [n for n, _, _ in d.read(100)]
+        finally:
+            d.close()
+
+    def test_listing(self) -> None:
+        self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
+        self.assertEqual(self.list(b"/home"), [b"alice"])
+        self.assertEqual(self.list(b"/home/alice/"), [b"docs"])
+        self.assertEqual(self.list(b"/home/alice/docs"), [b"a"])
+        self.assertEqual(self.readAll(b"/home/alice/docs/a"), b"alice")
+        self.assertEqual(self.fs.realPath(b"/home/../home/alice/docs/."), b"/home/alice/docs")
+        self.assertEqual(self.fs.realPath(b"."), b"/")
+
+    def test_virtualDirectoriesReadOnly(self) -> None:
+        attrs = self.fs.stat(b"/home")
+        self.assertEqual(attrs["permissions"], stat.S_IFDIR | 0o555)
+        for path in (b"/home/x", b"/y", b"/home/alice/z"):
+            self.assertErrno(errno.EACCES, self.fs.makeDirectory, path, {})
+            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_WRITE | FXF_CREAT, {})
+            self.assertErrno(errno.EACCES, self.fs.makeLink, path, b"/")
+        for path in (b"/home", b"/home/alice", b"/"):
+            self.assertErrno(errno.EACCES, self.fs.removeDirectory, path)
+            self.assertErrno(errno.EACCES, self.fs.setAttrs, path, {"permissions": 0o777})
+            self.assertErrno(errno.EACCES, self.fs.rename, path, b"/one/x", overwrite=False)
+        self.assertErrno(errno.EISDIR, self.fs.openFile, b"/home", FXF_READ, {})
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/home/bob")
+
+    def test_shareRootsCannotBeRemoved(self) -> None:
+        self.assertErrno(errno.EACCES, self.fs.removeDirectory, b"/two")
+        self.assertErrno(errno.EACCES, self.fs.rename, b"/two", b"/one/two", overwrite=False)
+        self.assertTrue(os.path.isdir(self.path("two")))
+
+
+class OperationTests(ConfinedTestCase):
+    def test_nonUtf8Names(self) -> None:
+        name = b"caf\xe9-\xff\xfe"
+        f = self.fs.openFile(b"/one/" + name, FXF_WRITE | FXF_CREAT, {})
+        f.write(0, b"latin1")
+        f.close()
+        d = self.fs.openDirectory(b"/one")
+        entries = d.read(100)
+        d.close()
+        self.assertIn(name, [n for n, _, _ in entries])
+        self.assertTrue(any(longname.endswith(b" " + name) for _, longname, _ in entries))
+        self.assertEqual(self.readAll(b"/one/" + name), b"latin1")
+        self.fs.rename(b"/one/" + name, b"/one/" + name + b"2", overwrite=False)
+        self.assertEqual(read(os.path.join(os.fsencode(self.base), b"one", name + b"2")), b"latin1")  # type: ignore[arg-type]
+        self.fs.makeDirectory(b"/one/\xe9", {})
+        self.assertEqual(self.fs.realPath(b"/one/\xe9/."), b"/one/\xe9")
+
+    def test_renameNoOverwrite(self) -> None:
+        write(self.path("one", "other"), b"other")
+        self.assertErrno(errno.EEXIST, self.fs.rename, b"/one/f", b"/one/other", overwrite=False)
+        self.assertEqual(read(self.path("one", "f")), b"inside")
+        self.assertEqual(read(self.path("one", "other")), b"other")
+        os.mkdir(self.path("one", "emptydir"))
+        self.assertErrno(
+            errno.EEXIST, self.fs.rename, b"/one/sub/deeper", b"/one/emptydir", overwrite=False
+        )
+        self.fs.rename(b"/one/f", b"/one/other", overwrite=True)
+        self.assertEqual(read(self.path("one", "other")), b"inside")
+        self.assertFalse(os.path.exists(self.path("one", "f")))
+        self.fs.rename(b"/one/other", b"/two/moved", overwrite=False)
+        self.assertEqual(read(self.path("two", "moved")), b"inside")
+
+    def test_rmdirNotRecursive(self) -> None:
+        self.assertErrno(errno.ENOTEMPTY, self.fs.removeDirectory, b"/one/sub")
+        self.assertErrno(errno.ENOTDIR, self.fs.removeDirectory, b"/one/f")
+        os.unlink(self.path("one", "sub", "deeper", "esc"))
+        os.unlink(self.path("one", "sub", "deeper", "up"))
+        self.fs.removeDirectory(b"/one/sub/deeper")
+        self.assertFalse(os.path.exists(self.path("one", "sub", "deeper")))
+
+    def test_removeSymlinkNotTarget(self) -> None:
+        self.fs.removeFile(b"/one/in_rel")
+        self.assertFalse(os.path.lexists(self.path("one", "in_rel")))
+        self.assertTrue(os.path.isdir(self.path("one", "sub")))
+
+    def test_openFlags(self) -> None:
+        self.assertErrno(
+            errno.EEXIST, self.fs.openFile, b"/one/f", FXF_WRITE | FXF_CREAT | FXF_EXCL, {}
+        )
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/one/nope", FXF_READ, {})
+        f = self.fs.openFile(b"/one/f", FXF_WRITE | FXF_APPEND, {})
+        f.write(0, b"+more")
+        f.close()
+        self.assertEqual(read(self.path("one", "f")), b"inside+more")
+        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE | FXF_TRUNC, {})
+        f.write(3, b"xyz")
+        self.assertEqual(f.read(0, 100), b"\0\0\0xyz")
+        self.assertRaises(EOFError, f.read, 6, 10)
+        f.close()
+
+    def test_setAttrs(self) -> None:
+        self.fs.setAttrs(b"/one/f", {"size": 2, "permissions": 0o600, "atime": 1000, "mtime": 2000})
+        st = os.stat(self.path("one", "f"))
+        self.assertEqual((st.st_size, stat.S_IMODE(st.st_mode)), (2, 0o600))
+        self.assertEqual((int(st.st_atime), int(st.st_mtime)), (1000, 2000))
+        self.fs.setAttrs(b"/one/in_rel", {"permissions": 0o700})
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "sub")).st_mode), 0o700)
+        self.fs.setAttrs(b"/one/in_rel", {"atime": 5, "mtime": 6}, follow=False)
+        self.assertEqual(int(os.lstat(self.path("one", "in_rel")).st_mtime), 6)
+        self.fs.setAttrs(b"/one/f", {"uid": os.getuid(), "gid": os.getgid()})
+        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        f.setAttrs({"size": 10, "mtime": 3000, "atime": 3000})
+        self.assertEqual(f.stat()["size"], 10)
+        self.assertEqual(f.stat()["mtime"], 3000)
+        f.close()
+
+    def test_copyData(self) -> None:
+        source = self.fs.openFile(b"/one/sub/g", FXF_READ, {})
+        destination = self.fs.openFile(b"/two/copy", FXF_WRITE | FXF_CREAT, {})
+        self.fs.copyData(source, 1, 0, destination, 0)
+        self.fs.copyData(source, 0, 2, destination, 3)
+        source.close()
+        destination.close()
+        self.assertEqual(read(self.path("two", "copy")), b"eepde")
+
+    def test_longname(self) -> None:
+        d = self.fs.openDirectory(b"/one/sub")
+        entries = {n: ln for n, ln, _ in d.read(100)}
+        d.close()
+        pattern = rb"-rw-r--r--    1 \S+ +\S+ +4 [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d g"
+        self.assertTrue(re.fullmatch(pattern, entries[b"g"]), entries[b"g"])
+        self.assertTrue(entries[b"deeper"].startswith(b"drwxr-xr-x "))
+        old = longname(
+            b"x", {"permissions": 0o104755, "size": 12345, "uid": 0, "gid": 0, "mtime": 0}
+        )
+        self.assertTrue(
+            re.fullmatch(rb"-rwsr-xr-x    1 \S+ +\S+ +12345 [A-Z][a-z]{2} [ 0-9]\d  19\d\d x", old),
+            old,
+        )
+
+    def test_directoryBatches(self) -> None:
+        for i in range(250):
+            write(self.path("two", f"n{i:03d}"), b"")
+        d = self.fs.openDirectory(b"/two")
+        sizes = []
+        while True:
+            try:
+                sizes.append(len(d.read(100)))
+            except EOFError:
+                break
+        d.close()
+        self.assertEqual(sizes, [100, 100, 51])
+
+
+class UmaskTests(ConfinedTestCase):
+    def check(self, umask: int, fileMode: int, dirMode: int) -> None:
+        fs = ConfinedFilesystem(self.shares, umask=umask)
+        fs.openFile(b"/one/u", FXF_WRITE | FXF_CREAT, {}).close()
+        fs.openFile(b"/one/p", FXF_WRITE | FXF_CREAT, {"permissions": 0o640}).close()
+        fs.makeDirectory(b"/one/ud", {})
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "u")).st_mode), fileMode)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "p")).st_mode), 0o640 & ~umask)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "ud")).st_mode), dirMode)
+
+    def test_restrictive(self) -> None:
+        self.check(0o077, 0o600, 0o700)
+
+    def test_permissive(self) -> None:
+        """
+        A umask looser than the process's still gives the modes asked for.
+        """
+        self.check(0o002, 0o664, 0o775)
