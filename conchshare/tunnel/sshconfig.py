@@ -127,6 +127,9 @@ class ConnectOptions:
     @ivar allowKeyboardInteractive: try keyboard-interactive (if it can be
         asked).
     @ivar configFile: the config file read (for the jump hosts), or L{None}.
+    @ivar commandLineOptions: the C{-o} values given (jump hosts get them
+        too, so C{--known-hosts} and C{--accept-new} apply to every hop).
+    @ivar commandLineIdentities: the C{-i} values given (also for hops).
     @ivar ignoredKeywords: keywords met in applicable blocks that
         conchshare ignores (lower case, in order, without duplicates).
     """
@@ -154,6 +157,8 @@ class ConnectOptions:
     allowPassword: bool = True
     allowKeyboardInteractive: bool = True
     configFile: str | None = None
+    commandLineOptions: list[str] = field(default_factory=list)
+    commandLineIdentities: list[str] = field(default_factory=list)
     ignoredKeywords: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -326,7 +331,9 @@ class _Resolver:
         if keyword not in SUPPORTED_KEYWORDS:
             if keyword not in self.ignored:
                 self.ignored.append(keyword)
-                _log.debug("ssh config: ignoring {keyword!r} ({where})", keyword=keyword, where=where)
+                _log.debug(
+                    "ssh config: ignoring {keyword!r} ({where})", keyword=keyword, where=where
+                )
             return
         if not args:
             raise UsageError(f"Missing value for {keyword!r} in {where}.")
@@ -472,9 +479,7 @@ def resolve(
 
     identityFiles = [expand(p) for p in list(identities) + resolver.identityFiles]
     if not identityFiles:
-        identityFiles = [
-            p for p in (expand(d) for d in _DEFAULT_IDENTITIES) if os.path.exists(p)
-        ]
+        identityFiles = [p for p in (expand(d) for d in _DEFAULT_IDENTITIES) if os.path.exists(p)]
 
     def pathList(keyword: str, default: list[str]) -> list[str]:
         given = values.get(keyword)
@@ -534,6 +539,8 @@ def resolve(
             _flag(values, "kbdinteractiveauthentication", True) and not batchMode
         ),
         configFile=configFile,
+        commandLineOptions=list(options),
+        commandLineIdentities=list(identities),
         ignoredKeywords=list(resolver.ignored),
     )
 

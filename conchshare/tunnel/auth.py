@@ -1,0 +1,468 @@
+"""
+User authentication of the outbound SSH client.
+
+Methods, in OpenSSH's order: public key (agent keys, then identity files),
+keyboard-interactive, password.  The last two, and passphrases of key
+files, need someone to ask: an injected L{Prompt} or a terminal.
+
+Interop fixes over Conch's L{SSHUserAuthClient}:
+  - RSA keys are offered and signed as C{rsa-sha2-512}/C{rsa-sha2-256},
+    chosen from the server's C{server-sig-algs}; Conch uses C{ssh-rsa}
+    (SHA-1), which OpenSSH >= 8.8 refuses.  The same for agent keys: the
+    sign request carries C{SSH_AGENT_RSA_SHA2_256}/C{_512}.
+  - A failure is one sentence naming what was tried
+    (L{AuthenticationFailed}), not a bare disconnect.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.conch.ssh import keys, transport, userauth
+from twisted.conch.ssh.agent import SSHAgentClient
+from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.service import SSHService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorUNIX
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchshare.errors import AuthenticationFailed
+from conchshare.tunnel.knownhosts import Prompt, fingerprint, keyTypeName
+from conchshare.tunnel.sshconfig import ConnectOptions, isTerminal
+
+_log = Logger()
+
+SSH_AGENT_RSA_SHA2_256 = 2
+SSH_AGENT_RSA_SHA2_512 = 4
+_AGENTC_SIGN_REQUEST = 13
+
+#: How often a passphrase, password or keyboard-interactive round is asked.
+NUMBER_OF_PROMPTS = 3
+
+
+def terminalPrompt(text: str, echo: bool) -> str:
+    """
+    Ask on the controlling terminal (blocks; only used before anything else
+    runs on the connection).
+
+    @return: the answer, without the newline.
+    """
+    if echo:
+        try:
+            with open("/dev/tty", "r+") as tty:
+                tty.write(text)
+                tty.flush()
+                return tty.readline().rstrip("\n")
+        except OSError:
+            return input(text)
+    return getpass.getpass(text)
+
+
+class AgentClient(SSHAgentClient):  # type: ignore[misc]
+    """
+    The agent protocol with the sign-request flags Conch leaves at 0.
+    """
+
+    def signWithFlags(self, blob: bytes, data: bytes, flags: int) -> Deferred[bytes]:
+        """
+        Ask the agent to sign.
+
+        @param flags: C{SSH_AGENT_RSA_SHA2_256} or C{_512} for RSA keys.
+        @return: a Deferred firing with the signature blob (algorithm name
+            and signature, as sent in the userauth request), or failing with
+            L{twisted.conch.error.ConchError} if the agent refuses.
+        """
+        req = NS(blob) + NS(data) + struct.pack("!L", flags)
+        d: Deferred[bytes] = self.sendRequest(_AGENTC_SIGN_REQUEST, req)
+        return d.addCallback(self._cbSignData)
+
+
+@dataclass
+class _Candidate:
+    """
+    One key to offer: from the agent (C{agentBlob}) or from a file (C{path}).
+    """
+
+    label: str
+    publicKey: keys.Key | None
+    path: str | None = None
+    agentBlob: bytes | None = None
+    privateKey: keys.Key | None = None
+
+
+def _loadPublicKey(path: str) -> keys.Key | None:
+    for candidate in (path + ".pub", path):
+        try:
+            key = keys.Key.fromFile(candidate)
+        except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError):
+            continue
+        except Exception:
+            continue
+        return key.public()
+    return None
+
+
+def _shortPath(path: str) -> str:
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if home != "/" and path.startswith(home + "/") else path
+
+
+class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
+    """
+    Authenticate as C{options.user}, then start C{instance}.
+
+    @ivar failure: the L{AuthenticationFailed} once every method failed,
+        else L{None}.
+    @ivar tried: what was tried, for the failure message.
+    @ivar succeeded: authentication succeeded.
+    """
+
+    preferredOrder = [b"publickey", b"keyboard-interactive", b"password"]
+
+    def __init__(
+        self,
+        options: ConnectOptions,
+        instance: SSHService,
+        *,
+        reactor: Any = None,
+        prompt: Prompt | None = None,
+        terminal: Callable[[], bool] = isTerminal,
+    ) -> None:
+        """
+        @param options: who to log in as, with what.
+        @param instance: the service to start once authenticated.
+        @param reactor: for connecting to the agent (an L{IReactorUNIX}).
+        @param prompt: asks for passphrases and passwords; L{None} asks on
+            a terminal if there is one, else nothing is asked.
+        """
+        super().__init__(options.user.encode("utf-8"), instance)
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.options = options
+        self.reactor = reactor
+        self.prompt = prompt
+        self.terminal = terminal
+        self.failure: AuthenticationFailed | None = None
+        self.succeeded = False
+        self.tried: list[str] = []
+        self.serverMethods = b""
+        self._candidates: list[_Candidate] | None = None
+        self._prepared: Deferred[None] | None = None
+        self._agent: AgentClient | None = None
+        self._current: _Candidate | None = None
+        self._algorithm = b""
+        self._passwordTries = 0
+        self._kbdTries = 0
+
+    # -- asking
+
+    def _prompter(self) -> Prompt | None:
+        if self.options.batchMode:
+            return None
+        if self.prompt is not None:
+            return self.prompt
+        return terminalPrompt if self.terminal() else None
+
+    def _ask(self, text: str, echo: bool) -> Deferred[str]:
+        prompter = self._prompter()
+        if prompter is None:
+            return defer.fail(AuthenticationFailed("nobody to ask"))
+        return defer.maybeDeferred(prompter, text, echo)  # type: ignore[arg-type]
+
+    # -- collecting keys
+
+    def _prepare(self) -> Deferred[None]:
+        if self._prepared is None:
+            self._prepared = defer.ensureDeferred(self._collect())
+        return self._prepared
+
+    async def _collect(self) -> None:
+        candidates: list[_Candidate] = []
+        fileKeys = [(p, _loadPublicKey(p)) for p in self.options.identityFiles]
+        fileBlobs = {k.blob() for _, k in fileKeys if k is not None}
+        seen: set[bytes] = set()
+        if self.options.useAgent and self.options.identityAgent and self.options.allowPublicKey:
+            identities: list[tuple[bytes, bytes]] = []
+            try:
+                self._agent = await self._connectAgent(self.options.identityAgent)
+                identities = await self._agent.requestIdentities()
+            except Exception as e:
+                _log.debug("ssh-agent not usable: {e}", e=e)
+                self.tried.append("agent (not reachable)")
+            else:
+                usable = 0
+                for blob, comment in identities:
+                    if self.options.identitiesOnly and blob not in fileBlobs:
+                        continue
+                    try:
+                        key = keys.Key.fromString(blob)
+                    except Exception:
+                        continue  # certificates, sk keys: not for us
+                    usable += 1
+                    seen.add(blob)
+                    label = comment.decode("utf-8", "replace") or fingerprint(key)
+                    candidates.append(_Candidate(f"agent key {label}", key, agentBlob=blob))
+                if not usable:
+                    self.tried.append("agent (no keys)")
+        for path, key in fileKeys:
+            if key is not None and key.blob() in seen:
+                continue
+            if key is None and not os.path.exists(path):
+                _log.debug("identity file {path} does not exist", path=path)
+                continue
+            candidates.append(_Candidate(_shortPath(path), key, path=path))
+        self._candidates = candidates if self.options.allowPublicKey else []
+
+    def _connectAgent(self, path: str) -> Deferred[AgentClient]:
+        if not IReactorUNIX.providedBy(self.reactor):
+            return defer.fail(OSError("no UNIX sockets"))
+        endpoint = UNIXClientEndpoint(self.reactor, path, timeout=5)
+        d: Deferred[AgentClient] = endpoint.connect(Factory.forProtocol(AgentClient))
+        return d
+
+    def _loadPrivate(self, candidate: _Candidate) -> Deferred[keys.Key]:
+        """
+        Load a key file, asking for its passphrase if it has one.
+
+        @return: a Deferred firing with the private key, or failing when it
+            cannot be read or the passphrase is wrong or cannot be asked.
+        """
+        path = candidate.path
+        assert path is not None  # only file candidates come here
+        try:
+            return defer.succeed(keys.Key.fromFile(path))
+        except keys.EncryptedKeyError:
+            pass
+        except Exception as e:
+            candidate.label += " (not readable)"
+            return defer.fail(e)
+        tries = 0
+
+        def attempt(_: object = None) -> Deferred[keys.Key]:
+            nonlocal tries
+            tries += 1
+            d = self._ask(f"Enter passphrase for key '{path}': ", False)
+
+            def load(passphrase: str) -> keys.Key | Deferred[keys.Key]:
+                try:
+                    return keys.Key.fromFile(path, passphrase=passphrase.encode("utf-8"))
+                except Exception:
+                    if tries >= NUMBER_OF_PROMPTS:
+                        candidate.label += " (wrong passphrase)"
+                        raise
+                    return attempt()
+
+            def cannotAsk(f: Failure) -> Failure:
+                if f.check(AuthenticationFailed):
+                    candidate.label += " (passphrase not asked: no terminal)"
+                return f
+
+            return d.addCallbacks(load, cannotAsk)
+
+        return attempt()
+
+    def _nextCandidate(self) -> Deferred[_Candidate | None]:
+        assert self._candidates is not None
+        if not self._candidates:
+            return defer.succeed(None)
+        candidate = self._candidates.pop(0)
+        self.tried.append(candidate.label)
+        if candidate.publicKey is not None:
+            return defer.succeed(candidate)
+        # A key file without a readable public part: load it first.
+        d = self._loadPrivate(candidate)
+
+        def loaded(key: keys.Key) -> _Candidate:
+            candidate.privateKey = key
+            candidate.publicKey = key.public()
+            return candidate
+
+        def failed(f: Failure) -> Deferred[_Candidate | None]:
+            self.tried[-1] = candidate.label
+            _log.debug("cannot use {path}: {f}", path=candidate.path, f=f.getErrorMessage())
+            return self._nextCandidate()
+
+        return d.addCallbacks(loaded, failed)
+
+    def _algorithmFor(self, key: keys.Key) -> bytes:
+        if key.type() != "RSA":
+            return bytes(key.sshType())
+        serverAlgs = self.transport.peerExtensions.get(b"server-sig-algs", b"").split(b",")
+        for algorithm in (b"rsa-sha2-512", b"rsa-sha2-256"):
+            if algorithm in serverAlgs:
+                return algorithm
+        # No server-sig-algs: OpenSSH falls back to ssh-rsa too.
+        return b"ssh-rsa"
+
+    # -- Conch hooks
+
+    def ssh_USERAUTH_SUCCESS(self, packet: bytes) -> None:
+        self.succeeded = True
+        self._closeAgent()
+        super().ssh_USERAUTH_SUCCESS(packet)
+
+    def ssh_USERAUTH_FAILURE(self, packet: bytes) -> Any:
+        self.serverMethods = getNS(packet)[0]
+        return super().ssh_USERAUTH_FAILURE(packet)
+
+    def _cbUserauthFailure(self, result: Any, iterator: Any) -> Any:
+        if result:
+            return None
+        try:
+            method = next(iterator)
+        except StopIteration:
+            self.failure = AuthenticationFailed(self.failureMessage())
+            self._closeAgent()
+            self.transport.sendDisconnect(
+                transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                b"no more authentication methods available",
+            )
+            return None
+        d = defer.maybeDeferred(self.tryAuth, method)
+        d.addCallback(self._cbUserauthFailure, iterator)
+        return d
+
+    def failureMessage(self) -> str:
+        """
+        The one sentence for a failed authentication.
+        """
+        methods = self.serverMethods.decode("ascii", "replace") or "none"
+        tried = ", ".join(self.tried) if self.tried else "nothing (no keys, nobody to ask)"
+        where = f"{self.options.user}@{self.options.displayName()}"
+        return f"Permission denied ({methods}) for {where}; tried: {tried}."
+
+    def serviceStopped(self) -> None:
+        self._closeAgent()
+
+    def _closeAgent(self) -> None:
+        if self._agent is not None and self._agent.transport is not None:
+            self._agent.transport.loseConnection()
+        self._agent = None
+
+    def auth_publickey(self) -> Deferred[bool]:
+        d = self._prepare().addCallback(lambda _: self._nextCandidate())
+
+        def offer(candidate: _Candidate | None) -> bool:
+            if candidate is None or candidate.publicKey is None:
+                return False
+            self._current = candidate
+            self.lastPublicKey = candidate.publicKey
+            self._algorithm = self._algorithmFor(candidate.publicKey)
+            _log.debug(
+                "offering {kind} key {label} as {alg}",
+                kind=keyTypeName(candidate.publicKey),
+                label=candidate.label,
+                alg=self._algorithm,
+            )
+            self.askForAuth(
+                b"publickey",
+                b"\x00" + NS(self._algorithm) + NS(candidate.publicKey.blob()),
+            )
+            return True
+
+        return d.addCallback(offer)
+
+    def ssh_USERAUTH_PK_OK_publickey(self, packet: bytes) -> None:
+        candidate = self._current
+        if candidate is None or candidate.publicKey is None:
+            self.askForAuth(b"none", b"")
+            return
+        blob = candidate.publicKey.blob()
+        data = (
+            NS(self.transport.sessionID)
+            + bytes((userauth.MSG_USERAUTH_REQUEST,))
+            + NS(self.user)
+            + NS(self.instance.name)
+            + NS(b"publickey")
+            + b"\x01"
+            + NS(self._algorithm)
+            + NS(blob)
+        )
+        algorithm = self._algorithm
+        d: Deferred[bytes]
+        if candidate.agentBlob is not None and self._agent is not None:
+            flags = {
+                b"rsa-sha2-256": SSH_AGENT_RSA_SHA2_256,
+                b"rsa-sha2-512": SSH_AGENT_RSA_SHA2_512,
+            }.get(algorithm, 0)
+            d = self._agent.signWithFlags(candidate.agentBlob, data, flags)
+        else:
+            if candidate.privateKey is not None:
+                d = defer.succeed(candidate.privateKey)  # type: ignore[assignment]
+            else:
+                d = self._loadPrivate(candidate)  # type: ignore[assignment]
+
+            def sign(key: keys.Key) -> bytes:
+                candidate.privateKey = key
+                return bytes(key.sign(data, signatureType=algorithm))
+
+            d.addCallback(sign)  # type: ignore[arg-type]
+
+        def send(signature: bytes) -> None:
+            self.askForAuth(b"publickey", b"\x01" + NS(algorithm) + NS(blob) + NS(signature))
+
+        def failed(f: Failure) -> None:
+            _log.debug(
+                "signing with {label} failed: {f}", label=candidate.label, f=f.getErrorMessage()
+            )
+            if self.tried and self.tried[-1] != candidate.label:
+                self.tried[-1] = candidate.label
+            self.askForAuth(b"none", b"")
+
+        d.addCallbacks(send, failed)
+
+    def auth_password(self) -> bool:
+        if not self.options.allowPassword or self._prompter() is None:
+            return False
+        if self._passwordTries >= NUMBER_OF_PROMPTS:
+            return False
+        self._passwordTries += 1
+        if "password" not in self.tried:
+            self.tried.append("password")
+        host = self.options.host
+        d = self._ask(f"{self.options.user}@{host}'s password: ", False)
+        d.addCallbacks(lambda p: self._cbPassword(p.encode("utf-8")), self._ebAuth)
+        return True
+
+    def auth_keyboard_interactive(self) -> bool:
+        if not self.options.allowKeyboardInteractive or self._prompter() is None:
+            return False
+        if self._kbdTries >= NUMBER_OF_PROMPTS:
+            return False
+        self._kbdTries += 1
+        if "keyboard-interactive" not in self.tried:
+            self.tried.append("keyboard-interactive")
+        self.askForAuth(b"keyboard-interactive", NS(b"") + NS(b""))
+        return True
+
+    def getGenericAnswers(
+        self, name: bytes, instruction: bytes, prompts: list[tuple[bytes, bool]]
+    ) -> Deferred[list[str]]:
+        """
+        Ask each keyboard-interactive question in turn.
+
+        @return: a Deferred firing with the answers.
+        """
+
+        async def ask() -> list[str]:
+            answers = []
+            header = "\n".join(t.decode("utf-8", "replace") for t in (name, instruction) if t)
+            for i, (text, echo) in enumerate(prompts):
+                question = text.decode("utf-8", "replace")
+                if i == 0 and header:
+                    question = header + "\n" + question
+                answers.append(await self._ask(question, bool(echo)))
+            return answers
+
+        return defer.ensureDeferred(ask())

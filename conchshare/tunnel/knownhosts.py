@@ -1,0 +1,320 @@
+"""
+Host key verification against OpenSSH known_hosts files.
+
+Read: plain entries (comma-separated patterns with C{*}, C{?} and C{!}),
+hashed entries (C{|1|salt|hash}, via Conch's L{HashedEntry}), the
+C{[host]:port} form for ports other than 22, C{@revoked} lines; C{@cert-
+authority} lines are skipped (no certificates here).
+
+Policy (C{StrictHostKeyChecking}):
+  - a known key: accepted;
+  - a changed key (the host is known with another key of the same type):
+    refused under I{every} setting, with both fingerprints
+    (L{HostKeyChanged}) -- stricter than OpenSSH on purpose;
+  - a revoked key: refused (L{HostKeyError});
+  - an unknown key: C{accept-new} and C{no} record it (C{no} warns),
+    C{ask} asks on a terminal (or the injected prompt) unless C{BatchMode},
+    anything else refuses with the fingerprint (L{HostKeyUnknown}).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.conch.client.knownhosts import HashedEntry
+from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
+from conchshare.tunnel.sshconfig import ConnectOptions, _matchPatternList, isTerminal
+
+_log = Logger()
+
+#: Ask a person: C{prompt(text, echo)} returns the answer (or a Deferred
+#: firing with it).  Used for host keys, passphrases and passwords.
+Prompt = Callable[[str, bool], "Deferred[str] | str"]
+
+
+def fingerprint(key: Key) -> str:
+    """
+    The OpenSSH C{SHA256:...} fingerprint of a public key.
+    """
+    digest = hashlib.sha256(key.blob()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def keyTypeName(key: Key) -> str:
+    """
+    The key type as C{ssh-keygen -l} names it: C{ED25519}, C{ECDSA}, C{RSA}.
+    """
+    name: str = key.type()
+    return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(name, name.upper())
+
+
+def knownHostsName(hostname: str, port: int) -> str:
+    """
+    The known_hosts host field: C{hostname} on port 22, else
+    C{[hostname]:port}.
+    """
+    return hostname if port == 22 else f"[{hostname}]:{port}"
+
+
+@dataclass
+class KnownHostEntry:
+    """
+    One key line of a known_hosts file that applies to a host.
+    """
+
+    key: Key
+    path: str
+    line: int
+    revoked: bool
+
+
+def _entryMatches(hostField: str, name: str) -> bool:
+    if hostField.startswith("|1|"):
+        return False  # handled by the caller through HashedEntry
+    return _matchPatternList(name, hostField.split(","))
+
+
+def readEntries(path: str, name: str) -> list[KnownHostEntry]:
+    """
+    The entries of one known_hosts file for the host field C{name}
+    (C{host} or C{[host]:port}); unreadable files and bad lines are
+    skipped.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    found = []
+    for number, raw in enumerate(data.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        revoked = False
+        if line.startswith(b"@"):
+            marker, _, line = line.partition(b" ")
+            line = line.strip()
+            if marker == b"@revoked":
+                revoked = True
+            else:
+                continue  # @cert-authority: no certificates here
+        fields = line.split(None, 3)
+        if len(fields) < 3:
+            continue
+        hostField = fields[0]
+        try:
+            if hostField.startswith(HashedEntry.MAGIC):
+                entry = HashedEntry.fromString(line)
+                if not entry.matchesHost(name.encode("utf-8")):
+                    continue
+                key = entry.publicKey
+            else:
+                if not _entryMatches(hostField.decode("utf-8", "replace"), name):
+                    continue
+                key = Key.fromString(base64.b64decode(fields[2]))
+        except (BadKeyError, ValueError, TypeError, IndexError, Exception) as e:
+            # A corrupt line must not stop the check of the others.
+            _log.debug("skipping bad known_hosts line {path}:{n}: {e}", path=path, n=number, e=e)
+            continue
+        found.append(KnownHostEntry(key=key, path=path, line=number, revoked=revoked))
+    return found
+
+
+def formatEntry(name: str, key: Key, hashed: bool) -> str:
+    """
+    A known_hosts line (without newline) for C{name} and C{key}.
+    """
+    blob = base64.b64encode(key.blob()).decode("ascii")
+    keyType = key.sshType().decode("ascii")
+    if hashed:
+        salt = os.urandom(20)
+        digest = hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest()
+        hostField = "|1|{}|{}".format(
+            base64.b64encode(salt).decode("ascii"), base64.b64encode(digest).decode("ascii")
+        )
+    else:
+        hostField = name
+    return f"{hostField} {keyType} {blob}"
+
+
+def appendEntry(path: str, line: str) -> None:
+    """
+    Append a line to a known_hosts file, creating the file 0600 and its
+    directory 0700 if needed.
+    """
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as check:
+                check.seek(-1, os.SEEK_END)
+                if check.read(1) != b"\n":
+                    f.write(b"\n")
+        f.write(line.encode("utf-8") + b"\n")
+
+
+class HostKeyVerifier:
+    """
+    Decide whether a server's host key is acceptable, by the known_hosts
+    files and the C{StrictHostKeyChecking} setting of L{ConnectOptions}.
+
+    @ivar warnings: sentences shown to the user (also logged at warn level).
+    """
+
+    def __init__(
+        self,
+        options: ConnectOptions,
+        *,
+        prompt: Prompt | None = None,
+        terminal: Callable[[], bool] = isTerminal,
+    ) -> None:
+        """
+        @param prompt: asks a person (C{prompt(text, echo)}); L{None} means
+            asking is possible only on a terminal, through
+            L{conchshare.tunnel.auth.terminalPrompt}.
+        @param terminal: whether a terminal is there to ask on.
+        """
+        self.options = options
+        self.prompt = prompt
+        self.terminal = terminal
+        self.warnings: list[str] = []
+
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text)
+        _log.warn("{text}", text=text)
+
+    def _prompt(self) -> Prompt | None:
+        if self.options.batchMode:
+            return None
+        if self.prompt is not None:
+            return self.prompt
+        if self.terminal():
+            from conchshare.tunnel.auth import terminalPrompt
+
+            return terminalPrompt
+        return None
+
+    def verify(self, hostname: str, port: int, hostKey: Key) -> Deferred[None]:
+        """
+        Check a host key.
+
+        @param hostname: the host as connected to (C{HostKeyAlias} of the
+            options wins).
+        @param port: the port connected to.
+        @return: a Deferred firing with L{None} when the key is accepted
+            (maybe after recording it), or failing with L{HostKeyChanged},
+            L{HostKeyUnknown} or L{HostKeyError} (revoked key).
+        """
+        try:
+            return self._verify(hostname, port, hostKey)
+        except HostKeyError as e:
+            d: Deferred[None] = Deferred()
+            d.errback(e)
+            return d
+
+    def _verify(self, hostname: str, port: int, hostKey: Key) -> Deferred[None]:
+        options = self.options
+        name = knownHostsName(options.hostKeyAlias or hostname, port)
+        shown = options.displayName() if hostname == options.host else name
+        entries: list[KnownHostEntry] = []
+        for path in options.userKnownHostsFiles + options.globalKnownHostsFiles:
+            entries.extend(readEntries(path, name))
+        presented = fingerprint(hostKey)
+        typeName = keyTypeName(hostKey)
+        if any(e.revoked and e.key == hostKey for e in entries):
+            raise HostKeyError(
+                f"The {typeName} host key of {shown} ({presented}) is marked as revoked;"
+                " refusing to connect."
+            )
+        current = [e for e in entries if not e.revoked]
+        if any(e.key == hostKey for e in current):
+            return succeed(None)
+        sameType = [e for e in current if e.key.sshType() == hostKey.sshType()]
+        if sameType:
+            old = sameType[0]
+            known = fingerprint(old.key)
+            raise HostKeyChanged(
+                f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
+                f" eavesdropping on you right now: the server sent {typeName} key {presented},"
+                f" but {old.path} line {old.line} records {known}; refusing to connect"
+                f" (if the change is expected, remove the old key with"
+                f" ssh-keygen -R '{name}' and connect again).",
+                fingerprint=presented,
+                knownFingerprint=known,
+            )
+        otherTypes = sorted({keyTypeName(e.key) for e in current})
+        mode = options.strictHostKeyChecking
+        if mode in ("accept-new", "no"):
+            self._record(name, shown, hostKey)
+            if mode == "no":
+                self._warn(
+                    f"Warning: accepted the unknown {typeName} host key {presented} of {shown}"
+                    " without checking (StrictHostKeyChecking=no)."
+                )
+            return succeed(None)
+        unknown = HostKeyUnknown(
+            f"The authenticity of host {shown} can't be established: its {typeName} key"
+            f" {presented} is not in known_hosts"
+            + (f" (it is known with {', '.join(otherTypes)} keys)" if otherTypes else "")
+            + "; check the fingerprint, then connect with --accept-new"
+            " (-o StrictHostKeyChecking=accept-new) or add the key to"
+            f" {options.userKnownHostsFiles[0] if options.userKnownHostsFiles else 'known_hosts'}.",
+            fingerprint=presented,
+        )
+        prompt = self._prompt() if mode == "ask" else None
+        if prompt is None:
+            raise unknown
+        question = (
+            f"The authenticity of host '{shown}' can't be established.\n"
+            f"{typeName} key fingerprint is {presented}.\n"
+            "This key is not known by any other names.\n"
+            "Are you sure you want to continue connecting (yes/no/[fingerprint])? "
+        )
+
+        def answered(answer: str) -> None:
+            answer = answer.strip()
+            if answer.lower() == "yes" or answer == presented:
+                self._record(name, shown, hostKey)
+                return None
+            raise unknown
+
+        d: Deferred[str] = maybeDeferred(prompt, question, True)  # type: ignore[arg-type]
+        return d.addCallback(answered)
+
+    def _record(self, name: str, shown: str, hostKey: Key) -> None:
+        files = self.options.userKnownHostsFiles
+        if not files:
+            return
+        try:
+            appendEntry(files[0], formatEntry(name, hostKey, self.options.hashKnownHosts))
+        except OSError as e:
+            self._warn(f"Failed to add the host key of {shown} to {files[0]}: {e.strerror}.")
+            return
+        self._warn(
+            f"Permanently added '{name}' ({keyTypeName(hostKey)}) to the list of known hosts."
+        )
+
+    def preferredKeyTypes(self, hostname: str, port: int) -> list[bytes]:
+        """
+        The SSH key types recorded for this host, so the transport can ask
+        for them first (as OpenSSH does) and not for a type it cannot check.
+        """
+        name = knownHostsName(self.options.hostKeyAlias or hostname, port)
+        types: list[bytes] = []
+        for path in self.options.userKnownHostsFiles + self.options.globalKnownHostsFiles:
+            for entry in readEntries(path, name):
+                t = entry.key.sshType()
+                if not entry.revoked and t not in types:
+                    types.append(t)
+        return types
