@@ -1,0 +1,562 @@
+"""
+Mounting the shares on the remote host with that host's C{sshfs}, started
+over an exec channel of our own outbound connection (what X2Go's
+C{x2gomountdirs} does on the server, driven from our side).
+
+Transports (C{via}):
+  - C{passive} (the default): the exec channel runs
+    C{sshfs -f -o passive,idmap=user :/PATH DIR} and our SFTP server speaks
+    over that channel's stdin/stdout.  No listener, no key, one crypto layer.
+  - C{ssh}, C{socket}, C{raw-tcp}: a forward of the connection leads to our
+    server (nested SSH server, raw SFTP on an owner-only Unix socket, raw
+    SFTP on a TCP port) and the remote C{sshfs} connects to it.
+
+PATH is the share's virtual path when there is one share (the mount shows
+that folder), C{/} otherwise (the virtual root, one folder per share).
+
+State rules of L{RemoteMount}:
+  - C{idle} -> C{mounting} -> C{mounted} -> C{unmounting} -> C{idle}.  A
+    failed mount goes back to C{idle} having removed what it created.
+  - C{_created} (the top-most directory we created for the mount point) is
+    kept across remounts: we remove it when the mount finally ends.
+  - Every remote command runs through C{sh -c} with every path quoted by
+    L{shlex.quote}, whatever the remote user's login shell is.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchshare.errors import MountFailed
+from conchshare.events import EventObserver, makeEvent
+from conchshare.shares import ShareSet
+
+__all__ = ["VIAS", "RemoteMount", "remoteShellPath"]
+
+#: The transports C{conchshare mount --via} accepts.
+VIAS = ("passive", "ssh", "socket", "raw-tcp")
+
+#: Seconds a mount may take to answer.
+MOUNT_TIMEOUT = 20.0
+#: Seconds between checks that the mount answers.
+POLL_INTERVAL = 0.1
+#: Seconds a short remote command (check, unmount) may take.
+COMMAND_TIMEOUT = 30.0
+#: Attempts at a plain unmount of a busy mount, and the pause between them,
+#: before unmounting lazily.
+UNMOUNT_ATTEMPTS = 5
+UNMOUNT_PAUSE = 0.2
+#: Seconds we wait for sshfs to exit after the unmount before closing its
+#: channel.
+EXIT_TIMEOUT = 3.0
+
+_INSTALL_HINT = {
+    "sshfs": "install it (apt-get install sshfs)",
+    "fusermount": "install FUSE (apt-get install fuse3)",
+    "socat": "install it (apt-get install socat)",
+}
+
+
+def remoteShellPath(path: str) -> str:
+    """
+    A remote path as a word of a POSIX shell command.  Everything is quoted;
+    only a leading C{~} or C{~/} becomes C{"$HOME"} so it still names the
+    remote home directory.
+    """
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        rest = path[2:]
+        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"'
+    return shlex.quote(path)
+
+
+def _shellCommand(script: str) -> bytes:
+    """
+    The exec request for C{script}: run by C{sh} whatever the login shell.
+    """
+    return ("/bin/sh -c " + shlex.quote(script)).encode("utf-8", "surrogateescape")
+
+
+def _words(data: bytes) -> dict[str, str]:
+    """
+    Parse the NUL-separated C{key=value} records our remote scripts print.
+    """
+    result: dict[str, str] = {}
+    for record in data.split(b"\0"):
+        record = record.strip(b"\n")
+        if not record:
+            continue
+        key, _, value = record.decode("utf-8", "surrogateescape").partition("=")
+        result[key] = value
+    return result
+
+
+def _lastLine(data: bytes) -> str:
+    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else ""
+
+
+# Shell functions shared by our scripts.  ismnt: is $1 a mount point?
+# (util-linux mountpoint when present, else compare device numbers).
+_FUNCTIONS = r"""
+ismnt() {
+  if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$1"
+  else [ "$(stat -c %d -- "$1" 2>/dev/null)" != "$(stat -c %d -- "$1/.." 2>/dev/null)" ]; fi
+}
+rec() { printf '%s=%s\0' "$1" "$2"; }
+"""
+
+# Checks the tools, then prepares the mount point; prints records.  Nothing
+# is created unless every check passed.
+_PREPARE = r"""
+missing=
+command -v sshfs >/dev/null 2>&1 || missing="$missing sshfs"
+if command -v fusermount3 >/dev/null 2>&1; then fm=fusermount3
+elif command -v fusermount >/dev/null 2>&1; then fm=fusermount
+else missing="$missing fusermount"; fi
+for tool in $extra; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
+if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
+if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
+if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
+rec fusermount "$fm"
+if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
+if [ -e "$d" ] || [ -L "$d" ]; then
+  if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi
+else
+  top=$d; p=$(dirname -- "$d")
+  while [ ! -e "$p" ] && [ ! -L "$p" ]; do top=$p; p=$(dirname -- "$p"); done
+  if ! err=$(mkdir -p -- "$d" 2>&1); then rec mkdir "$err"; exit 0; fi
+  rec created "$(cd -- "$top" && pwd)"
+fi
+if ismnt "$d"; then rec mounted "$(cd -- "$d" && pwd)"; exit 0; fi
+rec path "$(cd -- "$d" && pwd)"
+"""
+
+# Answers (exit 0) once $d is a mount point that lists.
+_CHECK = r"""
+ismnt "$d" && ls -a -- "$d" >/dev/null 2>&1
+"""
+
+# Unmounts $d with $fm, retrying a busy mount, then lazily; removes the
+# directories we created ($created: the top-most one).
+_UNMOUNT = r"""
+i=0
+while :; do
+  if out=$(LC_ALL=C "$fm" -u -- "$d" 2>&1); then rec result unmounted; break; fi
+  case $out in
+    *busy*) ;;
+    *) if ! ismnt "$d"; then rec result notmounted; break; fi ;;
+  esac
+  i=$((i+1))
+  if [ "$i" -ge "$attempts" ]; then
+    if out=$(LC_ALL=C "$fm" -u -z -- "$d" 2>&1); then rec result lazy
+    else rec result failed; rec error "$out"; fi
+    break
+  fi
+  sleep "$pause"
+done
+if [ -n "$created" ]; then
+  p=$d
+  while rmdir -- "$p" 2>/dev/null; do
+    [ "$p" = "$created" ] && break
+    p=$(dirname -- "$p")
+  done
+fi
+"""
+
+
+def _script(body: str, **variables: str) -> bytes:
+    """
+    A remote command: shell variables assigned from quoted values, our
+    functions, then C{body}.
+    """
+    assignments = "".join(f"{name}={value}\n" for name, value in variables.items())
+    return _shellCommand(assignments + _FUNCTIONS + body)
+
+
+def _defaultAvatar(shares: ShareSet, reactor: Any) -> object:
+    from conchshare.sftp.avatar import ShareSFTPServer
+
+    return ShareSFTPServer(shares, reactor=reactor)
+
+
+def _defaultServerProtocol(avatar: object) -> IProtocol:
+    from conchshare.sftp.protocol import SFTPServerProtocol
+
+    protocol: IProtocol = SFTPServerProtocol(avatar)
+    return protocol
+
+
+class RemoteMount:
+    """
+    The shares, mounted on the remote host with its C{sshfs}.
+
+    @ivar remotePath: the absolute remote path of the mount point once
+        known, else L{None}.
+    @ivar state: C{"idle"}, C{"mounting"}, C{"mounted"} or C{"unmounting"}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        connection: Any,
+        shares: ShareSet,
+        remoteDir: str,
+        *,
+        via: str = "passive",
+        reactor: Any = None,
+        avatarFactory: Callable[[ShareSet], object] | None = None,
+        observer: EventObserver | None = None,
+        sshfsOptions: Sequence[str] = (),
+        serverProtocolFactory: Callable[[object], IProtocol] | None = None,
+        mountTimeout: float = MOUNT_TIMEOUT,
+    ) -> None:
+        """
+        @param connection: the connected outbound SSH connection (a Conch
+            C{SSHConnection}, usually L{conchshare.tunnel.connection.ShareConnection}).
+        @param shares: what to mount.
+        @param remoteDir: the mount point on the remote host; relative to
+            the remote home directory unless absolute; C{~/} works.
+        @param via: one of L{VIAS}.
+        @param reactor: the reactor (default: the global one).
+        @param avatarFactory: makes the SFTP avatar serving one mount from
+            the shares (default: L{conchshare.sftp.avatar.ShareSFTPServer}).
+        @param observer: receives the C{mounted} and C{unmounted} events.
+        @param sshfsOptions: extra C{sshfs -o} options, e.g. C{["ro"]}.
+        @param serverProtocolFactory: makes the SFTP server protocol for an
+            avatar (default: L{conchshare.sftp.protocol.SFTPServerProtocol}).
+        @param mountTimeout: seconds the mount may take to answer.
+        @raise ValueError: C{via} is not one of L{VIAS}, or an sshfs option
+            contains a comma.
+        """
+        if via not in VIAS:
+            raise ValueError(f"via must be one of {', '.join(VIAS)}, not {via!r}")
+        for option in sshfsOptions:
+            if "," in option or not option:
+                raise ValueError(f"an sshfs option cannot be empty or contain a comma: {option!r}")
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self.connection = connection
+        self.shares = shares
+        self.remoteDir = remoteDir
+        self.via = via
+        self.sshfsOptions = tuple(sshfsOptions)
+        self.mountTimeout = mountTimeout
+        self.remotePath: str | None = None
+        self.state = "idle"
+        self._reactor = reactor
+        self._avatarFactory = avatarFactory or (lambda s: _defaultAvatar(s, reactor))
+        self._serverProtocolFactory = serverProtocolFactory or _defaultServerProtocol
+        self._observer = observer
+        self._fusermount = "fusermount"
+        self._created: str | None = None
+        self._wasMounted = False
+        self._sshfs: Any = None
+        self._mountWaiters: list[defer.Deferred[None]] = []
+
+    # -- events ------------------------------------------------------------
+
+    def _emit(self, name: str, **fields: Any) -> None:
+        if self._observer is not None:
+            self._observer(makeEvent(name, self._reactor, **fields))
+
+    # -- remote commands ---------------------------------------------------
+
+    def _run(
+        self, command: bytes, timeout: float = COMMAND_TIMEOUT
+    ) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
+        from conchshare.tunnel.remote import runRemote
+
+        try:
+            d = runRemote(self.connection, command)
+        except Exception as e:
+            return defer.fail(e)
+        return d.addTimeout(timeout, self._reactor)
+
+    @property
+    def _remotePathWord(self) -> str:
+        if self.remotePath is not None:
+            return shlex.quote(self.remotePath)
+        return remoteShellPath(self.remoteDir)
+
+    def _sshfsSource(self) -> str:
+        return ":" + self.shares.home.decode("utf-8", "surrogateescape")
+
+    def _sshfsCommand(self) -> bytes:
+        assert self.remotePath is not None
+        options = ",".join(("passive", "idmap=user") + self.sshfsOptions)
+        words = ["exec", "sshfs", "-f", "-o", options, self._sshfsSource(), self.remotePath]
+        return _shellCommand(" ".join(shlex.quote(w) for w in words))
+
+    # -- mounting ----------------------------------------------------------
+
+    def mount(self) -> defer.Deferred[str]:
+        """
+        Mount the shares on the remote host and wait until the mount answers.
+        Callable again after L{unmount} or after the connection was replaced
+        (see L{remount}).
+
+        @return: a Deferred firing with the absolute remote path of the
+            mount point once it answers (a C{mounted} event is sent then).
+            It fails with L{MountFailed} (one sentence saying why: no sshfs,
+            no FUSE, the mount point is not a directory or already a mount
+            point, sshfs failed, timeout, connection lost); what this call
+            created on the remote host is removed then.
+        """
+        if self.state != "idle":
+            return defer.fail(MountFailed(f"the remote mount is already {self.state}"))
+        self.state = "mounting"
+        return defer.ensureDeferred(self._mountAndReport())
+
+    async def _mountAndReport(self) -> str:
+        try:
+            path = await self._mount()
+        except MountFailed:
+            self.state = "idle"
+            raise
+        except Exception as e:
+            self.state = "idle"
+            raise MountFailed(f"the remote mount failed: {_reason(e)}") from e
+        finally:
+            waiters, self._mountWaiters = self._mountWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        self.state = "mounted"
+        self._wasMounted = True
+        self._emit("mounted", remote_path=path)
+        return path
+
+    def remount(self, connection: Any | None = None) -> defer.Deferred[str]:
+        """
+        Mount again, on a new connection after a reconnect: the previous
+        C{sshfs} ended with the old connection.  A stale mount left at the
+        mount point is unmounted lazily first.
+
+        @param connection: the new connection (default: keep the current one).
+        @return: as L{mount}.
+        """
+        if connection is not None:
+            self.connection = connection
+        if self.state == "mounted":
+            # The old connection is gone: its channel is dead.
+            self.state = "idle"
+            self._sshfs = None
+        return self.mount()
+
+    async def _mount(self) -> str:
+        extra = "socat" if self.via == "socket" else ""
+        try:
+            status, out, err = await self._run(
+                _script(
+                    _PREPARE,
+                    d=self._remotePathWord,
+                    extra=shlex.quote(extra),
+                    passive="1" if self.via in ("passive", "socket") else "''",
+                    stale="1" if self._wasMounted else "''",
+                )
+            )
+        except Exception as e:
+            raise MountFailed(f"could not check the remote host for sshfs: {_reason(e)}")
+        records = _words(out)
+        where = self.remoteDir
+        if "missing" in records:
+            tool = records["missing"].split()[0]
+            raise MountFailed(
+                f"the remote host has no {tool}: {_INSTALL_HINT.get(tool, 'install it')}"
+            )
+        if "nofuse" in records:
+            raise MountFailed(
+                "the remote host has no FUSE device (/dev/fuse): load the fuse module or install fuse3"
+            )
+        if "nopassive" in records:
+            raise MountFailed(
+                "the remote host's sshfs does not support -o passive: install sshfs 3.0 or later"
+            )
+        if "notdir" in records:
+            raise MountFailed(f"the remote mount point {where} exists and is not a directory")
+        if "mkdir" in records:
+            raise MountFailed(
+                f"could not create the remote mount point {where}: {records['mkdir']}"
+            )
+        if "mounted" in records:
+            raise MountFailed(
+                f"the remote mount point {records['mounted']} is already a mount point:"
+                " unmount it first (fusermount -u)"
+            )
+        if "path" not in records or status != 0:
+            raise MountFailed(
+                f"could not prepare the remote mount point {where}: {_lastLine(err) or 'unknown error'}"
+            )
+        self._fusermount = records.get("fusermount", "fusermount")
+        if "created" in records and self._created is None:
+            self._created = records["created"]
+        self.remotePath = records["path"]
+        try:
+            await self._startSSHFS()
+            await self._waitMounted()
+        except BaseException:
+            await self._cleanUp(lazy=True)
+            raise
+        return self.remotePath
+
+    async def _startSSHFS(self) -> None:
+        from conchshare.tunnel.remote import openExecProtocol
+
+        if self.via != "passive":
+            raise MountFailed(f"--via {self.via} is not available yet")
+        avatar = self._avatarFactory(self.shares)
+        protocol = self._serverProtocolFactory(avatar)
+        try:
+            self._sshfs = await openExecProtocol(self.connection, self._sshfsCommand(), protocol)
+        except Exception as e:
+            raise MountFailed(f"could not start sshfs on the remote host: {_reason(e)}")
+
+    async def _waitMounted(self) -> None:
+        assert self.remotePath is not None
+        channel = self._sshfs
+        deadline = self._reactor.seconds() + self.mountTimeout
+        check = _script(_CHECK, d=shlex.quote(self.remotePath))
+        while True:
+            if channel is not None and channel.isClosed:
+                raise MountFailed(
+                    "sshfs failed on the remote host: "
+                    + (_lastLine(channel.stderr) or f"it exited with status {channel.exitStatus}")
+                )
+            try:
+                status, _, _ = await self._run(check, timeout=max(1.0, self.mountTimeout))
+            except Exception as e:
+                raise MountFailed(f"lost the remote host while mounting: {_reason(e)}")
+            if status == 0:
+                return
+            if self._reactor.seconds() >= deadline:
+                raise MountFailed(
+                    f"the remote mount at {self.remotePath} did not answer within"
+                    f" {self.mountTimeout:g} seconds"
+                )
+            await _sleep(self._reactor, POLL_INTERVAL)
+
+    # -- unmounting --------------------------------------------------------
+
+    def unmount(self) -> defer.Deferred[None]:
+        """
+        Unmount (retrying a busy mount briefly, then lazily), remove the
+        mount point if we created it, and close sshfs's channel.  An
+        C{unmounted} event is sent (with C{"lazy": True} when the mount was
+        busy and detached lazily).  Nothing happens if nothing is mounted.
+
+        @return: a Deferred firing with L{None} when done; it never fails
+            (a remote error is logged and reported in the event).
+        """
+        if self.state == "mounting":
+            # Let the mount finish or fail (it is bounded), then undo it.
+            waiting: defer.Deferred[None] = defer.Deferred()
+            self._mountWaiters.append(waiting)
+            return waiting.addCallback(lambda _: self.unmount())
+        if self.state != "mounted":
+            return defer.succeed(None)
+        self.state = "unmounting"
+        d = defer.ensureDeferred(self._unmount())
+
+        def failed(reason: Failure) -> None:
+            self._log.failure("unmounting failed", reason)
+
+        def done(_: object) -> None:
+            self.state = "idle"
+            self._wasMounted = False
+
+        return d.addErrback(failed).addBoth(done)
+
+    async def _unmount(self) -> None:
+        path = self.remotePath
+        result = await self._cleanUp(lazy=False)
+        fields: dict[str, Any] = {"remote_path": path}
+        if result == "lazy":
+            fields["lazy"] = True
+            fields["message"] = (
+                f"{path} was busy on the remote host and was unmounted lazily:"
+                " it goes away once its last open file is closed"
+            )
+        elif result not in ("unmounted", "notmounted", "gone"):
+            fields["message"] = f"could not unmount {path} on the remote host: {result}"
+        self._emit("unmounted", **fields)
+
+    async def _cleanUp(self, lazy: bool) -> str:
+        """
+        Unmount, remove what we created, close sshfs's channel.
+
+        @param lazy: whether this undoes a failed mount (then no event).
+        @return: C{"unmounted"}, C{"notmounted"}, C{"lazy"}, C{"gone"} (the
+            connection is gone) or an error message.
+        """
+        channel, self._sshfs = self._sshfs, None
+        result = "gone"
+        if self.remotePath is not None and getattr(self.connection, "transport", None):
+            try:
+                _, out, _ = await self._run(
+                    _script(
+                        _UNMOUNT,
+                        d=shlex.quote(self.remotePath),
+                        fm=shlex.quote(self._fusermount),
+                        created=shlex.quote(self._created or ""),
+                        attempts=str(1 if lazy else UNMOUNT_ATTEMPTS),
+                        pause=str(UNMOUNT_PAUSE),
+                    )
+                )
+                records = _words(out)
+                result = records.get("result", "")
+                if result == "failed":
+                    result = records.get("error", "") or "fusermount failed"
+                if result != "lazy":
+                    self._created = None
+            except Exception as e:
+                result = _reason(e)
+        if channel is not None:
+            if result != "lazy":
+                await _closedWithin(self._reactor, channel, EXIT_TIMEOUT)
+            if not channel.isClosed:
+                channel.loseConnection()
+        return result
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, defer.TimeoutError):
+        return "the remote command timed out"
+    text = str(e).strip()
+    return text or e.__class__.__name__
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+async def _closedWithin(reactor: Any, channel: Any, seconds: float) -> None:
+    """
+    Wait until C{channel} has closed, at most C{seconds}.
+    """
+    if channel.isClosed:
+        return
+    d: defer.Deferred[None] = defer.Deferred()
+
+    def closed(_: object) -> None:
+        if not d.called:
+            d.callback(None)
+
+    channel.notifyOnClose(closed)
+    call = reactor.callLater(seconds, closed, None)
+    await d
+    if call.active():
+        call.cancel()

@@ -1,0 +1,414 @@
+"""
+End-to-end tests of L{conchshare.mount.RemoteMount} against a throwaway
+OpenSSH sshd on loopback: the remote host is this machine, so the remote
+mount point is a local path too.
+
+Files on the mount are touched only from worker threads or child processes:
+the mount is served by this very reactor, so a blocking call on the reactor
+thread would deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from twisted.conch.ssh import keys, transport, userauth
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from conchshare.errors import MountFailed
+from conchshare.mount import RemoteMount, remoteShellPath
+from conchshare.shares import ShareSet
+from conchshare.tunnel.connection import ShareConnection
+from tests.sshd import ThrowawaySSHD, available
+
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
+
+
+def _skipReason() -> str | None:
+    reason = available()
+    if reason:
+        return reason
+    if not shutil.which("sshfs"):
+        return "sshfs is not installed (apt-get install sshfs)"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse here"
+    return None
+
+
+# -- a minimal SSH client (the product's own client lives in conchshare.tunnel)
+
+
+class _Connection(ShareConnection):
+    ready: defer.Deferred[Any]
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        if not self.ready.called:
+            self.ready.callback(self)
+
+
+class _Transport(transport.SSHClientTransport):  # type: ignore[misc]
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Any:
+        expected = keys.Key.fromString(self.factory.sshd.hostPublicKey.encode()).blob()
+        if hostKey != expected:
+            return defer.fail(Exception("host key mismatch"))
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.requestService(_UserAuth(self.factory.sshd, self.factory.connection))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if not self.factory.connection.ready.called:
+            self.factory.connection.ready.errback(reason or Failure(ConnectionDone()))
+
+
+class _UserAuth(userauth.SSHUserAuthClient):  # type: ignore[misc]
+    def __init__(self, sshd: ThrowawaySSHD, connection: Any) -> None:
+        super().__init__(sshd.user.encode(), connection)
+        self._key = keys.Key.fromFile(sshd.clientKeyPath)
+        self._offered = False
+
+    def getPublicKey(self) -> Any:
+        if self._offered:
+            return None
+        self._offered = True
+        return self._key.public()
+
+    def getPrivateKey(self) -> Any:
+        return defer.succeed(self._key)
+
+    def getPassword(self, prompt: Any = None) -> Any:
+        return None
+
+
+class _Factory(protocol.ClientFactory):
+    protocol = _Transport
+
+    def __init__(self, sshd: ThrowawaySSHD) -> None:
+        self.sshd = sshd
+        self.connection = _Connection()
+        self.connection.ready = defer.Deferred()
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.connection.ready.called:
+            self.connection.ready.errback(reason)
+
+
+def connect(testCase: unittest.TestCase, sshd: ThrowawaySSHD) -> defer.Deferred[Any]:
+    """
+    Connect to C{sshd}; the test's cleanup disconnects.
+
+    @return: a Deferred firing with the connected C{SSHConnection}.
+    """
+    factory = _Factory(sshd)
+    connector = reactor.connectTCP(sshd.host, sshd.port, factory, timeout=10)
+
+    def disconnect() -> None:
+        tr = factory.connection.transport
+        if tr is not None and tr.transport is not None:
+            tr.transport.loseConnection()
+        else:
+            connector.disconnect()
+
+    testCase.addCleanup(disconnect)
+    return factory.connection.ready.addTimeout(15, reactor)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256File(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def isMounted(path: str) -> bool:
+    return subprocess.run(["mountpoint", "-q", "--", path], check=False).returncode == 0
+
+
+def forceUnmount(path: str) -> None:
+    if isMounted(path):
+        subprocess.run([FUSERMOUNT, "-u", "-z", "--", path], check=False, capture_output=True)
+
+
+def inThread(f: Any, *args: Any) -> defer.Deferred[Any]:
+    """
+    Run blocking file work on the mount in a thread, with a timeout.
+    """
+    return threads.deferToThread(f, *args).addTimeout(30, reactor)
+
+
+def readFile(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def writeFile(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class MountTestsMixin:
+    """
+    Start an sshd, connect, build shares; clean up every mount.
+    """
+
+    skip = _skipReason()
+    extraConfig: list[str] = []
+
+    def setUpSSHD(self, extraConfig: list[str] | None = None) -> defer.Deferred[Any]:
+        tc: Any = self
+        self.sshd = ThrowawaySSHD.start(tc.mktemp(), extraConfig=extraConfig or [])
+        tc.addCleanup(self.sshd.stop)
+        self.base = os.path.abspath(tc.mktemp())
+        os.makedirs(self.base)
+        return connect(tc, self.sshd)
+
+    def share(self, name: str, files: dict[str, bytes]) -> str:
+        path = os.path.join(self.base, "local", name)
+        os.makedirs(path)
+        for filename, data in files.items():
+            writeFile(os.path.join(path, filename), data)
+        return path
+
+    def remoteMount(
+        self, connection: Any, specs: list[str], mountPoint: str, **kw: Any
+    ) -> RemoteMount:
+        tc: Any = self
+        self.events: list[dict[str, Any]] = []
+        mount = RemoteMount(
+            connection,
+            ShareSet.fromSpecs(specs),
+            mountPoint,
+            observer=self.events.append,
+            **kw,
+        )
+        absolute = mountPoint if os.path.isabs(mountPoint) else None
+        tc.addCleanup(lambda: forceUnmount(mount.remotePath or absolute or mountPoint))
+        tc.addCleanup(mount.unmount)
+        return mount
+
+
+class PassiveMountTests(MountTestsMixin, unittest.TestCase):
+    """
+    C{--via passive}: sshfs on an exec channel, SFTP over its stdio.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_oneShareReadWrite(self) -> Any:
+        """
+        With one share, the mount point shows the folder's contents; a
+        few MiB file reads back with its checksum, and files written on the
+        remote side arrive in the local folder intact.  Unmounting removes
+        the mount point this call created and reports it.
+        """
+        connection = yield self.setUpSSHD()
+        big = os.urandom(3 * 1024 * 1024 + 17)
+        local = self.share("docs", {"hello.txt": b"hello\n", "big.bin": big})
+        mountPoint = os.path.join(self.base, "remote", "mnt")
+        mount = self.remoteMount(connection, [f"docs={local}"], mountPoint)
+
+        path = yield mount.mount()
+        self.assertEqual(path, mountPoint)
+        self.assertTrue(isMounted(mountPoint))
+        self.assertEqual([e["event"] for e in self.events], ["mounted"])
+        self.assertEqual(self.events[0]["remote_path"], mountPoint)
+
+        names = yield inThread(os.listdir, mountPoint)
+        self.assertEqual(sorted(names), ["big.bin", "hello.txt"])
+        data = yield inThread(readFile, os.path.join(mountPoint, "big.bin"))
+        self.assertEqual(sha256(data), sha256(big))
+
+        written = os.urandom(2 * 1024 * 1024 + 5)
+        yield inThread(writeFile, os.path.join(mountPoint, "from-remote.bin"), written)
+        self.assertEqual(sha256File(os.path.join(local, "from-remote.bin")), sha256(written))
+
+        yield mount.unmount()
+        self.assertFalse(isMounted(mountPoint))
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertFalse(os.path.exists(os.path.join(self.base, "remote")))
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "unmounted"])
+        self.assertEqual(self.events[1]["remote_path"], mountPoint)
+        self.assertNotIn("lazy", self.events[1])
+        self.assertTrue(os.path.exists(os.path.join(local, "from-remote.bin")))
+
+    @defer.inlineCallbacks
+    def test_severalSharesShowTheVirtualRoot(self) -> Any:
+        """
+        With several shares the mount point shows one folder per share; an
+        existing mount point is left in place after unmounting.
+        """
+        connection = yield self.setUpSSHD()
+        one = self.share("one", {"a.txt": b"A"})
+        two = self.share("two", {"b.txt": b"B"})
+        mountPoint = os.path.join(self.base, "existing")
+        os.makedirs(mountPoint)
+        mount = self.remoteMount(connection, [f"one={one}", f"two={two}"], mountPoint)
+        yield mount.mount()
+        names = yield inThread(os.listdir, mountPoint)
+        self.assertEqual(sorted(names), ["one", "two"])
+        data = yield inThread(readFile, os.path.join(mountPoint, "two", "b.txt"))
+        self.assertEqual(data, b"B")
+        yield mount.unmount()
+        self.assertFalse(isMounted(mountPoint))
+        self.assertTrue(os.path.isdir(mountPoint))
+
+    @defer.inlineCallbacks
+    def test_awkwardPath(self) -> Any:
+        """
+        A mount point with spaces, quotes, shell metacharacters and
+        non-ASCII characters is created, mounted, unmounted and removed.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"f.txt": b"quoted"})
+        parent = os.path.join(self.base, 'it\'s "a" $HOME `x`')
+        os.makedirs(parent)
+        mountPoint = os.path.join(parent, "mnt dir; rm -rf ü 日本")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        path = yield mount.mount()
+        self.assertEqual(path, mountPoint)
+        data = yield inThread(readFile, os.path.join(mountPoint, "f.txt"))
+        self.assertEqual(data, b"quoted")
+        yield mount.unmount()
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertTrue(os.path.isdir(parent))
+        self.assertEqual(os.listdir(parent), [])
+
+    @defer.inlineCallbacks
+    def test_busyMountIsUnmountedLazily(self) -> Any:
+        """
+        While a remote process keeps a file on the mount open, unmount
+        retries, then detaches the mount lazily and says so in the event.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"open.txt": b"x"})
+        mountPoint = os.path.join(self.base, "busy")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        yield mount.mount()
+        holder = subprocess.Popen(
+            [
+                "sh",
+                "-c",
+                'exec 3<"$1"; echo ready; exec sleep 30',
+                "sh",
+                os.path.join(mountPoint, "open.txt"),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        self.addCleanup(lambda: (holder.kill(), holder.wait()))
+        line = yield inThread(holder.stdout.readline)  # type: ignore[union-attr]
+        self.assertEqual(line, b"ready\n")
+        yield mount.unmount()
+        self.assertFalse(isMounted(mountPoint))
+        self.assertFalse(os.path.exists(mountPoint))
+        event = self.events[-1]
+        self.assertEqual(event["event"], "unmounted")
+        self.assertIs(event.get("lazy"), True)
+        self.assertIn("lazily", event["message"])
+
+    @defer.inlineCallbacks
+    def test_mountPointIsAFile(self) -> Any:
+        """
+        A mount point that is a file: L{MountFailed}, the file untouched.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "file")
+        writeFile(mountPoint, b"keep")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        failure = yield self.assertFailure(mount.mount(), MountFailed)
+        self.assertIn("not a directory", str(failure))
+        self.assertEqual(readFile(mountPoint), b"keep")
+        self.assertEqual(self.events, [])
+
+    @defer.inlineCallbacks
+    def test_remountOnNewConnection(self) -> Any:
+        """
+        After the connection is lost (sshfs goes with it), L{remount} on a
+        new connection mounts again and the mount works.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"f.txt": b"again"})
+        mountPoint = os.path.join(self.base, "re")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        yield mount.mount()
+        connection.transport.transport.loseConnection()
+        second = yield connect(self, self.sshd)
+        path = yield mount.remount(second)
+        self.assertEqual(path, mountPoint)
+        data = yield inThread(readFile, os.path.join(mountPoint, "f.txt"))
+        self.assertEqual(data, b"again")
+        yield mount.unmount()
+        self.assertFalse(os.path.exists(mountPoint))
+
+
+class MissingToolsTests(MountTestsMixin, unittest.TestCase):
+    """
+    A remote host without sshfs: one clear sentence, nothing left behind.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_noSSHFS(self) -> Any:
+        """
+        With sshfs missing from the remote PATH, mount fails with
+        L{MountFailed} naming sshfs and how to install it, and creates no
+        mount point.
+        """
+        # A PATH with every tool of this machine except sshfs.
+        binDir = os.path.abspath(self.mktemp())
+        os.makedirs(binDir)
+        for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"):
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                target = os.path.join(binDir, name)
+                if name != "sshfs" and not os.path.lexists(target):
+                    os.symlink(os.path.join(directory, name), target)
+        connection = yield self.setUpSSHD([f"SetEnv PATH={binDir}"])
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "never")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        failure = yield self.assertFailure(mount.mount(), MountFailed)
+        self.assertEqual(
+            str(failure), "the remote host has no sshfs: install it (apt-get install sshfs)"
+        )
+        self.assertEqual(failure.exitCode, 7)
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual(self.events, [])
+
+
+class RemoteShellPathTests(unittest.SynchronousTestCase):
+    """
+    L{remoteShellPath} quotes everything but a leading C{~}.
+    """
+
+    def test_quoting(self) -> None:
+        """
+        Paths are single-quoted words; C{~} and C{~/} name the home
+        directory through C{$HOME}.
+        """
+        self.assertEqual(remoteShellPath("/a b/it's"), "'/a b/it'\"'\"'s'")
+        self.assertEqual(remoteShellPath("~"), '"$HOME"')
+        self.assertEqual(remoteShellPath("~/"), '"$HOME"')
+        self.assertEqual(remoteShellPath("~/m n"), "\"$HOME\"/'m n'")
+        self.assertEqual(remoteShellPath("~bob/x"), "'~bob/x'")
+        self.assertEqual(remoteShellPath("$(reboot)"), "'$(reboot)'")
