@@ -90,9 +90,7 @@ EXTENSIONS: tuple[Extension, ...] = (
     Extension(b"lsetstat@openssh.com", b"1", ("string", "attrs"), "lsetStat", "status"),
     Extension(b"limits@openssh.com", b"1", (), None, "limits"),
     Extension(b"expand-path@openssh.com", b"1", ("string",), "expandPath", "name"),
-    Extension(
-        b"copy-data", b"1", ("handle", "u64", "u64", "handle", "u64"), "copyData", "status"
-    ),
+    Extension(b"copy-data", b"1", ("handle", "u64", "u64", "handle", "u64"), "copyData", "status"),
     Extension(b"home-directory", b"1", ("string",), "homeDirectory", "name"),
     Extension(
         b"users-groups-by-id@openssh.com",
@@ -278,6 +276,7 @@ class SFTPServerCore:
         self._dirs: dict[bytes, _OpenDirectory] = {}
         self._pendingCloses = 0
         self._lostWaiters: list[Deferred[None]] = []
+        self._idleWaiters: list[Deferred[None]] = []
 
         self._extensions: dict[bytes, Extension] = {}
         for extension in EXTENSIONS:
@@ -349,6 +348,26 @@ class SFTPServerCore:
         self._lostWaiters.append(waiter)
         self._reap()
         return waiter
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Wait until no request is in flight and nothing dispatchable is
+        buffered (for example to close once the client closed its side).
+
+        @return: a Deferred firing with C{None}; it never fails.
+        """
+        waiter: Deferred[None] = Deferred()
+        self._idleWaiters.append(waiter)
+        self._checkIdle()
+        return waiter
+
+    def _checkIdle(self) -> None:
+        if self._outputPaused and not self._closing:
+            return
+        if self._inFlight == 0 and not self._processing and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     @property
     def openHandles(self) -> int:
@@ -467,6 +486,7 @@ class SFTPServerCore:
             self._reap()
         else:
             self._process()
+        self._checkIdle()
 
     def _init(self, reader: wire.Reader) -> None:
         try:
@@ -511,10 +531,14 @@ class SFTPServerCore:
         if self.openHandles + self._opening >= self._maxOpenHandles:
             raise _sftpError(wire.FX_FAILURE, "Too many open handles")
 
-    def _registered(self, obj: object, table: dict[bytes, Any], requestId: int) -> bytes:
+    def _registered(self, obj: object, requestId: int) -> bytes:
         self._opening -= 1
         handle = self._newHandle()
-        table[handle] = obj
+        # Looked up now: the tables are replaced when the connection is lost.
+        if isinstance(obj, _OpenDirectory):
+            self._dirs[handle] = obj
+        else:
+            self._files[handle] = obj
         return wire.reply(wire.FXP_HANDLE, requestId, wire.string(handle))
 
     def _openFailed(self, reason: Failure) -> Failure:
@@ -530,7 +554,7 @@ class SFTPServerCore:
         self._checkHandleRoom()
         self._opening += 1
         d = maybeDeferred(self.avatar.openFile, filename, flags, attrs)
-        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(self._files, requestId))
+        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
         return d
 
     def _opendir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
@@ -540,7 +564,7 @@ class SFTPServerCore:
         self._opening += 1
         d = maybeDeferred(self.avatar.openDirectory, path)
         d.addCallback(_OpenDirectory)
-        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(self._dirs, requestId))
+        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
         return d
 
     def _close(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
@@ -673,7 +697,9 @@ class SFTPServerCore:
 
     # Reply shapes
 
-    def _status(self, requestId: int, call: Callable[..., object], *args: object) -> Deferred[bytes]:
+    def _status(
+        self, requestId: int, call: Callable[..., object], *args: object
+    ) -> Deferred[bytes]:
         d = maybeDeferred(call, *args)
         return d.addCallback(lambda _: wire.status(requestId, wire.FX_OK, _OK))
 
@@ -771,6 +797,7 @@ class SFTPServerCore:
             d.addErrback(lambda f: self._log.failure("Closing an SFTP handle failed", f))
             d.addBoth(self._reaped)
         self._checkReaped()
+        self._checkIdle()
 
     def _reaped(self, _: object) -> None:
         self._pendingCloses -= 1

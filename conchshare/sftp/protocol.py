@@ -1,0 +1,181 @@
+"""
+The SFTP server as a Twisted protocol: L{SFTPServerCore} on a transport.
+
+Use it wherever bytes of SFTP arrive: a forwarded SSH channel, the C{sftp}
+subsystem of an SSH session (L{subsystemFactory}), stdin/stdout
+(L{conchshare.sftp.stdio}) or a TCP port (L{SFTPServerFactory}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
+
+
+def _nothing() -> None:
+    pass
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
+class SFTPServerProtocol(Protocol):
+    """
+    Serves SFTP v3 from an avatar to the peer of its transport.
+
+    Backpressure goes both ways: past C{maxInFlight} requests in flight it
+    pauses its transport (stops reading); and it registers as a streaming
+    producer with the transport, so when the transport's write buffer is
+    full it dispatches nothing new and stops reading too.
+
+    @ivar core: the L{SFTPServerCore}, once connected.
+    """
+
+    core: SFTPServerCore | None = None
+
+    def __init__(
+        self,
+        avatar: object,
+        *,
+        maxInFlight: int = MAX_IN_FLIGHT,
+        maxOpenHandles: int = MAX_OPEN_HANDLES,
+    ) -> None:
+        """
+        @param avatar: an L{ISFTPServer} (and, for OpenSSH's extensions,
+            L{conchshare.sftp.interfaces.IShareSFTPServer}); one avatar may
+            serve many connections.
+        @param maxInFlight: requests in flight before reading pauses.
+        @param maxOpenHandles: open handles allowed per connection.
+        """
+        self.avatar = avatar
+        self._maxInFlight = maxInFlight
+        self._maxOpenHandles = maxOpenHandles
+        self._closed: list[Deferred[None]] = []
+        self._finished = False
+        self._producing = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.core = SFTPServerCore(
+            self.avatar,
+            transport.write,
+            # Wrappers such as Conch's session subsystem transport cannot
+            # pause; serve without read backpressure there.
+            pauseReading=getattr(transport, "pauseProducing", _nothing),
+            resumeReading=getattr(transport, "resumeProducing", _nothing),
+            disconnect=transport.loseConnection,
+            maxInFlight=self._maxInFlight,
+            maxOpenHandles=self._maxOpenHandles,
+        )
+        if IConsumer.providedBy(transport):
+            transport.registerProducer(self, True)
+            self._producing = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.core is not None:
+            self.core.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client closed its sending side: answer what is in flight, then
+        close.
+        """
+        if self.core is None:
+            return
+        transport: Any = self.transport
+        self.core.whenIdle().addCallback(lambda _: transport.loseConnection())
+
+    def writeConnectionLost(self) -> None:
+        """
+        Nobody reads our replies any more: close.
+        """
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._producing:
+            self._producing = False
+            transport: Any = self.transport
+            unregister = getattr(transport, "unregisterProducer", None)
+            if unregister is not None:
+                unregister()
+        if self.core is None:
+            self._done(None)
+            return
+        self.core.connectionLost().addCallback(self._done)
+
+    def _done(self, _: object) -> None:
+        self._finished = True
+        waiters, self._closed = self._closed, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing with C{None} once the connection is lost
+            and every file and directory it opened is closed.  It never
+            fails.
+        """
+        waiter: Deferred[None] = Deferred()
+        if self._finished:
+            waiter.callback(None)
+        else:
+            self._closed.append(waiter)
+        return waiter
+
+    # IPushProducer: the transport's write buffer is full or has room.
+
+    def pauseProducing(self) -> None:
+        if self.core is not None:
+            self.core.pauseOutput()
+
+    def resumeProducing(self) -> None:
+        if self.core is not None:
+            self.core.resumeOutput()
+
+    def stopProducing(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+class SFTPServerFactory(Factory):
+    """
+    Serves SFTP on every connection (a listening port, a Unix socket), all
+    with the same avatar.
+    """
+
+    def __init__(self, avatar: object, **options: int) -> None:
+        """
+        @param avatar: as for L{SFTPServerProtocol}.
+        @param options: C{maxInFlight}, C{maxOpenHandles}.
+        """
+        self.avatar = avatar
+        self.options = options
+
+    def buildProtocol(self, addr: object) -> SFTPServerProtocol:
+        protocol = SFTPServerProtocol(self.avatar, **self.options)
+        protocol.factory = self
+        return protocol
+
+
+def subsystemFactory(server: object, **options: int) -> Callable[..., SFTPServerProtocol]:
+    """
+    The value for a Conch user's C{subsystemLookup[b"sftp"]}: Conch calls it
+    as C{factory(data, avatar=user)}; the SFTP avatar given here serves,
+    whatever the user.
+
+    @param server: the SFTP avatar, as for L{SFTPServerProtocol}.
+    @return: a callable building one L{SFTPServerProtocol} per session.
+    """
+
+    def build(data: bytes = b"", avatar: object = None) -> SFTPServerProtocol:
+        return SFTPServerProtocol(server, **options)
+
+    return build
