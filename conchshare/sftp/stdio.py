@@ -1,0 +1,168 @@
+"""
+C{conchshare sftp-server}: SFTP v3 on stdin/stdout, like OpenSSH's
+C{sftp-server}, for C{sftp -D} and C{sshfs -o passive}.
+
+Stdout carries only the protocol; logs go to stderr, and only at the level
+asked with C{-l} (quiet by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+PROGRAM = "conchshare sftp-server"
+
+# OpenSSH's sftp-server -l levels; QUIET logs nothing.
+LEVELS: dict[str, LogLevel | None] = {
+    "QUIET": None,
+    "FATAL": LogLevel.critical,
+    "ERROR": LogLevel.error,
+    "INFO": LogLevel.warn,
+    "VERBOSE": LogLevel.info,
+    "DEBUG": LogLevel.debug,
+    "DEBUG1": LogLevel.debug,
+    "DEBUG2": LogLevel.debug,
+    "DEBUG3": LogLevel.debug,
+}
+
+
+class SFTPServerOptions(usage.Options):
+    """
+    The command line of C{conchshare sftp-server}.
+    """
+
+    synopsis = f"Usage: {PROGRAM} [--share SHARE]... [SHARE...] [--read-only] [--umask UMASK] [-l LEVEL]"
+    longdesc = (
+        "Speak SFTP version 3 on standard input and output, serving the shares "
+        "(NAME=PATH, NAME=PATH:ro, or PATH; the current directory when none is given)."
+    )
+    optFlags = [["read-only", "R", "Make every share read-only."]]
+    optParameters = [
+        ["umask", "u", "022", "Removed from the permissions of created files (octal)."],
+        ["log-level", "l", "QUIET", "Log to stderr at this level: " + ", ".join(LEVELS) + "."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["shares"] = []
+
+    def opt_share(self, spec: str) -> None:
+        """
+        Share a folder: NAME=PATH, NAME=PATH:ro or PATH (repeatable).
+        """
+        self["shares"].append(spec)
+
+    opt_s = opt_share
+
+    def parseArgs(self, *shares: str) -> None:
+        self["shares"].extend(shares)
+
+    def postOptions(self) -> None:
+        try:
+            umask = int(self["umask"], 8)
+        except ValueError:
+            raise usage.UsageError(f"The umask {self['umask']!r} is not an octal number.")
+        if not 0 <= umask <= 0o777:
+            raise usage.UsageError(f"The umask {self['umask']!r} is out of range (000 to 777).")
+        self["umask"] = umask
+        level = self["log-level"].upper()
+        if level not in LEVELS:
+            raise usage.UsageError(
+                f"Unknown log level {self['log-level']!r}; use one of {', '.join(LEVELS)}."
+            )
+        self["log-level"] = level
+
+
+def _fail(stderr: TextIO, message: str) -> int:
+    stderr.write(f"{PROGRAM}: {message}\n")
+    return 2
+
+
+def startLogging(level: LogLevel | None, stderr: TextIO) -> None:
+    """
+    Send log events at C{level} or above to C{stderr}; none when C{level} is
+    C{None}.  Standard output is left alone: it carries the protocol.
+    """
+    observers: list[ILogObserver] = []
+    if level is not None:
+        observers.append(
+            FilteringLogObserver(
+                textFileLogObserver(stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=level)],
+            )
+        )
+    globalLogBeginner.beginLoggingTo(
+        observers, discardBuffer=level is None, redirectStandardIO=False
+    )
+
+
+def main(argv: list[str], *, reactor: Any = None, stderr: TextIO | None = None) -> int:
+    """
+    Run C{conchshare sftp-server} until stdin closes.
+
+    @param argv: the arguments after the command name.
+    @param reactor: the reactor to run (default: the global one).
+    @param stderr: where errors and logs go (default: C{sys.stderr}).
+    @return: the exit code: 0 after stdin closed, 2 for a bad command line
+        or share.
+    """
+    if stderr is None:
+        stderr = sys.stderr
+    options = SFTPServerOptions()
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        sentence = str(e).rstrip(".") + "."
+        return _fail(stderr, f"{sentence[0].upper()}{sentence[1:]} See '{PROGRAM} --help'.")
+    except SystemExit as e:
+        # --help and --version print and exit inside usage.Options.
+        return e.code if isinstance(e.code, int) else 0
+
+    # Imported here: a bad command line must not pay for the filesystem code.
+    from conchshare.sftp.avatar import ShareSFTPServer
+    from conchshare.shares import ShareError
+
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
+    try:
+        server = ShareSFTPServer.fromSpecs(
+            options["shares"], readOnly=options["read-only"], umask=options["umask"], reactor=reactor
+        )
+    except ShareError as e:
+        return _fail(stderr, str(e))
+
+    startLogging(LEVELS[options["log-level"]], stderr)
+    serve(server, reactor)
+    reactor.run()
+    return 0
+
+
+def serve(server: object, reactor: Any) -> None:
+    """
+    Serve C{server} on stdin/stdout; stop C{reactor} once the client is gone
+    and every handle is closed.
+    """
+    from twisted.internet.stdio import StandardIO
+
+    from conchshare.sftp.protocol import SFTPServerProtocol
+
+    protocol = SFTPServerProtocol(server)
+    StandardIO(protocol, reactor=reactor)
+    protocol.whenClosed().addCallback(lambda _: reactor.stop())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
