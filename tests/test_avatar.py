@@ -1,0 +1,397 @@
+"""
+Tests for L{conchshare.sftp.avatar}: the avatar's interfaces, ordering per
+handle, the thread pool, and its use by stock Conch's FileTransferServer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
+from twisted.conch.ssh import filetransfer
+from twisted.conch.ssh.filetransfer import (
+    FX_FILE_ALREADY_EXISTS,
+    FX_NO_SUCH_FILE,
+    FX_OP_UNSUPPORTED,
+    FX_PERMISSION_DENIED,
+    FXF_CREAT,
+    FXF_READ,
+    FXF_TRUNC,
+    FXF_WRITE,
+    FileTransferClient,
+    FileTransferServer,
+)
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from conchshare.sftp.avatar import (
+    ShareFile,
+    ShareSFTPServer,
+    makeThreadPool,
+    synchronousRunner,
+)
+from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.shares import ShareSet
+from tests.test_confined import SECRET, makeTree, read, write
+
+
+class ManualRunner:
+    """
+    A runner that holds every call until the test runs it.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[
+            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]
+        ] = []
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((function, args, kwargs, d))
+        return d
+
+    def runNext(self) -> None:
+        function, args, kwargs, d = self.calls.pop(0)
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+
+class AvatarTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = os.path.realpath(self.mktemp())
+        makeTree(self.base)
+        self.shares = ShareSet.fromSpecs(
+            ["one", "two", "ro:ro", "home/alice/docs=alice"], cwd=self.base
+        )
+        self.avatar = ShareSFTPServer(self.shares, runner=synchronousRunner)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.base, *parts)
+
+    def assertFailsWith(
+        self, d: object, exceptionType: type[BaseException], code: int | None = None
+    ) -> None:
+        assert isinstance(d, Deferred)
+        failure = self.failureResultOf(d, exceptionType)
+        if code is not None:
+            self.assertEqual(failure.value.errno, code)
+
+
+class InterfaceTests(AvatarTestCase):
+    def test_provides(self) -> None:
+        self.assertTrue(verifyObject(ISFTPServer, self.avatar))
+        self.assertTrue(verifyObject(IShareSFTPServer, self.avatar))
+        f = self.successResultOf(self.avatar.openFile(b"/one/f", FXF_READ, {}))
+        self.assertTrue(verifyObject(ISFTPFile, f))
+        d = self.successResultOf(self.avatar.openDirectory(b"/one"))
+        self.assertTrue(verifyObject(IShareDirectory, d))
+        self.successResultOf(d.close())
+        self.successResultOf(f.close())
+
+    def test_versionAndExtended(self) -> None:
+        self.assertEqual(self.avatar.gotVersion(3, {}), {})
+        with self.assertRaises(filetransfer.SFTPError) as raised:
+            self.avatar.extendedRequest(b"statvfs@openssh.com", b"")
+        self.assertEqual(raised.exception.code, FX_OP_UNSUPPORTED)
+
+    def test_fromSpecs(self) -> None:
+        avatar = ShareSFTPServer.fromSpecs(["x=one:ro"], cwd=self.base, runner=synchronousRunner)
+        self.assertTrue(avatar.readOnly)
+        self.assertEqual(avatar.homeDirectory(b"anyone"), b"/x")
+        self.assertEqual(self.successResultOf(avatar.realPath(b".")), b"/x")
+        self.assertFalse(self.avatar.readOnly)
+
+    def test_fileOps(self) -> None:
+        f = self.successResultOf(self.avatar.openFile(b"/one/new", FXF_WRITE | FXF_CREAT, {}))
+        self.successResultOf(f.writeChunk(0, b"hello"))
+        self.successResultOf(f.writeChunk(5, b" world"))
+        self.assertEqual(self.successResultOf(f.getAttrs())["size"], 11)
+        self.successResultOf(f.setAttrs({"size": 5}))
+        self.successResultOf(self.avatar.fsync(f))
+        self.assertEqual(self.successResultOf(self.avatar.fstatVFS(f))["flag"] & 1, 0)
+        self.successResultOf(f.close())
+        f = self.successResultOf(self.avatar.openFile(b"/one/new", FXF_READ, {}))
+        self.assertEqual(self.successResultOf(f.readChunk(0, 100)), b"hello")
+        self.assertFailsWith(f.readChunk(5, 100), EOFError)
+        self.successResultOf(f.close())
+
+    def test_pathOps(self) -> None:
+        a = self.avatar
+        self.successResultOf(a.makeDirectory(b"/one/d", {"permissions": 0o750}))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "d")).st_mode), 0o750)
+        self.successResultOf(a.renameFile(b"/one/f", b"/one/d/f"))
+        write(self.path("one", "x"), b"x")
+        self.assertFailsWith(a.renameFile(b"/one/x", b"/one/d/f"), FileExistsError, errno.EEXIST)
+        self.successResultOf(a.posixRename(b"/one/x", b"/one/d/f"))
+        self.assertEqual(read(self.path("one", "d", "f")), b"x")
+        self.successResultOf(a.hardLink(b"/one/d/f", b"/one/hl"))
+        self.assertEqual(os.stat(self.path("one", "hl")).st_nlink, 2)
+        self.successResultOf(a.makeLink(b"/one/d/ln", b"/one/hl"))
+        self.assertEqual(os.readlink(self.path("one", "d", "ln")), "../hl")
+        self.assertEqual(self.successResultOf(a.readLink(b"/one/d/ln")), b"../hl")
+        self.assertEqual(self.successResultOf(a.getAttrs(b"/one/d/ln", True))["size"], 1)
+        lstat = self.successResultOf(a.getAttrs(b"/one/d/ln", False))
+        self.assertTrue(stat.S_ISLNK(lstat["permissions"]))
+        self.successResultOf(a.lsetStat(b"/one/d/ln", {"atime": 7, "mtime": 8}))
+        self.assertEqual(os.lstat(self.path("one", "d", "ln")).st_mtime, 8)
+        self.successResultOf(a.setAttrs(b"/one/d/ln", {"permissions": 0o600}))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "hl")).st_mode), 0o600)
+        self.successResultOf(a.removeFile(b"/one/d/ln"))
+        self.successResultOf(a.removeFile(b"/one/d/f"))
+        self.successResultOf(a.removeDirectory(b"/one/d"))
+        self.assertFalse(os.path.exists(self.path("one", "d")))
+        self.assertEqual(self.successResultOf(a.statVFS(b"/ro"))["flag"] & 1, 1)
+
+    def test_names(self) -> None:
+        a = self.avatar
+        self.assertEqual(a.homeDirectory(b"bob"), b"/")
+        self.assertEqual(self.successResultOf(a.expandPath(b"~")), b"/")
+        self.assertEqual(self.successResultOf(a.expandPath(b"~/one/in_abs/g")), b"/one/sub/g")
+        self.assertEqual(self.successResultOf(a.expandPath(b"~bob/two")), b"/two")
+        self.assertEqual(
+            self.successResultOf(a.realPath(b"/one/../home/alice/docs/..")), b"/home/alice"
+        )
+        users, groups = a.usersGroupsById([0, 2**31 - 7], [0, 2**31 - 7])
+        self.assertEqual(users, [b"root", b""])
+        self.assertEqual(groups, [b"root", b""])
+
+    def test_copyData(self) -> None:
+        source = self.successResultOf(self.avatar.openFile(b"/one/sub/g", FXF_READ, {}))
+        destination = self.successResultOf(
+            self.avatar.openFile(b"/two/c", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        )
+        self.successResultOf(self.avatar.copyData(source, 0, 0, destination, 2))
+        self.successResultOf(self.avatar.copyData(destination, 2, 2, destination, 0))
+        self.assertEqual(read(self.path("two", "c")), b"dedeep")
+
+    def test_directory(self) -> None:
+        for i in range(5):
+            write(self.path("two", f"n{i}"), b"")
+        directory = self.successResultOf(self.avatar.openDirectory(b"/two"))
+        first = self.successResultOf(directory.readBatch(4))
+        second = self.successResultOf(directory.readBatch(4))
+        self.assertEqual((len(first), len(second)), (4, 2))
+        self.assertFailsWith(directory.readBatch(4), EOFError)
+        names = {n for n, _, _ in first + second}
+        self.assertEqual(names, {b"t", b"n0", b"n1", b"n2", b"n3", b"n4"})
+        self.successResultOf(directory.close())
+        root = self.successResultOf(self.avatar.openDirectory(b"/"))
+        self.assertEqual([n for n, _, _ in root], [b"home", b"one", b"ro", b"two"])
+
+    def test_confinement(self) -> None:
+        a = self.avatar
+        self.assertFailsWith(
+            a.openFile(b"/one/esc_abs/secret", FXF_READ, {}), PermissionError, errno.EACCES
+        )
+        self.assertFailsWith(a.getAttrs(b"/one/esc_root/etc", True), PermissionError, errno.EACCES)
+        self.assertFailsWith(a.openDirectory(b"/one/sub/deeper/esc"), PermissionError, errno.EACCES)
+        self.assertFailsWith(a.hardLink(b"/one/esc_abs/secret", b"/one/x"), PermissionError)
+        self.assertNotIn(os.fsencode(self.base), self.successResultOf(a.realPath(b"/one/in_abs")))
+        self.assertFailsWith(a.getAttrs(b"/one/\0", True), OSError, errno.EINVAL)
+
+    def test_readOnly(self) -> None:
+        """
+        Every mutating avatar request on a read-only share fails with EACCES.
+        """
+        a = self.avatar
+        f = self.successResultOf(a.openFile(b"/ro/r", FXF_READ, {}))
+        w = self.successResultOf(a.openFile(b"/one/w", FXF_WRITE | FXF_CREAT, {}))
+        for d in [
+            a.openFile(b"/ro/r", FXF_WRITE, {}),
+            a.openFile(b"/ro/r", FXF_READ | FXF_TRUNC, {}),
+            a.openFile(b"/ro/n", FXF_WRITE | FXF_CREAT, {}),
+            a.setAttrs(b"/ro/r", {"size": 0}),
+            a.lsetStat(b"/ro/l", {"atime": 1, "mtime": 1}),
+            f.setAttrs({"permissions": 0o777}),
+            a.removeFile(b"/ro/r"),
+            a.renameFile(b"/ro/r", b"/ro/s"),
+            a.posixRename(b"/ro/r", b"/one/s"),
+            a.posixRename(b"/one/f", b"/ro/r"),
+            a.makeDirectory(b"/ro/n", {}),
+            a.removeDirectory(b"/ro/d"),
+            a.makeLink(b"/ro/n", b"r"),
+            a.hardLink(b"/ro/r", b"/one/n"),
+            a.hardLink(b"/one/f", b"/ro/n"),
+            a.copyData(w, 0, 0, f, 0),
+        ]:
+            self.assertFailsWith(d, PermissionError, errno.EACCES)
+        self.assertEqual(sorted(os.listdir(self.path("ro"))), ["d", "l", "r"])
+        self.assertEqual(read(self.path("ro", "r")), b"read-only")
+
+
+class OrderingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = os.path.realpath(self.mktemp())
+        makeTree(self.base)
+        self.runner = ManualRunner()
+        self.avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["one"], cwd=self.base), runner=self.runner
+        )
+
+    def openFile(self, path: bytes) -> ShareFile:
+        d = self.avatar.openFile(path, FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        self.runner.runNext()
+        return self.successResultOf(d)
+
+    def test_oneHandleInOrder(self) -> None:
+        """
+        A request on a file starts only once the previous one on that file
+        is done.
+        """
+        f = self.openFile(b"a")
+        first = f.writeChunk(0, b"first")
+        second = f.writeChunk(0, b"2nd")
+        third = f.readChunk(0, 100)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.runner.runNext()
+        self.assertEqual(self.successResultOf(third), b"2ndst")
+
+    def test_handlesIndependent(self) -> None:
+        """
+        A slow request on one file does not hold back another file's.
+        """
+        a = self.openFile(b"a")
+        b = self.openFile(b"b")
+        slow = a.writeChunk(0, b"slow")
+        fast = b.writeChunk(0, b"fast")
+        self.assertEqual(len(self.runner.calls), 2)
+        self.runner.calls.reverse()
+        self.runner.runNext()
+        self.successResultOf(fast)
+        self.assertNoResult(slow)
+        self.runner.runNext()
+        self.successResultOf(slow)
+
+
+class ThreadPoolTests(TestCase):
+    def test_makeThreadPool(self) -> None:
+        """
+        The pool is started and stopped at reactor shutdown.
+        """
+        memory = MemoryReactor()
+        pool = makeThreadPool(memory, maxthreads=3)
+        self.assertTrue(pool.started)
+        self.assertEqual(pool.max, 3)
+        [(stop, args, kwargs)] = memory.triggers["during"]["shutdown"]
+        stop(*args, **kwargs)
+        self.assertFalse(pool.started)
+
+    def test_inOrderInThreads(self) -> None:
+        """
+        Many overlapping writes made at once on one handle, run by a pool of
+        several threads, apply in the order they were made.
+        """
+        from twisted.internet import reactor
+
+        memory = MemoryReactor()
+        pool = makeThreadPool(memory, maxthreads=4)
+        self.addCleanup(pool.stop)
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
+        )
+
+        def opened(f: ShareFile) -> Deferred[Any]:
+            writes = [f.writeChunk(0, bytes([65 + i % 26]) * (200 - i)) for i in range(200)]
+            reads = f.readChunk(0, 1000)
+            closed = f.close()
+            return gatherResults([*writes, reads, closed]).addCallback(lambda results: results[-2])
+
+        d = avatar.openFile(b"f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        d.addCallback(opened)
+        expected = bytearray(200)
+        for i in range(200):
+            expected[: 200 - i] = bytes([65 + i % 26]) * (200 - i)
+        d.addCallback(self.assertEqual, bytes(expected))
+        return d
+
+
+class StockConchTests(AvatarTestCase):
+    """
+    The avatar served by stock Conch's FileTransferServer.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client, self.server, self.pump = connectedServerAndClient(
+            lambda: FileTransferServer(avatar=self.avatar), FileTransferClient
+        )
+        self.pump.flush()
+
+    def result(self, d: Deferred[Any]) -> Any:
+        self.pump.flush()
+        return self.successResultOf(d)
+
+    def statusOf(self, d: Deferred[Any]) -> int:
+        self.pump.flush()
+        failure = self.failureResultOf(d, filetransfer.SFTPError)
+        return int(failure.value.code)
+
+    def test_openWriteReadStat(self) -> None:
+        f = self.result(self.client.openFile(b"/two/new", FXF_WRITE | FXF_CREAT, {}))
+        self.result(f.writeChunk(0, b"over the wire"))
+        self.result(f.close())
+        f = self.result(self.client.openFile(b"/two/new", FXF_READ, {}))
+        self.assertEqual(self.result(f.readChunk(0, 4)), b"over")
+        self.assertEqual(self.result(f.getAttrs())["size"], 13)
+        self.result(f.close())
+        self.assertEqual(self.result(self.client.getAttrs(b"/two/new"))["size"], 13)
+        self.assertEqual(self.result(self.client.realPath(b"/two/../one/in_abs")), "/one/sub")
+
+    def test_readdir(self) -> None:
+        directory = self.result(self.client.openDirectory(b"/one/sub"))
+        entries = self.result(directory.read())
+        self.assertEqual(sorted(n for n, _, _ in entries), [b"deeper", b"esc_file", b"g"])
+        longnames = {n: ln for n, ln, _ in entries}
+        self.assertTrue(longnames[b"g"].startswith(b"-rw-r--r--    1 "))
+        end = directory.read()
+        self.pump.flush()
+        self.failureResultOf(end, EOFError)
+        self.result(directory.close())
+        directory = self.result(self.client.openDirectory(b"/home"))
+        self.assertEqual([n for n, _, _ in self.result(directory.read())], [b"alice"])
+
+    def test_statusCodes(self) -> None:
+        c = self.client
+        self.assertEqual(
+            self.statusOf(c.openFile(b"/one/esc_abs/secret", FXF_READ, {})), FX_PERMISSION_DENIED
+        )
+        self.assertEqual(
+            self.statusOf(c.getAttrs(b"/one/esc_root/etc/passwd")), FX_PERMISSION_DENIED
+        )
+        self.assertEqual(self.statusOf(c.openFile(b"/one/nope", FXF_READ, {})), FX_NO_SUCH_FILE)
+        self.assertEqual(
+            self.statusOf(c.renameFile(b"/one/f", b"/one/sub/g")), FX_FILE_ALREADY_EXISTS
+        )
+        for d in [
+            c.openFile(b"/ro/r", FXF_WRITE, {}),
+            c.openFile(b"/ro/n", FXF_WRITE | FXF_CREAT, {}),
+            c.setAttrs(b"/ro/r", {"permissions": 0o600}),
+            c.removeFile(b"/ro/r"),
+            c.renameFile(b"/ro/r", b"/ro/s"),
+            c.makeDirectory(b"/ro/n", {}),
+            c.removeDirectory(b"/ro/d"),
+            c.makeLink(b"/ro/n", b"r"),
+            c.makeDirectory(b"/home/n", {}),
+        ]:
+            self.assertEqual(self.statusOf(d), FX_PERMISSION_DENIED)
+        self.assertEqual(read(self.path("ro", "r")), b"read-only")
+        self.assertEqual(read(self.path("outside", "secret")), SECRET)
