@@ -38,6 +38,7 @@ from functools import lru_cache
 from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
 
 __all__ = [
+    "MAX_READ",
     "ConfinedDirectory",
     "ConfinedFile",
     "ConfinedFilesystem",
@@ -57,6 +58,10 @@ _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 _MAX_HOPS = 40
 _RENAME_NOREPLACE = 1
 _BATCH = 100
+
+#: The most bytes one read returns, whatever the client asks (a cap, so a
+#: huge READ length cannot make us allocate that much).
+MAX_READ = 1 << 20
 
 FXF_READ = 0x01
 FXF_WRITE = 0x02
@@ -301,18 +306,31 @@ class ConfinedFile:
     """
 
     def __init__(self, fd: int, share: Share, *, append: bool, virtualPath: bytes) -> None:
-        self.fd = fd
+        self._fd = fd
         self.share = share
         self.append = append
         self.virtualPath = virtualPath
         self.closed = False
 
+    @property
+    def fd(self) -> int:
+        """
+        The descriptor.
+
+        @raise OSError: C{EBADF} once closed (its number may name another
+            file by now).
+        """
+        if self.closed:
+            raise OSError(errno.EBADF, "The file is closed")
+        return self._fd
+
     def read(self, offset: int, length: int) -> bytes:
         """
-        Read up to C{length} bytes at C{offset}.
+        Read up to C{length} bytes at C{offset} (at most L{MAX_READ}).
 
         @raise EOFError: at or past the end of the file.
         """
+        length = min(length, MAX_READ)
         chunks = []
         while length > 0:
             data = os.pread(self.fd, length, offset)
@@ -356,7 +374,7 @@ class ConfinedFile:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            os.close(self.fd)
+            os.close(self._fd)
 
 
 def _setAttrsOnFd(fd: int, attrs: Mapping[str, object]) -> None:

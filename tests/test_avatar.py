@@ -174,6 +174,8 @@ class InterfaceTests(AvatarTestCase):
         )
         self.successResultOf(self.avatar.copyData(source, 0, 0, destination, 2))
         self.successResultOf(self.avatar.copyData(destination, 2, 2, destination, 0))
+        self.successResultOf(source.close())
+        self.successResultOf(destination.close())
         self.assertEqual(read(self.path("two", "c")), b"dedeep")
 
     def test_directory(self) -> None:

@@ -23,6 +23,7 @@ from conchshare.confined import (
     FXF_READ,
     FXF_TRUNC,
     FXF_WRITE,
+    MAX_READ,
     ConfinedFilesystem,
     longname,
 )
@@ -530,6 +531,32 @@ class OperationTests(ConfinedTestCase):
         f.write(3, b"xyz")
         self.assertEqual(f.read(0, 100), b"\0\0\0xyz")
         self.assertRaises(EOFError, f.read, 6, 10)
+        f.close()
+
+    def test_closedFile(self) -> None:
+        """
+        A closed file refuses every call, even if its descriptor number has
+        been reused by another open file.
+        """
+        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        f.close()
+        other = self.fs.openFile(b"/one/sub/g", FXF_READ | FXF_WRITE, {})
+        try:
+            self.assertErrno(errno.EBADF, f.read, 0, 10)
+            self.assertErrno(errno.EBADF, f.write, 0, b"x")
+            self.assertErrno(errno.EBADF, f.stat)
+            self.assertErrno(errno.EBADF, f.setAttrs, {"size": 0})
+            self.assertErrno(errno.EBADF, f.fsync)
+            f.close()
+        finally:
+            other.close()
+        self.assertEqual(read(self.path("one", "sub", "g")), b"deep")
+
+    def test_readCapped(self) -> None:
+        write(self.path("one", "big"), b"x" * (MAX_READ + 10))
+        f = self.fs.openFile(b"/one/big", FXF_READ, {})
+        self.assertEqual(len(f.read(0, 2**32 - 1)), MAX_READ)
+        self.assertEqual(f.read(MAX_READ, 100), b"x" * 10)
         f.close()
 
     def test_setAttrs(self) -> None:
