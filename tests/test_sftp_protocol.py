@@ -82,7 +82,9 @@ class ProtocolTests(SynchronousTestCase):
         protocol.dataReceived(request(16, 1, s(b"/")))
         self.assertEqual(transport.value(), b"")
         protocol.resumeProducing()
-        self.assertEqual((transport.value(), transport.producerState), (name1(1, b"/"), "producing"))
+        self.assertEqual(
+            (transport.value(), transport.producerState), (name1(1, b"/"), "producing")
+        )
 
     def test_oversizedPacketDisconnects(self) -> None:
         """
@@ -101,7 +103,9 @@ class ProtocolTests(SynchronousTestCase):
         avatar = FakeSFTPServer()
         avatar.create(b"/f")
         protocol, transport = connect(avatar)
-        protocol.dataReceived(request(3, 1, s(b"/f") + u32(READ) + NO_ATTRS) + request(11, 2, s(b"/")))
+        protocol.dataReceived(
+            request(3, 1, s(b"/f") + u32(READ) + NO_ATTRS) + request(11, 2, s(b"/"))
+        )
         self.assertEqual((len(avatar.openFiles), len(avatar.openDirectories)), (1, 1))
         closed = protocol.whenClosed()
         gate: Deferred[None] = Deferred()

@@ -42,7 +42,9 @@ class SFTPServerOptions(usage.Options):
     The command line of C{conchshare sftp-server}.
     """
 
-    synopsis = f"Usage: {PROGRAM} [--share SHARE]... [SHARE...] [--read-only] [--umask UMASK] [-l LEVEL]"
+    synopsis = (
+        f"Usage: {PROGRAM} [--share SHARE]... [SHARE...] [--read-only] [--umask UMASK] [-l LEVEL]"
+    )
     longdesc = (
         "Speak SFTP version 3 on standard input and output, serving the shares "
         "(NAME=PATH, NAME=PATH:ro, or PATH; the current directory when none is given)."
@@ -139,7 +141,10 @@ def main(argv: list[str], *, reactor: Any = None, stderr: TextIO | None = None) 
         reactor = globalReactor
     try:
         server = ShareSFTPServer.fromSpecs(
-            options["shares"], readOnly=options["read-only"], umask=options["umask"], reactor=reactor
+            options["shares"],
+            readOnly=options["read-only"],
+            umask=options["umask"],
+            reactor=reactor,
         )
     except ShareError as e:
         return _fail(stderr, str(e))

@@ -1,0 +1,121 @@
+"""
+Tests for C{conchshare sftp-server} (L{conchshare.sftp.stdio}): the command
+line in process, and the protocol on a real process's stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import TestCase
+
+from conchshare.sftp.stdio import main
+from tests.test_sftp_core import INIT, name1, packets, request, s, u32, u64
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def runServer(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "conchshare.sftp.stdio", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+class CommandLineTests(TestCase):
+    def run_main(self, argv: list[str]) -> tuple[int, str]:
+        err = io.StringIO()
+        return main(argv, stderr=err), err.getvalue()
+
+    def test_badOption(self) -> None:
+        """
+        An unknown option: one sentence on stderr, exit 2.
+        """
+        code, err = self.run_main(["--bogus"])
+        self.assertEqual(code, 2)
+        self.assertEqual(
+            err,
+            "conchshare sftp-server: Option --bogus not recognized. "
+            "See 'conchshare sftp-server --help'.\n",
+        )
+
+    def test_badUmaskAndLevel(self) -> None:
+        """
+        A umask that is not octal, or an unknown log level: exit 2.
+        """
+        code, err = self.run_main(["--umask", "9"])
+        self.assertEqual(code, 2)
+        self.assertIn("The umask '9' is not an octal number.", err)
+        code, err = self.run_main(["-l", "LOUD"])
+        self.assertEqual(code, 2)
+        self.assertIn("Unknown log level 'LOUD'", err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_badShare(self) -> None:
+        """
+        A share whose folder is missing: one sentence, exit 2.
+        """
+        missing = os.path.join(self.mktemp(), "missing")
+        code, err = self.run_main(["--share", "docs=" + missing])
+        self.assertEqual(code, 2)
+        self.assertTrue(err.startswith("conchshare sftp-server: "), err)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertNotIn("Traceback", err)
+
+
+class ProcessTests(TestCase):
+    def setUp(self) -> None:
+        self.folder = os.path.abspath(self.mktemp())
+        os.makedirs(self.folder)
+        with open(os.path.join(self.folder, "a.txt"), "wb") as f:
+            f.write(b"hello")
+
+    def test_versionThenExit(self) -> None:
+        """
+        INIT on stdin gives VERSION on stdout; closing stdin exits 0, and
+        nothing is logged by default.
+        """
+        result = runServer(["--share", "docs=" + self.folder], INIT)
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        (version,) = packets(result.stdout)
+        self.assertEqual(version[4:9], b"\x02" + u32(3))
+        self.assertIn(s(b"posix-rename@openssh.com") + s(b"1"), version)
+
+    def test_pipelinedRequestsAnsweredBeforeExit(self) -> None:
+        """
+        Requests sent just before stdin closes are all answered: positional
+        shares work, REALPATH of "." is the one share, STAT sees the file.
+        """
+        result = runServer(
+            ["docs=" + self.folder],
+            INIT + request(16, 1, s(b".")) + request(17, 2, s(b"/docs/a.txt")),
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        replies = sorted(packets(result.stdout)[1:], key=lambda p: p[5:9])
+        self.assertEqual(len(replies), 2)
+        self.assertEqual(replies[0], name1(1, b"/docs"))
+        self.assertEqual(replies[1][4:13], b"\x69" + u32(2) + u32(15))
+        self.assertEqual(replies[1][13:21], u64(5))
+
+    def test_logLevel(self) -> None:
+        """
+        With -l DEBUG the requests are logged to stderr; stdout still
+        carries only the protocol.
+        """
+        result = runServer(
+            ["-l", "DEBUG", "--read-only", "--share", "docs=" + self.folder],
+            INIT + request(13, 1, s(b"/docs/a.txt")),
+        )
+        self.assertEqual(result.returncode, 0)
+        self.assertIn(b"SFTP request type 13 id 1", result.stderr)
+        (version, refused) = packets(result.stdout)
+        self.assertEqual(refused[4:13], b"\x65" + u32(1) + u32(3))
+        self.assertTrue(os.path.exists(os.path.join(self.folder, "a.txt")))
