@@ -56,7 +56,7 @@ class SFTPServerOptions(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["shares"] = []
 
     def opt_share(self, spec: str) -> None:
@@ -123,7 +123,7 @@ def main(argv: list[str], *, reactor: Any = None, stderr: TextIO | None = None) 
         stderr = sys.stderr
     options = SFTPServerOptions()
     try:
-        options.parseOptions(argv)
+        options.parseOptions(argv)  # type: ignore[no-untyped-call]
     except usage.UsageError as e:
         sentence = str(e).rstrip(".") + "."
         return _fail(stderr, f"{sentence[0].upper()}{sentence[1:]} See '{PROGRAM} --help'.")
@@ -165,7 +165,7 @@ def serve(server: object, reactor: Any) -> None:
     from conchshare.sftp.protocol import SFTPServerProtocol
 
     protocol = SFTPServerProtocol(server)
-    StandardIO(protocol, reactor=reactor)
+    StandardIO(protocol, reactor=reactor)  # type: ignore[no-untyped-call]
     protocol.whenClosed().addCallback(lambda _: reactor.stop())
 
 
