@@ -31,10 +31,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from conchshare.errors import MountFailed
+from conchshare.errors import ConchShareError, MountFailed
 from conchshare.events import EventObserver, makeEvent
 from conchshare.shares import ShareSet
 
@@ -220,6 +221,7 @@ class RemoteMount:
         sshfsOptions: Sequence[str] = (),
         serverProtocolFactory: Callable[[object], IProtocol] | None = None,
         mountTimeout: float = MOUNT_TIMEOUT,
+        hostKey: Any = None,
     ) -> None:
         """
         @param connection: the connected outbound SSH connection (a Conch
@@ -236,6 +238,8 @@ class RemoteMount:
         @param serverProtocolFactory: makes the SFTP server protocol for an
             avatar (default: L{conchshare.sftp.protocol.SFTPServerProtocol}).
         @param mountTimeout: seconds the mount may take to answer.
+        @param hostKey: the nested server's host key for C{via="ssh"} (a
+            Conch C{Key}; default: a new one for each mount).
         @raise ValueError: C{via} is not one of L{VIAS}, or an sshfs option
             contains a comma.
         """
@@ -264,6 +268,9 @@ class RemoteMount:
         self._created: str | None = None
         self._wasMounted = False
         self._sshfs: Any = None
+        self._listener: Any = None
+        self._sessionKey: Any = None
+        self._hostKey = hostKey
         self._mountWaiters: list[defer.Deferred[None]] = []
 
     # -- events ------------------------------------------------------------
@@ -294,10 +301,49 @@ class RemoteMount:
     def _sshfsSource(self) -> str:
         return ":" + self.shares.home.decode("utf-8", "surrogateescape")
 
-    def _sshfsCommand(self) -> bytes:
+    def _sshfsOptionList(self, *first: str) -> str:
+        return ",".join(first + ("idmap=user",) + self.sshfsOptions)
+
+    def _sshfsCommand(self, listener: Any = None) -> bytes:
+        """
+        The remote command that runs sshfs in the foreground for C{via}.
+        """
         assert self.remotePath is not None
-        options = ",".join(("passive", "idmap=user") + self.sshfsOptions)
-        words = ["exec", "sshfs", "-f", "-o", options, self._sshfsSource(), self.remotePath]
+        source = self._sshfsSource()
+        if self.via == "passive":
+            words = ["exec", "sshfs", "-f", "-o", self._sshfsOptionList("passive")]
+            words += [source, self.remotePath]
+        elif self.via == "ssh":
+            key = self._sessionKey
+            options = self._sshfsOptionList(
+                f"IdentityFile={key.keyPath}",
+                "IdentitiesOnly=yes",
+                f"UserKnownHostsFile={key.knownHostsPath}",
+                "StrictHostKeyChecking=yes",
+                "BatchMode=yes",
+            )
+            words = ["exec", "sshfs", "-f", "-p", str(listener.port), "-o", options]
+            words += [f"{key.user}@127.0.0.1{source}", self.remotePath]
+        elif self.via == "raw-tcp":
+            options = self._sshfsOptionList(f"directport={listener.port}")
+            words = ["exec", "sshfs", "-f", "-o", options, "127.0.0.1" + source, self.remotePath]
+        elif self.via == "socket":
+            # socat parses its address strings (quotes, commas, colons), so
+            # the paths reach sshfs through the environment, unsplit
+            # (IFS empty) and unglobbed (set -f).
+            script = "SYSTEM:set -f; IFS=; exec sshfs -f -o $CS_OPTIONS $CS_SOURCE $CS_MOUNT"
+            words = [
+                f"CS_OPTIONS={self._sshfsOptionList('passive')}",
+                f"CS_SOURCE={source}",
+                f"CS_MOUNT={self.remotePath}",
+                "exec",
+                "socat",
+                "UNIX-CONNECT:" + _socatEscape(listener.socketPath),
+                script,
+            ]
+            return _shellCommand(" ".join(_quoteAssignment(w) for w in words))
+        else:
+            raise MountFailed(f"--via {self.via} is not available")
         return _shellCommand(" ".join(shlex.quote(w) for w in words))
 
     # -- mounting ----------------------------------------------------------
@@ -323,7 +369,7 @@ class RemoteMount:
     async def _mountAndReport(self) -> str:
         try:
             path = await self._mount()
-        except MountFailed:
+        except ConchShareError:
             self.state = "idle"
             raise
         except Exception as e:
@@ -353,10 +399,14 @@ class RemoteMount:
             # The old connection is gone: its channel is dead.
             self.state = "idle"
             self._sshfs = None
+        # Forwards went with the old connection; the session key files are
+        # left to the old connection's clean-ups.
+        self._listener = None
+        self._sessionKey = None
         return self.mount()
 
     async def _mount(self) -> str:
-        extra = "socat" if self.via == "socket" else ""
+        extra = {"socket": "socat", "ssh": "ssh"}.get(self.via, "")
         try:
             status, out, err = await self._run(
                 _script(
@@ -414,14 +464,52 @@ class RemoteMount:
     async def _startSSHFS(self) -> None:
         from conchshare.tunnel.remote import openExecProtocol
 
-        if self.via != "passive":
-            raise MountFailed(f"--via {self.via} is not available yet")
         avatar = self._avatarFactory(self.shares)
-        protocol = self._serverProtocolFactory(avatar)
+        listener = None
+        if self.via == "passive":
+            protocol = self._serverProtocolFactory(avatar)
+        else:
+            # sshfs reaches our server through a forward; the exec
+            # channel's stdio carries nothing.
+            listener = await self._forward(avatar)
+            protocol = Protocol()
         try:
-            self._sshfs = await openExecProtocol(self.connection, self._sshfsCommand(), protocol)
+            self._sshfs = await openExecProtocol(
+                self.connection, self._sshfsCommand(listener), protocol
+            )
         except Exception as e:
             raise MountFailed(f"could not start sshfs on the remote host: {_reason(e)}")
+
+    async def _forward(self, avatar: object) -> Any:
+        """
+        Ask the remote sshd to forward a Unix socket (C{socket}) or a
+        loopback TCP port (C{raw-tcp}) to a raw SFTP server.
+
+        @raise ForwardRefused: the server refused the forward.
+        """
+        from conchshare.tunnel.connection import Listener
+
+        if not hasattr(self.connection, "requestForward"):
+            raise MountFailed(f"--via {self.via} needs a ShareConnection")
+        if self.via == "ssh":
+            return await self._forwardNested(avatar)
+        if self.via == "socket":
+            listener = Listener(
+                mode="raw",
+                protocolFactory=lambda: self._serverProtocolFactory(avatar),
+                streamlocal=True,
+            )
+        elif self.via == "raw-tcp":
+            listener = Listener(
+                mode="raw",
+                protocolFactory=lambda: self._serverProtocolFactory(avatar),
+                address="127.0.0.1",
+                port=0,
+            )
+        else:
+            raise MountFailed(f"--via {self.via} is not available")
+        self._listener = await self.connection.requestForward(listener)
+        return self._listener
 
     async def _waitMounted(self) -> None:
         assert self.remotePath is not None
@@ -527,7 +615,72 @@ class RemoteMount:
                 await _closedWithin(self._reactor, channel, EXIT_TIMEOUT)
             if not channel.isClosed:
                 channel.loseConnection()
+        listener, self._listener = self._listener, None
+        sessionKey, self._sessionKey = self._sessionKey, None
+        if getattr(self.connection, "transport", None):
+            if listener is not None:
+                await self._cancelForward(listener)
+            if sessionKey is not None:
+                await self._removeQuietly(sessionKey.directory)
         return result
+
+    async def _removeQuietly(self, path: str) -> None:
+        try:
+            await self._run(_shellCommand("rm -rf -- " + shlex.quote(path)))
+        except Exception as e:
+            self._log.warn("could not remove {path}: {error}", path=path, error=_reason(e))
+
+    async def _forwardNested(self, avatar: object) -> Any:
+        """
+        X2Go's way: a loopback TCP forward to a nested SSH server that takes
+        only a session key made for this mount, installed on the remote host
+        with a known_hosts line for the nested host key.
+        """
+        from conchshare.tunnel.connection import Listener
+        from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
+        from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
+
+        sessionKey = generateSessionKey()
+        hostKey = self._hostKey or loadOrCreateHostKey(None)
+        server = NestedSSHServer(
+            hostKey,
+            [sessionKey.public()],
+            lambda: self._serverProtocolFactory(avatar),
+            reactor=self._reactor,
+        )
+        listener = Listener(
+            mode="ssh",
+            protocolFactory=lambda: server.buildProtocol(None),
+            address="127.0.0.1",
+            port=0,
+        )
+        self._listener = await self.connection.requestForward(listener)
+        self._sessionKey = await installSessionKey(
+            self.connection, sessionKey, hostKey, self._listener.port, "conchshare"
+        )
+        return self._listener
+
+    async def _cancelForward(self, listener: Any) -> None:
+        try:
+            await self.connection.cancelForward(listener)
+        except Exception as e:
+            self._log.warn("could not cancel the forward: {error}", error=_reason(e))
+        if listener.socketDirectory:
+            await self._removeQuietly(listener.socketDirectory)
+
+
+def _quoteAssignment(word: str) -> str:
+    name, equals, value = word.partition("=")
+    if equals and name.isidentifier() and name.isupper():
+        return name + "=" + shlex.quote(value)
+    return shlex.quote(word)
+
+
+def _socatEscape(text: str) -> str:
+    """
+    Escape what socat's address parser would interpret.
+    """
+    return "".join("\\" + c if c in "\\\"'(){}[],:!; " else c for c in text)
 
 
 def _reason(e: BaseException) -> str:

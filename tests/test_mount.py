@@ -359,6 +359,78 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
         self.assertFalse(os.path.exists(mountPoint))
 
 
+class ForwardedMountTests(MountTestsMixin, unittest.TestCase):
+    """
+    C{--via socket} and C{--via raw-tcp}: sshfs reaches a raw SFTP endpoint
+    through a forward of the connection.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def mountReadWrite(self, via: str) -> Any:
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"f.txt": b"through a forward"})
+        mountPoint = os.path.join(self.base, f"via {via}")
+        mount = self.remoteMount(connection, [local], mountPoint, via=via)
+        path = yield mount.mount()
+        self.assertEqual(path, mountPoint)
+        listener = mount._listener
+        if mount._sessionKey is not None:
+            self.sessionKeyDirectory = mount._sessionKey.directory
+        data = yield inThread(readFile, os.path.join(mountPoint, "f.txt"))
+        self.assertEqual(data, b"through a forward")
+        written = os.urandom(1024 * 1024)
+        yield inThread(writeFile, os.path.join(mountPoint, "new.bin"), written)
+        self.assertEqual(sha256File(os.path.join(local, "new.bin")), sha256(written))
+        yield mount.unmount()
+        self.assertFalse(isMounted(mountPoint))
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "unmounted"])
+        self.assertEqual(connection.listeners, [])
+        return listener
+
+    @defer.inlineCallbacks
+    def test_socket(self) -> Any:
+        """
+        The mount works through an owner-only Unix socket forward; unmounting
+        cancels the forward and removes the socket and its directory.
+        """
+        listener = yield self.mountReadWrite("socket")
+        self.assertTrue(listener.socketPath)
+        self.assertFalse(os.path.lexists(listener.socketPath))
+        self.assertFalse(os.path.lexists(os.path.dirname(listener.socketPath)))
+
+    @defer.inlineCallbacks
+    def test_ssh(self) -> Any:
+        """
+        X2Go's way: the mount works through a TCP forward to the nested SSH
+        server with a session key; unmounting closes the port and removes
+        the session key files.
+        """
+        import socket
+
+        listener = yield self.mountReadWrite("ssh")
+        self.assertGreater(listener.port, 0)
+        with socket.socket() as s:
+            self.assertNotEqual(s.connect_ex(("127.0.0.1", listener.port)), 0)
+        self.assertTrue(self.sessionKeyDirectory.startswith("/"))
+        self.assertFalse(os.path.lexists(self.sessionKeyDirectory))
+
+    @defer.inlineCallbacks
+    def test_rawTcp(self) -> Any:
+        """
+        The mount works through a loopback TCP forward (sshfs -o
+        directport); unmounting closes the remote port.
+        """
+        import socket
+
+        listener = yield self.mountReadWrite("raw-tcp")
+        self.assertGreater(listener.port, 0)
+        with socket.socket() as s:
+            self.assertNotEqual(s.connect_ex(("127.0.0.1", listener.port)), 0)
+
+
 class MissingToolsTests(MountTestsMixin, unittest.TestCase):
     """
     A remote host without sshfs: one clear sentence, nothing left behind.
