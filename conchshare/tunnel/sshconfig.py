@@ -28,10 +28,10 @@ every C{StrictHostKeyChecking} setting; C{ServerAliveInterval} defaults to
 
 from __future__ import annotations
 
-import fnmatch
 import getpass
 import glob
 import os
+import re
 import shlex
 import socket
 import sys
@@ -204,6 +204,15 @@ def _splitLine(line: str) -> tuple[str, list[str]] | None:
     return keyword.lower(), args
 
 
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """
+    An OpenSSH wildcard pattern (only C{*} and C{?} are special; brackets
+    are literal, as in C{[host]:port}) as a case-insensitive regex.
+    """
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
 def _matchPatternList(name: str, patterns: Sequence[str]) -> bool:
     """
     OpenSSH pattern-list matching: true when some pattern matches and no
@@ -215,7 +224,7 @@ def _matchPatternList(name: str, patterns: Sequence[str]) -> bool:
         negated = pattern.startswith("!")
         if negated:
             pattern = pattern[1:]
-        if fnmatch.fnmatchcase(name, pattern.lower()):
+        if _wildcard(pattern).fullmatch(name):
             if negated:
                 return False
             matched = True

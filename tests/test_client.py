@@ -1,0 +1,470 @@
+"""
+The outbound SSH client against a throwaway OpenSSH sshd: key types, agent,
+passphrases, host keys, auth failures, connect errors, keep-alive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from conchshare.errors import (
+    AuthenticationFailed,
+    ConchShareError,
+    ConnectionFailed,
+    HostKeyChanged,
+    HostKeyUnknown,
+)
+from conchshare.tunnel.client import SSHClientTransport, connectSSH
+from conchshare.tunnel.sshconfig import ConnectOptions
+from tests.sshd import ThrowawaySSHD, available, freePort, keygen
+
+
+class _ExecChannel(SSHChannel):  # type: ignore[misc]
+    name = b"session"
+
+    def __init__(self, command: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.command = command
+        self.output = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def channelOpen(self, data: bytes) -> None:
+        d = self.conn.sendRequest(self, b"exec", NS(self.command.encode()), wantReply=True)
+        d.addErrback(self.done.errback)
+
+    def openFailed(self, reason: Any) -> None:
+        self.done.errback(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def closed(self) -> None:
+        if not self.done.called:
+            self.done.callback(self.output)
+        super().closed()
+
+
+def runRemote(connection: SSHConnection, command: str) -> Deferred[bytes]:
+    """
+    Run a command on the connection; fire with its stdout.
+    """
+    channel = _ExecChannel(command, conn=connection)
+    connection.openChannel(channel)
+    return channel.done
+
+
+def sshKeygenFingerprint(publicKeyLine: str, directory: str) -> str:
+    path = os.path.join(directory, "fp.pub")
+    with open(path, "w") as f:
+        f.write(publicKeyLine + "\n")
+    out = subprocess.run(["ssh-keygen", "-lf", path], capture_output=True, text=True, check=True)
+    return out.stdout.split()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """
+    All descendant process ids of C{pid}.
+    """
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    result = list(children)
+    for child in children:
+        result += descendants(child)
+    return result
+
+
+class ClientTestMixin:
+    """
+    Starts sshds and connects to them with conchshare's client.
+    """
+
+    timeout = 60
+
+    def startSSHD(self, **kwargs: Any) -> ThrowawaySSHD:
+        reason = available()
+        if reason:
+            raise __import__("twisted.trial.unittest").trial.unittest.SkipTest(reason)
+        sshd = ThrowawaySSHD.start(self.mktemp(), **kwargs)  # type: ignore[attr-defined]
+        self.addCleanup(sshd.stop)  # type: ignore[attr-defined]
+        return sshd
+
+    def optionsFor(self, sshd: ThrowawaySSHD, **kwargs: Any) -> ConnectOptions:
+        settings: dict[str, Any] = dict(
+            host=sshd.host,
+            port=sshd.port,
+            user=sshd.user,
+            identityFiles=[sshd.clientKeyPath],
+            userKnownHostsFiles=[sshd.knownHostsPath],
+            globalKnownHostsFiles=[],
+            strictHostKeyChecking="yes",
+            identityAgent=None,
+            useAgent=False,
+            batchMode=True,
+            connectTimeout=10,
+        )
+        settings.update(kwargs)
+        return ConnectOptions(**settings)
+
+    async def connect(self, options: ConnectOptions, **kwargs: Any) -> SSHConnection:
+        connection = await connectSSH(options, SSHConnection, reactor=reactor, **kwargs)
+        transport = connection.transport
+        assert isinstance(transport, SSHClientTransport)
+
+        async def close() -> None:
+            if transport.transport is not None and transport._lostReason is None:
+                transport.transport.loseConnection()
+            await transport.whenLost()
+
+        self.addCleanup(lambda: defer.ensureDeferred(close()))  # type: ignore[attr-defined]
+        return connection
+
+    async def connectFails(self, options: ConnectOptions, **kwargs: Any) -> ConchShareError:
+        try:
+            await connectSSH(options, SSHConnection, reactor=reactor, **kwargs)
+        except ConchShareError as e:
+            return e
+        raise AssertionError("connected, expected a failure")
+
+
+class KeyTypeTests(ClientTestMixin, TestCase):
+    """
+    Connect and exec with each key type: RSA proves rsa-sha2 signatures,
+    since OpenSSH 9.2 refuses ssh-rsa (SHA-1).
+    """
+
+    async def _connectWith(self, keyType: str) -> None:
+        sshd = self.startSSHD(clientKeyType=keyType)
+        connection = await self.connect(self.optionsFor(sshd))
+        output = await runRemote(connection, "echo hello from $USER")
+        self.assertEqual(output, f"hello from {sshd.user}\n".encode())
+        transport = connection.transport
+        self.assertIsInstance(transport, SSHClientTransport)
+        # The Nagle fix ran (exec accepted) and our side has TCP_NODELAY.
+        self.assertFalse(transport.quickAck)
+        sock = transport.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        self.assertEqual(transport.hostKeyFingerprint[:7], "SHA256:")
+
+    def test_ed25519(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._connectWith("ed25519"))
+
+    def test_ecdsa(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._connectWith("ecdsa"))
+
+    def test_rsa(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._connectWith("rsa"))
+
+    def test_macPreference(self) -> None:
+        """
+        hmac-sha2-256 is preferred (no SHA-512 in hardware).
+        """
+        self.assertEqual(SSHClientTransport.supportedMACs[0], b"hmac-sha2-256")
+
+    async def _passphrase(self) -> None:
+        sshd = self.startSSHD()
+        keyPath = os.path.join(sshd.directory, "secret_key")
+        public = keygen(keyPath, "ed25519", passphrase="open sesame")
+        with open(sshd.authorizedKeysPath, "w") as f:
+            f.write(public + "\n")
+        asked: list[tuple[str, bool]] = []
+
+        def prompt(text: str, echo: bool) -> str:
+            asked.append((text, echo))
+            return "open sesame"
+
+        # No .pub file: the key must be decrypted before it can be offered.
+        os.remove(keyPath + ".pub")
+        options = self.optionsFor(sshd, identityFiles=[keyPath], batchMode=False)
+        connection = await self.connect(options, prompt=prompt)
+        self.assertEqual(await runRemote(connection, "echo ok"), b"ok\n")
+        self.assertEqual(asked, [(f"Enter passphrase for key '{keyPath}': ", False)])
+
+    def test_passphraseCallback(self) -> Deferred[None]:
+        """
+        A passphrase-protected key is decrypted with the prompt's answer.
+        """
+        return defer.ensureDeferred(self._passphrase())
+
+
+class AgentTests(ClientTestMixin, TestCase):
+    """
+    Keys from ssh-agent; RSA proves the SSH_AGENT_RSA_SHA2_* flags.
+    """
+
+    def startAgent(self, *keyPaths: str) -> str:
+        if not shutil.which("ssh-agent"):
+            raise __import__("twisted.trial.unittest").trial.unittest.SkipTest("no ssh-agent")
+        directory = self.mktemp()
+        os.makedirs(directory, mode=0o700)
+        sock = os.path.join(os.path.abspath(directory), "agent.sock")
+        agent = subprocess.Popen(
+            ["ssh-agent", "-a", sock, "-D"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+
+        def stopAgent() -> None:
+            agent.terminate()
+            agent.wait(5)
+
+        self.addCleanup(stopAgent)
+        deadline = time.monotonic() + 5
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        for path in keyPaths:
+            subprocess.run(
+                ["ssh-add", "-q", path], env=env, check=True, capture_output=True, timeout=10
+            )
+        return sock
+
+    async def _agent(self, keyType: str) -> None:
+        sshd = self.startSSHD(clientKeyType=keyType)
+        sock = self.startAgent(sshd.clientKeyPath)
+        options = self.optionsFor(sshd, identityFiles=[], identityAgent=sock, useAgent=True)
+        connection = await self.connect(options)
+        self.assertEqual(await runRemote(connection, "echo agent"), b"agent\n")
+
+    def test_agentRSA(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._agent("rsa"))
+
+    def test_agentEd25519(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._agent("ed25519"))
+
+    async def _agentEmpty(self) -> None:
+        sshd = self.startSSHD()
+        sock = self.startAgent()
+        stranger = os.path.join(sshd.directory, "stranger")
+        keygen(stranger)
+        options = self.optionsFor(
+            sshd, identityFiles=[stranger], identityAgent=sock, useAgent=True
+        )
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, AuthenticationFailed)
+        self.assertEqual(error.exitCode, 4)
+        self.assertIn("Permission denied (publickey)", str(error))
+        self.assertIn("agent (no keys)", str(error))
+        self.assertIn("stranger", str(error))
+
+    def test_authFailureNamesMethods(self) -> Deferred[None]:
+        """
+        A refused login names what was tried: the empty agent, the key file.
+        """
+        return defer.ensureDeferred(self._agentEmpty())
+
+
+class HostKeyTests(ClientTestMixin, TestCase):
+    """
+    Host keys: unknown, accept-new, changed, hashed, asked.
+    """
+
+    async def _unknown(self) -> None:
+        sshd = self.startSSHD()
+        empty = os.path.join(sshd.directory, "empty_known_hosts")
+        open(empty, "w").close()
+        error = await self.connectFails(self.optionsFor(sshd, userKnownHostsFiles=[empty]))
+        self.assertIsInstance(error, HostKeyUnknown)
+        self.assertEqual(error.exitCode, 5)
+        expected = sshKeygenFingerprint(sshd.hostPublicKey, sshd.directory)
+        self.assertIn(expected, str(error))
+        with open(empty) as f:
+            self.assertEqual(f.read(), "")
+
+    def test_unknownRefused(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._unknown())
+
+    async def _acceptNew(self) -> None:
+        sshd = self.startSSHD()
+        path = os.path.join(os.path.abspath(self.mktemp()), "ssh", "known_hosts")
+        options = self.optionsFor(sshd, userKnownHostsFiles=[path], strictHostKeyChecking="accept-new")
+        connection = await self.connect(options)
+        connection.transport.transport.loseConnection()
+        await connection.transport.whenLost()
+        with open(path) as f:
+            line = f.read()
+        self.assertEqual(line, f"[127.0.0.1]:{sshd.port} {' '.join(sshd.hostPublicKey.split()[:2])}\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
+        # Recorded: now accepted under "yes", and OpenSSH's ssh agrees.
+        await self.connect(self.optionsFor(sshd, userKnownHostsFiles=[path]))
+        result = subprocess.run(
+            ["ssh", "-F", "none", "-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes",
+             "-o", "BatchMode=yes", "-i", sshd.clientKeyPath, "-p", str(sshd.port),
+             f"{sshd.user}@127.0.0.1", "true"],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_acceptNewRecords(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._acceptNew())
+
+    async def _changed(self, mode: str) -> None:
+        sshd = self.startSSHD()
+        other = keygen(os.path.join(sshd.directory, "impostor"))
+        path = os.path.join(sshd.directory, "changed_known_hosts")
+        with open(path, "w") as f:
+            f.write(f"{sshd.hostField()} {other}\n")
+        error = await self.connectFails(
+            self.optionsFor(sshd, userKnownHostsFiles=[path], strictHostKeyChecking=mode)
+        )
+        self.assertIsInstance(error, HostKeyChanged)
+        self.assertIn("CHANGED", str(error))
+        self.assertIn(sshKeygenFingerprint(sshd.hostPublicKey, sshd.directory), str(error))
+        self.assertIn(sshKeygenFingerprint(other, sshd.directory), str(error))
+        with open(path) as f:
+            self.assertEqual(f.read(), f"{sshd.hostField()} {other}\n")
+
+    def test_changedRefusedAcceptNew(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._changed("accept-new"))
+
+    def test_changedRefusedNo(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._changed("no"))
+
+    async def _hashed(self) -> None:
+        sshd = self.startSSHD()
+        path = os.path.join(sshd.directory, "hashed_known_hosts")
+        shutil.copy(sshd.knownHostsPath, path)
+        subprocess.run(["ssh-keygen", "-q", "-H", "-f", path], check=True, capture_output=True)
+        with open(path) as f:
+            self.assertTrue(f.read().startswith("|1|"))
+        connection = await self.connect(self.optionsFor(sshd, userKnownHostsFiles=[path]))
+        self.assertEqual(await runRemote(connection, "echo hashed"), b"hashed\n")
+
+    def test_hashedEntry(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._hashed())
+
+    async def _ask(self, answer: str) -> ConnectionFailed | None:
+        sshd = self.startSSHD()
+        path = os.path.join(sshd.directory, "ask_known_hosts")
+        asked: list[str] = []
+
+        def prompt(text: str, echo: bool) -> Deferred[str]:
+            asked.append(text)
+            return defer.succeed(answer)
+
+        options = self.optionsFor(
+            sshd, userKnownHostsFiles=[path], strictHostKeyChecking="ask", batchMode=False
+        )
+        fingerprint = sshKeygenFingerprint(sshd.hostPublicKey, sshd.directory)
+        if answer == "yes":
+            await self.connect(options, prompt=prompt)
+            self.assertTrue(os.path.exists(path))
+        else:
+            error = await self.connectFails(options, prompt=prompt)
+            self.assertIsInstance(error, HostKeyUnknown)
+            self.assertFalse(os.path.exists(path))
+        self.assertEqual(len(asked), 1)
+        self.assertIn(fingerprint, asked[0])
+        self.assertIn("(yes/no", asked[0])
+        return None
+
+    def test_askYes(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._ask("yes"))  # type: ignore[arg-type]
+
+    def test_askNo(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._ask("no"))  # type: ignore[arg-type]
+
+
+class ConnectErrorTests(ClientTestMixin, TestCase):
+    """
+    Connect failures read like ssh's.
+    """
+
+    async def _refused(self) -> None:
+        port = freePort()
+        options = ConnectOptions(host="127.0.0.1", port=port, connectTimeout=5)
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, ConnectionFailed)
+        self.assertEqual(error.exitCode, 3)
+        self.assertEqual(str(error), f"ssh: connect to host 127.0.0.1 port {port}: Connection refused.")
+
+    def test_refused(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._refused())
+
+    async def _unresolvable(self) -> None:
+        options = ConnectOptions(host="no-such-host.invalid", port=22, connectTimeout=5)
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, ConnectionFailed)
+        self.assertIn("Could not resolve hostname no-such-host.invalid", str(error))
+
+    def test_unknownHost(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._unresolvable())
+
+    async def _notSSH(self) -> None:
+        # A server that accepts and says nothing: the handshake times out.
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        self.addCleanup(server.close)
+        options = ConnectOptions(host="127.0.0.1", port=server.getsockname()[1], connectTimeout=0.5)
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, ConnectionFailed)
+        self.assertIn("timed out", str(error))
+
+    def test_handshakeTimeout(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._notSSH())
+
+
+class KeepAliveTests(ClientTestMixin, TestCase):
+    """
+    A stopped server is detected as a dead peer.
+    """
+
+    async def _dead(self) -> None:
+        sshd = self.startSSHD()
+        assert sshd.process is not None
+        before = set(descendants(sshd.process.pid))
+        options = self.optionsFor(sshd, serverAliveInterval=0.3, serverAliveCountMax=2)
+        connection = await self.connect(options)
+        sessions = [p for p in descendants(sshd.process.pid) if p not in before]
+        self.assertTrue(sessions)
+
+        def resume() -> None:
+            for pid in sessions:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+        self.addCleanup(resume)
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass  # a short-lived child (the Nagle fix's `true`)
+        started = time.monotonic()
+        reason = await connection.transport.whenLost()
+        elapsed = time.monotonic() - started
+        self.assertIsInstance(reason, ConnectionFailed)
+        self.assertIn("not responding (dead peer", str(reason))
+        self.assertLess(elapsed, 5)
+
+    def test_deadPeer(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._dead())
+
+    async def _alive(self) -> None:
+        sshd = self.startSSHD()
+        options = self.optionsFor(sshd, serverAliveInterval=0.1, serverAliveCountMax=1)
+        connection = await self.connect(options)
+        # Several keep-alive rounds pass; the live server answers each.
+        d: Deferred[None] = Deferred()
+        reactor.callLater(1.0, d.callback, None)
+        await d
+        self.assertEqual(await runRemote(connection, "echo alive"), b"alive\n")
+
+    def test_aliveServerStays(self) -> Deferred[None]:
+        return defer.ensureDeferred(self._alive())
