@@ -16,17 +16,25 @@ State rules (the whole module follows them):
 
 Conch's L{SSHConnection} re-opens the receive window before C{dataReceived}
 runs; a connection that uses these channels must mix in
-L{WindowCreditMixin} so that the channel alone decides when to grant.
+L{ChannelServingMixin} so that the channel alone decides when to grant.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.conch.error import ConchError
+from twisted.conch.ssh import common
 from twisted.conch.ssh.channel import SSHChannel
-from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.connection import (
+    MSG_CHANNEL_OPEN_CONFIRMATION,
+    MSG_CHANNEL_OPEN_FAILURE,
+    OPEN_CONNECT_FAILED,
+    SSHConnection,
+)
 from twisted.internet import interfaces
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
@@ -48,17 +56,76 @@ OUTPUT = "output"
 TRANSPORT = "transport"
 
 
-class WindowCreditMixin:
+class ChannelServingMixin:
     """
-    Mix into an L{SSHConnection} subclass: leaves window credit of
-    L{ForwardedChannel}s to the channel (Conch grants it before the data is
-    even handed over, which defeats backpressure).
+    Mix into an L{SSHConnection} subclass (before it) that serves
+    L{ForwardedChannel}s:
+      - window credit of those channels is left to the channel (Conch grants
+        it before the data is even handed over, which defeats backpressure);
+      - a refused channel open is answered with OPEN_FAILURE without logging
+        a traceback (a peer asking for what we do not offer is no error);
+      - L{channelAccepted} is called once an accepted channel has its id.
     """
+
+    _log: Logger
+    transport: Any
+    localChannelID: int
+    channels: dict[int, Any]
+    channelsToRemoteChannel: dict[Any, int]
+    localToRemoteChannel: dict[int, int]
 
     def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
         if isinstance(channel, ForwardedChannel):
             return
         super().adjustWindow(channel, bytesToAdd)  # type: ignore[misc]
+
+    def channelAccepted(self, channel: Any) -> None:
+        """
+        Called after a channel the peer opened was confirmed.
+        """
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        """
+        As Conch's (RFC 4254 5.1), with the differences above.
+        """
+        channelType, rest = common.getNS(packet)
+        senderChannel, windowSize, maxPacket = struct.unpack(">3L", rest[:12])
+        packet = rest[12:]
+        try:
+            channel = self.getChannel(channelType, windowSize, maxPacket, packet)  # type: ignore[attr-defined]
+        except Exception as e:
+            if isinstance(e, ConchError) and len(e.args) == 2:
+                textualInfo, reason = e.args
+            else:
+                self._log.failure("could not serve a {type!r} channel", type=channelType)
+                textualInfo, reason = "internal error", OPEN_CONNECT_FAILED
+            if isinstance(textualInfo, int):  # Conch is not consistent (#3657)
+                textualInfo, reason = reason, textualInfo
+            if isinstance(textualInfo, bytes):
+                textualInfo = textualInfo.decode("utf-8", "replace")
+            self._log.info("refused {type!r} channel: {why}", type=channelType, why=textualInfo)
+            self.transport.sendPacket(
+                MSG_CHANNEL_OPEN_FAILURE,
+                struct.pack(">2L", senderChannel, reason)
+                + common.NS(str(textualInfo).encode("utf-8"))
+                + common.NS(b""),
+            )
+            return
+        localChannel = self.localChannelID
+        self.localChannelID += 1
+        channel.id = localChannel
+        self.channels[localChannel] = channel
+        self.channelsToRemoteChannel[channel] = senderChannel
+        self.localToRemoteChannel[localChannel] = senderChannel
+        self.transport.sendPacket(
+            MSG_CHANNEL_OPEN_CONFIRMATION,
+            struct.pack(
+                ">4L", senderChannel, localChannel, channel.localWindowSize, channel.localMaxPacket
+            )
+            + channel.specificData,
+        )
+        channel.channelOpen(packet)
+        self.channelAccepted(channel)
 
 
 @implementer(interfaces.IPushProducer, interfaces.IConsumer)

@@ -27,8 +27,6 @@ from typing import Any
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import common
 from twisted.conch.ssh.connection import (
-    MSG_CHANNEL_OPEN_CONFIRMATION,
-    MSG_CHANNEL_OPEN_FAILURE,
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
     SSHConnection,
@@ -40,7 +38,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchshare.errors import ForwardRefused
-from conchshare.tunnel.channels import TRANSPORT, ChannelGroup, ForwardedChannel
+from conchshare.tunnel.channels import (
+    TRANSPORT,
+    ChannelGroup,
+    ChannelServingMixin,
+    ForwardedChannel,
+)
 from conchshare.tunnel.remote import quote, runRemote
 
 Event = dict[str, Any]
@@ -124,7 +127,7 @@ class _TransportPressure:
         pass
 
 
-class ShareConnection(SSHConnection):  # type: ignore[misc]
+class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
     """
     The client C{ssh-connection} service of conchshare.
 
@@ -209,51 +212,7 @@ class ShareConnection(SSHConnection):  # type: ignore[misc]
 
     # -- channels ----------------------------------------------------------
 
-    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
-        # ForwardedChannel grants its own credit once its protocol consumed.
-        if isinstance(channel, ForwardedChannel):
-            return
-        super().adjustWindow(channel, bytesToAdd)
-
-    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
-        """
-        As Conch's, but a refusal is answered without logging a traceback,
-        and accepted channels are reported.
-        """
-        channelType, rest = common.getNS(packet)
-        senderChannel, windowSize, maxPacket = struct.unpack(">3L", rest[:12])
-        packet = rest[12:]
-        try:
-            channel = self.getChannel(channelType, windowSize, maxPacket, packet)
-        except Exception as e:
-            if not isinstance(e, ConchError):
-                self._log.failure("could not serve a {type!r} channel", type=channelType)
-                e = ConchError("internal error", OPEN_CONNECT_FAILED)
-            textualInfo, reason = e.args if len(e.args) == 2 else (str(e), OPEN_CONNECT_FAILED)
-            if isinstance(textualInfo, int):
-                textualInfo, reason = reason, textualInfo
-            self._log.info("refused {type!r} channel: {why}", type=channelType, why=textualInfo)
-            self.transport.sendPacket(
-                MSG_CHANNEL_OPEN_FAILURE,
-                struct.pack(">2L", senderChannel, reason)
-                + common.NS(str(textualInfo).encode("utf-8"))
-                + common.NS(b""),
-            )
-            return
-        localChannel = self.localChannelID
-        self.localChannelID += 1
-        channel.id = localChannel
-        self.channels[localChannel] = channel
-        self.channelsToRemoteChannel[channel] = senderChannel
-        self.localToRemoteChannel[localChannel] = senderChannel
-        self.transport.sendPacket(
-            MSG_CHANNEL_OPEN_CONFIRMATION,
-            struct.pack(
-                ">4L", senderChannel, localChannel, channel.localWindowSize, channel.localMaxPacket
-            )
-            + channel.specificData,
-        )
-        channel.channelOpen(packet)
+    def channelAccepted(self, channel: Any) -> None:
         report = self._openReports.pop(channel, None)
         if report is not None:
             report()

@@ -1,0 +1,227 @@
+"""
+The nested SSH server of the C{ssh} endpoint mode (X2Go's): an SSH server
+transport runs on each forwarded channel (the channel is its transport), with
+its own Ed25519 host key, public-key authentication only, for the given keys
+only and any user name, and nothing but the C{sftp} subsystem: shell, exec,
+pty, X11, agent and port-forwarding requests are refused.
+
+Usage::
+
+    server = NestedSSHServer(loadOrCreateHostKey(path), [sessionKey.public()],
+                             lambda: SFTPServerProtocol(avatar))
+    listener = Listener("ssh", server.buildProtocol)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.conch import avatar as _avatar
+from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common, factory, keys, transport, userauth
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import interfaces
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from conchshare.errors import UsageError
+from conchshare.tunnel.channels import ChannelServingMixin, ForwardedChannel
+
+SFTPFactory = Callable[[], interfaces.IProtocol]
+
+
+def loadOrCreateHostKey(path: str | None = None) -> keys.Key:
+    """
+    The nested server's host key.
+
+    @param path: where the key is kept; read if it exists, otherwise a new
+        Ed25519 key is written there (mode 0600).  L{None}: a new key that
+        lives as long as the process.
+    @return: the private key.
+    @raise UsageError: the file exists but is not a usable private key, or
+        cannot be written.
+    """
+    if path is not None and os.path.exists(path):
+        try:
+            key = keys.Key.fromFile(path)
+        except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError) as e:
+            raise UsageError(f"Cannot use {path} as the host key: {e}.")
+        if key.isPublic():
+            raise UsageError(f"{path} holds a public key; the host key must be private.")
+        return key
+    key = keys.Key(Ed25519PrivateKey.generate())
+    if path is not None:
+        data = key.toString("openssh")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise UsageError(f"Cannot write the host key to {path}: {e.strerror}.")
+    return key
+
+
+def readAuthorizedKeys(path: str) -> list[keys.Key]:
+    """
+    The public keys of an OpenSSH authorized_keys file (options are ignored;
+    lines that are not keys are skipped).
+
+    @raise UsageError: the file cannot be read or holds no key.
+    """
+    found: list[keys.Key] = []
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise UsageError(f"Cannot read the authorized keys file {path}: {e.strerror}.")
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        parts = line.split()
+        for i in range(len(parts) - 1):
+            try:
+                found.append(keys.Key.fromString(b" ".join(parts[i : i + 2])))
+                break
+            except (keys.BadKeyError, ValueError, IndexError):
+                continue
+    if not found:
+        raise UsageError(f"The authorized keys file {path} holds no public key.")
+    return found
+
+
+@implementer(IAuthorizedKeysDB)
+class _AnyUserKeys:
+    """
+    The same keys for every user name.
+    """
+
+    def __init__(self, publicKeys: Sequence[keys.Key]) -> None:
+        self._keys = list(publicKeys)
+
+    def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
+        return list(self._keys)
+
+
+class NestedSessionChannel(ForwardedChannel):
+    """
+    A session channel of the nested server: only C{subsystem sftp} is
+    accepted, which attaches the SFTP protocol to the channel.
+    """
+
+    name = b"session"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+
+    def request_subsystem(self, data: bytes) -> int:
+        try:
+            subsystem, _ = common.getNS(data)
+        except (ValueError, IndexError):
+            return 0
+        if subsystem != b"sftp" or self.protocol is not None:
+            return 0
+        self.attach(self.avatar.sftpFactory())
+        return 1
+
+    def request_env(self, data: bytes) -> int:
+        return 0
+
+
+class _NestedUser(_avatar.ConchUser):  # type: ignore[misc]
+    def __init__(self, sftpFactory: SFTPFactory) -> None:
+        super().__init__()
+        self.sftpFactory = sftpFactory
+        self.channelLookup[b"session"] = NestedSessionChannel
+
+
+@implementer(IRealm)
+class _Realm:
+    def __init__(self, sftpFactory: SFTPFactory) -> None:
+        self.sftpFactory = sftpFactory
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces_: Any) -> Any:
+        if IConchUser not in interfaces_:
+            raise NotImplementedError("only SSH users here")
+        return IConchUser, _NestedUser(self.sftpFactory), lambda: None
+
+
+class NestedConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
+    """
+    The nested server's C{ssh-connection} service: channel windows follow
+    the consumption of the SFTP protocol; unknown channel types (port
+    forwarding, X11, agent) are refused quietly.
+    """
+
+
+class _UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
+    # The channel carrying us closes when the remote client goes away; a
+    # login left hanging should not keep it open for ten hours.
+    loginTimeout = 120
+    attemptsBeforeDisconnect = 6
+
+
+class NestedServerTransport(transport.SSHServerTransport):  # type: ignore[misc]
+    """
+    The server transport that runs on a forwarded channel.
+    """
+
+    supportedMACs = [b"hmac-sha2-256"] + [
+        m for m in transport.SSHTransportBase.supportedMACs if m != b"hmac-sha2-256"
+    ]
+
+
+class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
+    """
+    Builds a nested SSH server transport for each forwarded channel.
+
+    @param hostKey: the private host key (see L{loadOrCreateHostKey}).
+    @param authorizedKeys: the only public keys allowed to log in, under any
+        user name.
+    @param sftpFactory: makes the SFTP protocol for each C{sftp} subsystem.
+    @param reactor: for the login timeout (default: the global reactor).
+    """
+
+    _log = Logger()
+    protocol = NestedServerTransport
+    primes = None
+
+    def __init__(
+        self,
+        hostKey: keys.Key,
+        authorizedKeys: Sequence[keys.Key],
+        sftpFactory: SFTPFactory,
+        *,
+        reactor: Any = None,
+    ) -> None:
+        if not authorizedKeys:
+            raise UsageError("The nested SSH server needs at least one authorized key.")
+        self.hostKey = hostKey
+        self.publicKeys = {hostKey.sshType(): hostKey.public()}
+        self.privateKeys = {hostKey.sshType(): hostKey}
+        self.portal = Portal(
+            _Realm(sftpFactory), [SSHPublicKeyChecker(_AnyUserKeys(authorizedKeys))]
+        )
+        authClass: Any = _UserAuthServer
+        if reactor is not None:
+            authClass = type("_UserAuthServer", (_UserAuthServer,), {"clock": reactor})
+        self.services = {b"ssh-userauth": authClass, b"ssh-connection": NestedConnection}
+
+    def buildProtocol(self, addr: Any = None) -> NestedServerTransport:
+        """
+        @return: a server transport; make a channel its transport.
+        """
+        proto: NestedServerTransport = super().buildProtocol(addr)
+        return proto
+
+    def hostKeyLine(self, hostField: str) -> str:
+        """
+        The known_hosts line for this server, e.g. for
+        C{"[127.0.0.1]:2222"}.
+        """
+        return f"{hostField} {self.hostKey.public().toString('openssh').decode('ascii')}"

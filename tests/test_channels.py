@@ -1,0 +1,307 @@
+"""
+L{ForwardedChannel} and L{ChannelGroup} on a L{ShareConnection} whose SSH
+transport records packets: pausing keeps bytes and banks window credit,
+holds writes, resumes in order.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.conch.ssh import common
+from twisted.conch.ssh.connection import (
+    MSG_CHANNEL_CLOSE,
+    MSG_CHANNEL_DATA,
+    MSG_CHANNEL_OPEN_CONFIRMATION,
+    MSG_CHANNEL_OPEN_FAILURE,
+    MSG_CHANNEL_WINDOW_ADJUST,
+)
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from conchshare.tunnel.channels import (
+    MAX_PACKET,
+    OUTPUT_HIGH,
+    WINDOW_SIZE,
+    ChannelGroup,
+    ForwardedChannel,
+)
+from conchshare.tunnel.connection import Listener, ShareConnection
+
+
+class RecordingProtocol(Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason
+
+
+class FakeSSHTransport:
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bytes]] = []
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.packets.append((kind, payload))
+
+    def take(self, kind: int) -> list[bytes]:
+        found = [p for k, p in self.packets if k == kind]
+        self.packets = [(k, p) for k, p in self.packets if k != kind]
+        return found
+
+
+class Harness:
+    """
+    A ShareConnection with one TCP listener; the 'server' opens channels.
+    """
+
+    def __init__(self, protocolFactory: Any = RecordingProtocol) -> None:
+        self.clock = Clock()
+        self.conn = ShareConnection(reactor=self.clock)
+        self.transport = FakeSSHTransport()
+        self.conn.transport = self.transport
+        self.protocols: list[Any] = []
+        self.events: list[dict[str, Any]] = []
+        self.conn.addObserver(self.events.append)
+
+        def factory() -> Any:
+            p = protocolFactory()
+            self.protocols.append(p)
+            return p
+
+        self.listener = Listener("raw", factory, port=4000)
+        self.conn.listeners.append(self.listener)
+        self.conn._routes[self.listener.routeKey()] = self.listener
+        self.nextRemote = 100
+
+    def open(self, window: int = 1 << 30, port: int = 4000) -> ForwardedChannel | None:
+        remote = self.nextRemote
+        self.nextRemote += 1
+        data = (
+            common.NS(b"127.0.0.1")
+            + struct.pack(">L", port)
+            + common.NS(b"127.0.0.1")
+            + struct.pack(">L", 5555)
+        )
+        self.conn.ssh_CHANNEL_OPEN(
+            common.NS(b"forwarded-tcpip") + struct.pack(">3L", remote, window, MAX_PACKET) + data
+        )
+        if self.transport.take(MSG_CHANNEL_OPEN_FAILURE):
+            return None
+        (confirm,) = self.transport.take(MSG_CHANNEL_OPEN_CONFIRMATION)
+        local = struct.unpack(">4L", confirm[:16])[1]
+        channel: ForwardedChannel = self.conn.channels[local]
+        return channel
+
+    def send(self, channel: ForwardedChannel, data: bytes) -> None:
+        for i in range(0, len(data), MAX_PACKET):
+            chunk = data[i : i + MAX_PACKET]
+            self.conn.ssh_CHANNEL_DATA(struct.pack(">L", channel.id) + common.NS(chunk))
+
+    def credit(self) -> int:
+        return sum(
+            struct.unpack(">2L", p)[1] for p in self.transport.take(MSG_CHANNEL_WINDOW_ADJUST)
+        )
+
+    def sent(self) -> bytes:
+        return b"".join(common.getNS(p[4:])[0] for p in self.transport.take(MSG_CHANNEL_DATA))
+
+
+class ForwardedChannelTests(unittest.SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        self.assertTrue(verifyObject(IPushProducer, channel))
+        self.assertTrue(verifyObject(IConsumer, channel))
+        self.assertEqual(channel.localWindowSize, WINDOW_SIZE)
+
+    def test_deliversAndCreditsAfterConsumption(self) -> None:
+        """
+        Bytes reach the protocol; credit is granted only once half the
+        window was consumed, for exactly what was consumed.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        h.send(channel, b"a" * (WINDOW_SIZE // 2 - MAX_PACKET))
+        self.assertEqual(h.credit(), 0)
+        h.send(channel, b"b" * MAX_PACKET)
+        self.assertEqual(h.credit(), WINDOW_SIZE // 2)
+        self.assertEqual(
+            b"".join(h.protocols[0].received),
+            b"a" * (WINDOW_SIZE // 2 - MAX_PACKET) + b"b" * MAX_PACKET,
+        )
+
+    def test_pausedKeepsBytesAndBanksCredit(self) -> None:
+        """
+        A paused channel hands nothing over and grants nothing; resume
+        delivers in order and sends the banked credit.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        self.assertEqual(h.conn.pause(), 1)
+        data = bytes(range(256)) * (WINDOW_SIZE // 256)
+        h.send(channel, data)
+        self.assertEqual(h.protocols[0].received, [])
+        self.assertEqual(h.credit(), 0)
+        self.assertEqual(channel.keptBytes, WINDOW_SIZE)
+        self.assertEqual(channel.localWindowLeft, 0)
+        self.assertEqual(h.conn.resume(), 1)
+        self.assertEqual(b"".join(h.protocols[0].received), data)
+        self.assertEqual(h.credit(), WINDOW_SIZE)
+        self.assertEqual([e["event"] for e in h.events][-2:], ["paused", "resumed"])
+        self.assertEqual(h.events[-1]["channels"], 1)
+
+    def test_peerOverrunningWindowIsCut(self) -> None:
+        """
+        While paused a peer cannot make us keep more than one window.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        h.conn.pause()
+        h.send(channel, b"x" * (WINDOW_SIZE + MAX_PACKET))
+        self.assertLessEqual(channel.keptBytes, WINDOW_SIZE)
+
+    def test_writesHeldWhilePaused(self) -> None:
+        """
+        Writes made while group-paused are sent on resume, in order.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        channel.write(b"one")
+        self.assertEqual(h.sent(), b"one")
+        h.conn.pause()
+        channel.write(b"two")
+        channel.writeSequence([b"three", b"four"])
+        self.assertEqual(h.sent(), b"")
+        h.conn.resume()
+        self.assertEqual(h.sent(), b"twothreefour")
+        self.assertEqual(channel.bytesOut, len(b"onetwothreefour"))
+
+    def test_writesRespectRemoteWindow(self) -> None:
+        """
+        Nothing is sent beyond the peer's window; window adjustments send
+        the rest.  Past OUTPUT_HIGH queued, the channel stops taking input
+        and pauses the protocol's producer.
+        """
+
+        class Producer:
+            paused = 0
+
+            def pauseProducing(self) -> None:
+                self.paused += 1
+
+            def resumeProducing(self) -> None:
+                self.paused -= 1
+
+            def stopProducing(self) -> None:
+                pass
+
+        h = Harness()
+        channel = h.open(window=1000)
+        assert channel is not None
+        producer = Producer()
+        channel.registerProducer(producer, True)
+        channel.write(b"x" * (OUTPUT_HIGH + 2000))
+        self.assertEqual(len(h.sent()), 1000)
+        self.assertEqual(producer.paused, 1)
+        h.send(channel, b"request")
+        self.assertEqual(h.protocols[0].received, [])
+        h.conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", channel.id, OUTPUT_HIGH))
+        self.assertEqual(len(h.sent()), OUTPUT_HIGH)
+        self.assertEqual(producer.paused, 0)
+        self.assertEqual(h.protocols[0].received, [b"request"])
+
+    def test_protocolBackpressure(self) -> None:
+        """
+        pauseProducing by the protocol stops delivery and credit;
+        resumeProducing restores both.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        channel.pauseProducing()
+        h.send(channel, b"y" * WINDOW_SIZE)
+        self.assertEqual((h.protocols[0].received, h.credit()), ([], 0))
+        # Group pause and protocol pause are separate reasons.
+        h.conn.pause()
+        channel.resumeProducing()
+        self.assertEqual(h.protocols[0].received, [])
+        h.conn.resume()
+        self.assertEqual(len(b"".join(h.protocols[0].received)), WINDOW_SIZE)
+        self.assertEqual(h.credit(), WINDOW_SIZE)
+
+    def test_openWhilePausedStartsPaused(self) -> None:
+        h = Harness()
+        h.conn.pause()
+        channel = h.open()
+        assert channel is not None
+        h.send(channel, b"z")
+        self.assertEqual(h.protocols[0].received, [])
+        self.assertEqual(h.conn.resume(), 1)
+        self.assertEqual(h.protocols[0].received, [b"z"])
+
+    def test_unknownListenerRefused(self) -> None:
+        h = Harness()
+        self.assertIsNone(h.open(port=4001))
+        self.assertEqual(h.protocols, [])
+
+    def test_closeEvents(self) -> None:
+        """
+        Closing reports channel-closed with byte counts and tells the protocol.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        h.send(channel, b"abc")
+        channel.write(b"de")
+        h.conn.ssh_CHANNEL_CLOSE(struct.pack(">L", channel.id))
+        self.assertTrue(h.transport.take(MSG_CHANNEL_CLOSE))
+        self.assertIsNotNone(h.protocols[0].lost)
+        self.assertEqual(
+            [(e["event"], e.get("bytes_in"), e.get("bytes_out")) for e in h.events],
+            [("channel-opened", None, None), ("channel-closed", 3, 2)],
+        )
+        self.assertEqual(h.events[0]["origin"], "127.0.0.1:5555")
+        self.assertEqual(len(h.conn.group), 0)
+
+    def test_abortWhilePaused(self) -> None:
+        """
+        abort closes a paused channel with held writes at once.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        h.conn.pause()
+        channel.write(b"held")
+        channel.loseConnection()
+        self.assertEqual(h.transport.take(MSG_CHANNEL_CLOSE), [])
+        channel.abort()
+        self.assertEqual(len(h.transport.take(MSG_CHANNEL_CLOSE)), 1)
+
+
+class ChannelGroupTests(unittest.SynchronousTestCase):
+    def test_counts(self) -> None:
+        group = ChannelGroup()
+        a, b = ForwardedChannel(), ForwardedChannel()
+        group.add(a)
+        self.assertEqual(group.pause(), 1)
+        group.add(b)
+        self.assertTrue(b.paused)
+        self.assertEqual(group.pause(), 0)
+        self.assertEqual(group.resume(), 2)
+        self.assertFalse(a.paused or b.paused)
+        self.assertEqual(group.resume(), 0)
