@@ -1,0 +1,172 @@
+"""
+Host key policy against known_hosts files, without a network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from twisted.conch.ssh.keys import Key
+from twisted.trial.unittest import SynchronousTestCase
+
+from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
+from conchshare.tunnel.knownhosts import HostKeyVerifier, fingerprint, formatEntry
+from conchshare.tunnel.sshconfig import ConnectOptions
+
+
+def ed25519Key() -> Key:
+    return Key(ed25519.Ed25519PrivateKey.generate()).public()
+
+
+def ecdsaKey() -> Key:
+    return Key(ec.generate_private_key(ec.SECP256R1())).public()
+
+
+def line(hostField: str, key: Key) -> str:
+    return f"{hostField} {key.toString('openssh').decode()}\n"
+
+
+class VerifierTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "known_hosts")
+        self.key = ed25519Key()
+        self.asked: list[str] = []
+
+    def write(self, text: str, path: str | None = None) -> None:
+        with open(path or self.path, "w") as f:
+            f.write(text)
+
+    def verifier(self, mode: str = "yes", answer: str | None = None, **kwargs: Any) -> HostKeyVerifier:
+        options = ConnectOptions(
+            host="server.example",
+            port=2222,
+            userKnownHostsFiles=[self.path],
+            globalKnownHostsFiles=kwargs.pop("globalFiles", []),
+            strictHostKeyChecking=mode,
+            **kwargs,
+        )
+
+        def prompt(text: str, echo: bool) -> str:
+            self.asked.append(text)
+            assert answer is not None
+            return answer
+
+        return HostKeyVerifier(
+            options, prompt=prompt if answer is not None else None, terminal=lambda: False
+        )
+
+    def verify(self, verifier: HostKeyVerifier, key: Key | None = None, port: int = 2222) -> None:
+        self.successResultOf(verifier.verify("server.example", port, key or self.key))
+
+    def refused(self, verifier: HostKeyVerifier, exception: type[Exception], key: Key | None = None) -> Any:
+        return self.failureResultOf(verifier.verify("server.example", 2222, key or self.key), exception).value
+
+    def test_known(self) -> None:
+        self.write("# comment\n\n" + line("other", ed25519Key()) + line("[server.example]:2222", self.key))
+        self.verify(self.verifier())
+
+    def test_portMatters(self) -> None:
+        """
+        An entry without a port is for port 22 only.
+        """
+        self.write(line("server.example", self.key))
+        self.refused(self.verifier(), HostKeyUnknown)
+        self.verify(self.verifier(), port=22)
+
+    def test_patterns(self) -> None:
+        self.write(line("[*.example]:2222,!bad.example", self.key))
+        self.verify(self.verifier())
+
+    def test_hashed(self) -> None:
+        self.write(formatEntry("[server.example]:2222", self.key, hashed=True) + "\n")
+        with open(self.path) as f:
+            self.assertTrue(f.read().startswith("|1|"))
+        self.verify(self.verifier())
+
+    def test_globalFile(self) -> None:
+        globalPath = os.path.join(self.directory, "global")
+        self.write(line("[server.example]:2222", self.key), globalPath)
+        self.verify(self.verifier(globalFiles=[globalPath]))
+
+    def test_rotation(self) -> None:
+        """
+        Two keys of one type for a host: either is accepted.
+        """
+        self.write(line("[server.example]:2222", ed25519Key()) + line("[server.example]:2222", self.key))
+        self.verify(self.verifier())
+
+    def test_changedUnderEverySetting(self) -> None:
+        old = ed25519Key()
+        content = line("[server.example]:2222", old)
+        self.write(content)
+        for mode, answer in [("yes", None), ("accept-new", None), ("no", None), ("ask", "yes")]:
+            error = self.refused(self.verifier(mode, answer), HostKeyChanged)
+            self.assertIn(fingerprint(self.key), str(error))
+            self.assertIn(fingerprint(old), str(error))
+            self.assertIn(f"{self.path} line 1", str(error))
+            self.assertEqual((error.fingerprint, error.knownFingerprint), (fingerprint(self.key), fingerprint(old)))
+        self.assertEqual(self.asked, [])
+        with open(self.path) as f:
+            self.assertEqual(f.read(), content)
+
+    def test_revoked(self) -> None:
+        self.write(line("[server.example]:2222", self.key) + "@revoked * " + line("", self.key)[1:])
+        error = self.refused(self.verifier("no"), HostKeyError)
+        self.assertIn("revoked", str(error))
+
+    def test_unknown(self) -> None:
+        error = self.refused(self.verifier("yes"), HostKeyUnknown)
+        self.assertIn(fingerprint(self.key), str(error))
+        self.assertIn("--accept-new", str(error))
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_unknownOtherTypeKnown(self) -> None:
+        self.write(line("[server.example]:2222", ecdsaKey()))
+        error = self.refused(self.verifier("yes"), HostKeyUnknown)
+        self.assertIn("known with ECDSA", str(error))
+        self.assertEqual(self.verifier().preferredKeyTypes("server.example", 2222), [b"ecdsa-sha2-nistp256"])
+
+    def test_acceptNewRecordsOpenSSHReadable(self) -> None:
+        self.write(line("other", ed25519Key()).rstrip("\n"))  # no final newline
+        verifier = self.verifier("accept-new", hashKnownHosts=True)
+        self.verify(verifier)
+        self.assertIn("Permanently added", verifier.warnings[0])
+        with open(self.path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[1].startswith("|1|"))
+        self.verify(self.verifier("yes"))
+        found = subprocess.run(
+            ["ssh-keygen", "-F", "[server.example]:2222", "-f", self.path],
+            capture_output=True, text=True,
+        )
+        self.assertEqual(found.returncode, 0)
+
+    def test_noAcceptsWithWarning(self) -> None:
+        verifier = self.verifier("no")
+        self.verify(verifier)
+        self.assertTrue(any("without checking" in w for w in verifier.warnings))
+
+    def test_askOnlyWithSomeoneToAsk(self) -> None:
+        # No terminal, no prompt: refused without asking.
+        self.refused(self.verifier("ask"), HostKeyUnknown)
+        # BatchMode: not asked either.
+        self.refused(self.verifier("ask", "yes", batchMode=True), HostKeyUnknown)
+        self.assertEqual(self.asked, [])
+        self.refused(self.verifier("ask", "no"), HostKeyUnknown)
+        self.assertFalse(os.path.exists(self.path))
+        # Answering with the fingerprint counts as yes.
+        self.verify(self.verifier("ask", fingerprint(self.key)))
+        self.assertEqual(len(self.asked), 2)
+        self.verify(self.verifier("yes"))
+
+    def test_createsFile0600AndDirectory0700(self) -> None:
+        self.path = os.path.join(self.directory, "new", "known_hosts")
+        self.verify(self.verifier("accept-new"))
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(os.path.dirname(self.path)).st_mode & 0o777, 0o700)
