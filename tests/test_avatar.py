@@ -281,6 +281,43 @@ class OrderingTests(SynchronousTestCase):
         self.runner.runNext()
         self.successResultOf(slow)
 
+    def test_samePathInOrder(self) -> None:
+        """
+        A request on a path starts after earlier requests on that path (as
+        sshfs expects when it sends OPEN with CREAT and LSTAT together), but
+        a request on another path does not wait.
+        """
+        opened = self.avatar.openFile(b"new", FXF_WRITE | FXF_CREAT, {})
+        stat = self.avatar.getAttrs(b"/one/new", False)
+        other = self.avatar.getAttrs(b"/one/f", False)
+        self.assertEqual(len(self.runner.calls), 2)
+        self.runner.runNext()
+        self.runner.runNext()
+        self.assertEqual(self.successResultOf(other)["size"], 6)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.assertEqual(self.successResultOf(stat)["size"], 0)
+        f = self.successResultOf(opened)
+        write = f.writeChunk(0, b"abc")
+        stat = self.avatar.getAttrs(b"/one/./new", True)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.runner.runNext()
+        self.successResultOf(write)
+        self.assertEqual(self.successResultOf(stat)["size"], 3)
+
+    def test_renameOrdersBothPaths(self) -> None:
+        rename = self.avatar.renameFile(b"/one/f", b"/one/g")
+        old = self.avatar.getAttrs(b"/one/f", True)
+        new = self.avatar.getAttrs(b"/one/g", True)
+        self.assertEqual(len(self.runner.calls), 1)
+        while self.runner.calls:
+            self.runner.runNext()
+        self.successResultOf(rename)
+        self.failureResultOf(old, FileNotFoundError)
+        self.assertEqual(self.successResultOf(new)["size"], 6)
+        self.assertEqual(len(self.avatar._order), 0)
+
 
 class ThreadPoolTests(TestCase):
     def test_makeThreadPool(self) -> None:
@@ -324,6 +361,29 @@ class ThreadPoolTests(TestCase):
             expected[: 200 - i] = bytes([65 + i % 26]) * (200 - i)
         d.addCallback(self.assertEqual, bytes(expected))
         return d
+
+    def test_createThenStat(self) -> None:
+        """
+        sshfs's pattern, in threads: OPEN with CREAT and, without waiting,
+        LSTAT of the new file; the LSTAT always finds it.
+        """
+        from twisted.internet import reactor
+
+        memory = MemoryReactor()
+        pool = makeThreadPool(memory, maxthreads=4)
+        self.addCleanup(pool.stop)
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
+        )
+        results = []
+        for i in range(40):
+            name = b"f%d" % i
+            opened = avatar.openFile(name, FXF_WRITE | FXF_CREAT | FXF_TRUNC, {})
+            opened.addCallback(lambda f: f.close())
+            results += [opened, avatar.getAttrs(name, False)]
+        return gatherResults(results)
 
 
 class StockConchTests(AvatarTestCase):

@@ -6,9 +6,13 @@ the reactor thread by a I{runner}: by default in a bounded thread pool with
 L{deferToThreadPool}.  Tests may pass L{synchronousRunner} instead, which runs
 the call at once and returns an already-fired Deferred.
 
-Requests on one open file (or directory) apply in the order they were made:
-each is queued behind the previous one (a L{DeferredLock}), while requests on
-different handles run concurrently.
+Ordering: requests on one virtual path apply in the order they were made,
+and so do requests on one open file (keyed by the path it was opened by) or
+directory; requests on different paths run concurrently.  Clients rely on
+this: sshfs sends OPEN with CREAT and, without waiting, an LSTAT of the same
+path, expecting the file to exist (as OpenSSH's one-at-a-time server
+guarantees).  The order is kept per path (L{PathOrder}), not per client, so
+that clients sharing the avatar hold each other up only on the same path.
 
 The avatar also plugs into stock L{twisted.conch.ssh.filetransfer.FileTransferServer}:
 its directories are plain iterators too (listing synchronously, in the
@@ -17,12 +21,13 @@ reactor thread, since stock Conch cannot iterate over Deferreds).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, SFTPError
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
+from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -40,6 +45,7 @@ from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.shares import ShareSet
 
 __all__ = [
+    "PathOrder",
     "Runner",
     "ShareDirectory",
     "ShareFile",
@@ -96,19 +102,81 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool) -> Runner:
     return run
 
 
+class PathOrder:
+    """
+    Runs calls in the order they were made, per key (a virtual path): a call
+    starts once every earlier call holding one of its keys is done.  Calls
+    with disjoint keys run concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, DeferredLock] = {}
+
+    def __len__(self) -> int:
+        """
+        The number of keys held or waited for (empty when idle).
+        """
+        return len(self._locks)
+
+    def run(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
+        """
+        Call C{function} once the keys are free.
+
+        @param keys: the keys; several are taken in sorted order (no
+            deadlock between calls sharing two keys).
+        @return: a Deferred firing with C{function}'s result (or failure)
+            after the keys are released.
+        """
+        return self._acquire(sorted(set(keys)), function)
+
+    def _acquire(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
+        if not keys:
+            return maybeDeferred(function)
+        key = keys[0]
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = DeferredLock()
+
+        def release(result: object) -> object:
+            lock.release()
+            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
+                del self._locks[key]
+            return result
+
+        d = lock.acquire()
+        d.addCallback(lambda _: self._acquire(keys[1:], function))
+        d.addBoth(release)
+        return d
+
+
 @implementer(ISFTPFile)
 class ShareFile:
     """
     An open file: an L{ISFTPFile} whose requests apply in order.
     """
 
-    def __init__(self, confined: ConfinedFile, runner: Runner) -> None:
+    def __init__(
+        self,
+        confined: ConfinedFile,
+        runner: Runner,
+        *,
+        order: PathOrder | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        """
+        @param confined: the open file.
+        @param runner: how to run its blocking calls.
+        @param order: the avatar's path order, so that requests on this file
+            are ordered with requests on its path (default: its own).
+        @param key: its key in C{order} (default: its virtual path).
+        """
         self.confined = confined
         self._runner = runner
-        self._lock = DeferredLock()
+        self._order = order if order is not None else PathOrder()
+        self.key = key if key is not None else confined.virtualPath
 
     def _queue(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._lock.run(self._runner, function, *args)
+        return self._order.run([self.key], lambda: self._runner(function, *args))
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
         """
@@ -228,7 +296,26 @@ class ShareSFTPServer:
             reactor = _defaultReactor(reactor)
             pool = threadpool if threadpool is not None else reactor.getThreadPool()
             runner = _threadPoolRunner(reactor, pool)
-        self._run: Runner = runner
+        self._runner: Runner = runner
+        self._order = PathOrder()
+
+    def _key(self, path: bytes) -> bytes:
+        try:
+            return b"/" + b"/".join(self.shares.normalize(path))
+        except OSError:
+            return path  # refused later, in the filesystem call
+
+    def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return self._runner(function, *args, **kwargs)
+
+    def _onPaths(
+        self, paths: list[bytes], function: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        """
+        Run a filesystem call after earlier requests on the same paths.
+        """
+        keys = [self._key(path) for path in paths]
+        return self._order.run(keys, lambda: self._runner(function, *args, **kwargs))
 
     @classmethod
     def fromSpecs(
@@ -264,30 +351,35 @@ class ShareSFTPServer:
             L{PermissionError} for a write in a read-only share or a symlink
             out of the share, or other L{OSError}.
         """
-        d = self._run(self.filesystem.openFile, filename, flags, dict(attrs))
-        d.addCallback(ShareFile, self._run)
+        key = self._key(filename)
+        d = self._order.run(
+            [key], lambda: self._run(self.filesystem.openFile, filename, flags, dict(attrs))
+        )
+        d.addCallback(ShareFile, self._run, order=self._order, key=key)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
-        return self._run(self.filesystem.removeFile, filename)
+        return self._onPaths([filename], self.filesystem.removeFile, filename)
 
     def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
         """
         v3 RENAME: fails with L{FileExistsError} if C{newpath} exists.
         """
-        return self._run(self.filesystem.rename, oldpath, newpath, overwrite=False)
+        return self._onPaths(
+            [oldpath, newpath], self.filesystem.rename, oldpath, newpath, overwrite=False
+        )
 
     def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._run(self.filesystem.makeDirectory, path, dict(attrs))
+        return self._onPaths([path], self.filesystem.makeDirectory, path, dict(attrs))
 
     def removeDirectory(self, path: bytes) -> Deferred[None]:
-        return self._run(self.filesystem.removeDirectory, path)
+        return self._onPaths([path], self.filesystem.removeDirectory, path)
 
     def openDirectory(self, path: bytes) -> Deferred[ShareDirectory]:
         """
         @return: a Deferred firing with a L{ShareDirectory}.
         """
-        d = self._run(self.filesystem.openDirectory, path)
+        d = self._onPaths([path], self.filesystem.openDirectory, path)
         d.addCallback(ShareDirectory, self._run)
         return d
 
@@ -296,26 +388,26 @@ class ShareSFTPServer:
         @return: a Deferred firing with the attributes; fails with
             L{PermissionError} when following a symlink out of the share.
         """
-        return self._run(self.filesystem.stat, path, follow=bool(followLinks))
+        return self._onPaths([path], self.filesystem.stat, path, follow=bool(followLinks))
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._run(self.filesystem.setAttrs, path, dict(attrs), follow=True)
+        return self._onPaths([path], self.filesystem.setAttrs, path, dict(attrs), follow=True)
 
     def readLink(self, path: bytes) -> Deferred[bytes]:
-        return self._run(self.filesystem.readLink, path)
+        return self._onPaths([path], self.filesystem.readLink, path)
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> Deferred[None]:
         """
         Make C{linkPath} a symlink to C{targetPath} (draft argument order;
         the protocol layer swaps OpenSSH's).
         """
-        return self._run(self.filesystem.makeLink, linkPath, targetPath)
+        return self._onPaths([linkPath], self.filesystem.makeLink, linkPath, targetPath)
 
     def realPath(self, path: bytes) -> Deferred[bytes]:
         """
         @return: a Deferred firing with the canonical virtual path.
         """
-        return self._run(self.filesystem.realPath, path)
+        return self._onPaths([path], self.filesystem.realPath, path)
 
     def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> None:
         """
@@ -329,22 +421,24 @@ class ShareSFTPServer:
     # -- IShareSFTPServer -----------------------------------------------
 
     def posixRename(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._run(self.filesystem.rename, oldPath, newPath, overwrite=True)
+        return self._onPaths(
+            [oldPath, newPath], self.filesystem.rename, oldPath, newPath, overwrite=True
+        )
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
-        return self._run(self.filesystem.statVFS, path)
+        return self._onPaths([path], self.filesystem.statVFS, path)
 
     def fstatVFS(self, fileObj: object) -> Deferred[dict[str, int]]:
         return _shareFile(fileObj).statVFS()
 
     def hardLink(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._run(self.filesystem.hardLink, oldPath, newPath)
+        return self._onPaths([oldPath, newPath], self.filesystem.hardLink, oldPath, newPath)
 
     def fsync(self, fileObj: object) -> Deferred[None]:
         return _shareFile(fileObj).fsync()
 
     def lsetStat(self, path: bytes, attrs: dict[str, object]) -> Deferred[None]:
-        return self._run(self.filesystem.setAttrs, path, dict(attrs), follow=False)
+        return self._onPaths([path], self.filesystem.setAttrs, path, dict(attrs), follow=False)
 
     def expandPath(self, path: bytes) -> Deferred[bytes]:
         """
@@ -365,21 +459,19 @@ class ShareSFTPServer:
             requests on both files.
         """
         source, destination = _shareFile(readFile), _shareFile(writeFile)
-
-        def copy() -> Deferred[None]:
-            return destination._queue(
+        if source._order is not destination._order:
+            raise OSError(errno.EXDEV, "The files belong to different servers")
+        return source._order.run(
+            [source.key, destination.key],
+            lambda: self._runner(
                 self.filesystem.copyData,
                 source.confined,
                 readOffset,
                 length,
                 destination.confined,
                 writeOffset,
-            )
-
-        if source is destination:
-            return copy()
-        # Hold the source's queue while the copy waits in the destination's.
-        return source._lock.run(copy)
+            ),
+        )
 
     def homeDirectory(self, username: bytes) -> bytes:
         return self.shares.home
@@ -390,5 +482,5 @@ class ShareSFTPServer:
 
 def _shareFile(fileObj: object) -> ShareFile:
     if not isinstance(fileObj, ShareFile):
-        raise OSError(9, "Bad file handle")
+        raise OSError(errno.EBADF, "Bad file handle")
     return fileObj
