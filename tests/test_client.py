@@ -250,9 +250,7 @@ class AgentTests(ClientTestMixin, TestCase):
         sock = self.startAgent()
         stranger = os.path.join(sshd.directory, "stranger")
         keygen(stranger)
-        options = self.optionsFor(
-            sshd, identityFiles=[stranger], identityAgent=sock, useAgent=True
-        )
+        options = self.optionsFor(sshd, identityFiles=[stranger], identityAgent=sock, useAgent=True)
         error = await self.connectFails(options)
         self.assertIsInstance(error, AuthenticationFailed)
         self.assertEqual(error.exitCode, 4)
@@ -290,22 +288,42 @@ class HostKeyTests(ClientTestMixin, TestCase):
     async def _acceptNew(self) -> None:
         sshd = self.startSSHD()
         path = os.path.join(os.path.abspath(self.mktemp()), "ssh", "known_hosts")
-        options = self.optionsFor(sshd, userKnownHostsFiles=[path], strictHostKeyChecking="accept-new")
+        options = self.optionsFor(
+            sshd, userKnownHostsFiles=[path], strictHostKeyChecking="accept-new"
+        )
         connection = await self.connect(options)
         connection.transport.transport.loseConnection()
         await connection.transport.whenLost()
         with open(path) as f:
             line = f.read()
-        self.assertEqual(line, f"[127.0.0.1]:{sshd.port} {' '.join(sshd.hostPublicKey.split()[:2])}\n")
+        self.assertEqual(
+            line, f"[127.0.0.1]:{sshd.port} {' '.join(sshd.hostPublicKey.split()[:2])}\n"
+        )
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
         # Recorded: now accepted under "yes", and OpenSSH's ssh agrees.
         await self.connect(self.optionsFor(sshd, userKnownHostsFiles=[path]))
         result = subprocess.run(
-            ["ssh", "-F", "none", "-o", f"UserKnownHostsFile={path}", "-o", "StrictHostKeyChecking=yes",
-             "-o", "BatchMode=yes", "-i", sshd.clientKeyPath, "-p", str(sshd.port),
-             f"{sshd.user}@127.0.0.1", "true"],
-            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+            [
+                "ssh",
+                "-F",
+                "none",
+                "-o",
+                f"UserKnownHostsFile={path}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-i",
+                sshd.clientKeyPath,
+                "-p",
+                str(sshd.port),
+                f"{sshd.user}@127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
         )
         self.assertEqual(result.returncode, 0, result.stderr)
 
@@ -390,7 +408,9 @@ class ConnectErrorTests(ClientTestMixin, TestCase):
         error = await self.connectFails(options)
         self.assertIsInstance(error, ConnectionFailed)
         self.assertEqual(error.exitCode, 3)
-        self.assertEqual(str(error), f"ssh: connect to host 127.0.0.1 port {port}: Connection refused.")
+        self.assertEqual(
+            str(error), f"ssh: connect to host 127.0.0.1 port {port}: Connection refused."
+        )
 
     def test_refused(self) -> Deferred[None]:
         return defer.ensureDeferred(self._refused())

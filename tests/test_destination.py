@@ -34,8 +34,20 @@ class ParseDestinationTests(SynchronousTestCase):
             self.assertEqual(str(parseDestination(text)), text)
 
     def test_errors(self) -> None:
-        for text in ["", "@host", "host:", "host:0", "host:65536", "host:x", "[::1", "[::1]x",
-                     "[::1]:", "alice@", "-oProxyCommand=x", "a b"]:
+        for text in [
+            "",
+            "@host",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:x",
+            "[::1",
+            "[::1]x",
+            "[::1]:",
+            "alice@",
+            "-oProxyCommand=x",
+            "a b",
+        ]:
             with self.assertRaises(UsageError, msg=text) as e:
                 parseDestination(text)
             self.assertEqual(e.exception.exitCode, 2)

@@ -41,7 +41,9 @@ class VerifierTests(SynchronousTestCase):
         with open(path or self.path, "w") as f:
             f.write(text)
 
-    def verifier(self, mode: str = "yes", answer: str | None = None, **kwargs: Any) -> HostKeyVerifier:
+    def verifier(
+        self, mode: str = "yes", answer: str | None = None, **kwargs: Any
+    ) -> HostKeyVerifier:
         options = ConnectOptions(
             host="server.example",
             port=2222,
@@ -63,11 +65,17 @@ class VerifierTests(SynchronousTestCase):
     def verify(self, verifier: HostKeyVerifier, key: Key | None = None, port: int = 2222) -> None:
         self.successResultOf(verifier.verify("server.example", port, key or self.key))
 
-    def refused(self, verifier: HostKeyVerifier, exception: type[Exception], key: Key | None = None) -> Any:
-        return self.failureResultOf(verifier.verify("server.example", 2222, key or self.key), exception).value
+    def refused(
+        self, verifier: HostKeyVerifier, exception: type[Exception], key: Key | None = None
+    ) -> Any:
+        return self.failureResultOf(
+            verifier.verify("server.example", 2222, key or self.key), exception
+        ).value
 
     def test_known(self) -> None:
-        self.write("# comment\n\n" + line("other", ed25519Key()) + line("[server.example]:2222", self.key))
+        self.write(
+            "# comment\n\n" + line("other", ed25519Key()) + line("[server.example]:2222", self.key)
+        )
         self.verify(self.verifier())
 
     def test_portMatters(self) -> None:
@@ -97,7 +105,9 @@ class VerifierTests(SynchronousTestCase):
         """
         Two keys of one type for a host: either is accepted.
         """
-        self.write(line("[server.example]:2222", ed25519Key()) + line("[server.example]:2222", self.key))
+        self.write(
+            line("[server.example]:2222", ed25519Key()) + line("[server.example]:2222", self.key)
+        )
         self.verify(self.verifier())
 
     def test_changedUnderEverySetting(self) -> None:
@@ -109,7 +119,10 @@ class VerifierTests(SynchronousTestCase):
             self.assertIn(fingerprint(self.key), str(error))
             self.assertIn(fingerprint(old), str(error))
             self.assertIn(f"{self.path} line 1", str(error))
-            self.assertEqual((error.fingerprint, error.knownFingerprint), (fingerprint(self.key), fingerprint(old)))
+            self.assertEqual(
+                (error.fingerprint, error.knownFingerprint),
+                (fingerprint(self.key), fingerprint(old)),
+            )
         self.assertEqual(self.asked, [])
         with open(self.path) as f:
             self.assertEqual(f.read(), content)
@@ -129,7 +142,9 @@ class VerifierTests(SynchronousTestCase):
         self.write(line("[server.example]:2222", ecdsaKey()))
         error = self.refused(self.verifier("yes"), HostKeyUnknown)
         self.assertIn("known with ECDSA", str(error))
-        self.assertEqual(self.verifier().preferredKeyTypes("server.example", 2222), [b"ecdsa-sha2-nistp256"])
+        self.assertEqual(
+            self.verifier().preferredKeyTypes("server.example", 2222), [b"ecdsa-sha2-nistp256"]
+        )
 
     def test_acceptNewRecordsOpenSSHReadable(self) -> None:
         self.write(line("other", ed25519Key()).rstrip("\n"))  # no final newline
@@ -143,7 +158,8 @@ class VerifierTests(SynchronousTestCase):
         self.verify(self.verifier("yes"))
         found = subprocess.run(
             ["ssh-keygen", "-F", "[server.example]:2222", "-f", self.path],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         self.assertEqual(found.returncode, 0)
 

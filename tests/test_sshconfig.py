@@ -69,7 +69,9 @@ class ResolveTests(SynchronousTestCase):
             "    ServerAliveInterval 30\n",
         )
         o = resolve("box", home=self.home, localUser="me")
-        self.assertEqual((o.host, o.port, o.user, o.originalHost), ("192.0.2.7", 2222, "alice", "box"))
+        self.assertEqual(
+            (o.host, o.port, o.user, o.originalHost), ("192.0.2.7", 2222, "alice", "box")
+        )
         self.assertEqual(o.serverAliveInterval, 30.0)
         other = resolve("elsewhere", home=self.home, localUser="me")
         self.assertEqual((other.host, other.port, other.user), ("elsewhere", 22, "nobody"))
@@ -94,10 +96,12 @@ class ResolveTests(SynchronousTestCase):
             "Match all\n  ConnectTimeout 7\n",
         )
         o = resolve("short", home=self.home, localUser="me")
-        self.assertEqual((o.host, o.user, o.port, o.connectTimeout), ("short.example.com", "viamatch", 2022, 7.0))
+        self.assertEqual(
+            (o.host, o.user, o.port, o.connectTimeout), ("short.example.com", "viamatch", 2022, 7.0)
+        )
 
     def test_matchUnsupportedNeverMatches(self) -> None:
-        self.write("config", "Match exec \"true\"\n  User execd\n")
+        self.write("config", 'Match exec "true"\n  User execd\n')
         self.assertEqual(resolve("h", home=self.home, localUser="me").user, "me")
 
     def test_include(self) -> None:
@@ -162,8 +166,16 @@ class ResolveTests(SynchronousTestCase):
         self.assertEqual((o.proxyJump, o.proxyCommand), ([], "nc a 22"))
 
     def test_strictValues(self) -> None:
-        for given, expected in [("yes", "yes"), ("accept-new", "accept-new"), ("ask", "ask"), ("no", "no"), ("off", "no")]:
-            o = resolve("h", home=self.home, localUser="me", options=[f"StrictHostKeyChecking={given}"])
+        for given, expected in [
+            ("yes", "yes"),
+            ("accept-new", "accept-new"),
+            ("ask", "ask"),
+            ("no", "no"),
+            ("off", "no"),
+        ]:
+            o = resolve(
+                "h", home=self.home, localUser="me", options=[f"StrictHostKeyChecking={given}"]
+            )
             self.assertEqual(o.strictHostKeyChecking, expected)
         with self.assertRaises(UsageError):
             resolve("h", home=self.home, localUser="me", options=["StrictHostKeyChecking=maybe"])
@@ -198,7 +210,9 @@ class ResolveTests(SynchronousTestCase):
     def test_explicitConfigFileAndNone(self) -> None:
         self.write("config", "Host *\n  User fromdefault\n")
         other = self.write("other", "Host *\n  User fromother\n")
-        self.assertEqual(resolve("h", home=self.home, localUser="me", configFile=other).user, "fromother")
+        self.assertEqual(
+            resolve("h", home=self.home, localUser="me", configFile=other).user, "fromother"
+        )
         self.assertEqual(resolve("h", home=self.home, localUser="me", configFile="none").user, "me")
         with self.assertRaises(UsageError):
             resolve("h", home=self.home, localUser="me", configFile="/nonexistent/config")
@@ -210,6 +224,8 @@ class ResolveTests(SynchronousTestCase):
 
     def test_identityAgent(self) -> None:
         os.environ["SSH_AUTH_SOCK"] = "/run/agent.sock"
-        self.assertEqual(resolve("h", home=self.home, localUser="me").identityAgent, "/run/agent.sock")
+        self.assertEqual(
+            resolve("h", home=self.home, localUser="me").identityAgent, "/run/agent.sock"
+        )
         o = resolve("h", home=self.home, localUser="me", options=["IdentityAgent none"])
         self.assertEqual((o.identityAgent, o.useAgent), (None, False))

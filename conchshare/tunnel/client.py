@@ -19,6 +19,9 @@ Life of one connection (L{SSHClientTransport}):
 Any failure is a L{ConchShareError} subclass with an ssh-like sentence.
 """
 
+# Conch is untyped: its calls are checked by the tests, not by mypy.
+# mypy: disable-error-code="no-untyped-call"
+
 from __future__ import annotations
 
 import os
@@ -98,6 +101,9 @@ class _NagleSession(SSHChannel):  # type: ignore[misc]
             self.result.callback(ok)
 
     def channelOpen(self, specificData: bytes) -> None:
+        if self.conn is None:
+            self._finish(False)
+            return
         d = self.conn.sendRequest(self, b"exec", NS(b"true"), wantReply=True)
         d.addCallbacks(lambda _: self._finish(True), lambda _: self._finish(False))
         d.addErrback(lambda _: None)
@@ -470,7 +476,7 @@ def _translate(f: Failure, options: ConnectOptions, via: str) -> Failure:
     if f.check(error.NoRouteError):
         return Failure(ConnectionFailed(f"{where}: No route to host."))
     if f.check(error.ConnectError):
-        text = f.value.osError if getattr(f.value, "osError", None) else f.getErrorMessage()
+        text = getattr(f.value, "osError", None) or f.getErrorMessage()
         return Failure(ConnectionFailed(f"{where}{via}: {text}."))
     return Failure(ConnectionFailed(f"{where}{via}: {f.getErrorMessage()}."))
 
