@@ -430,8 +430,14 @@ class SFTPServerCore:
         self._buffer.clear()
         self._disconnect()
 
-    def _send(self, data: bytes) -> None:
-        if not self._lost:
+    def _send(self, data: bytes | tuple[bytes, ...]) -> None:
+        # A tuple is one reply in pieces (a DATA header and its chunk).
+        if self._lost:
+            return
+        if isinstance(data, tuple):
+            for piece in data:
+                self._write(piece)
+        else:
             self._write(data)
 
     # Dispatch: the one path from a packet to exactly one reply
@@ -578,7 +584,7 @@ class SFTPServerCore:
             raise _noSuchHandle()
         return d.addCallback(lambda _: wire.status(requestId, wire.FX_OK, _OK))
 
-    def _read(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _read(self, requestId: int, r: wire.Reader) -> Deferred[tuple[bytes, bytes]]:
         handle, offset, length = r.string(), r.u64(), r.u32()
         r.end()
         fileObj = self._file(handle)
@@ -587,11 +593,13 @@ class SFTPServerCore:
         # than OpenSSH's client accepts.
         length = min(length, wire.MAX_READ_LENGTH)
 
-        def read(chunk: object) -> bytes:
+        def read(chunk: object) -> tuple[bytes, bytes]:
             chunk = _asBytes(chunk)
             if not chunk:
                 raise EOFError()
-            return wire.data(requestId, chunk[:length])
+            if len(chunk) > length:
+                chunk = chunk[:length]
+            return wire.dataHeader(requestId, len(chunk)), chunk
 
         return maybeDeferred(fileObj.readChunk, offset, length).addCallback(read)
 

@@ -288,13 +288,14 @@ def reply(kind: int, requestId: int, *parts: bytes) -> bytes:
     return _HEADER_ID.pack(len(body) + 5, kind, requestId) + body
 
 
-def data(requestId: int, chunk: bytes) -> bytes:
+def dataHeader(requestId: int, length: int) -> bytes:
     """
-    Frame a DATA reply without joining twice (it is the bulk path).
+    Frame the start of a DATA reply carrying C{length} bytes; the bytes
+    follow as they are, so the bulk path copies them once less.
 
-    @return: the bytes to write.
+    @return: the 13 bytes to write before the data.
     """
-    return _STATUS.pack(len(chunk) + 9, FXP_DATA, requestId, len(chunk)) + chunk
+    return _STATUS.pack(length + 9, FXP_DATA, requestId, length)
 
 
 def status(requestId: int, code: int, message: bytes) -> bytes:
