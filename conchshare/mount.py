@@ -640,7 +640,7 @@ class RemoteMount:
         from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
         from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
 
-        sessionKey = generateSessionKey()
+        sessionKey: Any = generateSessionKey()
         hostKey = self._hostKey or loadOrCreateHostKey(None)
         server = NestedSSHServer(
             hostKey,
