@@ -332,6 +332,22 @@ class ThreadPoolTests(TestCase):
         stop(*args, **kwargs)
         self.assertFalse(pool.started)
 
+    def test_reactorPoolByDefault(self) -> Deferred[Any]:
+        """
+        Without a pool, calls run in the reactor's own pool, looked up only
+        when needed (so building the avatar needs no threads).
+        """
+        from twisted.internet import reactor
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        shares = ShareSet.fromSpecs(["s"], cwd=base)
+        ShareSFTPServer(shares, reactor=MemoryReactor())
+        avatar = ShareSFTPServer(shares, reactor=reactor)
+        d = avatar.realPath(b".")
+        d.addCallback(self.assertEqual, b"/s")
+        return d
+
     def test_inOrderInThreads(self) -> None:
         """
         Many overlapping writes made at once on one handle, run by a pool of

@@ -95,9 +95,17 @@ def synchronousRunner(function: Callable[..., Any], *args: Any, **kwargs: Any) -
         return fail()
 
 
-def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool) -> Runner:
+def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runner:
+    """
+    Run calls in C{pool}, or (L{None}) in the reactor's own pool, looked up
+    at the first call so that building an avatar needs no threads.
+    """
+    pools = [pool] if pool is not None else []
+
     def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return deferToThreadPool(reactor, pool, function, *args, **kwargs)
+        if not pools:
+            pools.append(reactor.getThreadPool())
+        return deferToThreadPool(reactor, pools[0], function, *args, **kwargs)
 
     return run
 
@@ -293,9 +301,7 @@ class ShareSFTPServer:
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
         self.readOnly = shares.readOnly
         if runner is None:
-            reactor = _defaultReactor(reactor)
-            pool = threadpool if threadpool is not None else reactor.getThreadPool()
-            runner = _threadPoolRunner(reactor, pool)
+            runner = _threadPoolRunner(_defaultReactor(reactor), threadpool)
         self._runner: Runner = runner
         self._order = PathOrder()
 
