@@ -301,8 +301,29 @@ class _ExecChannel(SSHChannel):  # type: ignore[misc]
         d.addCallbacks(self._started, self.factory.done.errback)
 
     def _started(self, ignored: object) -> None:
+        self.factory.started = self.factory.reactor.seconds()
         self.write(self.factory.send)
-        self.conn.sendEOF(self)
+        self._pump()
+
+    def addWindowBytes(self, data: int) -> None:
+        super().addWindowBytes(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        # Upload factory.zeros zero bytes, never more than the window.
+        f = self.factory
+        if f.started is None or f.eofSent:
+            return
+        while f.zeros and self.remoteWindowLeft > 0 and not self.buf:
+            n = min(f.zeros, self.remoteWindowLeft, 2**21)
+            f.zeros -= n
+            f.sent += n
+            self.write(bytes(n))
+            if f.onData is not None:
+                f.onData(f)
+        if not f.zeros:
+            f.eofSent = True
+            self.conn.sendEOF(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.factory.digest.update(data)
@@ -315,6 +336,7 @@ class _ExecChannel(SSHChannel):  # type: ignore[misc]
         return 1
 
     def closed(self) -> None:
+        self.factory.finished = self.factory.reactor.seconds()
         self.conn.transport.loseConnection()
         if not self.factory.done.called:
             self.factory.done.callback(self.factory)
@@ -330,6 +352,11 @@ class _ClientFactory(protocol.ClientFactory):
         self.ciphers: list[bytes] | None = kw.get("ciphers")
         self.command: bytes = kw["command"]
         self.send: bytes = kw.get("send", b"")
+        self.zeros: int = kw.get("zeros", 0)
+        self.sent = 0
+        self.eofSent = False
+        self.started: float | None = None
+        self.finished: float | None = None
         self.onData = kw.get("onData")
         self.verifyDelay: float | None = kw.get("verifyDelay")
         self.digest = hashlib.sha256()
@@ -446,6 +473,29 @@ class OpenSSHServerTests(_E2E):
         self.assertEqual(f.keyChanges, 3)
         self.assertEqual(f.secured, 1)
         self.assertEqual(f.proto.currentEncryptions.inCipType, GCM128)
+
+    @defer.inlineCallbacks
+    def test_rekeyMidUpload(self) -> Any:
+        """
+        A key exchange we start in the middle of a 16 MB upload under GCM:
+        what we send meanwhile waits for the new keys, and C{sha256sum} on
+        the server sees every byte.
+        """
+        size = 16_000_000
+
+        def rekey(f: _ClientFactory) -> None:
+            if f.sent >= 2_000_000 and f.keyChanges == 1:
+                f.keyChanges += 1
+                f.proto.sendKexInit()
+
+        f = yield runExec(self.sshd, _FastClient, command=b"sha256sum", zeros=size, onData=rekey)
+        self.assertEqual(f.status, 0)
+        self.assertEqual(f.keyChanges, 3)
+        self.assertEqual(f.count, 68)
+        self.assertEqual(
+            f.digest.digest(),
+            hashlib.sha256(hashlib.sha256(bytes(size)).hexdigest().encode() + b"  -\n").digest(),
+        )
 
     @defer.inlineCallbacks
     def test_lateHostKeyVerification(self) -> Any:
