@@ -165,7 +165,7 @@ def sentence(event: Mapping[str, Any]) -> str:
     if name == "error":
         return str(event.get("message"))
     if name == "stopped":
-        return f"Stopped ({event.get('reason')})."
+        return f"Stopped ({str(event.get('reason')).rstrip('.')})."
     fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "time"))
     return f"{name}: {fields}." if fields else f"{name}."
 
@@ -251,6 +251,7 @@ class ConsoleRenderer:
         self._last: tuple[float, float, float] | None = None
         self._rates: tuple[float, float] | None = None
         self._loop: LoopingCall | None = None
+        self._lastError: object = None
 
     def start(self) -> None:
         """
@@ -303,7 +304,10 @@ class ConsoleRenderer:
     def __call__(self, event: Event) -> None:
         self._erase()
         text = sentence(event) + "\n"
+        if event.get("event") == "stopped" and event.get("reason") == self._lastError:
+            text = "Stopped.\n"  # the error said why, just above
         if event.get("event") == "error":
+            self._lastError = event.get("message")
             self._stream.flush()
             self._errors.write(text)
             self._errors.flush()
