@@ -16,7 +16,7 @@ from typing import Any
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.connection import SSHConnection
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
@@ -157,6 +157,8 @@ class KeyTypeTests(ClientTestMixin, TestCase):
         sock = transport.transport.getHandle()
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
         self.assertEqual(transport.hostKeyFingerprint[:7], "SHA256:")
+        # The fast path: AES-GCM (no separate MAC) against OpenSSH.
+        self.assertEqual(transport.currentEncryptions.outCipType, b"aes128-gcm@openssh.com")
 
     def test_ed25519(self) -> Deferred[None]:
         return defer.ensureDeferred(self._connectWith("ed25519"))
@@ -172,6 +174,7 @@ class KeyTypeTests(ClientTestMixin, TestCase):
         hmac-sha2-256 is preferred (no SHA-512 in hardware).
         """
         self.assertEqual(SSHClientTransport.supportedMACs[0], b"hmac-sha2-256")
+        self.assertNotIn(b"hmac-md5", SSHClientTransport.supportedMACs)
 
     async def _passphrase(self) -> None:
         sshd = self.startSSHD()
@@ -389,6 +392,31 @@ class HostKeyTests(ClientTestMixin, TestCase):
         self.assertIn(fingerprint, asked[0])
         self.assertIn("(yes/no", asked[0])
         return None
+
+    async def _askLater(self) -> None:
+        sshd = self.startSSHD()
+        path = os.path.join(sshd.directory, "later_known_hosts")
+
+        def prompt(text: str, echo: bool) -> Deferred[str]:
+            # Answered after the handshake timer would have expired.
+            return task.deferLater(reactor, 0.7, lambda: "yes")
+
+        options = self.optionsFor(
+            sshd,
+            userKnownHostsFiles=[path],
+            strictHostKeyChecking="ask",
+            batchMode=False,
+            connectTimeout=0.5,
+        )
+        connection = await self.connect(options, prompt=prompt)
+        self.assertEqual(await runRemote(connection, "echo later"), b"later\n")
+
+    def test_askAnsweredLater(self) -> Deferred[None]:
+        """
+        A host key question answered later than ConnectTimeout: the
+        connection waits, and works.
+        """
+        return defer.ensureDeferred(self._askLater())
 
     def test_askYes(self) -> Deferred[None]:
         return defer.ensureDeferred(self._ask("yes"))  # type: ignore[arg-type]

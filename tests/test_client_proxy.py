@@ -4,8 +4,10 @@ ProxyCommand and ProxyJump against throwaway sshds.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import signal
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -15,7 +17,7 @@ from conchshare.errors import ConnectionFailed, HostKeyUnknown
 from conchshare.tunnel.client import SSHClientTransport
 from conchshare.tunnel.sshconfig import resolve
 from tests.sshd import ThrowawaySSHD, freePort
-from tests.test_client import ClientTestMixin, runRemote
+from tests.test_client import ClientTestMixin, descendants, runRemote
 
 
 class ProxyCommandTests(ClientTestMixin, TestCase):
@@ -158,3 +160,37 @@ class ProxyJumpTests(ClientTestMixin, TestCase):
 
     def test_jumpTargetRefused(self) -> Deferred[None]:
         return defer.ensureDeferred(self._jumpDeadTarget())
+
+    async def _jumpDeadPeer(self) -> None:
+        jump, target, config = self.setUpJump()
+        assert target.process is not None
+        before = set(descendants(target.process.pid))
+        options = dataclasses.replace(
+            resolve("target", configFile=config), serverAliveInterval=0.3, serverAliveCountMax=2
+        )
+        connection = await self.connect(options)
+        sessions = [p for p in descendants(target.process.pid) if p not in before]
+
+        def resume() -> None:
+            for pid in sessions:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+        self.addCleanup(resume)
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        reason = await connection.transport.whenLost()
+        self.assertIsInstance(reason, ConnectionFailed)
+        self.assertIn("dead peer", str(reason))
+
+    def test_jumpDeadPeer(self) -> Deferred[None]:
+        """
+        A dead destination behind a jump host is detected, and the hop
+        connection is closed with it.
+        """
+        return defer.ensureDeferred(self._jumpDeadPeer())

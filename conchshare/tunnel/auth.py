@@ -182,6 +182,10 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         prompter = self._prompter()
         if prompter is None:
             return defer.fail(AuthenticationFailed("nobody to ask"))
+        # A person may take longer than ConnectTimeout to answer.
+        stopTimeout = getattr(self.transport, "cancelConnectTimeout", None)
+        if stopTimeout is not None:
+            stopTimeout()
         return callPrompt(prompter, text, echo)
 
     # -- collecting keys
