@@ -18,7 +18,7 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.errors import (
     AuthenticationFailed,
@@ -28,7 +28,7 @@ from conchshare.errors import (
     HostKeyUnknown,
 )
 from conchshare.tunnel.client import SSHClientTransport, connectSSH
-from conchshare.tunnel.sshconfig import ConnectOptions
+from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 from tests.sshd import ThrowawaySSHD, available, freePort, keygen
 
 
@@ -96,7 +96,7 @@ class ClientTestMixin:
     def startSSHD(self, **kwargs: Any) -> ThrowawaySSHD:
         reason = available()
         if reason:
-            raise __import__("twisted.trial.unittest").trial.unittest.SkipTest(reason)
+            raise SkipTest(reason)
         sshd = ThrowawaySSHD.start(self.mktemp(), **kwargs)  # type: ignore[attr-defined]
         self.addCleanup(sshd.stop)  # type: ignore[attr-defined]
         return sshd
@@ -169,6 +169,33 @@ class KeyTypeTests(ClientTestMixin, TestCase):
     def test_rsa(self) -> Deferred[None]:
         return defer.ensureDeferred(self._connectWith("rsa"))
 
+    async def _ipv6(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            raise SkipTest("no IPv6 loopback")
+        sshd = self.startSSHD(host="::1")
+        options = resolve(
+            sshd.destination(),
+            configFile="none",
+            identities=[sshd.clientKeyPath],
+            options=[
+                f"UserKnownHostsFile={sshd.knownHostsPath}",
+                "BatchMode=yes",
+                "IdentityAgent=none",
+            ],
+        )
+        self.assertEqual((options.host, options.port), ("::1", sshd.port))
+        connection = await self.connect(options)
+        self.assertEqual(await runRemote(connection, "echo six"), b"six\n")
+
+    def test_ipv6(self) -> Deferred[None]:
+        """
+        user@[::1]:port, with its [::1]:port known_hosts entry.
+        """
+        return defer.ensureDeferred(self._ipv6())
+
     def test_macPreference(self) -> None:
         """
         hmac-sha2-256 is preferred (no SHA-512 in hardware).
@@ -209,7 +236,7 @@ class AgentTests(ClientTestMixin, TestCase):
 
     def startAgent(self, *keyPaths: str) -> str:
         if not shutil.which("ssh-agent"):
-            raise __import__("twisted.trial.unittest").trial.unittest.SkipTest("no ssh-agent")
+            raise SkipTest("no ssh-agent")
         directory = self.mktemp()
         os.makedirs(directory, mode=0o700)
         sock = os.path.join(os.path.abspath(directory), "agent.sock")
