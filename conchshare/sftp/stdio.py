@@ -172,6 +172,7 @@ def serve(server: object, reactor: Any) -> None:
         _widenPipe(fd)
     standardIO = StandardIO(protocol, reactor=reactor)  # type: ignore[no-untyped-call]
     _readLarger(standardIO)
+    _writeEagerly(standardIO)
     protocol.whenClosed().addCallback(lambda _: reactor.stop())
 
 
@@ -216,6 +217,40 @@ def _readLarger(standardIO: object) -> None:
         return None
 
     reader.doRead = doRead
+
+
+def _writeEagerly(standardIO: object) -> None:
+    """
+    Make StandardIO write a reply at once when nothing is queued, instead of
+    waiting a reactor turn for stdout to poll writable: each small reply
+    cost an extra poll and two epoll registrations, on the critical path of
+    every metadata round trip (sshfs).  Whatever does not fit goes through
+    Twisted's buffered write, which keeps order and backpressure.
+    """
+    writer: Any = getattr(standardIO, "_writer", None)
+    if writer is None or not isinstance(getattr(writer, "fd", None), int):
+        return
+    bufferedWrite = writer.write
+
+    def write(data: bytes) -> None:
+        if (
+            not data
+            or len(writer.dataBuffer) > writer.offset
+            or writer._tempDataLen
+            or not writer.connected
+            or writer.disconnecting
+        ):
+            bufferedWrite(data)
+            return
+        try:
+            written = os.write(writer.fd, data)
+        except OSError:
+            # EAGAIN, or an error the buffered path reports properly.
+            written = 0
+        if written < len(data):
+            bufferedWrite(data[written:])
+
+    writer.write = write
 
 
 if __name__ == "__main__":
