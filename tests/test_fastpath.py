@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.conch.avatar import ConchUser
-from twisted.conch.checkers import InMemorySSHKeyDB, SSHPublicKeyChecker
+from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import keys, userauth
 from twisted.conch.ssh.channel import SSHChannel
@@ -30,12 +30,16 @@ from twisted.conch.ssh.transport import (
     SSHServerTransport,
     SSHTransportBase,
 )
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer, protocol
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from conchshare.tunnel.fastpath import GCM_CIPHERS, FastCiphers, FastTransportMixin
 from tests.sshd import ThrowawaySSHD, available, freePort, keygen
@@ -549,6 +553,29 @@ class _Realm:
         return IConchUser, avatar, lambda: None
 
 
+@implementer(ICredentialsChecker)
+class _OneKeyChecker:
+    """
+    Accepts one user with one public key (C{twisted.conch.checkers} imports
+    the deprecated C{spwd}).
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, user: bytes, key: keys.Key) -> None:
+        self.user = user
+        self.key = key
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
+        if credentials.username != self.user or credentials.blob != self.key.blob():
+            return defer.fail(UnauthorizedLogin())
+        if credentials.signature is None:
+            return defer.fail(ValidPublicKey())
+        if not self.key.verify(credentials.signature, credentials.sigData):
+            return defer.fail(UnauthorizedLogin())
+        return defer.succeed(self.user)
+
+
 class _FastServer(FastTransportMixin, SSHServerTransport):  # type: ignore[misc]
     pass
 
@@ -560,7 +587,7 @@ class _ServerFactory(SSHFactory):  # type: ignore[misc]
     def __init__(self, hostKey: keys.Key, user: bytes, clientKey: keys.Key) -> None:
         self.publicKeys = {b"ssh-ed25519": hostKey.public()}
         self.privateKeys = {b"ssh-ed25519": hostKey}
-        checker = SSHPublicKeyChecker(InMemorySSHKeyDB({user: [clientKey]}))
+        checker = _OneKeyChecker(user, clientKey)
         self.portal = Portal(_Realm(), [checker])  # type: ignore[arg-type]
         self.sessions: list[_EchoChannel] = []
 
