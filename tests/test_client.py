@@ -196,6 +196,24 @@ class KeyTypeTests(ClientTestMixin, TestCase):
         """
         return defer.ensureDeferred(self._ipv6())
 
+    async def _execRefused(self) -> None:
+        # MaxSessions 0: no session channels, forwarding only.
+        sshd = self.startSSHD(extraConfig=["MaxSessions 0"])
+        connection = await self.connect(self.optionsFor(sshd))
+        transport = connection.transport
+        self.assertTrue(transport.quickAck)
+        sock = transport.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
+    def test_execRefusedFallsBackToQuickAck(self) -> None:
+        """
+        Where the server refuses the Nagle fix's exec, the connection is
+        still ready, re-arming TCP_QUICKACK after each read instead.
+        """
+        if not hasattr(socket, "TCP_QUICKACK"):
+            raise SkipTest("no TCP_QUICKACK here")
+        return defer.ensureDeferred(self._execRefused())
+
     def test_macPreference(self) -> None:
         """
         hmac-sha2-256 is preferred (no SHA-512 in hardware).

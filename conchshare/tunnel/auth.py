@@ -106,9 +106,8 @@ def _loadPublicKey(path: str) -> keys.Key | None:
     for candidate in (path + ".pub", path):
         try:
             key = keys.Key.fromFile(candidate)
-        except (OSError, keys.BadKeyError, keys.EncryptedKeyError, ValueError):
-            continue
         except Exception:
+            # Missing, encrypted without a .pub, or not a key: try the next.
             continue
         public: keys.Key = key.public()
         return public

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.conch.client.knownhosts import HashedEntry
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
@@ -138,7 +138,7 @@ def readEntries(path: str, name: str) -> list[KnownHostEntry]:
                 if not _entryMatches(hostField.decode("utf-8", "replace"), name):
                     continue
                 key = Key.fromString(base64.b64decode(fields[2]))
-        except (BadKeyError, ValueError, TypeError, IndexError, Exception) as e:
+        except Exception as e:
             # A corrupt line must not stop the check of the others.
             _log.debug("skipping bad known_hosts line {path}:{n}: {e}", path=path, n=number, e=e)
             continue
