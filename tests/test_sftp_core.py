@@ -11,6 +11,7 @@ Conch 26.10's FileTransferServer that the core must not have.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 import struct
 from collections.abc import Callable
@@ -956,7 +957,14 @@ class StatusTableTests(SynchronousTestCase):
         }
         for code, expected in cases.items():
             self.assertEqual(statusForException(OSError(code, "x", "/real/path"))[0], expected)
-        self.assertEqual(statusForException(OSError(errno.EEXIST, "x")), (4, b"File exists"))
+        self.assertEqual(
+            statusForException(OSError(errno.EEXIST, os.strerror(errno.EEXIST), "/real")),
+            (4, b"File exists"),
+        )
+        self.assertEqual(
+            statusForException(OSError(errno.EACCES, "Outside the share")),
+            (3, b"Outside the share"),
+        )
         self.assertEqual(statusForException(EOFError()), (1, b"End of file"))
         self.assertEqual(statusForException(NotImplementedError()), (8, b"Operation unsupported"))
         self.assertEqual(statusForException(KeyError("secret")), (4, b"Failure"))

@@ -71,8 +71,8 @@ def statusForException(exc: BaseException) -> tuple[int, bytes]:
         if exc.errno is None:
             return wire.FX_FAILURE, _text(exc.strerror or "") or _DEFAULT_MESSAGES[wire.FX_FAILURE]
         code = _ERRNO_STATUS.get(exc.errno, wire.FX_FAILURE)
-        # strerror only, never the filename: that would be a real path.
-        return code, _text(os.strerror(exc.errno))
+        # The message only, never the filename: that would be a real path.
+        return code, _text(exc.strerror) or _text(os.strerror(exc.errno))
     return wire.FX_FAILURE, _DEFAULT_MESSAGES[wire.FX_FAILURE]
 
 
