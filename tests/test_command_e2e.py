@@ -1,0 +1,530 @@
+"""
+End to end: C{conchshare share} and C{conchshare mount} as real processes
+against a throwaway OpenSSH sshd on loopback (the remote host is this
+machine, so the remote side's files and ports can be checked directly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.sshd import ThrowawaySSHD, available
+
+#: Seconds any single wait may take before the test fails.
+WAIT = 30.0
+
+
+def shortTempDir(testCase: TestCase) -> str:
+    """
+    A fresh private directory with a short path (Unix socket paths are
+    limited to 107 bytes; trial's are long).
+    """
+    path = tempfile.mkdtemp(prefix="cs-")
+    testCase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
+class Running:
+    """
+    A conchshare process whose stdout lines are read in the background.
+
+    @ivar events: every JSON event read so far.
+    @ivar lines: every stdout line read so far.
+    """
+
+    def __init__(self, testCase: TestCase, argv: Sequence[str], command: Sequence[str] | None = None):
+        base = list(command) if command is not None else [sys.executable, "-m", "conchshare"]
+        self.process = subprocess.Popen(
+            base + list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._readErr, daemon=True).start()
+        testCase.addCleanup(self.kill)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def _readErr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def line(self, timeout: float = WAIT) -> str | None:
+        """
+        The next stdout line, or L{None} at end of output.
+        """
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"no output within {timeout} s; so far: {self.lines!r}; stderr: {self.stderr}"
+            )
+        if line is not None:
+            self.lines.append(line)
+        return line
+
+    def event(self, name: str, timeout: float = WAIT) -> dict[str, Any]:
+        """
+        Read events until one named C{name}; return it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.1, deadline - time.monotonic()))
+            if line is None:
+                time.sleep(0.2)
+                raise AssertionError(
+                    f"exited ({self.process.poll()}) before {name!r}; events: {self.events!r};"
+                    f" stderr: {self.stderr}"
+                )
+            event = json.loads(line)
+            self.events.append(event)
+            if event["event"] == name:
+                return event
+
+    def rest(self, timeout: float = WAIT) -> list[str]:
+        """
+        Read stdout to its end; return the lines read by this call.
+        """
+        lines = []
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.line(max(0.1, deadline - time.monotonic()))
+            if line is None:
+                return lines
+            lines.append(line)
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+
+
+def sshArgs(sshd: ThrowawaySSHD) -> list[str]:
+    """
+    The options that let conchshare log in to C{sshd} with nothing else set
+    up (no ~/.ssh/config, no agent).
+    """
+    return [
+        "-i",
+        sshd.clientKeyPath,
+        "--known-hosts",
+        sshd.knownHostsPath,
+        "-F",
+        "none",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+    ]
+
+
+def rawSftp(port: int, batch: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
+    """
+    Run an C{sftp} batch against a raw forward (through socat).
+    """
+    return subprocess.run(
+        ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
+        input=batch,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def portOpen(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def fingerprint(publicKeyPath: str) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", publicKeyPath],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()[1]
+
+
+class _Base(TestCase):
+    timeout = 90
+    sshdConfig: list[str] = []
+
+    def setUp(self) -> None:
+        reason = available()
+        if reason is not None or not shutil.which("socat") or not shutil.which("sftp"):
+            raise SkipTest(reason or "socat and sftp are needed")
+        self.sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=self.sshdConfig)
+        self.addCleanup(self.sshd.stop)
+        self.tmp = shortTempDir(self)
+        self.share = os.path.join(self.tmp, "docs")
+        os.mkdir(self.share)
+        with open(os.path.join(self.share, "hello.txt"), "w") as f:
+            f.write("hello from the local side\n")
+        self.control = os.path.join(self.tmp, "ctl.sock")
+
+    def share_(self, *extra: str, json_: bool = True) -> Running:
+        args = ["share", *sshArgs(self.sshd), "--control", self.control]
+        if json_:
+            args.append("--json")
+        return Running(self, args + list(extra) + [self.sshd.destination(), self.share])
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "conchshare", "ctl", "--control", self.control, *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+
+
+class ShareCommandTests(_Base):
+    def test_rawModeEndToEnd(self) -> None:
+        """
+        C{share --json --mode raw}: C{connected} (with the host key
+        fingerprint) and C{forwarding} events; sftp through the forward reads
+        the share; channel events; SIGTERM stops cleanly (C{stopped}, exit 0)
+        and the remote port is closed afterwards.
+        """
+        running = self.share_("--mode", "raw")
+        connected = running.event("connected")
+        self.assertEqual(connected["host"], "127.0.0.1")
+        self.assertEqual(connected["port"], self.sshd.port)
+        self.assertEqual(connected["user"], self.sshd.user)
+        self.assertEqual(connected["host_key"], fingerprint(self.sshd.hostKeyPath + ".pub"))
+        self.assertTrue(connected["time"].endswith("Z"))
+        forwarding = running.event("forwarding")
+        self.assertEqual(forwarding["mode"], "raw")
+        self.assertEqual(forwarding["address"], "127.0.0.1")
+        port = forwarding["port"]
+        self.assertGreater(port, 0)
+        got = os.path.join(self.tmp, "got.txt")
+        result = rawSftp(port, f"ls /\nget /docs/hello.txt {got}\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(got) as f:
+            self.assertEqual(f.read(), "hello from the local side\n")
+        opened = running.event("channel-opened")
+        self.assertIn(str(port), opened["listener"])
+        closed = running.event("channel-closed")
+        self.assertEqual(closed["channel"], opened["channel"])
+        self.assertGreater(closed["bytes_out"], len("hello from the local side\n"))
+        running.signal(signal.SIGTERM)
+        stopped = running.event("stopped")
+        self.assertIn("SIGTERM", stopped["reason"])
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(portOpen(port))
+        self.assertNotIn("Traceback", running.stderr)
+
+    def test_sshModeSessionKey(self) -> None:
+        """
+        The default mode is C{ssh} with a session key: the C{session-key}
+        event's C{sftp} command works as printed; stopping removes the key.
+        """
+        running = self.share_()
+        forwarding = running.event("forwarding")
+        self.assertEqual(forwarding["mode"], "ssh")
+        event = running.event("session-key")
+        self.assertTrue(os.path.exists(event["key"]))
+        self.assertEqual(os.stat(event["key"]).st_mode & 0o777, 0o600)
+        self.assertIn(str(forwarding["port"]), event["sshfs"])
+        argv = shlex.split(event["sftp"])
+        result = subprocess.run(
+            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hello.txt", result.stdout)
+        running.signal(signal.SIGINT)
+        running.event("stopped")
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(event["key"]))
+        self.assertFalse(os.path.exists(os.path.dirname(event["key"])))
+
+    def test_pauseResumeSignals(self) -> None:
+        """
+        SIGUSR1 pauses (C{paused} event): an sftp session started then makes
+        no progress; SIGUSR2 resumes (C{resumed}) and the session completes.
+        """
+        running = self.share_("--mode", "raw")
+        port = running.event("forwarding")["port"]
+        running.signal(signal.SIGUSR1)
+        self.assertEqual(running.event("paused")["channels"], 0)
+        got = os.path.join(self.tmp, "got.txt")
+        client = subprocess.Popen(
+            ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(lambda: client.poll() is None and client.kill())
+        assert client.stdin is not None
+        client.stdin.write(f"get /docs/hello.txt {got}\n")
+        client.stdin.close()
+        running.event("channel-opened")
+        time.sleep(1.0)
+        self.assertIsNone(client.poll(), "sftp finished while paused")
+        self.assertFalse(os.path.exists(got))
+        running.signal(signal.SIGUSR2)
+        self.assertEqual(running.event("resumed")["channels"], 1)
+        self.assertEqual(client.wait(WAIT), 0)
+        self.assertTrue(os.path.exists(got))
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
+    def test_ctl(self) -> None:
+        """
+        C{conchshare ctl status|pause|resume} through the control socket
+        (mode 0600) of a running share.
+        """
+        running = self.share_("--mode", "raw")
+        port = running.event("forwarding")["port"]
+        self.assertEqual(os.stat(self.control).st_mode & 0o777, 0o600)
+        status = self.ctl("--json", "status")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        snapshot = json.loads(status.stdout)["status"]
+        self.assertEqual(snapshot["state"], "forwarding")
+        self.assertFalse(snapshot["paused"])
+        self.assertEqual(snapshot["listeners"][0]["port"], port)
+        paused = self.ctl("pause")
+        self.assertEqual((paused.returncode, paused.stdout), (0, "Paused (0 channels).\n"))
+        running.event("paused")
+        self.assertTrue(json.loads(self.ctl("--json", "status").stdout)["status"]["paused"])
+        plain = self.ctl("status")
+        self.assertIn(f"127.0.0.1:{port}", plain.stdout)
+        self.assertIn("PAUSED", plain.stdout)
+        resumed = self.ctl("resume")
+        self.assertEqual(resumed.returncode, 0)
+        running.event("resumed")
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(self.control))
+        gone = self.ctl("status")
+        self.assertEqual(gone.returncode, 1)
+        self.assertIn(self.control, gone.stderr)
+
+    def test_reconnect(self) -> None:
+        """
+        When the connection drops (sshd's session process killed), the
+        command says C{reconnecting}, connects again, forwards the same port
+        again, and sftp works through it.
+        """
+        running = self.share_("--mode", "raw")
+        port = running.event("forwarding")["port"]
+        self.sshd.killSessions()
+        reconnecting = running.event("reconnecting")
+        self.assertEqual(reconnecting["attempt"], 1)
+        self.assertGreater(reconnecting["delay"], 0)
+        self.assertTrue(reconnecting["reason"])
+        running.event("connected")
+        self.assertEqual(running.event("forwarding")["port"], port)
+        result = rawSftp(port, "ls /docs\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hello.txt", result.stdout)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
+    def test_plainSentences(self) -> None:
+        """
+        Without C{--json} the events are sentences, not JSON.
+        """
+        running = self.share_("--mode", "raw", json_=False)
+        seen = []
+        while not any(line.startswith("Forwarding ") for line in seen):
+            line = running.line()
+            self.assertIsNotNone(line, running.stderr)
+            assert line is not None
+            seen.append(line)
+        self.assertTrue(any(line.startswith("Connected to ") for line in seen), seen)
+        self.assertFalse(any(line.startswith("{") for line in seen), seen)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        running.rest()
+        self.assertIn("Stopped (SIGTERM received).\n", running.lines)
+
+    def test_sshConfigAlias(self) -> None:
+        """
+        An ssh config C{Host} alias (C{-F}) gives HostName, Port, User,
+        IdentityFile and UserKnownHostsFile.
+        """
+        config = os.path.join(self.tmp, "config")
+        with open(config, "w") as f:
+            f.write(
+                "Host shared-box\n"
+                "  HostName 127.0.0.1\n"
+                f"  Port {self.sshd.port}\n"
+                f"  User {self.sshd.user}\n"
+                f"  IdentityFile {self.sshd.clientKeyPath}\n"
+                "  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {self.sshd.knownHostsPath}\n"
+                "  BatchMode yes\n"
+            )
+        running = Running(
+            self,
+            ["share", "--json", "--mode", "raw", "-F", config, "--control", self.control, "shared-box", self.share],
+        )
+        connected = running.event("connected")
+        self.assertEqual((connected["port"], connected["user"]), (self.sshd.port, self.sshd.user))
+        port = running.event("forwarding")["port"]
+        self.assertEqual(rawSftp(port, "ls /\n").returncode, 0)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
+
+class ShareCommandErrorTests(_Base):
+    def test_unknownHostKey(self) -> None:
+        """
+        An unknown host key: exit 5, one sentence with the key's fingerprint
+        on stderr, no traceback; with C{--json}, an C{error} event.
+        """
+        empty = os.path.join(self.tmp, "known_hosts")
+        open(empty, "w").close()
+        args = ["share", "-i", self.sshd.clientKeyPath, "--known-hosts", empty, "-F", "none"]
+        args += ["--control", self.control, self.sshd.destination(), self.share]
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *args], capture_output=True, text=True, timeout=WAIT
+        )
+        self.assertEqual(result.returncode, 5, result.stderr)
+        expected = fingerprint(self.sshd.hostKeyPath + ".pub")
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn(expected, result.stderr)
+        running = Running(self, args + ["--json"])
+        error = running.event("error")
+        self.assertIn(expected, error["message"])
+        running.event("stopped")
+        self.assertEqual(running.wait(), 5)
+        self.assertNotIn("Traceback", running.stderr)
+
+    def test_connectionRefused(self) -> None:
+        """
+        Nothing listens: exit 3 with ssh's sentence.
+        """
+        from tests.sshd import freePort
+
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", "share", "-F", "none", "--control", self.control]
+            + [f"127.0.0.1:{freePort()}", self.share],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertIn("Connection refused", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_badUsage(self) -> None:
+        """
+        Bad usage: one sentence on stderr, exit 2, no traceback.
+        """
+        cases = [
+            ["share"],
+            ["share", "host"],
+            ["share", "--mode", "bogus", "host", self.share],
+            ["share", "--umask", "999", "host", self.share],
+            ["share", "--remote-listen", "nonsense:x", "host", self.share],
+            ["share", "host", os.path.join(self.tmp, "missing")],
+            ["share", "user@host:22", "-p", "23", self.share],
+            ["mount", "host", self.share],
+            ["mount", "--via", "carrier-pigeon", "--at", "m", "host", self.share],
+        ]
+        for argv in cases:
+            result = subprocess.run(
+                [sys.executable, "-m", "conchshare", *argv, "--control", self.control],
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+            )
+            self.assertEqual(result.returncode, 2, (argv, result.stdout, result.stderr))
+            self.assertEqual(len(result.stderr.splitlines()), 1, (argv, result.stderr))
+            self.assertTrue(result.stderr.rstrip().endswith("."), (argv, result.stderr))
+            self.assertNotIn("Traceback", result.stderr)
+
+
+class ForwardRefusedTests(_Base):
+    sshdConfig = ["AllowTcpForwarding no"]
+
+    def test_forwardRefused(self) -> None:
+        """
+        Forwarding disabled on the server: exit 6, an C{error} event saying
+        so, and no C{forwarding} event.
+        """
+        running = self.share_("--mode", "raw")
+        error = running.event("error")
+        self.assertIn("refused", error["message"])
+        running.event("stopped")
+        self.assertEqual(running.wait(), 6)
+        self.assertNotIn("forwarding", [e["event"] for e in running.events])
+
+
+class MountCommandTests(_Base):
+    def setUp(self) -> None:
+        super().setUp()
+        if not os.path.exists("/dev/fuse") or not shutil.which("sshfs"):
+            raise SkipTest("sshfs and /dev/fuse are needed")
+
+    def test_mountPassive(self) -> None:
+        """
+        C{conchshare mount} (passive): the share appears at the remote mount
+        point (created), and is unmounted and removed on SIGTERM (exit 0).
+        """
+        at = os.path.join(self.tmp, "remote mount")
+        running = Running(
+            self,
+            ["mount", "--json", *sshArgs(self.sshd), "--control", self.control]
+            + [self.sshd.destination(), self.share, "--at", at],
+        )
+        mounted = running.event("mounted")
+        self.assertEqual(mounted["remote_path"], at)
+        with open(os.path.join(at, "hello.txt")) as f:
+            self.assertEqual(f.read(), "hello from the local side\n")
+        status = json.loads(self.ctl("--json", "status").stdout)["status"]
+        self.assertEqual((status["state"], status["remote_path"]), ("forwarding", at))
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.event("unmounted")["remote_path"], at)
+        running.event("stopped")
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(at))
