@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -36,7 +37,7 @@ class OpenSSHClientTests(TestCase):
         os.makedirs(self.local)
 
     def sftp(
-        self, batch: list[str], options: list[str] = (), spec: str | None = None
+        self, batch: list[str], options: Sequence[str] = (), spec: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """
         Run sftp with C{batch} against the stdio server sharing
@@ -50,7 +51,7 @@ class OpenSSHClientTests(TestCase):
         with open(batchFile, "w") as f:
             f.write("\n".join(batch) + "\n")
         return subprocess.run(
-            [SFTP, "-q", *options, "-b", batchFile, "-D", server],  # type: ignore[list-item]
+            [SFTP, "-q", *options, "-b", batchFile, "-D", server],
             capture_output=True,
             text=True,
             timeout=120,
@@ -58,7 +59,7 @@ class OpenSSHClientTests(TestCase):
             env=dict(os.environ, PYTHONPATH=ROOT),
         )
 
-    def ok(self, batch: list[str], options: list[str] = ()) -> str:  # type: ignore[assignment]
+    def ok(self, batch: list[str], options: Sequence[str] = ()) -> str:
         result = self.sftp(batch, options)
         self.assertEqual(result.returncode, 0, result.stderr)
         return result.stdout

@@ -31,7 +31,7 @@ LEVELS: dict[str, LogLevel | None] = {
     "QUIET": None,
     "FATAL": LogLevel.critical,
     "ERROR": LogLevel.error,
-    "INFO": LogLevel.warn,
+    "INFO": LogLevel.info,
     "VERBOSE": LogLevel.info,
     "DEBUG": LogLevel.debug,
     "DEBUG1": LogLevel.debug,
