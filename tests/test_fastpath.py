@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import zlib
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -156,6 +157,20 @@ class PacketLayerTests(SynchronousTestCase):
                 self.assertEqual(b.incomingPacketSequence, len(payloads))
                 self.assertEqual(b.disconnects, [])
                 self.assertEqual(b._rbuf, bytearray())
+
+    def test_compressedRoundTrip(self) -> None:
+        """
+        With zlib negotiated, GCM packets carry the compressed message.
+        """
+        a, b, _ = _keyed(GCM128)
+        a.outgoingCompression = zlib.compressobj(6)
+        b.incomingCompression = zlib.decompressobj()
+        payloads = [bytes(50000), NS(b"x")]
+        for p in payloads:
+            a.sendPacket(MSG_IGNORE, p)
+        self.assertLess(len(a.transport.value()), 1000)
+        b.dataReceived(a.transport.value())
+        self.assertEqual(b.received, [(MSG_IGNORE, p) for p in payloads])
 
     def test_badTag(self) -> None:
         """
