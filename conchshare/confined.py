@@ -747,7 +747,8 @@ class ConfinedFilesystem:
         if flags & FXF_TRUNC:
             osFlags |= os.O_TRUNC
         osFlags |= os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
-        mode = _number(attrs, "permissions", 0o666) & 0o7777 & ~self.umask
+        # Like OpenSSH: no set-id or sticky bits on create.
+        mode = _number(attrs, "permissions", 0o666) & 0o777 & ~self.umask
         with self.place(path, follow=True, creating=bool(flags & FXF_CREAT)) as found:
             if mutating:
                 place = self._writable(found)
@@ -791,7 +792,11 @@ class ConfinedFilesystem:
             if isinstance(found, VirtualDirectory):
                 entries = []
                 for child in found.children:
-                    attrs = self.stat(found.virtualPath.rstrip(b"/") + b"/" + child)
+                    try:
+                        attrs = self.stat(found.virtualPath.rstrip(b"/") + b"/" + child)
+                    except OSError:
+                        # A share whose folder went away is still listed.
+                        attrs = self._virtualAttrs()
                     entries.append((child, longname(child, attrs, now=now), attrs))
                 return ConfinedDirectory(None, entries, now=now)
             fd = os.open(found.name, _LIST, dir_fd=found.parent)

@@ -453,6 +453,11 @@ class VirtualTreeTests(ConfinedTestCase):
         self.assertEqual(self.fs.realPath(b"/home/../home/alice/docs/."), b"/home/alice/docs")
         self.assertEqual(self.fs.realPath(b"."), b"/")
 
+    def test_missingShareFolderListed(self) -> None:
+        os.rename(self.path("two"), self.path("two-gone"))
+        self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+
     def test_virtualDirectoriesReadOnly(self) -> None:
         attrs = self.fs.stat(b"/home")
         self.assertEqual(attrs["permissions"], stat.S_IFDIR | 0o555)
@@ -622,6 +627,10 @@ class UmaskTests(ConfinedTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "u")).st_mode), fileMode)
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "p")).st_mode), 0o640 & ~umask)
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "ud")).st_mode), dirMode)
+
+    def test_noSetIdOnCreate(self) -> None:
+        self.fs.openFile(b"/one/s", FXF_WRITE | FXF_CREAT, {"permissions": 0o4777}).close()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "s")).st_mode), 0o755)
 
     def test_restrictive(self) -> None:
         self.check(0o077, 0o600, 0o700)
