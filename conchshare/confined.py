@@ -723,7 +723,10 @@ class ConfinedFilesystem:
                 fd = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
                 readOnly = True
             else:
-                fd = os.open(found.name, _WALK, dir_fd=found.parent)
+                # Any kind of entry (statvfs of a file is fine); a symlink
+                # is opened itself, never followed.
+                flags = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
+                fd = os.open(found.name, flags | os.O_NOFOLLOW | _CLOEXEC, dir_fd=found.parent)
                 readOnly = found.share.readOnly
             try:
                 return _statvfs(fd, readOnly)

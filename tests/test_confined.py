@@ -434,6 +434,10 @@ class ReadOnlyTests(ConfinedTestCase):
         d.close()
         self.assertEqual(self.fs.statVFS(b"/ro")["flag"] & 1, 1)
         self.assertEqual(self.fs.statVFS(b"/one")["flag"] & 1, 0)
+        self.assertEqual(self.fs.statVFS(b"/ro/r")["flag"] & 1, 1)
+        self.assertEqual(self.fs.statVFS(b"/home")["flag"] & 1, 1)
+        self.assertGreater(self.fs.statVFS(b"/one/f")["namemax"], 0)
+        self.assertErrno(errno.EACCES, self.fs.statVFS, b"/one/esc_abs")
 
 
 class VirtualTreeTests(ConfinedTestCase):
