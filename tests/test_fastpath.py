@@ -592,7 +592,9 @@ class _OneKeyChecker:
 
 
 class _FastServer(FastTransportMixin, SSHServerTransport):  # type: ignore[misc]
-    pass
+    def _newKeys(self) -> None:
+        self.factory.rekeys += 1  # type: ignore[attr-defined]
+        super()._newKeys()
 
 
 class _ServerFactory(SSHFactory):  # type: ignore[misc]
@@ -605,6 +607,7 @@ class _ServerFactory(SSHFactory):  # type: ignore[misc]
         checker = _OneKeyChecker(user, clientKey)
         self.portal = Portal(_Realm(), [checker])  # type: ignore[arg-type]
         self.sessions: list[_EchoChannel] = []
+        self.rekeys = 0
 
 
 class _SSHProcess(protocol.ProcessProtocol):
@@ -687,6 +690,19 @@ class OpenSSHClientTests(_E2E):
             self.assertEqual(hashlib.sha256(out).digest(), hashlib.sha256(data).digest())
             enc = self.factory.sessions[-1].conn.transport.currentEncryptions
             self.assertEqual((enc.inCipType, enc.outCipType), (cipher, cipher))
+
+    @defer.inlineCallbacks
+    def test_rekeyByClient(self) -> Any:
+        """
+        C{ssh -o RekeyLimit=1M} re-keys every megabyte under GCM while 4 MiB
+        go each way; nothing is lost.
+        """
+        data = os.urandom(2**22)
+        out = yield self.ssh(["-c", GCM128.decode(), "-o", "RekeyLimit=1M"], data)
+        self.assertEqual(hashlib.sha256(out).digest(), hashlib.sha256(data).digest())
+        transport = self.factory.sessions[-1].conn.transport
+        self.assertGreater(transport.outgoingPacketSequence, 100)
+        self.assertGreater(transport.factory.rekeys, 3)
 
     @defer.inlineCallbacks
     def test_sshDefaults(self) -> Any:
