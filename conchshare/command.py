@@ -164,9 +164,8 @@ def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
         "--remote-socket",
         dest="remoteSocket",
         metavar="PATH",
-        nargs="?",
-        const="",
-        help="forward a remote Unix socket instead (no PATH: a fresh private one)",
+        help="forward a remote Unix socket (no TCP forward unless --remote-listen is"
+        " given too); 'auto': a fresh path in a private directory",
     )
     parser.add_argument(
         "-i",
@@ -259,6 +258,8 @@ def parseArguments(kind: str, argv: Sequence[str], prog: str | None = None) -> a
     """
     args = makeParser(kind, prog).parse_intermixed_args(list(argv))
     args.kind = kind
+    if args.remoteSocket == "auto":
+        args.remoteSocket = ""
     args.allShares = list(args.shares) + list(args.moreShares)
     if not args.allShares:
         raise UsageError("Give at least one folder to share.")

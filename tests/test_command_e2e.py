@@ -47,7 +47,9 @@ class Running:
     @ivar lines: every stdout line read so far.
     """
 
-    def __init__(self, testCase: TestCase, argv: Sequence[str], command: Sequence[str] | None = None):
+    def __init__(
+        self, testCase: TestCase, argv: Sequence[str], command: Sequence[str] | None = None
+    ):
         base = list(command) if command is not None else [sys.executable, "-m", "conchshare"]
         self.process = subprocess.Popen(
             base + list(argv),
@@ -405,7 +407,18 @@ class ShareCommandTests(_Base):
             )
         running = Running(
             self,
-            ["share", "--json", "--mode", "raw", "-F", config, "--control", self.control, "shared-box", self.share],
+            [
+                "share",
+                "--json",
+                "--mode",
+                "raw",
+                "-F",
+                config,
+                "--control",
+                self.control,
+                "shared-box",
+                self.share,
+            ],
         )
         connected = running.event("connected")
         self.assertEqual((connected["port"], connected["user"]), (self.sshd.port, self.sshd.user))
@@ -426,7 +439,10 @@ class ShareCommandErrorTests(_Base):
         args = ["share", "-i", self.sshd.clientKeyPath, "--known-hosts", empty, "-F", "none"]
         args += ["--control", self.control, self.sshd.destination(), self.share]
         result = subprocess.run(
-            [sys.executable, "-m", "conchshare", *args], capture_output=True, text=True, timeout=WAIT
+            [sys.executable, "-m", "conchshare", *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
         )
         self.assertEqual(result.returncode, 5, result.stderr)
         expected = fingerprint(self.sshd.hostKeyPath + ".pub")

@@ -110,7 +110,7 @@ class ControlServiceTests(TestCase):
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(5)
                 s.connect(self.path)
-                s.sendall(b"status\n{\"command\": \"explode\"}\n{nope\n")
+                s.sendall(b'status\n{"command": "explode"}\n{nope\n')
                 data = b""
                 while data.count(b"\n") < 3:
                     data += s.recv(4096)
@@ -189,7 +189,9 @@ class FindControlSocketTests(TestCase):
         second = ControlService(Target(), defaultControlPath(2, environ), reactor=reactor)
         second.startService()
         self.addCleanup(second.stopService)
-        error = await deferToThread(lambda: self.assertRaises(ControlError, findControlSocket, environ))
+        error = await deferToThread(
+            lambda: self.assertRaises(ControlError, findControlSocket, environ)
+        )
         self.assertIn("--control", str(error))
 
 

@@ -91,7 +91,9 @@ class MakeEventTests(SynchronousTestCase):
 
     def test_socketForwarding(self) -> None:
         text = sentence({"event": "forwarding", "mode": "raw", "socket": "/tmp/d/sftp.sock"})
-        self.assertEqual(text, "Forwarding socket /tmp/d/sftp.sock on the remote host to the shares (raw mode).")
+        self.assertEqual(
+            text, "Forwarding socket /tmp/d/sftp.sock on the remote host to the shares (raw mode)."
+        )
 
     def test_ipv6(self) -> None:
         text = sentence({"event": "forwarding", "mode": "ssh", "address": "::1", "port": 7})
@@ -116,7 +118,9 @@ class JSONLinesRendererTests(SynchronousTestCase):
         lines = stream.getvalue().splitlines()
         self.assertEqual(len(lines), len(SAMPLES))
         for line, (name, fields) in zip(lines, SAMPLES.items(), strict=True):
-            self.assertEqual(json.loads(line), {"event": name, "time": "2026-01-01T00:00:00.000Z", **fields})
+            self.assertEqual(
+                json.loads(line), {"event": name, "time": "2026-01-01T00:00:00.000Z", **fields}
+            )
 
 
 class _Terminal(io.StringIO):
