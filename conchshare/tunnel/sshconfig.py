@@ -13,7 +13,7 @@ Rules (as in C{ssh_config(5)}):
     C{tagged}, C{localnetwork} never match (they are logged);
   - C{Include} takes globs, relative to C{~/.ssh}; included lines apply only
     where the C{Include} line applies;
-  - tokens: C{%h %p %r %u %d %n %%} (and C{%l %i}) in C{IdentityFile},
+  - tokens: C{%h %p %r %u %d %n %%} (and C{%l %L %i %k %j %C}) in C{IdentityFile},
     C{ProxyCommand}, C{UserKnownHostsFile}, C{IdentityAgent}; C{%h %%} in
     C{HostName}.
 
@@ -29,6 +29,7 @@ every C{StrictHostKeyChecking} setting; C{ServerAliveInterval} defaults to
 from __future__ import annotations
 
 import getpass
+import hashlib
 import glob
 import os
 import re
@@ -462,8 +463,16 @@ def resolve(
         "d": home,
         "n": dest.host,
         "l": socket.gethostname().split(".")[0],
+        "L": socket.gethostname(),
         "i": str(os.getuid()),
+        "k": values.get("hostkeyalias", [host])[0],
+        "j": ",".join(values.get("proxyjump", [""])),
     }
+    # %C: OpenSSH's hash of %l%h%p%r (ControlPath and friends).
+    connectionHash = hashlib.sha1(
+        (tokens["l"] + host + tokens["p"] + user).encode("utf-8")
+    ).hexdigest()
+    tokens["C"] = connectionHash
 
     def expand(text: str, *, tilde: bool = True) -> str:
         out = []
