@@ -29,8 +29,8 @@ every C{StrictHostKeyChecking} setting; C{ServerAliveInterval} defaults to
 from __future__ import annotations
 
 import getpass
-import hashlib
 import glob
+import hashlib
 import os
 import re
 import shlex
