@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -286,11 +287,24 @@ class RemoteMount:
     ) -> defer.Deferred[tuple[int | None, bytes, bytes]]:
         from conchshare.tunnel.remote import runRemote
 
+        if not self._connected():
+            return defer.fail(ConnectionLost("the connection to the remote host is gone"))
         try:
             d = runRemote(self.connection, command)
         except Exception as e:
             return defer.fail(e)
         return d.addTimeout(timeout, self._reactor)
+
+    def _connected(self) -> bool:
+        """
+        Whether the connection can still carry a command.  (Conch keeps
+        C{transport} set after the connection is lost.)
+        """
+        if getattr(self.connection, "_lost", False):
+            return False
+        transport = getattr(self.connection, "transport", None)
+        tcp = getattr(transport, "transport", None)
+        return tcp is not None and bool(getattr(tcp, "connected", True))
 
     @property
     def _remotePathWord(self) -> str:
@@ -369,20 +383,22 @@ class RemoteMount:
     async def _mountAndReport(self) -> str:
         try:
             path = await self._mount()
-        except ConchShareError:
-            self.state = "idle"
-            raise
         except Exception as e:
             self.state = "idle"
+            self._mountSettled()
+            if isinstance(e, ConchShareError):
+                raise
             raise MountFailed(f"the remote mount failed: {_reason(e)}") from e
-        finally:
-            waiters, self._mountWaiters = self._mountWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)
         self.state = "mounted"
         self._wasMounted = True
         self._emit("mounted", remote_path=path)
+        self._mountSettled()
         return path
+
+    def _mountSettled(self) -> None:
+        waiters, self._mountWaiters = self._mountWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def remount(self, connection: Any | None = None) -> defer.Deferred[str]:
         """
@@ -590,7 +606,7 @@ class RemoteMount:
         """
         channel, self._sshfs = self._sshfs, None
         result = "gone"
-        if self.remotePath is not None and getattr(self.connection, "transport", None):
+        if self.remotePath is not None and self._connected():
             try:
                 _, out, _ = await self._run(
                     _script(
@@ -617,7 +633,7 @@ class RemoteMount:
                 channel.loseConnection()
         listener, self._listener = self._listener, None
         sessionKey, self._sessionKey = self._sessionKey, None
-        if getattr(self.connection, "transport", None):
+        if self._connected():
             if listener is not None:
                 await self._cancelForward(listener)
             if sessionKey is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.conch.ssh import keys, transport, userauth
 from twisted.internet import defer, protocol, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -337,6 +338,66 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
         self.assertIn("not a directory", str(failure))
         self.assertEqual(readFile(mountPoint), b"keep")
         self.assertEqual(self.events, [])
+
+    @defer.inlineCallbacks
+    def test_sshfsFails(self) -> Any:
+        """
+        When sshfs itself fails, mount fails with L{MountFailed} quoting
+        sshfs's complaint, and the mount point it created is removed.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "bad", "mnt")
+        mount = self.remoteMount(
+            connection, [local], mountPoint, sshfsOptions=["no_such_option_at_all"]
+        )
+        failure = yield self.assertFailure(mount.mount(), MountFailed)
+        self.assertIn("sshfs failed on the remote host", str(failure))
+        self.assertIn("no_such_option_at_all", str(failure))
+        self.assertFalse(os.path.exists(os.path.join(self.base, "bad")))
+        self.assertEqual(mount.state, "idle")
+        self.assertEqual(self.events, [])
+
+    @defer.inlineCallbacks
+    def test_unmountWhileMounting(self) -> Any:
+        """
+        L{RemoteMount.unmount} called while the mount is under way waits
+        for it, then undoes it.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "hurry")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        mounting = mount.mount()
+        yield mount.unmount()
+        path = yield mounting
+        self.assertEqual(path, mountPoint)
+        self.assertFalse(isMounted(mountPoint))
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "unmounted"])
+
+    @defer.inlineCallbacks
+    def test_unmountAfterConnectionLost(self) -> Any:
+        """
+        Once the connection is gone, sshfs has gone with it (the mount
+        disappears on its own) and L{RemoteMount.unmount} fires at once.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "lost")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        yield mount.mount()
+        lost = connection.whenLost()
+        connection.transport.transport.loseConnection()
+        yield lost
+        yield mount.unmount()
+        self.assertEqual(mount.state, "idle")
+        self.assertEqual(self.events[-1]["event"], "unmounted")
+        for _ in range(50):
+            if not isMounted(mountPoint):
+                break
+            yield deferLater(reactor, 0.1)
+        self.assertFalse(isMounted(mountPoint))
 
     @defer.inlineCallbacks
     def test_remountOnNewConnection(self) -> Any:
