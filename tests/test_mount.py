@@ -18,8 +18,8 @@ from typing import Any
 
 from twisted.conch.ssh import keys, transport, userauth
 from twisted.internet import defer, protocol, reactor, threads
-from twisted.internet.task import deferLater
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
