@@ -357,7 +357,7 @@ class ShareService(Service):
             service, or L{ConnectionFailed} if it was stopped before.
         """
         if self._state == "forwarding":
-            return succeed([f.listener() for f in self._forwards])
+            return succeed(self._listeners())
         if self._stopped:
             return fail(self.error or ConnectionFailed("The service is stopped."))
         d: Deferred[list[tuple[str, int] | str]] = Deferred()

@@ -1,0 +1,218 @@
+"""
+End to end: L{conchshare.service.ShareService} in this process (trial's
+reactor) against a throwaway OpenSSH sshd: forwarding, status, pause,
+reconnect, stop, fatal errors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
+
+from conchshare.errors import HostKeyUnknown
+from conchshare.service import ShareService
+from tests.sshd import ThrowawaySSHD, available
+
+WAIT = 30.0
+
+
+class EventLog:
+    """
+    Collects a service's events; L{next} waits for one by name.
+    """
+
+    def __init__(self, service: ShareService) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._waiting: list[tuple[str, Deferred[dict[str, Any]]]] = []
+        self._seen = 0
+        service.addObserver(self._observe)
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        for name, d in list(self._waiting):
+            if event["event"] == name:
+                self._waiting.remove((name, d))
+                d.callback(event)
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+    def next(self, name: str) -> Deferred[dict[str, Any]]:
+        """
+        The next C{name} event from now on.
+        """
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiting.append((name, d))
+        return d.addTimeout(WAIT, reactor)
+
+
+def sftp(port: int, batch: str) -> Deferred[tuple[bytes, bytes, int]]:
+    return getProcessOutputAndValue(  # type: ignore[no-any-return]
+        "sftp",
+        ["-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
+        env=dict(os.environ),
+        stdinBytes=batch.encode(),
+    )
+
+
+def portOpen(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class ServiceEndToEndTests(TestCase):
+    timeout = 60
+    sshdConfig: list[str] = []
+
+    def setUp(self) -> None:
+        reason = available()
+        if reason is not None or not shutil.which("socat") or not shutil.which("sftp"):
+            raise SkipTest(reason or "socat and sftp are needed")
+        self.sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=self.sshdConfig)
+        self.addCleanup(self.sshd.stop)
+        self.share = os.path.abspath(self.mktemp())
+        os.makedirs(self.share)
+        with open(os.path.join(self.share, "a.txt"), "w") as f:
+            f.write("content of a\n")
+
+    def makeService(self, knownHosts: str | None = None, **kw: Any) -> ShareService:
+        service = ShareService(
+            self.sshd.destination(),
+            [f"docs={self.share}"],
+            mode="raw",
+            identities=[self.sshd.clientKeyPath],
+            knownHosts=knownHosts or self.sshd.knownHostsPath,
+            configFile="none",
+            sshOptions=["IdentitiesOnly=yes", "BatchMode=yes"],
+            reactor=reactor,
+            retryInitialDelay=0.2,
+            **kw,
+        )
+        self.addCleanup(service.stopService)
+        return service
+
+    async def test_forwardStatusPauseStop(self) -> None:
+        """
+        whenForwarding gives the allocated port; sftp works through it; the
+        status counts the bytes; pause is reflected; stop cancels the
+        forward and emits C{stopped}.
+        """
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        listeners = await service.whenForwarding()
+        [(address, port)] = listeners
+        self.assertEqual(address, "127.0.0.1")
+        self.assertTrue(portOpen(port))
+        self.assertEqual(log.names(), ["connected", "forwarding"])
+        self.assertEqual(log.events[1]["port"], port)
+        status = service.status()
+        self.assertEqual((status["state"], status["mode"]), ("forwarding", "raw"))
+        self.assertEqual(
+            status["listeners"], [{"mode": "raw", "address": "127.0.0.1", "port": port}]
+        )
+        closed = log.next("channel-closed")
+        out, err, code = await sftp(port, "get /docs/a.txt -\n")
+        self.assertEqual(code, 0, err)
+        await closed
+        status = service.status()
+        self.assertGreater(status["bytes_out"], len("content of a\n"))
+        self.assertGreater(status["bytes_in"], 0)
+        self.assertEqual(status["channels"], 0)
+        self.assertEqual(service.pause(), 0)
+        self.assertTrue(service.status()["paused"])
+        self.assertEqual(service.resume(), 0)
+        self.assertEqual(await service.whenForwarding(), listeners)
+        await service.stopService()
+        self.assertEqual(log.events[-1]["event"], "stopped")
+        self.assertEqual(service.status()["state"], "stopped")
+        self.assertFalse(portOpen(port))
+        self.assertIsNone(await service.whenStopped())
+
+    async def test_stopWhilePausedWithOpenChannel(self) -> None:
+        """
+        Stop while paused with a client connected and waiting: stop finishes
+        (no hang) and the client sees an error, not a hang.
+        """
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        [(_, port)] = await service.whenForwarding()
+        service.pause()
+        opened = log.next("channel-opened")
+        client = sftp(port, "get /docs/a.txt -\n")
+        await opened
+        self.assertEqual(service.status()["channels"], 1)
+        await service.stopService()
+        out, err, code = await client.addTimeout(WAIT, reactor)
+        self.assertNotEqual(code, 0)
+        self.assertIn("stopped", log.names())
+
+    async def test_reconnect(self) -> None:
+        """
+        The connection drops: C{reconnecting} (attempt, delay, reason), state
+        C{reconnecting}, then connected and forwarding again on the same
+        port, and sftp works.
+        """
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        [(_, port)] = await service.whenForwarding()
+        reconnecting = log.next("reconnecting")
+        again = log.next("forwarding")
+        self.sshd.killSessions()
+        event = await reconnecting
+        self.assertEqual(event["attempt"], 1)
+        self.assertGreater(event["delay"], 0)
+        self.assertIsInstance(event["reason"], str)
+        self.assertEqual(service.status()["state"], "reconnecting")
+        self.assertIsNotNone(service.status()["retry_in"])
+        self.assertEqual((await again)["port"], port)
+        self.assertEqual(await service.whenForwarding(), [("127.0.0.1", port)])
+        out, err, code = await sftp(port, "ls /\n")
+        self.assertEqual(code, 0, err)
+
+    async def test_reconnectWhilePaused(self) -> None:
+        """
+        Paused stays paused across a reconnect.
+        """
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        await service.whenForwarding()
+        service.pause()
+        again = log.next("forwarding")
+        self.sshd.killSessions()
+        await again
+        self.assertTrue(service.status()["paused"])
+        self.assertTrue(service._connection.group.paused)
+
+    async def test_unknownHostKey(self) -> None:
+        """
+        An unknown host key at the first connection is fatal: C{error},
+        C{stopped}, whenStopped and whenForwarding fail with
+        L{HostKeyUnknown} (exit code 5), no reconnect.
+        """
+        empty = os.path.abspath(self.mktemp())
+        open(empty, "w").close()
+        service = self.makeService(knownHosts=empty)
+        log = EventLog(service)
+        forwarding = service.whenForwarding()
+        stopped = service.whenStopped()
+        service.startService()
+        with self.assertRaises(HostKeyUnknown) as caught:
+            await stopped
+        self.assertEqual(caught.exception.exitCode, 5)
+        with self.assertRaises(HostKeyUnknown):
+            await forwarding
+        self.assertEqual(log.names(), ["error", "stopped"])
+        self.assertIn("SHA256:", log.events[0]["message"])
+        self.assertEqual(service.status()["state"], "stopped")
