@@ -531,9 +531,9 @@ class ConfinedFilesystem:
         fds.append(root)
         stack = [root]
         names: list[bytes] = []
+        # Never empty or "." (normalised, and filtered from link targets).
         pending = list(components)
         hops = _MAX_HOPS
-        rootParts = splitPath(os.fsencode(share.path))
 
         # Lenient mode (realPath): the state before the first symlink, so
         # that a link out of the share is reported by its own name.
@@ -548,15 +548,13 @@ class ConfinedFilesystem:
 
         while pending:
             component = pending.pop(0)
-            if component in (b"", b"."):
-                continue
             if component == b"..":
                 if not names:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 names.pop()
                 stack.pop()  # its fd stays in fds, closed at the end
                 continue
-            last = not any(c not in (b"", b".") for c in pending)
+            last = not pending
             parent = stack[-1]
             if last:
                 if not follow:
@@ -598,15 +596,16 @@ class ConfinedFilesystem:
                 target = os.readlink(component, dir_fd=parent)
             except OSError as e:
                 raise fail(e, component)
+            parts = splitPath(target)
             if target.startswith(b"/"):
-                parts = [p for p in target.split(b"/") if p not in (b"", b".")]
+                rootParts = splitPath(os.fsencode(share.path))
                 if parts[: len(rootParts)] != rootParts:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 del stack[1:]
                 names.clear()
                 pending[:0] = parts[len(rootParts) :]
             else:
-                pending[:0] = target.split(b"/")
+                pending[:0] = parts
         # The path ended on a directory reached through a symlink or "..".
         if not names:
             return Place(share, root, b".", ())

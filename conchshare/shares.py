@@ -187,6 +187,13 @@ def normalize(path: bytes, home: bytes = b"/") -> tuple[bytes, ...]:
         raise OSError(errno.ENAMETOOLONG, "The path is too long")
     if not path.startswith(b"/"):
         path = home + b"/" + path
+    parts = path.split(b"/")
+    del parts[0]
+    # The common case, a clean absolute path: no rewriting needed.
+    if b"" not in parts and b"." not in parts and b".." not in parts:
+        if max(map(len, parts)) > MAX_NAME:
+            raise OSError(errno.ENAMETOOLONG, "A path component is too long")
+        return tuple(parts)
     result: list[bytes] = []
     for component in splitPath(path):
         if component == b"..":

@@ -22,6 +22,7 @@ reactor thread, since stock Conch cannot iterate over Deferreds).
 from __future__ import annotations
 
 import errno
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -110,21 +111,34 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
     return run
 
 
+class _Waiter:
+    __slots__ = ("keys", "held", "function", "result")
+
+    def __init__(self, keys: list[bytes], function: Callable[[], Any]) -> None:
+        self.keys = keys
+        self.held = 0  # keys[:held] are ours
+        self.function = function
+        self.result: Deferred[Any] | None = None
+
+
 class PathOrder:
     """
     Runs calls in the order they were made, per key (a virtual path): a call
     starts once every earlier call holding one of its keys is done.  Calls
     with disjoint keys run concurrently.
+
+    A held key maps to the queue of calls waiting for it; when its holder is
+    done, the key passes to the first of them.
     """
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, DeferredLock] = {}
+        self._held: dict[bytes, deque[_Waiter]] = {}
 
     def __len__(self) -> int:
         """
-        The number of keys held or waited for (empty when idle).
+        The number of keys held (zero when idle).
         """
-        return len(self._locks)
+        return len(self._held)
 
     def run(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
         """
@@ -132,29 +146,47 @@ class PathOrder:
 
         @param keys: the keys; several are taken in sorted order (no
             deadlock between calls sharing two keys).
-        @return: a Deferred firing with C{function}'s result (or failure)
-            after the keys are released.
+        @return: a Deferred firing with C{function}'s result (or failure).
         """
-        return self._acquire(sorted(set(keys)), function)
+        waiter = _Waiter(sorted(set(keys)) if len(keys) > 1 else keys, function)
+        if self._take(waiter):
+            return self._call(waiter)
+        waiter.result = Deferred()
+        return waiter.result
 
-    def _acquire(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
-        if not keys:
-            return maybeDeferred(function)
-        key = keys[0]
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = DeferredLock()
+    def _take(self, waiter: _Waiter) -> bool:
+        """
+        Take the waiter's next keys; queue it on the first busy one.
 
-        def release(result: object) -> object:
-            lock.release()
-            if not lock.locked and not lock.waiting and self._locks.get(key) is lock:
-                del self._locks[key]
-            return result
+        @return: whether it now holds all its keys.
+        """
+        keys = waiter.keys
+        while waiter.held < len(keys):
+            queue = self._held.get(keys[waiter.held])
+            if queue is not None:
+                queue.append(waiter)
+                return False
+            self._held[keys[waiter.held]] = deque()
+            waiter.held += 1
+        return True
 
-        d = lock.acquire()
-        d.addCallback(lambda _: self._acquire(keys[1:], function))
-        d.addBoth(release)
+    def _call(self, waiter: _Waiter) -> Deferred[Any]:
+        d = maybeDeferred(waiter.function)
+        d.addBoth(self._release, waiter)
         return d
+
+    def _release(self, result: object, waiter: _Waiter) -> object:
+        for key in waiter.keys:
+            queue = self._held[key]
+            if not queue:
+                del self._held[key]
+                continue
+            following = queue.popleft()
+            # The key passes to the next call, with its queue.
+            following.held += 1
+            if self._take(following) and following.result is not None:
+                self._call(following).chainDeferred(following.result)
+        return result
 
 
 @implementer(ISFTPFile)
@@ -318,10 +350,11 @@ class ShareSFTPServer:
         self, paths: list[bytes], function: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Deferred[Any]:
         """
-        Run a filesystem call after earlier requests on the same paths.
+        Run C{function(*normalisedPaths, *args, **kwargs)} after earlier
+        requests on the same paths.
         """
         keys = [self._key(path) for path in paths]
-        return self._order.run(keys, lambda: self._runner(function, *args, **kwargs))
+        return self._order.run(keys, lambda: self._runner(function, *keys, *args, **kwargs))
 
     @classmethod
     def fromSpecs(
@@ -359,33 +392,31 @@ class ShareSFTPServer:
         """
         key = self._key(filename)
         d = self._order.run(
-            [key], lambda: self._run(self.filesystem.openFile, filename, flags, dict(attrs))
+            [key], lambda: self._runner(self.filesystem.openFile, key, flags, dict(attrs))
         )
         d.addCallback(ShareFile, self._run, order=self._order, key=key)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
-        return self._onPaths([filename], self.filesystem.removeFile, filename)
+        return self._onPaths([filename], self.filesystem.removeFile)
 
     def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
         """
         v3 RENAME: fails with L{FileExistsError} if C{newpath} exists.
         """
-        return self._onPaths(
-            [oldpath, newpath], self.filesystem.rename, oldpath, newpath, overwrite=False
-        )
+        return self._onPaths([oldpath, newpath], self.filesystem.rename, overwrite=False)
 
     def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.makeDirectory, path, dict(attrs))
+        return self._onPaths([path], self.filesystem.makeDirectory, dict(attrs))
 
     def removeDirectory(self, path: bytes) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.removeDirectory, path)
+        return self._onPaths([path], self.filesystem.removeDirectory)
 
     def openDirectory(self, path: bytes) -> Deferred[ShareDirectory]:
         """
         @return: a Deferred firing with a L{ShareDirectory}.
         """
-        d = self._onPaths([path], self.filesystem.openDirectory, path)
+        d = self._onPaths([path], self.filesystem.openDirectory)
         d.addCallback(ShareDirectory, self._run)
         return d
 
@@ -394,26 +425,26 @@ class ShareSFTPServer:
         @return: a Deferred firing with the attributes; fails with
             L{PermissionError} when following a symlink out of the share.
         """
-        return self._onPaths([path], self.filesystem.stat, path, follow=bool(followLinks))
+        return self._onPaths([path], self.filesystem.stat, follow=bool(followLinks))
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, path, dict(attrs), follow=True)
+        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)
 
     def readLink(self, path: bytes) -> Deferred[bytes]:
-        return self._onPaths([path], self.filesystem.readLink, path)
+        return self._onPaths([path], self.filesystem.readLink)
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> Deferred[None]:
         """
         Make C{linkPath} a symlink to C{targetPath} (draft argument order;
         the protocol layer swaps OpenSSH's).
         """
-        return self._onPaths([linkPath], self.filesystem.makeLink, linkPath, targetPath)
+        return self._onPaths([linkPath], self.filesystem.makeLink, targetPath)
 
     def realPath(self, path: bytes) -> Deferred[bytes]:
         """
         @return: a Deferred firing with the canonical virtual path.
         """
-        return self._onPaths([path], self.filesystem.realPath, path)
+        return self._onPaths([path], self.filesystem.realPath)
 
     def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> None:
         """
@@ -427,24 +458,22 @@ class ShareSFTPServer:
     # -- IShareSFTPServer -----------------------------------------------
 
     def posixRename(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths(
-            [oldPath, newPath], self.filesystem.rename, oldPath, newPath, overwrite=True
-        )
+        return self._onPaths([oldPath, newPath], self.filesystem.rename, overwrite=True)
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
-        return self._onPaths([path], self.filesystem.statVFS, path)
+        return self._onPaths([path], self.filesystem.statVFS)
 
     def fstatVFS(self, fileObj: object) -> Deferred[dict[str, int]]:
         return _shareFile(fileObj).statVFS()
 
     def hardLink(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths([oldPath, newPath], self.filesystem.hardLink, oldPath, newPath)
+        return self._onPaths([oldPath, newPath], self.filesystem.hardLink)
 
     def fsync(self, fileObj: object) -> Deferred[None]:
         return _shareFile(fileObj).fsync()
 
     def lsetStat(self, path: bytes, attrs: dict[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, path, dict(attrs), follow=False)
+        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=False)
 
     def expandPath(self, path: bytes) -> Deferred[bytes]:
         """
