@@ -427,6 +427,97 @@ class ShareCommandTests(_Base):
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)
 
+    def test_sshModeReconnectReinstallsSessionKey(self) -> None:
+        """
+        ssh mode after a dropped connection: a new session key is installed
+        (the old files are removed) and its sftp command works.
+        """
+        running = self.share_()
+        first = running.event("session-key")
+        self.sshd.killSessions()
+        running.event("reconnecting")
+        second = running.event("session-key")
+        self.assertNotEqual(first["key"], second["key"])
+        self.assertFalse(os.path.exists(os.path.dirname(first["key"])))
+        argv = shlex.split(second["sftp"])
+        result = subprocess.run(
+            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(os.path.dirname(second["key"])))
+
+    def test_authorizedKeysAndHostKey(self) -> None:
+        """
+        C{--authorized-keys} and C{--host-key}: no session key; the host key
+        file is created (0600) and the nested server accepts the listed key
+        only, presenting that host key.
+        """
+        hostKey = os.path.join(self.tmp, "nested_host_key")
+        running = self.share_(
+            "--authorized-keys", self.sshd.authorizedKeysPath, "--host-key", hostKey
+        )
+        port = running.event("forwarding")["port"]
+        self.assertEqual(os.stat(hostKey).st_mode & 0o777, 0o600)
+        publicKey = subprocess.run(
+            ["ssh-keygen", "-y", "-f", hostKey], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        knownHosts = os.path.join(self.tmp, "nested_known_hosts")
+        with open(knownHosts, "w") as f:
+            f.write(f"[127.0.0.1]:{port} {publicKey}\n")
+        base = ["sftp", "-P", str(port), "-o", f"UserKnownHostsFile={knownHosts}"]
+        base += ["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-b", "-"]
+        good = subprocess.run(
+            base + ["-o", f"IdentityFile={self.sshd.clientKeyPath}", "anyone@127.0.0.1"],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(good.returncode, 0, good.stderr)
+        self.assertIn("hello.txt", good.stdout)
+        other = os.path.join(self.tmp, "other_key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+        bad = subprocess.run(
+            base + ["-o", f"IdentityFile={other}", "anyone@127.0.0.1"],
+            input="ls /\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertNotEqual(bad.returncode, 0)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertNotIn("session-key", [e["event"] for e in running.events])
+
+    def test_remoteSocket(self) -> None:
+        """
+        C{--remote-socket auto} in raw mode: a fresh owner-only socket on the
+        remote host, reachable with sftp through socat; removed on stop.
+        """
+        running = self.share_("--mode", "raw", "--remote-socket", "auto")
+        forwarding = running.event("forwarding")
+        path = forwarding["socket"]
+        self.assertNotIn("port", forwarding)
+        self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", f"socat STDIO UNIX-CONNECT:{path}"],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hello.txt", result.stdout)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(path))
+
 
 class ShareCommandErrorTests(_Base):
     def test_unknownHostKey(self) -> None:
@@ -525,7 +616,8 @@ class MountCommandTests(_Base):
     def test_mountPassive(self) -> None:
         """
         C{conchshare mount} (passive): the share appears at the remote mount
-        point (created), and is unmounted and removed on SIGTERM (exit 0).
+        point (created), is mounted again after a reconnect, and is
+        unmounted and removed on SIGTERM (exit 0).
         """
         at = os.path.join(self.tmp, "remote mount")
         running = Running(
@@ -539,6 +631,11 @@ class MountCommandTests(_Base):
             self.assertEqual(f.read(), "hello from the local side\n")
         status = json.loads(self.ctl("--json", "status").stdout)["status"]
         self.assertEqual((status["state"], status["remote_path"]), ("forwarding", at))
+        self.sshd.killSessions()
+        running.event("reconnecting")
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        with open(os.path.join(at, "hello.txt")) as f:
+            self.assertEqual(f.read(), "hello from the local side\n")
         running.signal(signal.SIGTERM)
         self.assertEqual(running.event("unmounted")["remote_path"], at)
         running.event("stopped")
