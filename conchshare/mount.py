@@ -473,7 +473,7 @@ class RemoteMount:
             await self._startSSHFS()
             await self._waitMounted()
         except BaseException:
-            await self._cleanUp(lazy=True)
+            await self._cleanUp(quick=True)
             raise
         return self.remotePath
 
@@ -495,6 +495,36 @@ class RemoteMount:
             )
         except Exception as e:
             raise MountFailed(f"could not start sshfs on the remote host: {_reason(e)}")
+        self._sshfs.notifyOnClose(self._sshfsClosed)
+
+    def _sshfsClosed(self, channel: Any) -> None:
+        # Decide once the connection has finished closing, if it is: a lost
+        # connection is the service's to handle (it reconnects and remounts).
+        self._reactor.callLater(0, self._sshfsEnded, channel)
+
+    def _sshfsEnded(self, channel: Any) -> None:
+        """
+        sshfs ended while mounted and the connection is up: it failed, or
+        someone unmounted it on the remote host.  Clean up and report.
+        """
+        if channel is not self._sshfs or self.state != "mounted" or not self._connected():
+            return
+        self.state = "unmounting"
+        why = _lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
+        path = self.remotePath
+
+        def done(_: object) -> None:
+            self.state = "idle"
+            self._wasMounted = False
+            self._emit(
+                "unmounted",
+                remote_path=path,
+                message=f"sshfs ended on the remote host ({why}); {path} is no longer mounted",
+            )
+
+        defer.ensureDeferred(self._cleanUp(quick=True)).addErrback(
+            lambda f: self._log.failure("cleaning up after sshfs failed", f)
+        ).addBoth(done)
 
     async def _forward(self, avatar: object) -> Any:
         """
@@ -584,7 +614,7 @@ class RemoteMount:
 
     async def _unmount(self) -> None:
         path = self.remotePath
-        result = await self._cleanUp(lazy=False)
+        result = await self._cleanUp(quick=False)
         fields: dict[str, Any] = {"remote_path": path}
         if result == "lazy":
             fields["lazy"] = True
@@ -596,11 +626,13 @@ class RemoteMount:
             fields["message"] = f"could not unmount {path} on the remote host: {result}"
         self._emit("unmounted", **fields)
 
-    async def _cleanUp(self, lazy: bool) -> str:
+    async def _cleanUp(self, quick: bool) -> str:
         """
         Unmount, remove what we created, close sshfs's channel.
 
-        @param lazy: whether this undoes a failed mount (then no event).
+        @param quick: unmount lazily at once if the plain unmount fails
+            (undoing a failed mount, or after sshfs ended), instead of
+            retrying a busy mount.
         @return: C{"unmounted"}, C{"notmounted"}, C{"lazy"}, C{"gone"} (the
             connection is gone) or an error message.
         """
@@ -614,7 +646,7 @@ class RemoteMount:
                         d=shlex.quote(self.remotePath),
                         fm=shlex.quote(self._fusermount),
                         created=shlex.quote(self._created or ""),
-                        attempts=str(1 if lazy else UNMOUNT_ATTEMPTS),
+                        attempts=str(1 if quick else UNMOUNT_ATTEMPTS),
                         pause=str(UNMOUNT_PAUSE),
                     )
                 )

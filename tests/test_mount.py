@@ -400,6 +400,30 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
         self.assertFalse(isMounted(mountPoint))
 
     @defer.inlineCallbacks
+    def test_unmountedOnTheRemoteSide(self) -> Any:
+        """
+        When the mount goes away on the remote host (someone ran fusermount
+        -u there), an C{unmounted} event says so and the mount point this
+        mount created is removed.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "external")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        yield mount.mount()
+        subprocess.run([FUSERMOUNT, "-u", "--", mountPoint], check=True)
+        for _ in range(100):
+            if mount.state == "idle":
+                break
+            yield deferLater(reactor, 0.05)
+        self.assertEqual(mount.state, "idle")
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "unmounted"])
+        self.assertIn("sshfs ended on the remote host", self.events[-1]["message"])
+        self.assertFalse(os.path.exists(mountPoint))
+        yield mount.unmount()
+        self.assertEqual(len(self.events), 2)
+
+    @defer.inlineCallbacks
     def test_remountOnNewConnection(self) -> Any:
         """
         After the connection is lost (sshfs goes with it), L{remount} on a
