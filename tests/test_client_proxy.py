@@ -20,6 +20,14 @@ from tests.sshd import ThrowawaySSHD, freePort
 from tests.test_client import ClientTestMixin, descendants, runRemote
 
 
+def signalAll(pids: list[int], number: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, number)
+        except ProcessLookupError:
+            pass  # a short-lived child (the Nagle fix's `true`)
+
+
 class ProxyCommandTests(ClientTestMixin, TestCase):
     """
     A ProxyCommand's stdio is the connection.
@@ -44,6 +52,33 @@ class ProxyCommandTests(ClientTestMixin, TestCase):
         error = await self.connectFails(options)
         self.assertIsInstance(error, ConnectionFailed)
         self.assertIn("closed before key exchange", str(error))
+
+    async def _proxyCommandDeadPeer(self) -> None:
+        if not shutil.which("socat"):
+            raise SkipTest("socat is not installed")
+        sshd = self.startSSHD()
+        assert sshd.process is not None
+        before = set(descendants(sshd.process.pid))
+        options = self.optionsFor(
+            sshd,
+            proxyCommand=f"exec socat -t 1000 - TCP:127.0.0.1:{sshd.port}",
+            serverAliveInterval=0.3,
+            serverAliveCountMax=2,
+        )
+        connection = await self.connect(options)
+        sessions = [p for p in descendants(sshd.process.pid) if p not in before]
+        self.addCleanup(signalAll, sessions, signal.SIGCONT)
+        signalAll(sessions, signal.SIGSTOP)
+        reason = await connection.transport.whenLost()
+        self.assertIsInstance(reason, ConnectionFailed)
+        self.assertIn("dead peer", str(reason))
+
+    def test_proxyCommandDeadPeer(self) -> Deferred[None]:
+        """
+        A dead peer behind a ProxyCommand that stays up: detected, and the
+        command is ended.
+        """
+        return defer.ensureDeferred(self._proxyCommandDeadPeer())
 
     def test_proxyCommandFails(self) -> Deferred[None]:
         return defer.ensureDeferred(self._proxyCommandFails())
@@ -170,20 +205,8 @@ class ProxyJumpTests(ClientTestMixin, TestCase):
         )
         connection = await self.connect(options)
         sessions = [p for p in descendants(target.process.pid) if p not in before]
-
-        def resume() -> None:
-            for pid in sessions:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-
-        self.addCleanup(resume)
-        for pid in sessions:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
+        self.addCleanup(signalAll, sessions, signal.SIGCONT)
+        signalAll(sessions, signal.SIGSTOP)
         reason = await connection.transport.whenLost()
         self.assertIsInstance(reason, ConnectionFailed)
         self.assertIn("dead peer", str(reason))

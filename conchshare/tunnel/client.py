@@ -34,6 +34,7 @@ from twisted.conch.ssh import keys, transport
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer, error
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -176,6 +177,7 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         self._unanswered = 0
         self._remoteError: str | None = None
         self._authStarted = False
+        self._proxyKill: Any = None
         self.supportedPublicKeys = self._hostKeyPreference()
 
     def _hostKeyPreference(self) -> list[bytes]:
@@ -229,12 +231,35 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         """
         if self.failure is None:
             self.failure = reason
-        if self.transport is not None:
-            abort = getattr(self.transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            else:
-                self.transport.loseConnection()
+        if self.transport is None:
+            return
+        if hasattr(self.transport, "signalProcess"):
+            # A ProxyCommand: its stdio closing may not end it (the peer is
+            # dead, its TCP connection is not); it has to go.
+            self.transport.loseConnection()
+            self._signalProxy("KILL")
+            return
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    def _signalProxy(self, signal: str) -> None:
+        signalProcess = getattr(self.transport, "signalProcess", None)
+        if signalProcess is None:
+            return
+        try:
+            signalProcess(signal)
+        except (ProcessExitedAlready, OSError):
+            pass
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        super().sendDisconnect(reason, desc)
+        if hasattr(self.transport, "signalProcess"):
+            # OpenSSH ends its ProxyCommand when it disconnects; give it a
+            # moment to leave by itself on EOF.
+            self._proxyKill = self.reactor.callLater(2, self._signalProxy, "TERM")
 
     # -- transport events
 
@@ -379,6 +404,8 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancelTimeout()
+        if self._proxyKill is not None and self._proxyKill.active():
+            self._proxyKill.cancel()
         if self._keepAlive is not None and self._keepAlive.running:
             self._keepAlive.stop()
         try:
