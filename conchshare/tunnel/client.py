@@ -34,13 +34,13 @@ from twisted.conch.ssh import keys, transport
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS
 from twisted.internet import defer, error
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     ProcessEndpoint,
     StandardErrorBehavior,
 )
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
