@@ -19,8 +19,14 @@ State rules of L{RemoteMount}:
     failed mount goes back to C{idle} having removed what it created.
   - C{_created} (the top-most directory we created for the mount point) is
     kept across remounts: we remove it when the mount finally ends.
-  - Every remote command runs through C{sh -c} with every path quoted by
-    L{shlex.quote}, whatever the remote user's login shell is.
+  - Every remote command runs through C{/bin/sh -c} with every path quoted
+    by L{shlex.quote}, whatever the remote user's login shell is.  The tools
+    are checked (one command) before anything is created.
+
+Events (to the observer, as in DESIGN.md): C{mounted} (C{remote_path}) once
+the mount answers; C{unmounted} (C{remote_path}) when it is gone, with
+C{lazy: true} and a C{message} when a busy mount was detached lazily, and a
+C{message} when sshfs ended on its own.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ _INSTALL_HINT = {
     "sshfs": "install it (apt-get install sshfs)",
     "fusermount": "install FUSE (apt-get install fuse3)",
     "socat": "install it (apt-get install socat)",
+    "ssh": "install it (apt-get install openssh-client)",
 }
 
 
@@ -577,7 +584,7 @@ class RemoteMount:
             if self._reactor.seconds() >= deadline:
                 raise MountFailed(
                     f"the remote mount at {self.remotePath} did not answer within"
-                    f" {self.mountTimeout:g} seconds"
+                    f" {self.mountTimeout:g} s"
                 )
             await _sleep(self._reactor, POLL_INTERVAL)
 

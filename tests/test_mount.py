@@ -516,12 +516,34 @@ class ForwardedMountTests(MountTestsMixin, unittest.TestCase):
             self.assertNotEqual(s.connect_ex(("127.0.0.1", listener.port)), 0)
 
 
-class MissingToolsTests(MountTestsMixin, unittest.TestCase):
+class RemoteToolsTests(MountTestsMixin, unittest.TestCase):
     """
-    A remote host without sshfs: one clear sentence, nothing left behind.
+    A remote host without sshfs, or whose sshfs never answers: one clear
+    sentence, nothing left behind.
     """
 
     timeout = 30
+
+    def pathWithout(self, tool: str, replacement: str | None = None) -> str:
+        """
+        A directory with every command of this machine but C{tool}, for the
+        remote sshd's PATH; C{replacement} is a shell script put in its
+        place.
+        """
+        binDir = os.path.abspath(self.mktemp())
+        os.makedirs(binDir)
+        for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"):
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                target = os.path.join(binDir, name)
+                if name != tool and not os.path.lexists(target):
+                    os.symlink(os.path.join(directory, name), target)
+        if replacement is not None:
+            path = os.path.join(binDir, tool)
+            writeFile(path, replacement.encode())
+            os.chmod(path, 0o755)
+        return binDir
 
     @defer.inlineCallbacks
     def test_noSSHFS(self) -> Any:
@@ -530,16 +552,7 @@ class MissingToolsTests(MountTestsMixin, unittest.TestCase):
         L{MountFailed} naming sshfs and how to install it, and creates no
         mount point.
         """
-        # A PATH with every tool of this machine except sshfs.
-        binDir = os.path.abspath(self.mktemp())
-        os.makedirs(binDir)
-        for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"):
-            if not os.path.isdir(directory):
-                continue
-            for name in os.listdir(directory):
-                target = os.path.join(binDir, name)
-                if name != "sshfs" and not os.path.lexists(target):
-                    os.symlink(os.path.join(directory, name), target)
+        binDir = self.pathWithout("sshfs")
         connection = yield self.setUpSSHD([f"SetEnv PATH={binDir}"])
         local = self.share("s", {})
         mountPoint = os.path.join(self.base, "never")
@@ -550,6 +563,46 @@ class MissingToolsTests(MountTestsMixin, unittest.TestCase):
         )
         self.assertEqual(failure.exitCode, 7)
         self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual(self.events, [])
+
+    @defer.inlineCallbacks
+    def test_noSocat(self) -> Any:
+        """
+        C{--via socket} needs socat on the remote host: without it, one
+        sentence saying so, and no forward is left.
+        """
+        binDir = self.pathWithout("socat")
+        connection = yield self.setUpSSHD([f"SetEnv PATH={binDir}"])
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "never")
+        mount = self.remoteMount(connection, [local], mountPoint, via="socket")
+        failure = yield self.assertFailure(mount.mount(), MountFailed)
+        self.assertEqual(
+            str(failure), "the remote host has no socat: install it (apt-get install socat)"
+        )
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual(connection.listeners, [])
+
+    @defer.inlineCallbacks
+    def test_mountNeverAnswers(self) -> Any:
+        """
+        An sshfs that never mounts: after the timeout, L{MountFailed} says
+        so, the mount point is removed and sshfs's channel is closed.
+        """
+        # Claims -o passive, then just reads its stdin until it is closed.
+        fake = '#!/bin/sh\ncase "$1" in --help) echo "-o passive";; *) exec cat >/dev/null;; esac\n'
+        binDir = self.pathWithout("sshfs", fake)
+        connection = yield self.setUpSSHD([f"SetEnv PATH={binDir}"])
+        local = self.share("s", {})
+        mountPoint = os.path.join(self.base, "slow")
+        mount = self.remoteMount(connection, [local], mountPoint, mountTimeout=1.0)
+        failure = yield self.assertFailure(mount.mount(), MountFailed)
+        self.assertEqual(
+            str(failure),
+            f"the remote mount at {mountPoint} did not answer within 1 s",
+        )
+        self.assertFalse(os.path.exists(mountPoint))
+        self.assertEqual(mount.state, "idle")
         self.assertEqual(self.events, [])
 
 
