@@ -27,7 +27,7 @@ from conchshare.errors import (
     HostKeyChanged,
     HostKeyUnknown,
 )
-from conchshare.tunnel.client import SSHClientTransport, connectSSH
+from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, connectSSH, sshEndpoint
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 from tests.sshd import ThrowawaySSHD, available, freePort, keygen
 
@@ -236,8 +236,14 @@ class KeyTypeTests(ClientTestMixin, TestCase):
         # No .pub file: the key must be decrypted before it can be offered.
         os.remove(keyPath + ".pub")
         options = self.optionsFor(sshd, identityFiles=[keyPath], batchMode=False)
-        connection = await self.connect(options, prompt=prompt)
-        self.assertEqual(await runRemote(connection, "echo ok"), b"ok\n")
+        factory = SSHClientFactory(options, SSHConnection, reactor=reactor, prompt=prompt)
+        for _attempt in range(2):
+            # The second connection (a reconnect) does not ask again.
+            proto = await sshEndpoint(reactor, options).connect(factory)
+            connection = await proto.whenReady()
+            self.assertEqual(await runRemote(connection, "echo ok"), b"ok\n")
+            proto.transport.loseConnection()
+            await proto.whenLost()
         self.assertEqual(asked, [(f"Enter passphrase for key '{keyPath}': ", False)])
 
     def test_passphraseCallback(self) -> Deferred[None]:

@@ -139,6 +139,7 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         reactor: Any = None,
         prompt: Prompt | None = None,
         terminal: Callable[[], bool] = isTerminal,
+        keyCache: dict[str, keys.Key] | None = None,
     ) -> None:
         """
         @param options: who to log in as, with what.
@@ -146,6 +147,9 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         @param reactor: for connecting to the agent (an L{IReactorUNIX}).
         @param prompt: asks for passphrases and passwords; L{None} asks on
             a terminal if there is one, else nothing is asked.
+        @param keyCache: decrypted key files by path, kept across the
+            connections of one factory so a reconnect does not ask for a
+            passphrase again (in memory only, like ssh-agent).
         """
         super().__init__(options.user.encode("utf-8"), instance)
         if reactor is None:
@@ -156,6 +160,7 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         self.reactor = reactor
         self.prompt = prompt
         self.terminal = terminal
+        self.keyCache = keyCache if keyCache is not None else {}
         self.failure: AuthenticationFailed | None = None
         self.succeeded = False
         self.tried: list[str] = []
@@ -247,6 +252,8 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         """
         path = candidate.path
         assert path is not None  # only file candidates come here
+        if path in self.keyCache:
+            return defer.succeed(self.keyCache[path])
         try:
             return defer.succeed(keys.Key.fromFile(path))
         except keys.EncryptedKeyError:
@@ -264,6 +271,7 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
             def load(passphrase: str) -> keys.Key | Deferred[keys.Key]:
                 try:
                     key: keys.Key = keys.Key.fromFile(path, passphrase=passphrase.encode("utf-8"))
+                    self.keyCache[path] = key
                     return key
                 except Exception:
                     if tries >= NUMBER_OF_PROMPTS:

@@ -158,9 +158,11 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         *,
         reactor: Any = None,
         prompt: Prompt | None = None,
+        keyCache: dict[str, keys.Key] | None = None,
     ) -> None:
         self.options = options
         self.connection = connection
+        self.keyCache = keyCache if keyCache is not None else {}
         self.verifier = verifier
         self.reactor = _defaultReactor(reactor)
         self.prompt = prompt
@@ -335,7 +337,11 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         if self.options.connectTimeout:
             self._timeout = self.reactor.callLater(self.options.connectTimeout, self._timedOut)
         self.authClient = ShareUserAuthClient(
-            self.options, self.connection, reactor=self.reactor, prompt=self.prompt
+            self.options,
+            self.connection,
+            reactor=self.reactor,
+            prompt=self.prompt,
+            keyCache=self.keyCache,
         )
         self.requestService(self.authClient)
 
@@ -473,6 +479,8 @@ class SSHClientFactory(ClientFactory):
         self.reactor = _defaultReactor(reactor)
         self.prompt = prompt
         self.verifier = HostKeyVerifier(options, prompt=prompt)
+        # Passphrases are asked once per factory, not once per reconnect.
+        self.keyCache: dict[str, keys.Key] = {}
         self.lastProtocol: SSHClientTransport | None = None
 
     def buildProtocol(self, addr: Any) -> SSHClientTransport:
@@ -482,6 +490,7 @@ class SSHClientFactory(ClientFactory):
             self.verifier,
             reactor=self.reactor,
             prompt=self.prompt,
+            keyCache=self.keyCache,
         )
         proto.factory = self
         self.lastProtocol = proto
