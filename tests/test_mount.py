@@ -293,6 +293,29 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
         self.assertEqual(os.listdir(parent), [])
 
     @defer.inlineCallbacks
+    def test_homeRelativePath(self) -> Any:
+        """
+        C{~/DIR} names a folder in the remote user's home directory; the
+        mount reports its absolute path.
+        """
+        import pwd
+        import uuid
+
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"f.txt": b"home"})
+        name = f".conchshare-test-{uuid.uuid4().hex[:8]}"
+        home = pwd.getpwuid(os.getuid()).pw_dir
+        expected = os.path.join(home, name, "mnt")
+        self.addCleanup(lambda: shutil.rmtree(os.path.join(home, name), ignore_errors=True))
+        mount = self.remoteMount(connection, [local], f"~/{name}/mnt")
+        path = yield mount.mount()
+        self.assertEqual(path, expected)
+        data = yield inThread(readFile, os.path.join(expected, "f.txt"))
+        self.assertEqual(data, b"home")
+        yield mount.unmount()
+        self.assertFalse(os.path.exists(os.path.join(home, name)))
+
+    @defer.inlineCallbacks
     def test_busyMountIsUnmountedLazily(self) -> Any:
         """
         While a remote process keeps a file on the mount open, unmount
