@@ -352,6 +352,9 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
     renderer: Any
     if args.json:
         renderer = JSONLinesRenderer(stdout)
+        # stdout carries only events: the control socket path goes to stderr.
+        stderr.write(f"conchshare: control socket {control.path}\n")
+        stderr.flush()
     else:
         renderer = ConsoleRenderer(stdout, stderr, status=service.status, clock=reactor)
         stdout.write(

@@ -313,7 +313,7 @@ class ShareCommandTests(_Base):
         self.assertFalse(os.path.exists(got))
         running.signal(signal.SIGUSR2)
         self.assertEqual(running.event("resumed")["channels"], 1)
-        self.assertEqual(client.wait(WAIT), 0)
+        self.assertEqual(client.wait(15), 0)
         self.assertTrue(os.path.exists(got))
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)
