@@ -30,7 +30,7 @@ from twisted.conch.ssh import keys, transport, userauth
 from twisted.conch.ssh.agent import SSHAgentClient
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.service import SSHService
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorUNIX
@@ -190,6 +190,12 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         stopTimeout = getattr(self.transport, "cancelConnectTimeout", None)
         if stopTimeout is not None:
             stopTimeout()
+        getThreadPool = getattr(self.reactor, "getThreadPool", None)
+        if prompter is terminalPrompt and getThreadPool is not None:
+            # Reading the terminal blocks: keep the reactor running meanwhile.
+            return threads.deferToThreadPool(
+                self.reactor, getThreadPool(), terminalPrompt, text, echo
+            )
         return callPrompt(prompter, text, echo)
 
     # -- collecting keys
