@@ -396,10 +396,10 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
     def started() -> None:
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(number, onSignal)
-        if isinstance(renderer, ConsoleRenderer):
-            renderer.start()
         service.whenStopped().addCallbacks(finish, failed)
         service.startService()
+        if isinstance(renderer, ConsoleRenderer):
+            renderer.start()
 
     reactor.callWhenRunning(started)
     reactor.addSystemEventTrigger("before", "shutdown", lambda: service.stop("the reactor stopped"))
