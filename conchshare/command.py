@@ -398,7 +398,7 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
             signal.signal(number, onSignal)
         service.whenStopped().addCallbacks(finish, failed)
         service.startService()
-        if isinstance(renderer, ConsoleRenderer):
+        if isinstance(renderer, ConsoleRenderer) and service.running:
             renderer.start()
 
     reactor.callWhenRunning(started)
