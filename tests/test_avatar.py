@@ -33,6 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from conchshare.sftp.avatar import (
+    PathOrder,
     ShareFile,
     ShareSFTPServer,
     makeThreadPool,
@@ -317,6 +318,47 @@ class OrderingTests(SynchronousTestCase):
         self.failureResultOf(old, FileNotFoundError)
         self.assertEqual(self.successResultOf(new)["size"], 6)
         self.assertEqual(len(self.avatar._order), 0)
+
+
+class PathOrderTests(SynchronousTestCase):
+    def test_orderPerKey(self) -> None:
+        """
+        Calls sharing a key run one after another in call order; a call with
+        two keys waits for both; disjoint calls run at once; failures
+        release their keys too.
+        """
+        order = PathOrder()
+        started: list[str] = []
+        gates: dict[str, Deferred[None]] = {}
+
+        def call(name: str) -> Callable[[], Deferred[None]]:
+            def run() -> Deferred[None]:
+                started.append(name)
+                gates[name] = Deferred()
+                return gates[name]
+
+            return run
+
+        def boom() -> None:
+            started.append("boom")
+            raise ValueError("boom")
+
+        a1 = order.run([b"/a"], call("a1"))
+        ab = order.run([b"/b", b"/a"], call("ab"))
+        b1 = order.run([b"/b"], call("b1"))
+        c1 = order.run([b"/c"], boom)
+        a2 = order.run([b"/a"], call("a2"))
+        self.assertEqual(started, ["a1", "boom"])
+        self.failureResultOf(c1, ValueError)
+        gates["a1"].callback(None)
+        self.assertEqual(started, ["a1", "boom", "ab"])
+        gates["ab"].callback(None)
+        self.assertEqual(started, ["a1", "boom", "ab", "b1", "a2"])
+        gates["b1"].callback(None)
+        gates["a2"].callback(None)
+        for d in (a1, ab, b1, a2):
+            self.successResultOf(d)
+        self.assertEqual(len(order), 0)
 
 
 class ThreadPoolTests(TestCase):

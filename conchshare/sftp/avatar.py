@@ -112,63 +112,56 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
 
 
 class _Waiter:
-    __slots__ = ("keys", "held", "function", "result")
+    __slots__ = ("keys", "function", "result", "started")
 
     def __init__(self, keys: list[bytes], function: Callable[[], Any]) -> None:
         self.keys = keys
-        self.held = 0  # keys[:held] are ours
         self.function = function
         self.result: Deferred[Any] | None = None
+        self.started = False
 
 
 class PathOrder:
     """
     Runs calls in the order they were made, per key (a virtual path): a call
-    starts once every earlier call holding one of its keys is done.  Calls
+    starts once every earlier call sharing one of its keys is done.  Calls
     with disjoint keys run concurrently.
 
-    A held key maps to the queue of calls waiting for it; when its holder is
-    done, the key passes to the first of them.
+    Each key has a queue of the calls that hold it, the running one first; a
+    call joins the queues of all its keys when it is made, so a later call
+    never overtakes it on any key (and, queues being in call order, the
+    earliest waiting call always heads all of its queues: no deadlock).
     """
 
     def __init__(self) -> None:
-        self._held: dict[bytes, deque[_Waiter]] = {}
+        self._queues: dict[bytes, deque[_Waiter]] = {}
 
     def __len__(self) -> int:
         """
-        The number of keys held (zero when idle).
+        The number of keys in use (zero when idle).
         """
-        return len(self._held)
+        return len(self._queues)
 
     def run(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
         """
-        Call C{function} once the keys are free.
+        Call C{function} once every earlier call on one of C{keys} is done.
 
-        @param keys: the keys; several are taken in sorted order (no
-            deadlock between calls sharing two keys).
         @return: a Deferred firing with C{function}'s result (or failure).
         """
-        waiter = _Waiter(sorted(set(keys)) if len(keys) > 1 else keys, function)
-        if self._take(waiter):
+        waiter = _Waiter(list(dict.fromkeys(keys)), function)
+        ready = True
+        for key in waiter.keys:
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = deque()
+            elif queue:
+                ready = False
+            queue.append(waiter)
+        if ready:
+            waiter.started = True
             return self._call(waiter)
         waiter.result = Deferred()
         return waiter.result
-
-    def _take(self, waiter: _Waiter) -> bool:
-        """
-        Take the waiter's next keys; queue it on the first busy one.
-
-        @return: whether it now holds all its keys.
-        """
-        keys = waiter.keys
-        while waiter.held < len(keys):
-            queue = self._held.get(keys[waiter.held])
-            if queue is not None:
-                queue.append(waiter)
-                return False
-            self._held[keys[waiter.held]] = deque()
-            waiter.held += 1
-        return True
 
     def _call(self, waiter: _Waiter) -> Deferred[Any]:
         d = maybeDeferred(waiter.function)
@@ -176,16 +169,20 @@ class PathOrder:
         return d
 
     def _release(self, result: object, waiter: _Waiter) -> object:
+        following = []
         for key in waiter.keys:
-            queue = self._held[key]
-            if not queue:
-                del self._held[key]
+            queue = self._queues[key]
+            queue.popleft()  # a running call heads each of its queues
+            if queue:
+                following.append(queue[0])
+            else:
+                del self._queues[key]
+        for candidate in following:
+            if candidate.started or candidate.result is None:
                 continue
-            following = queue.popleft()
-            # The key passes to the next call, with its queue.
-            following.held += 1
-            if self._take(following) and following.result is not None:
-                self._call(following).chainDeferred(following.result)
+            if all(self._queues[key][0] is candidate for key in candidate.keys):
+                candidate.started = True
+                self._call(candidate).chainDeferred(candidate.result)
         return result
 
 
