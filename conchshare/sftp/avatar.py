@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, SFTPError
@@ -54,8 +54,6 @@ __all__ = [
     "makeThreadPool",
     "synchronousRunner",
 ]
-
-T = TypeVar("T")
 
 #: Runs a blocking callable somewhere and returns a Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
