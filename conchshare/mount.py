@@ -94,17 +94,35 @@ def _shellCommand(script: str) -> bytes:
     return ("/bin/sh -c " + shlex.quote(script)).encode("utf-8", "surrogateescape")
 
 
+#: The keys of the records our remote scripts print.
+_RECORD_KEYS = frozenset(
+    {
+        "missing",
+        "nofuse",
+        "nopassive",
+        "fusermount",
+        "notdir",
+        "mkdir",
+        "created",
+        "mounted",
+        "path",
+        "result",
+        "error",
+    }
+)
+
+
 def _words(data: bytes) -> dict[str, str]:
     """
-    Parse the NUL-separated C{key=value} records our remote scripts print.
+    Parse the records our remote scripts print, each C{NUL key=value NUL}.
+    What comes before the first record (a chatty login script's output) is
+    ignored.
     """
     result: dict[str, str] = {}
-    for record in data.split(b"\0"):
-        record = record.strip(b"\n")
-        if not record:
-            continue
-        key, _, value = record.decode("utf-8", "surrogateescape").partition("=")
-        result[key] = value
+    for record in data.split(b"\0")[1:]:
+        key, equals, value = record.decode("utf-8", "surrogateescape").partition("=")
+        if equals and key in _RECORD_KEYS:
+            result[key] = value
     return result
 
 
@@ -121,7 +139,8 @@ ismnt() {
   if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$1"
   else [ "$(stat -c %d -- "$1" 2>/dev/null)" != "$(stat -c %d -- "$1/.." 2>/dev/null)" ]; fi
 }
-rec() { printf '%s=%s\0' "$1" "$2"; }
+rec() { printf '\0%s=%s\0' "$1" "$2"; }
+unset CDPATH
 """
 
 # Checks the tools, then prepares the mount point; prints records.  Nothing

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from conchshare.errors import MountFailed
-from conchshare.mount import RemoteMount, remoteShellPath
+from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
 from tests.sshd import ThrowawaySSHD, available
@@ -645,3 +645,30 @@ class RemoteShellPathTests(unittest.SynchronousTestCase):
         self.assertEqual(remoteShellPath("~/m n"), "\"$HOME\"/'m n'")
         self.assertEqual(remoteShellPath("~bob/x"), "'~bob/x'")
         self.assertEqual(remoteShellPath("$(reboot)"), "'$(reboot)'")
+
+
+class RecordTests(unittest.SynchronousTestCase):
+    """
+    The records the remote scripts print survive a chatty login shell.
+    """
+
+    def test_chattyShell(self) -> None:
+        """
+        Text printed before the records (by a login script, say) is
+        ignored, even when it looks like C{key=value}; values keep newlines
+        and C{=}.
+        """
+        out = (
+            b"Welcome!\nPATH=/x\n"
+            b"\0fusermount=fusermount3\0"
+            b"\0mkdir=mkdir: cannot create\nline two = yes\0"
+            b"\0path=/a b/c\0"
+        )
+        self.assertEqual(
+            _words(out),
+            {
+                "fusermount": "fusermount3",
+                "mkdir": "mkdir: cannot create\nline two = yes",
+                "path": "/a b/c",
+            },
+        )
