@@ -162,23 +162,19 @@ class ShareOptions:
         """
         Whether a session key is installed on the remote host.
         """
-        if self.effectiveMode() != "ssh":
-            return False
+        if self.effectiveMode() != "ssh" or self.mountAt is not None:
+            return False  # a mount installs its own key
         if self.sessionKey is not None:
             return self.sessionKey
         return self.authorizedKeys is None
 
     def forwards(self) -> list[ForwardSpec]:
         """
-        The forwards to request, in order.
+        The forwards the service requests, in order (none for a mount: the
+        remote mount requests the one its C{mountVia} needs).
         """
         if self.mountAt is not None:
-            if self.mountVia == "passive":
-                return []
-            if self.mountVia == "socket":
-                return [ForwardSpec(socket=self.remoteSocket or "")]
-            listen = self.remoteListen or [("127.0.0.1", 0)]
-            return [ForwardSpec(address=listen[0][0], port=listen[0][1])]
+            return []  # the remote mount requests the forward it needs
         specs = [ForwardSpec(address=a, port=p) for a, p in (self.remoteListen or [])]
         if self.remoteSocket is not None:
             specs.append(ForwardSpec(socket=self.remoteSocket))
@@ -445,7 +441,7 @@ class ShareService(Service):
             "channels": channels,
             "bytes_in": bytesIn,
             "bytes_out": bytesOut,
-            "listeners": [f.event() for f in self._forwards],
+            "listeners": [f.event() for f in self._allForwards()],
             "retry_in": retryIn,
             "destination": self.destination,
             "remote_path": getattr(self._mount, "remotePath", None),
@@ -483,7 +479,8 @@ class ShareService(Service):
             jump=options.jump,
         )
         self._avatar = self._makeAvatar()
-        self._serveChannel = self._protocolFactory()
+        if options.forwards():
+            self._serveChannel = self._protocolFactory()
         endpoint = _FailureRecordingEndpoint(
             sshEndpoint(reactor, self._connectOptions), self._connectFailed
         )
@@ -619,8 +616,17 @@ class ShareService(Service):
         for w in waiters:
             w.callback(listeners)
 
+    def _allForwards(self) -> list[Any]:
+        """
+        The granted listeners: ours, and the remote mount's.
+        """
+        mountListener = getattr(self._mount, "_listener", None)
+        return self._forwards + ([mountListener] if mountListener is not None else [])
+
     def _listeners(self) -> list[tuple[str, int] | str]:
-        return [(f.socketPath or "") if f.isUnix else (f.address, f.port) for f in self._forwards]
+        return [
+            (f.socketPath or "") if f.isUnix else (f.address, f.port) for f in self._allForwards()
+        ]
 
     async def _requestForward(self, connection: Any, spec: ForwardSpec) -> Any:
         """
@@ -695,12 +701,20 @@ class ShareService(Service):
                 via=self.options.mountVia,
                 reactor=self._getReactor(),
                 avatarFactory=lambda shares: self._avatar,
+                hostKey=self._mountHostKey(),
                 observer=self._publish,
                 sshfsOptions=["ro"] if self.options.readOnly else [],
             )
             await self._mount.mount()
         else:
             await self._mount.remount(connection)
+
+    def _mountHostKey(self) -> Any:
+        if self.options.mountVia != "ssh" or self.options.hostKey is None:
+            return None
+        from conchshare.tunnel.nested import loadOrCreateHostKey
+
+        return loadOrCreateHostKey(self.options.hostKey)
 
     def _setUpFailed(self, failure: Failure, protocol: Any) -> None:
         error = asConchShareError(failure)

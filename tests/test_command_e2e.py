@@ -641,3 +641,48 @@ class MountCommandTests(_Base):
         running.event("stopped")
         self.assertEqual(running.wait(), 0)
         self.assertFalse(os.path.exists(at))
+
+    def mountVia(self, via: str) -> None:
+        at = os.path.join(self.tmp, f"mnt-{via}")
+        running = Running(
+            self,
+            ["mount", "--json", "--via", via, *sshArgs(self.sshd), "--control", self.control]
+            + [self.sshd.destination(), self.share, "--at", at],
+        )
+        mounted = running.event("mounted")
+        self.assertEqual(mounted["remote_path"], at)
+        with open(os.path.join(at, "hello.txt")) as f:
+            self.assertEqual(f.read(), "hello from the local side\n")
+        forwarding = [e for e in running.events if e["event"] == "forwarding"]
+        self.assertEqual(len(forwarding), 1)
+        reply = json.loads(self.ctl("--json", "status").stdout)
+        self.assertTrue(reply["ok"], (reply, running.stderr))
+        self.assertEqual(len(reply["status"]["listeners"]), 1)
+        running.signal(signal.SIGTERM)
+        running.event("unmounted")
+        running.event("stopped")
+        self.assertEqual(running.wait(), 0)
+        self.assertFalse(os.path.exists(at))
+        return forwarding[0]
+
+    def test_mountViaSSH(self) -> None:
+        """
+        C{mount --via ssh}: a TCP forward to the nested SSH server (ssh
+        mode); the mount works and is undone on SIGTERM.
+        """
+        self.assertEqual(self.mountVia("ssh")["mode"], "ssh")
+
+    def test_mountViaSocket(self) -> None:
+        """
+        C{mount --via socket}: an owner-only Unix socket forward (raw mode).
+        """
+        forwarding = self.mountVia("socket")
+        self.assertEqual(forwarding["mode"], "raw")
+        self.assertIn("socket", forwarding)
+
+    def test_mountViaRawTCP(self) -> None:
+        """
+        C{mount --via raw-tcp}: a loopback TCP forward (raw mode).
+        """
+        forwarding = self.mountVia("raw-tcp")
+        self.assertEqual((forwarding["mode"], forwarding["address"]), ("raw", "127.0.0.1"))
