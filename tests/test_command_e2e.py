@@ -518,6 +518,42 @@ class ShareCommandTests(_Base):
         self.assertEqual(running.wait(), 0)
         self.assertFalse(os.path.exists(path))
 
+    def test_proxyJump(self) -> None:
+        """
+        C{-J}: the connection goes through a second throwaway sshd (the jump
+        host), configured like ssh's hops from the C{-F} file.
+        """
+        jump = ThrowawaySSHD.start(self.mktemp())
+        self.addCleanup(jump.stop)
+        knownHosts = os.path.join(self.tmp, "known_hosts")
+        with open(knownHosts, "w") as out:
+            for path in (self.sshd.knownHostsPath, jump.knownHostsPath):
+                with open(path) as f:
+                    out.write(f.read())
+        config = os.path.join(self.tmp, "config")
+        with open(config, "w") as f:
+            f.write(
+                "Host *\n"
+                f"  IdentityFile {self.sshd.clientKeyPath}\n"
+                f"  IdentityFile {jump.clientKeyPath}\n"
+                "  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {knownHosts}\n"
+                "  BatchMode yes\n"
+            )
+        running = Running(
+            self,
+            ["share", "--json", "--mode", "raw", "-F", config, "--control", self.control]
+            + ["-J", jump.destination(), self.sshd.destination(), self.share],
+        )
+        self.assertEqual(running.event("connected")["port"], self.sshd.port)
+        port = running.event("forwarding")["port"]
+        result = rawSftp(port, "ls /docs\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hello.txt", result.stdout)
+        self.assertIn("Accepted publickey", jump.log())
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
 
 class ShareCommandErrorTests(_Base):
     def test_unknownHostKey(self) -> None:
