@@ -40,7 +40,6 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from conchshare.errors import ConchShareError, MountFailed
 from conchshare.events import EventObserver, makeEvent
@@ -299,12 +298,16 @@ class RemoteMount:
         self._sessionKey: Any = None
         self._hostKey = hostKey
         self._mountWaiters: list[defer.Deferred[None]] = []
+        self._unmountWaiters: list[defer.Deferred[None]] = []
 
     # -- events ------------------------------------------------------------
 
     def _emit(self, name: str, **fields: Any) -> None:
         if self._observer is not None:
-            self._observer(makeEvent(name, self._reactor, **fields))
+            try:
+                self._observer(makeEvent(name, self._reactor, **fields))
+            except Exception:
+                self._log.failure("mount event observer failed")
 
     # -- remote commands ---------------------------------------------------
 
@@ -540,13 +543,12 @@ class RemoteMount:
         path = self.remotePath
 
         def done(_: object) -> None:
-            self.state = "idle"
-            self._wasMounted = False
             self._emit(
                 "unmounted",
                 remote_path=path,
                 message=f"sshfs ended on the remote host ({why}); {path} is no longer mounted",
             )
+            self._unmountSettled()
 
         defer.ensureDeferred(self._cleanUp(quick=True)).addErrback(
             lambda f: self._log.failure("cleaning up after sshfs failed", f)
@@ -624,23 +626,30 @@ class RemoteMount:
             waiting: defer.Deferred[None] = defer.Deferred()
             self._mountWaiters.append(waiting)
             return waiting.addCallback(lambda _: self.unmount())
+        if self.state == "unmounting":
+            # Already under way (stop, or sshfs ended): wait for it.
+            waiting = defer.Deferred()
+            self._unmountWaiters.append(waiting)
+            return waiting
         if self.state != "mounted":
             return defer.succeed(None)
         self.state = "unmounting"
-        d = defer.ensureDeferred(self._unmount())
+        return defer.ensureDeferred(self._unmount())
 
-        def failed(reason: Failure) -> None:
-            self._log.failure("unmounting failed", reason)
-
-        def done(_: object) -> None:
-            self.state = "idle"
-            self._wasMounted = False
-
-        return d.addErrback(failed).addBoth(done)
+    def _unmountSettled(self) -> None:
+        self.state = "idle"
+        self._wasMounted = False
+        waiters, self._unmountWaiters = self._unmountWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     async def _unmount(self) -> None:
         path = self.remotePath
-        result = await self._cleanUp(quick=False)
+        try:
+            result = await self._cleanUp(quick=False)
+        except Exception as e:
+            self._log.failure("unmounting failed")
+            result = _reason(e)
         fields: dict[str, Any] = {"remote_path": path}
         if result == "lazy":
             fields["lazy"] = True
@@ -651,6 +660,7 @@ class RemoteMount:
         elif result not in ("unmounted", "notmounted", "gone"):
             fields["message"] = f"could not unmount {path} on the remote host: {result}"
         self._emit("unmounted", **fields)
+        self._unmountSettled()
 
     async def _cleanUp(self, quick: bool) -> str:
         """
