@@ -328,7 +328,8 @@ def _setUpLogging(verbose: bool, stream: IO[str]) -> None:
 
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     if verbose:
-        predicate.setLogLevelForNamespace("conchshare", LogLevel.debug)
+        # The audit trail of SFTP requests (see service.AuditingAvatar).
+        predicate.setLogLevelForNamespace("conchshare.audit", LogLevel.info)
     observer = FilteringLogObserver(textFileLogObserver(stream), [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import (
     IProtocol,
@@ -47,7 +47,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from conchshare.errors import (
     ConchShareError,
@@ -59,7 +59,14 @@ from conchshare.errors import (
 from conchshare.events import Event, EventObserver, makeEvent
 from conchshare.shares import ShareError, ShareSet
 
-__all__ = ["MODES", "MOUNT_VIAS", "ForwardSpec", "ShareOptions", "ShareService"]
+__all__ = [
+    "MODES",
+    "MOUNT_VIAS",
+    "AuditingAvatar",
+    "ForwardSpec",
+    "ShareOptions",
+    "ShareService",
+]
 
 #: Endpoint modes of a forward.
 MODES = ("ssh", "raw")
@@ -301,6 +308,7 @@ class ShareService(Service):
         self._avatar: Any = None
         self._serveChannel: Any = None
         self._sessionPrivateKey: Any = None
+        self._sessions = 0
         self._nestedServer: Any = None
 
     # -- events -----------------------------------------------------------
@@ -512,8 +520,18 @@ class ShareService(Service):
 
         avatar = self._avatar
         if self.options.effectiveMode() == "raw":
-            return lambda: SFTPServerProtocol(avatar)
+            return lambda: SFTPServerProtocol(self._sessionAvatar(avatar))
         return self._nestedServerFactory(avatar)
+
+    def _sessionAvatar(self, avatar: Any) -> Any:
+        """
+        The avatar one SFTP session uses: with C{verbose}, one that logs
+        every request (L{AuditingAvatar}).
+        """
+        if not self.options.verbose:
+            return avatar
+        self._sessions += 1
+        return AuditingAvatar(avatar, f"session {self._sessions}")
 
     def _nestedServerFactory(self, avatar: Any) -> Any:
         """
@@ -532,7 +550,10 @@ class ShareService(Service):
             self._sessionPrivateKey = sessionkey.generateSessionKey()
             authorized.append(self._sessionPrivateKey.public())
         self._nestedServer = nested.NestedSSHServer(
-            hostKey, authorized, lambda: SFTPServerProtocol(avatar), reactor=self._getReactor()
+            hostKey,
+            authorized,
+            lambda: SFTPServerProtocol(self._sessionAvatar(avatar)),
+            reactor=self._getReactor(),
         )
         return self._nestedServer.buildProtocol
 
@@ -700,7 +721,7 @@ class ShareService(Service):
                 self.options.mountAt,
                 via=self.options.mountVia,
                 reactor=self._getReactor(),
-                avatarFactory=lambda shares: self._avatar,
+                avatarFactory=lambda shares: self._sessionAvatar(self._avatar),
                 hostKey=self._mountHostKey(),
                 observer=self._publish,
                 sshfsOptions=["ro"] if self.options.readOnly else [],
@@ -843,6 +864,80 @@ class ShareService(Service):
                 s.errback(error)
             else:
                 s.callback(None)
+
+
+#: Avatar methods logged by L{AuditingAvatar}: those that name paths.
+_AUDITED = frozenset(
+    {
+        "openFile",
+        "removeFile",
+        "renameFile",
+        "makeDirectory",
+        "removeDirectory",
+        "openDirectory",
+        "getAttrs",
+        "setAttrs",
+        "readLink",
+        "makeLink",
+        "realPath",
+        "posixRename",
+        "statVFS",
+        "hardLink",
+        "lsetStat",
+        "expandPath",
+        "copyData",
+    }
+)
+
+_audit = Logger(namespace="conchshare.audit")
+
+
+class AuditingAvatar:
+    """
+    Wraps a share avatar and logs each request that names a path (the
+    audit trail of C{-v}), at info level in the C{conchshare.audit}
+    namespace: session, operation, virtual paths, result.  File contents
+    are never logged.  It provides the interfaces the avatar provides.
+    """
+
+    def __init__(self, avatar: Any, session: str) -> None:
+        self._avatar = avatar
+        self._session = session
+        directlyProvides(self, providedBy(avatar))
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._avatar, name)
+        if name not in _AUDITED or not callable(attribute):
+            return attribute
+
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            paths = " ".join(
+                a.decode("utf-8", "backslashreplace") for a in args if isinstance(a, bytes)
+            )
+            d: Deferred[Any] = maybeDeferred(attribute, *args, **kwargs)
+
+            def ok(result: object) -> object:
+                _audit.info(
+                    "{session}: {operation} {paths} -> ok",
+                    session=self._session,
+                    operation=name,
+                    paths=paths,
+                )
+                return result
+
+            def failed(reason: Failure) -> Failure:
+                _audit.info(
+                    "{session}: {operation} {paths} -> {error}",
+                    session=self._session,
+                    operation=name,
+                    paths=paths,
+                    error=f"{type(reason.value).__name__}: {reason.getErrorMessage()}",
+                )
+                return reason
+
+            return d.addCallbacks(ok, failed)
+
+        return audited
 
 
 @implementer(IStreamClientEndpoint)

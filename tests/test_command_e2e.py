@@ -518,6 +518,24 @@ class ShareCommandTests(_Base):
         self.assertEqual(running.wait(), 0)
         self.assertFalse(os.path.exists(path))
 
+    def test_verboseAuditTrail(self) -> None:
+        """
+        C{-v}: every SFTP request naming a path is logged on stderr (session,
+        operation, virtual path, result); stdout stays JSON; no key material.
+        """
+        running = self.share_("--mode", "raw", "-v")
+        port = running.event("forwarding")["port"]
+        result = rawSftp(port, "get /docs/hello.txt -\n-get /docs/missing.txt -\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        running.rest()
+        self.assertIn("session 1: openFile /docs/hello.txt -> ok", running.stderr)
+        self.assertRegex(running.stderr, r"session 1: \w+ /docs/missing.txt -> \w+")
+        for line in running.lines:
+            json.loads(line)
+        self.assertNotIn("PRIVATE KEY", running.stderr)
+
     def test_proxyJump(self) -> None:
         """
         C{-J}: the connection goes through a second throwaway sshd (the jump
