@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -136,6 +137,38 @@ class ServiceEndToEndTests(TestCase):
         self.assertEqual(service.status()["state"], "stopped")
         self.assertFalse(portOpen(port))
         self.assertIsNone(await service.whenStopped())
+
+    async def test_pauseResumeDuringTransfer(self) -> None:
+        """
+        Pause while sftp downloads a large file: the download stops making
+        progress; resume: it completes intact.
+        """
+        import hashlib
+
+        data = os.urandom(16 * 1024 * 1024)
+        with open(os.path.join(self.share, "big"), "wb") as f:
+            f.write(data)
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        [(_, port)] = await service.whenForwarding()
+        target = os.path.abspath(self.mktemp())
+        opened = log.next("channel-opened")
+        client = sftp(port, f"get /docs/big {target}\n")
+        await opened
+        await deferLater(reactor, 0.2)
+        self.assertEqual(service.pause(), 1)
+        await deferLater(reactor, 0.5)
+        size = os.path.getsize(target) if os.path.exists(target) else 0
+        await deferLater(reactor, 1.0)
+        stalled = os.path.getsize(target) if os.path.exists(target) else 0
+        self.assertEqual(stalled, size)
+        self.assertLess(stalled, len(data))
+        self.assertEqual(service.resume(), 1)
+        out, err, code = await client.addTimeout(WAIT, reactor)
+        self.assertEqual(code, 0, err)
+        with open(target, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), hashlib.sha256(data).digest())
 
     async def test_stopWhilePausedWithOpenChannel(self) -> None:
         """
