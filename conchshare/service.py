@@ -223,6 +223,15 @@ def asConchShareError(failure: Failure | BaseException) -> ConchShareError:
     return ConnectionFailed(f"The connection failed: {_reasonText(exc)}")
 
 
+def _asSentence(text: str) -> str:
+    """
+    C{text} as a sentence: a capital first letter and a final period.
+    """
+    text = text.strip() or "Unknown error."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def _reasonText(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     text = text.rstrip(".")
@@ -242,6 +251,8 @@ class ShareService(Service):
         service.addObserver(print)
         service.startService()
         service.whenForwarding().addCallback(print)  # [("127.0.0.1", 40123)]
+
+    A service runs once: after it has stopped, build a new one.
 
     @ivar destination: the destination as given.
     @ivar shares: the L{ShareSet} served.
@@ -296,7 +307,6 @@ class ShareService(Service):
         self._setupError: ConchShareError | None = None
         self._lastReason = ""
         self._closedBytes = [0, 0]
-        self._channelCount = 0
         self._stopping: Deferred[None] | None = None
         self._stopped = False
         self._forwardingWaiters: list[Deferred[list[tuple[str, int] | str]]] = []
@@ -784,8 +794,9 @@ class ShareService(Service):
         if self._stopping is not None:
             return
         self.error = error
-        self._emit("error", message=str(error))
-        self._beginStop(str(error))
+        message = _asSentence(str(error))
+        self._emit("error", message=message)
+        self._beginStop(message)
 
     def stopService(self) -> Deferred[None]:
         """
