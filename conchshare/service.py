@@ -472,7 +472,11 @@ class ShareService(Service):
         """
         Start connecting.  Failures are reported as events and through
         L{whenStopped}, never raised from here.
+
+        @raise RuntimeError: the service has already stopped.
         """
+        if self._stopping is not None:
+            raise RuntimeError("A stopped ShareService cannot be started again.")
         super().startService()  # type: ignore[no-untyped-call]
         self._state = "connecting"
         try:
