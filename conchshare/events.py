@@ -252,16 +252,22 @@ class ConsoleRenderer:
         self._rates: tuple[float, float] | None = None
         self._loop: LoopingCall | None = None
         self._lastError: object = None
+        self._armed = False
 
     def start(self) -> None:
         """
-        Start refreshing the status line (a no-op when not on a terminal).
+        Show the status line from the first C{connected} event on, until
+        C{stopped} (a no-op when not on a terminal).  Not before: until
+        then a person may be asked about the host key or a passphrase.
         """
+        self._armed = True
+
+    def _startLoop(self) -> None:
         if self._status is None or self._clock is None or self._loop is not None:
             return
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self._clock
-        self._loop.start(self.interval, now=True)
+        self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
         """
@@ -313,7 +319,12 @@ class ConsoleRenderer:
             self._errors.flush()
         else:
             self._stream.write(text)
-        if self._status is not None and event.get("event") != "stopped":
+        name = event.get("event")
+        if name == "connected" and self._armed:
+            self._startLoop()
+        if name in ("stopped", "error"):
+            self.stop()
+        elif self._loop is not None:
             self.refresh()
         self._stream.flush()
 
@@ -321,8 +332,8 @@ class ConsoleRenderer:
 class LoggerRenderer:
     """
     Send each event's sentence through C{twisted.logger}, errors at error
-    level, the rest at info level.  The
-    event itself is attached as C{conchshare_event}.
+    level, the rest at info level.  The event itself is attached as
+    C{conchshare_event}.
     """
 
     def __init__(self, log: Logger | None = None) -> None:

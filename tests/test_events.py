@@ -147,7 +147,8 @@ class ConsoleRendererTests(SynchronousTestCase):
     def test_statusLine(self) -> None:
         """
         On a terminal the status line (forward, mode, channels, bytes and
-        rates, paused) is redrawn every second and kept under the sentences.
+        rates, paused) is shown from C{connected} on, redrawn every second
+        and kept under the sentences; C{stopped} ends it.
         """
         out = _Terminal()
         clock = Clock()
@@ -162,8 +163,12 @@ class ConsoleRendererTests(SynchronousTestCase):
         }
         render = ConsoleRenderer(out, status=lambda: dict(state), clock=clock)
         render.start()
+        clock.advance(5)
+        self.assertEqual(out.getvalue(), "")  # not before connected: prompts may come
+        render({"event": "connected", "host": "h", "port": 22, "user": "u", "host_key": "k"})
         self.assertEqual(
             out.getvalue(),
+            "Connected to u@h:22 (host key k).\n"
             "forwarding 127.0.0.1:40000 | raw mode | 1 channel | in 0 B | out 0 B",
         )
         state.update(bytes_in=2000, bytes_out=4_000_000, paused=True)
@@ -176,8 +181,8 @@ class ConsoleRendererTests(SynchronousTestCase):
         )
         render({"event": "resumed", "channels": 1})
         self.assertIn("\r\x1b[KResumed (1 channel).\nforwarding", out.getvalue())
-        render.stop()
-        self.assertTrue(out.getvalue().endswith("\r\x1b[K"))
+        render({"event": "stopped", "reason": "SIGINT received"})
+        self.assertTrue(out.getvalue().endswith("\r\x1b[KStopped (SIGINT received).\n"))
         before = out.getvalue()
         clock.advance(5)
         self.assertEqual(out.getvalue(), before)
