@@ -226,12 +226,17 @@ class ControlService(Service):
                     f"Another process is listening on the control socket {self.path}."
                 )
             os.unlink(self.path)
+        # The umask closes the window between bind() and chmod(); this runs
+        # at start-up, before any worker thread exists.
+        previous = os.umask(0o177)
         try:
             self._port = self._reactor.listenUNIX(
                 self.path, _ControlFactory(self.target), mode=0o600
             )
         except Exception as e:
             raise ControlError(f"Cannot listen on the control socket {self.path}: {e}.")
+        finally:
+            os.umask(previous)
         # listenUNIX's mode applies via chmod after bind; make sure.
         os.chmod(self.path, 0o600)
 

@@ -437,7 +437,8 @@ class ShareService(Service):
             C{paused}, C{mode}, C{channels} (open now), C{bytes_in},
             C{bytes_out} (all channels since start), C{listeners} (dicts as
             in the C{forwarding} event), C{retry_in} (seconds, when
-            reconnecting), C{destination}, C{remote_path} (the mount point
+            reconnecting), C{destination}, C{pid} (this process),
+            C{remote_path} (the mount point
             or L{None}) and C{error} (its message, or L{None}).
         """
         bytesIn, bytesOut = self._closedBytes
@@ -462,6 +463,7 @@ class ShareService(Service):
             "listeners": [f.event() for f in self._allForwards()],
             "retry_in": retryIn,
             "destination": self.destination,
+            "pid": os.getpid(),
             "remote_path": getattr(self._mount, "remotePath", None),
             "error": None if self.error is None else str(self.error),
         }
