@@ -38,7 +38,13 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionDone,
+    ConnectionLost,
+    DNSLookupError,
+    TimeoutError,
+)
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -754,9 +760,12 @@ class ShareService(Service):
         return loadOrCreateHostKey(self.options.hostKey)
 
     def _setUpFailed(self, failure: Failure, protocol: Any) -> None:
-        error = asConchShareError(failure)
         if protocol is not self._protocol or self._stopping is not None:
             return
+        if not failure.check(ConchShareError, ConnectError, ConnectionDone, ConnectionLost):
+            # A bug, not a network or server problem: keep the traceback.
+            _log.failure("Unexpected failure while setting the connection up", failure)
+        error = asConchShareError(failure)
         self._setupError = error
         self._lastReason = str(error)
         if not self._everUp or isinstance(error, HostKeyError):

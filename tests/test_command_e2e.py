@@ -288,8 +288,47 @@ class ShareCommandTests(_Base):
 
     def test_pauseResumeSignals(self) -> None:
         """
-        SIGUSR1 pauses (C{paused} event): an sftp session started then makes
-        no progress; SIGUSR2 resumes (C{resumed}) and the session completes.
+        SIGUSR1 during a download pauses it (C{paused} event, no progress);
+        SIGUSR2 resumes it (C{resumed}) and it completes intact.
+        """
+        data = os.urandom(16 * 1024 * 1024)
+        with open(os.path.join(self.share, "big"), "wb") as f:
+            f.write(data)
+        running = self.share_("--mode", "raw")
+        port = running.event("forwarding")["port"]
+        got = os.path.join(self.tmp, "got")
+        client = subprocess.Popen(
+            ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(lambda: client.poll() is None and client.kill())
+        assert client.stdin is not None
+        client.stdin.write(f"get /docs/big {got}\n")
+        client.stdin.close()
+        running.event("channel-opened")
+        time.sleep(0.2)
+        running.signal(signal.SIGUSR1)
+        self.assertEqual(running.event("paused")["channels"], 1)
+        time.sleep(0.5)
+        size = os.path.getsize(got) if os.path.exists(got) else 0
+        time.sleep(1.0)
+        self.assertEqual(os.path.getsize(got) if os.path.exists(got) else 0, size)
+        self.assertIsNone(client.poll(), "sftp finished while paused")
+        running.signal(signal.SIGUSR2)
+        self.assertEqual(running.event("resumed")["channels"], 1)
+        self.assertEqual(client.wait(WAIT), 0)
+        with open(got, "rb") as f:
+            self.assertEqual(f.read(), data)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
+    def test_sessionStartedWhilePaused(self) -> None:
+        """
+        A session that starts while paused waits (the channel opens, nothing
+        is answered); after resume it completes.
         """
         running = self.share_("--mode", "raw")
         port = running.event("forwarding")["port"]
