@@ -257,8 +257,9 @@ def sftpGet(endpoint: Endpoint, data: Data) -> float:
         seconds = session.run(f"get {endpoint.remoteRoot}/big.bin {target}")
     finally:
         session.close()
-    size = os.path.getsize(target)
-    os.remove(target)
+        size = os.path.getsize(target) if os.path.exists(target) else -1
+        if size >= 0:
+            os.remove(target)
     if size != data.sizes.bulk:
         raise Failed(f"sftp get: {size} bytes received, expected {data.sizes.bulk}")
     return data.sizes.bulk / MB / seconds
@@ -272,8 +273,9 @@ def sftpPut(endpoint: Endpoint, data: Data) -> float:
         seconds = session.run(f"put {source} {endpoint.remoteRoot}/put.bin")
     finally:
         session.close()
-    size = os.path.getsize(landed)
-    os.remove(landed)
+        size = os.path.getsize(landed) if os.path.exists(landed) else -1
+        if size >= 0:
+            os.remove(landed)
     if size != data.sizes.bulk:
         raise Failed(f"sftp put: {size} bytes written, expected {data.sizes.bulk}")
     return data.sizes.bulk / MB / seconds
@@ -309,8 +311,9 @@ def ddWrite(endpoint: Endpoint, data: Data) -> float:
         )
     finally:
         mount.unmount()
-    size = os.path.getsize(landed)
-    os.remove(landed)
+        size = os.path.getsize(landed) if os.path.exists(landed) else -1
+        if size >= 0:
+            os.remove(landed)
     if size != data.sizes.bulk:
         raise Failed(f"dd write: {size} bytes landed, expected {data.sizes.bulk}")
     return data.sizes.bulk / MB / seconds
@@ -318,8 +321,13 @@ def ddWrite(endpoint: Endpoint, data: Data) -> float:
 
 def untar(endpoint: Endpoint, data: Data) -> float:
     landed = os.path.join(data.folder, "untar")
+    shutil.rmtree(landed, ignore_errors=True)
     os.mkdir(landed)
-    mount = _mounted(endpoint, data)
+    try:
+        mount = _mounted(endpoint, data)
+    except Failed:
+        shutil.rmtree(landed)
+        raise
     try:
         seconds = timed(
             [
@@ -335,8 +343,8 @@ def untar(endpoint: Endpoint, data: Data) -> float:
         )
     finally:
         mount.unmount()
-    count = sum(len(files) for _, _, files in os.walk(landed))
-    shutil.rmtree(landed)
+        count = sum(len(files) for _, _, files in os.walk(landed))
+        shutil.rmtree(landed, ignore_errors=True)
     if count != data.sizes.untarFiles:
         raise Failed(f"untar: {count} files landed, expected {data.sizes.untarFiles}")
     return seconds
@@ -409,7 +417,7 @@ def measure(
                     continue
                 try:
                     value = workload.run(endpoint, data)
-                except Failed as e:
+                except (Failed, OSError) as e:
                     # One failure is enough: do not wait for a hang twice.
                     failed.add(endpoint.name)
                     message = f"{endpoint.name}: {e}"
