@@ -158,6 +158,9 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(channel.keptBytes, WINDOW_SIZE)
         self.assertEqual(channel.localWindowLeft, 0)
         self.assertEqual(h.conn.resume(), 1)
+        # Delivery happens on the next reactor turn, never inside resume.
+        self.assertEqual(h.protocols[0].received, [])
+        h.clock.advance(0)
         self.assertEqual(b"".join(h.protocols[0].received), data)
         self.assertEqual(h.credit(), WINDOW_SIZE)
         self.assertEqual([e["event"] for e in h.events][-2:], ["paused", "resumed"])
@@ -223,6 +226,7 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         h.conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", channel.id, OUTPUT_HIGH))
         self.assertEqual(len(h.sent()), OUTPUT_HIGH)
         self.assertEqual(producer.paused, 0)
+        h.clock.advance(0)
         self.assertEqual(h.protocols[0].received, [b"request"])
 
     def test_protocolBackpressure(self) -> None:
@@ -241,6 +245,7 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         channel.resumeProducing()
         self.assertEqual(h.protocols[0].received, [])
         h.conn.resume()
+        h.clock.advance(0)
         self.assertEqual(len(b"".join(h.protocols[0].received)), WINDOW_SIZE)
         self.assertEqual(h.credit(), WINDOW_SIZE)
 
@@ -252,7 +257,42 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         h.send(channel, b"z")
         self.assertEqual(h.protocols[0].received, [])
         self.assertEqual(h.conn.resume(), 1)
+        h.clock.advance(0)
         self.assertEqual(h.protocols[0].received, [b"z"])
+
+    def test_noDeliveryInsideResumeProducing(self) -> None:
+        """
+        A protocol that resumes its transport from inside its own processing
+        (as the SFTP server does when a request completes) is not re-entered
+        with dataReceived; the kept bytes come on the next reactor turn.
+        """
+
+        class Busy(RecordingProtocol):
+            processing = False
+            reentered = False
+
+            def dataReceived(self, data: bytes) -> None:
+                self.reentered = self.reentered or self.processing
+                super().dataReceived(data)
+                self.transport.pauseProducing()
+
+            def finish(self) -> None:
+                self.processing = True
+                self.transport.resumeProducing()
+                self.processing = False
+
+        h = Harness(Busy)
+        channel = h.open()
+        assert channel is not None
+        h.send(channel, b"first")
+        h.send(channel, b"second")
+        protocol = h.protocols[0]
+        self.assertEqual(protocol.received, [b"first"])
+        protocol.finish()
+        self.assertEqual(protocol.received, [b"first"])
+        h.clock.advance(0)
+        self.assertEqual(protocol.received, [b"first", b"second"])
+        self.assertFalse(protocol.reentered)
 
     def test_unknownListenerRefused(self) -> None:
         h = Harness()

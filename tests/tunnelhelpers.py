@@ -32,7 +32,9 @@ class _Transport(transport.SSHClientTransport):  # type: ignore[misc]
 
     def connectionSecure(self) -> None:
         self.factory.connection.transport = self
-        self.requestService(_UserAuth(self.factory.sshd.user, self.factory.connection, self.factory))
+        self.requestService(
+            _UserAuth(self.factory.sshd.user, self.factory.connection, self.factory)
+        )
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
@@ -158,13 +160,17 @@ def run(
     return proc.done
 
 
-def spawn(testCase: Any, args: Sequence[str]) -> tuple[Any, defer.Deferred[tuple[int | None, bytes, bytes]]]:
+def spawn(
+    testCase: Any, args: Sequence[str]
+) -> tuple[Any, defer.Deferred[tuple[int | None, bytes, bytes]]]:
     """
     Start a command; return (process transport, Deferred of its end).
     Killed in cleanup.
     """
     proc = _Collect()
-    transport = reactor.spawnProcess(proc, shutil.which(args[0]) or args[0], list(args), env=dict(os.environ))
+    transport = reactor.spawnProcess(
+        proc, shutil.which(args[0]) or args[0], list(args), env=dict(os.environ)
+    )
     transport.closeStdin()
 
     def cleanup() -> Any:
@@ -249,3 +255,16 @@ def fuseAvailable() -> str | None:
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse missing"
     return None
+
+
+def killSSHD(sshd: ThrowawaySSHD) -> None:
+    """
+    Kill sshd and its per-connection processes at once.
+
+    L{ThrowawaySSHD.kill} kills the listener's process group first, but
+    sshd's per-connection children call C{setsid()}, so they are not in that
+    group, and once the listener is dead C{pgrep -P} no longer finds them:
+    kill the sessions first.
+    """
+    sshd.killSessions()
+    sshd.kill()

@@ -180,6 +180,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self._producerPaused = False
         self._closeObservers: list[Callable[[ForwardedChannel], None]] = []
         self._pendingProtocol = protocol
+        self._deliveryCall: Any = None
 
     # -- state -------------------------------------------------------------
 
@@ -312,10 +313,29 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
             self._flush()
         if not (self._reasons & {GROUP, OUTPUT, TRANSPORT}):
             self._resumeProducer()
+        if not self._isClosed and not self._reasons:
+            # Never hand bytes over from inside resumeProducing or write:
+            # the protocol may be in the middle of its own dataReceived (as
+            # Twisted's TCP transport, deliver on a later reactor turn).
+            self._scheduleDelivery()
+        return True
+
+    def _scheduleDelivery(self) -> None:
+        if self._deliveryCall is not None:
+            return
+        self._deliveryCall = self._reactor().callLater(0, self._scheduledDelivery)
+
+    def _scheduledDelivery(self) -> None:
+        self._deliveryCall = None
         if not self._isClosed:
             self._deliver()
             self._maybeGrant()
-        return True
+
+    def _reactor(self) -> Any:
+        reactor = getattr(self.conn, "_reactor", None)
+        if reactor is None:
+            from twisted.internet import reactor
+        return reactor
 
     def pauseProducing(self) -> None:
         """
@@ -440,6 +460,9 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         if self._isClosed:
             return
         self._isClosed = True
+        if self._deliveryCall is not None and self._deliveryCall.active():
+            self._deliveryCall.cancel()
+        self._deliveryCall = None
         self._kept.clear()
         self._keptBytes = 0
         self._outgoing.clear()
