@@ -55,6 +55,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_PATH lets us walk through directories we may search but not read.
 _WALK = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _MAX_HOPS = 40
 _RENAME_NOREPLACE = 1
 _BATCH = 100
@@ -342,6 +343,28 @@ class ConfinedFile:
         if not chunks:
             raise EOFError("End of file")
         return b"".join(chunks)
+
+    def readCached(self, offset: int, length: int) -> bytes | None:
+        """
+        Read C{length} bytes at C{offset} (at most L{MAX_READ}) if they are
+        all in the page cache, without ever blocking: C{preadv} with
+        C{RWF_NOWAIT}, which fails rather than wait for the disk or a lock.
+        Safe to call from the reactor thread.
+
+        @return: the bytes, or L{None} when L{read} must do it (not cached,
+            a short read, the end of the file, no C{RWF_NOWAIT} here).
+        """
+        if _NOWAIT is None or self.closed:
+            return None
+        length = min(length, MAX_READ)
+        buffer = bytearray(length)
+        try:
+            count = os.preadv(self._fd, (buffer,), offset, _NOWAIT)
+        except OSError:
+            return None
+        if count != length:
+            return None
+        return bytes(buffer)
 
     def write(self, offset: int, data: bytes) -> None:
         """

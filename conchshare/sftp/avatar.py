@@ -2,17 +2,20 @@
 The SFTP avatar over the shares: L{ISFTPServer} and L{IShareSFTPServer}.
 
 Every filesystem call is a blocking call of L{conchshare.confined}, run off
-the reactor thread by a I{runner}: by default in a bounded thread pool with
-L{deferToThreadPool}.  Tests may pass L{synchronousRunner} instead, which runs
-the call at once and returns an already-fired Deferred.
+the reactor thread: by default by the avatar's own L{Workers} (a few
+threads).  Tests may pass a I{runner} instead, such as L{synchronousRunner},
+which runs the call at once and returns an already-fired Deferred.  The one
+exception: a READ whose data is in the page cache is copied in the reactor
+thread with C{RWF_NOWAIT}, which never blocks (the kernel refuses instead).
 
 Ordering: requests on one virtual path apply in the order they were made,
 and so do requests on one open file (keyed by the path it was opened by) or
-directory; requests on different paths run concurrently.  Clients rely on
-this: sshfs sends OPEN with CREAT and, without waiting, an LSTAT of the same
-path, expecting the file to exist (as OpenSSH's one-at-a-time server
-guarantees).  The order is kept per path (L{PathOrder}), not per client, so
-that clients sharing the avatar hold each other up only on the same path.
+directory; requests on different paths run concurrently, and so do requests
+that only look (READ, STAT, ...) at the same path (L{KeyOrder}).  Clients rely
+on this: sshfs sends OPEN with CREAT and, without waiting, an LSTAT of the
+same path, expecting the file to exist (as OpenSSH's one-at-a-time server
+guarantees).  The order is kept per path, not per client, so that clients
+sharing the avatar hold each other up only on the same path.
 
 The avatar also plugs into stock L{twisted.conch.ssh.filetransfer.FileTransferServer}:
 its directories are plain iterators too (listing synchronously, in the
@@ -22,15 +25,23 @@ reactor thread, since stock Conch cannot iterate over Deferreds).
 from __future__ import annotations
 
 import errno
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
-from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, SFTPError
-from twisted.internet.defer import Deferred, DeferredLock, fail, maybeDeferred, succeed
+from twisted.conch.ssh.filetransfer import (
+    FX_OP_UNSUPPORTED,
+    FXF_APPEND,
+    FXF_CREAT,
+    FXF_TRUNC,
+    FXF_WRITE,
+    SFTPError,
+)
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -43,6 +54,7 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.sftp.workers import Job, KeyOrder, Workers, orderedKeys
 from conchshare.shares import ShareSet
 
 __all__ = [
@@ -51,6 +63,7 @@ __all__ = [
     "ShareDirectory",
     "ShareFile",
     "ShareSFTPServer",
+    "Workers",
     "makeThreadPool",
     "synchronousRunner",
 ]
@@ -109,109 +122,99 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
     return run
 
 
-class _Waiter:
-    __slots__ = ("keys", "function", "result", "started")
-
-    def __init__(self, keys: list[bytes], function: Callable[[], Any]) -> None:
-        self.keys = keys
-        self.function = function
-        self.result: Deferred[Any] | None = None
-        self.started = False
-
-
 class PathOrder:
     """
-    Runs calls in the order they were made, per key (a virtual path): a call
-    starts once every earlier call sharing one of its keys is done.  Calls
-    with disjoint keys run concurrently.
-
-    Each key has a queue of the calls that hold it, the running one first; a
-    call joins the queues of all its keys when it is made, so a later call
-    never overtakes it on any key (and, queues being in call order, the
-    earliest waiting call always heads all of its queues: no deadlock).
+    Runs calls through a L{Runner} in the order L{KeyOrder} gives, per key
+    (a virtual path), keeping the order in the reactor thread: for a
+    runner other than L{Workers} (tests, a Twisted thread pool).
     """
 
-    def __init__(self) -> None:
-        self._queues: dict[bytes, deque[_Waiter]] = {}
+    #: Reads are never taken out of the runner's hands.
+    inlineReads = False
+
+    def __init__(self, runner: Runner | None = None) -> None:
+        """
+        @param runner: how to run each call once its turn comes (default:
+            call it at once; it may return a Deferred).
+        """
+        self._runner: Runner = runner if runner is not None else maybeDeferred
+        self._order = KeyOrder()
 
     def __len__(self) -> int:
         """
         The number of keys in use (zero when idle).
         """
-        return len(self._queues)
+        return len(self._order)
 
-    def run(self, keys: list[bytes], function: Callable[[], Any]) -> Deferred[Any]:
+    def sharedFree(self, key: bytes) -> bool:
+        return self._order.sharedFree(key)
+
+    def run(
+        self, keys: Iterable[bytes], function: Callable[..., Any], *args: Any, shared: bool = False
+    ) -> Deferred[Any]:
         """
-        Call C{function} once every earlier call on one of C{keys} is done.
+        Call C{function(*args)} once every earlier call on one of C{keys} is
+        done (shared calls run alongside each other).
 
         @return: a Deferred firing with C{function}'s result (or failure).
         """
-        waiter = _Waiter(list(dict.fromkeys(keys)), function)
-        ready = True
-        for key in waiter.keys:
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = deque()
-            elif queue:
-                ready = False
-            queue.append(waiter)
-        if ready:
-            waiter.started = True
-            return self._call(waiter)
-        waiter.result = Deferred()
-        return waiter.result
+        job = Job(orderedKeys(keys), shared, function, args)
+        if self._order.add(job):
+            self._start(job)
+        return job.deferred
 
-    def _call(self, waiter: _Waiter) -> Deferred[Any]:
-        d = maybeDeferred(waiter.function)
-        d.addBoth(self._release, waiter)
-        return d
+    def _start(self, job: Job) -> None:
+        try:
+            d = self._runner(job.function, *job.args)
+        except BaseException:
+            d = fail()
+        d.addBoth(self._finished, job)
 
-    def _release(self, result: object, waiter: _Waiter) -> object:
-        following = []
-        for key in waiter.keys:
-            queue = self._queues[key]
-            queue.popleft()  # a running call heads each of its queues
-            if queue:
-                following.append(queue[0])
-            else:
-                del self._queues[key]
+    def _finished(self, result: object, job: Job) -> None:
+        following = self._order.finish(job)
+        if isinstance(result, Failure):
+            job.deferred.errback(result)
+        else:
+            job.deferred.callback(result)
         for candidate in following:
-            if candidate.started or candidate.result is None:
-                continue
-            if all(self._queues[key][0] is candidate for key in candidate.keys):
-                candidate.started = True
-                self._call(candidate).chainDeferred(candidate.result)
-        return result
+            self._start(candidate)
+
+
+#: What runs the avatar's calls in order: L{Workers} or L{PathOrder}.
+Executor = Workers | PathOrder
 
 
 @implementer(ISFTPFile)
 class ShareFile:
     """
-    An open file: an L{ISFTPFile} whose requests apply in order.
+    An open file: an L{ISFTPFile} whose requests apply in order.  Reads
+    (and FSTAT) only share the file: they run in parallel with each other,
+    after the writes made before them and before the writes made after.
     """
 
     def __init__(
         self,
         confined: ConfinedFile,
-        runner: Runner,
+        executor: Executor | Runner,
         *,
-        order: PathOrder | None = None,
+        order: Executor | None = None,
         key: bytes | None = None,
     ) -> None:
         """
         @param confined: the open file.
-        @param runner: how to run its blocking calls.
-        @param order: the avatar's path order, so that requests on this file
-            are ordered with requests on its path (default: its own).
-        @param key: its key in C{order} (default: its virtual path).
+        @param executor: what runs its blocking calls in order (or, for
+            compatibility, a L{Runner}, then ordered by C{order}).
+        @param order: with a L{Runner}: the avatar's L{PathOrder}, so that
+            requests on this file are ordered with requests on its path
+            (default: its own).
+        @param key: its key in the order (default: its virtual path).
         """
         self.confined = confined
-        self._runner = runner
-        self._order = order if order is not None else PathOrder()
+        if not isinstance(executor, Workers | PathOrder):
+            executor = order if order is not None else PathOrder(executor)
+        self._executor: Executor = executor
         self.key = key if key is not None else confined.virtualPath
-
-    def _queue(self, function: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self._order.run([self.key], lambda: self._runner(function, *args))
+        self._keys = (self.key,)
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
         """
@@ -219,7 +222,14 @@ class ShareFile:
             C{offset}; it fails with L{EOFError} at the end of the file, or
             with L{OSError}.
         """
-        return self._queue(self.confined.read, offset, length)
+        executor = self._executor
+        if executor.inlineReads and executor.sharedFree(self.key):
+            # Data in the page cache is copied here, in the reactor thread,
+            # without blocking (RWF_NOWAIT): no round trip to a worker.
+            data = self.confined.readCached(offset, length)
+            if data is not None:
+                return succeed(data)
+        return executor.run(self._keys, self.confined.read, offset, length, shared=True)
 
     def writeChunk(self, offset: int, data: bytes) -> Deferred[None]:
         """
@@ -227,33 +237,33 @@ class ShareFile:
             at C{offset} (at the end in append mode); or failing with
             L{OSError}.
         """
-        return self._queue(self.confined.write, offset, data)
+        return self._executor.run(self._keys, self.confined.write, offset, data)
 
     def getAttrs(self) -> Deferred[dict[str, object]]:
         """
         @return: a Deferred firing with the file's attributes.
         """
-        return self._queue(self.confined.stat)
+        return self._executor.run(self._keys, self.confined.stat, shared=True)
 
     def setAttrs(self, attrs: Mapping[str, object]) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None}; fails with
             L{PermissionError} in a read-only share.
         """
-        return self._queue(self.confined.setAttrs, attrs)
+        return self._executor.run(self._keys, self.confined.setAttrs, attrs)
 
     def statVFS(self) -> Deferred[dict[str, int]]:
-        return self._queue(self.confined.statVFS)
+        return self._executor.run(self._keys, self.confined.statVFS, shared=True)
 
     def fsync(self) -> Deferred[None]:
-        return self._queue(self.confined.fsync)
+        return self._executor.run(self._keys, self.confined.fsync)
 
     def close(self) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None} once every earlier request
             on this file is done and the file is closed.
         """
-        return self._queue(self.confined.close)
+        return self._executor.run(self._keys, self.confined.close)
 
 
 @implementer(IShareDirectory)
@@ -263,10 +273,16 @@ class ShareDirectory:
     iterator of C{(filename, longname, attrs)} for stock Conch.
     """
 
-    def __init__(self, confined: ConfinedDirectory, runner: Runner) -> None:
+    _opened = 0
+
+    def __init__(self, confined: ConfinedDirectory, executor: Executor | Runner) -> None:
         self.confined = confined
-        self._runner = runner
-        self._lock = DeferredLock()
+        if not isinstance(executor, Workers | PathOrder):
+            executor = PathOrder(executor)
+        self._executor: Executor = executor
+        # Its own key: its reads and close run one after another.
+        ShareDirectory._opened += 1
+        self._keys = (b"\0directory %d" % ShareDirectory._opened,)
         self._buffer: list[Entry] = []
 
     def readBatch(self, maximum: int) -> Deferred[list[Entry]]:
@@ -274,13 +290,13 @@ class ShareDirectory:
         @return: a Deferred firing with a non-empty list of up to C{maximum}
             entries; it fails with L{EOFError} when none are left.
         """
-        return self._lock.run(self._runner, self.confined.read, maximum)
+        return self._executor.run(self._keys, self.confined.read, maximum)
 
     def close(self) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None} once the directory is closed.
         """
-        return self._lock.run(self._runner, self.confined.close)
+        return self._executor.run(self._keys, self.confined.close)
 
     def __iter__(self) -> ShareDirectory:
         return self
@@ -313,24 +329,33 @@ class ShareSFTPServer:
         reactor: Any = None,
         threadpool: ThreadPool | None = None,
         runner: Runner | None = None,
+        threads: int = 8,
     ) -> None:
         """
         @param shares: what is shared.
         @param umask: removed from the permissions of created files and
             directories.
         @param reactor: the reactor (default: the global one).
-        @param threadpool: where filesystem calls run; default: the
-            reactor's own thread pool.
-        @param runner: instead of a pool, how to run blocking calls (for
-            example L{synchronousRunner} in tests).
+        @param threadpool: a Twisted thread pool to run filesystem calls in;
+            by default the avatar's own L{Workers}.
+        @param runner: instead, how to run blocking calls (for example
+            L{synchronousRunner} in tests).
+        @param threads: the most worker threads of the default L{Workers}.
         """
         self.shares = shares
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
         self.readOnly = shares.readOnly
-        if runner is None:
-            runner = _threadPoolRunner(_defaultReactor(reactor), threadpool)
-        self._runner: Runner = runner
-        self._order = PathOrder()
+        order: Executor
+        if runner is not None:
+            order = PathOrder(runner)
+        elif threadpool is not None:
+            order = PathOrder(_threadPoolRunner(_defaultReactor(reactor), threadpool))
+        else:
+            order = Workers(_defaultReactor(reactor), threads)
+        self._order: Executor = order
+        fs = self.filesystem
+        self._stat = partial(fs.stat, follow=True)
+        self._lstat = partial(fs.stat, follow=False)
 
     def _key(self, path: bytes) -> bytes:
         try:
@@ -338,18 +363,22 @@ class ShareSFTPServer:
         except OSError:
             return path  # refused later, in the filesystem call
 
-    def _run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        return self._runner(function, *args, **kwargs)
-
     def _onPaths(
-        self, paths: list[bytes], function: Callable[..., Any], *args: Any, **kwargs: Any
+        self,
+        paths: list[bytes],
+        function: Callable[..., Any],
+        *args: Any,
+        shared: bool = False,
+        **kwargs: Any,
     ) -> Deferred[Any]:
         """
         Run C{function(*normalisedPaths, *args, **kwargs)} after earlier
-        requests on the same paths.
+        requests on the same paths (alongside them if all are C{shared}).
         """
         keys = [self._key(path) for path in paths]
-        return self._order.run(keys, lambda: self._runner(function, *keys, *args, **kwargs))
+        if kwargs:
+            function = partial(function, **kwargs)
+        return self._order.run(keys, function, *keys, *args, shared=shared)
 
     @classmethod
     def fromSpecs(
@@ -386,10 +415,12 @@ class ShareSFTPServer:
             out of the share, or other L{OSError}.
         """
         key = self._key(filename)
+        # A plain open for reading changes nothing a later request sees.
+        shared = not flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
         d = self._order.run(
-            [key], lambda: self._runner(self.filesystem.openFile, key, flags, dict(attrs))
+            (key,), self.filesystem.openFile, key, flags, dict(attrs), shared=shared
         )
-        d.addCallback(ShareFile, self._run, order=self._order, key=key)
+        d.addCallback(ShareFile, self._order, key=key)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
@@ -411,8 +442,8 @@ class ShareSFTPServer:
         """
         @return: a Deferred firing with a L{ShareDirectory}.
         """
-        d = self._onPaths([path], self.filesystem.openDirectory)
-        d.addCallback(ShareDirectory, self._run)
+        d = self._onPaths([path], self.filesystem.openDirectory, shared=True)
+        d.addCallback(ShareDirectory, self._order)
         return d
 
     def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict[str, object]]:
@@ -420,13 +451,15 @@ class ShareSFTPServer:
         @return: a Deferred firing with the attributes; fails with
             L{PermissionError} when following a symlink out of the share.
         """
-        return self._onPaths([path], self.filesystem.stat, follow=bool(followLinks))
+        key = self._key(path)
+        call = self._stat if followLinks else self._lstat
+        return self._order.run((key,), call, key, shared=True)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
         return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)
 
     def readLink(self, path: bytes) -> Deferred[bytes]:
-        return self._onPaths([path], self.filesystem.readLink)
+        return self._onPaths([path], self.filesystem.readLink, shared=True)
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> Deferred[None]:
         """
@@ -439,7 +472,7 @@ class ShareSFTPServer:
         """
         @return: a Deferred firing with the canonical virtual path.
         """
-        return self._onPaths([path], self.filesystem.realPath)
+        return self._onPaths([path], self.filesystem.realPath, shared=True)
 
     def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> None:
         """
@@ -456,7 +489,7 @@ class ShareSFTPServer:
         return self._onPaths([oldPath, newPath], self.filesystem.rename, overwrite=True)
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
-        return self._onPaths([path], self.filesystem.statVFS)
+        return self._onPaths([path], self.filesystem.statVFS, shared=True)
 
     def fstatVFS(self, fileObj: object) -> Deferred[dict[str, int]]:
         return _shareFile(fileObj).statVFS()
@@ -489,18 +522,16 @@ class ShareSFTPServer:
             requests on both files.
         """
         source, destination = _shareFile(readFile), _shareFile(writeFile)
-        if source._order is not destination._order:
+        if source._executor is not destination._executor:
             raise OSError(errno.EXDEV, "The files belong to different servers")
-        return source._order.run(
+        return source._executor.run(
             [source.key, destination.key],
-            lambda: self._runner(
-                self.filesystem.copyData,
-                source.confined,
-                readOffset,
-                length,
-                destination.confined,
-                writeOffset,
-            ),
+            self.filesystem.copyData,
+            source.confined,
+            readOffset,
+            length,
+            destination.confined,
+            writeOffset,
         )
 
     def homeDirectory(self, username: bytes) -> bytes:

@@ -1,0 +1,333 @@
+"""
+Where the avatar's blocking filesystem calls run: a few worker threads, and
+the order of calls per key (a virtual path).
+
+Rules, kept by L{KeyOrder}:
+  - A call holds one or more keys, I{shared} (it only looks: READ, STAT) or
+    I{exclusive} (it may change what later calls see).
+  - A call starts once every earlier call on one of its keys has started,
+    and nothing incompatible runs on them: an exclusive call runs alone on
+    its keys; shared calls run together.  So calls on one key apply in the
+    order they were made, as a client observes them, while the reads of one
+    file run in parallel.
+  - A call waits in the queue of each of its keys; queues are in call order,
+    so the earliest waiting call heads all of its queues once the calls
+    before it are done (no deadlock).
+
+L{Workers} runs calls in at most C{threads} threads, started on demand.  A
+worker that finishes a call starts the next call its keys release itself,
+without a round trip through the reactor (the WRITEs of one file, pipelined
+by sshfs, run back to back).  Results go back to the reactor thread in
+batches: one C{callFromThread} for all the calls done since the reactor last
+collected them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+__all__ = ["Job", "KeyOrder", "Workers", "orderedKeys"]
+
+
+class Job:
+    """
+    One call: its keys, whether it only shares them, the callable and its
+    arguments, and the Deferred its result goes to.
+    """
+
+    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value")
+
+    def __init__(
+        self,
+        keys: tuple[bytes, ...],
+        shared: bool,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.keys = keys
+        self.shared = shared
+        self.function = function
+        self.args = args
+        self.deferred: Deferred[Any] = Deferred()
+        self.ok = True
+        self.value: Any = None
+
+    def call(self) -> None:
+        """
+        Run the call, keeping its result or exception (never raises).
+        """
+        try:
+            self.value = self.function(*self.args)
+        except BaseException as e:
+            self.ok = False
+            self.value = e
+
+    def fire(self) -> None:
+        """
+        Fire the Deferred with what L{call} kept (in the reactor thread).
+        """
+        if self.ok:
+            self.deferred.callback(self.value)
+        else:
+            self.deferred.errback(Failure(self.value))  # type: ignore[no-untyped-call]
+
+
+class _Key:
+    __slots__ = ("running", "exclusive", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.exclusive = False
+        self.waiting: deque[Job] = deque()
+
+
+class KeyOrder:
+    """
+    The ordering state of every key in use.  Not thread-safe: its user
+    holds a lock (L{Workers}) or stays in one thread.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, _Key] = {}
+
+    def __len__(self) -> int:
+        """
+        The number of keys in use (zero when idle).
+        """
+        return len(self._keys)
+
+    def sharedFree(self, key: bytes) -> bool:
+        """
+        Whether a shared call on C{key} alone would start at once.
+        """
+        state = self._keys.get(key)
+        return state is None or not (state.waiting or state.exclusive)
+
+    def add(self, job: Job) -> bool:
+        """
+        Take C{job} in.
+
+        @return: whether it may start now (it then counts as running);
+            otherwise it waits until L{finish} returns it.
+        """
+        states = []
+        ready = True
+        for key in job.keys:
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _Key()
+            elif state.waiting or (state.running and (state.exclusive or not job.shared)):
+                ready = False
+            states.append(state)
+        if ready:
+            for state in states:
+                state.running += 1
+                state.exclusive = not job.shared
+        else:
+            for state in states:
+                state.waiting.append(job)
+        return ready
+
+    def finish(self, job: Job) -> list[Job]:
+        """
+        C{job}, which was running, is done.
+
+        @return: the calls that may start now, in call order; they count
+            as running.
+        """
+        for key in job.keys:
+            state = self._keys[key]
+            state.running -= 1
+            if not state.running:
+                state.exclusive = False
+                if not state.waiting:
+                    del self._keys[key]
+        started: list[Job] = []
+        check = list(job.keys)
+        for key in check:  # grows as calls start
+            waiting = self._keys.get(key)
+            if waiting is None or not waiting.waiting:
+                continue
+            head = waiting.waiting[0]
+            if self._startable(head):
+                for headKey in head.keys:
+                    headState = self._keys[headKey]
+                    headState.waiting.popleft()
+                    headState.running += 1
+                    headState.exclusive = not head.shared
+                started.append(head)
+                # Its keys' next calls may run alongside it (shared).
+                check.extend(head.keys)
+        return started
+
+    def _startable(self, job: Job) -> bool:
+        for key in job.keys:
+            state = self._keys[key]
+            if state.waiting[0] is not job:
+                return False
+            if state.running and (state.exclusive or not job.shared):
+                return False
+        return True
+
+
+def orderedKeys(keys: Iterable[bytes]) -> tuple[bytes, ...]:
+    """
+    C{keys} without repeats, in order.
+    """
+    unique = tuple(keys)
+    if len(unique) > 1:
+        unique = tuple(dict.fromkeys(unique))
+    return unique
+
+
+class Workers:
+    """
+    Runs blocking calls in up to C{threads} daemon threads, ordered per key
+    (see the module docstring).
+    """
+
+    #: Whether the avatar may read cached file data in the reactor thread
+    #: (see L{conchshare.confined.ConfinedFile.readCached}).
+    inlineReads = True
+
+    def __init__(self, reactor: Any, threads: int = 8, *, name: str = "conchshare-fs") -> None:
+        """
+        @param reactor: an L{IReactorFromThreads}; results are handed back
+            with its C{callFromThread}.
+        @param threads: the most threads running calls at once.
+        @param name: the threads' name.
+        """
+        self._reactor = reactor
+        self._max = max(1, threads)
+        self._name = name
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._order = KeyOrder()
+        self._ready: deque[Job] = deque()
+        self._done: list[Job] = []
+        self._collecting = False
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._stopped = False
+        self._shutdownTrigger = False
+
+    def __len__(self) -> int:
+        """
+        The number of keys in use (zero when idle).
+        """
+        with self._lock:
+            return len(self._order)
+
+    @property
+    def threads(self) -> int:
+        """
+        The number of threads started so far.
+        """
+        return len(self._threads)
+
+    def sharedFree(self, key: bytes) -> bool:
+        """
+        Whether a shared call on C{key} would start at once: nothing
+        exclusive runs or waits on it.  Only calls made from the reactor
+        thread can change that to C{False}.
+        """
+        with self._lock:
+            return self._order.sharedFree(key)
+
+    def run(
+        self, keys: Iterable[bytes], function: Callable[..., Any], *args: Any, shared: bool = False
+    ) -> Deferred[Any]:
+        """
+        Call C{function(*args)} in a worker thread, once earlier calls on
+        C{keys} allow (see L{KeyOrder}).  Call it from the reactor thread.
+
+        @param shared: the call only reads what the keys name.
+        @return: a Deferred firing, in the reactor thread, with the result
+            or the exception.
+        """
+        job = Job(orderedKeys(keys), shared, function, args)
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("The workers are stopped")
+            if self._order.add(job):
+                self._ready.append(job)
+                self._signal()
+        return job.deferred
+
+    def stop(self) -> None:
+        """
+        Let the threads end once idle; queued calls still run.  Calls made
+        afterwards fail with L{RuntimeError}.
+        """
+        with self._lock:
+            self._stopped = True
+            self._idle = 0
+            self._wake.notify_all()
+
+    def _signal(self) -> None:
+        # Lock held: a call is ready; wake an idle thread, or start one.
+        if self._idle:
+            self._idle -= 1
+            self._wake.notify()
+        elif len(self._threads) < self._max:
+            if not self._shutdownTrigger:
+                self._shutdownTrigger = True
+                addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
+                if addTrigger is not None:
+                    addTrigger("during", "shutdown", self.stop)
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        lock = self._lock
+        ready = self._ready
+        lock.acquire()
+        try:
+            while True:
+                if not ready:
+                    if self._stopped:
+                        return
+                    # Whoever wakes us takes us off the idle count.
+                    self._idle += 1
+                    self._wake.wait()
+                    continue
+                job = ready.popleft()
+                lock.release()
+                try:
+                    job.call()
+                finally:
+                    lock.acquire()
+                following = self._order.finish(job)
+                if following:
+                    # This thread goes on with the first; others wake up
+                    # for the rest.
+                    ready.extendleft(reversed(following))
+                    for _ in following[1:]:
+                        self._signal()
+                self._done.append(job)
+                if not self._collecting:
+                    self._collecting = True
+                    lock.release()
+                    try:
+                        self._reactor.callFromThread(self._collect)
+                    finally:
+                        lock.acquire()
+        finally:
+            lock.release()
+
+    def _collect(self) -> None:
+        # In the reactor thread: fire every call done since the last time.
+        with self._lock:
+            done, self._done = self._done, []
+            self._collecting = False
+        for job in done:
+            job.fire()
