@@ -291,7 +291,7 @@ class ShareCommandTests(_Base):
         SIGUSR1 during a download pauses it (C{paused} event, no progress);
         SIGUSR2 resumes it (C{resumed}) and it completes intact.
         """
-        data = os.urandom(16 * 1024 * 1024)
+        data = os.urandom(64 * 1024 * 1024)
         with open(os.path.join(self.share, "big"), "wb") as f:
             f.write(data)
         running = self.share_("--mode", "raw")
@@ -309,7 +309,11 @@ class ShareCommandTests(_Base):
         client.stdin.write(f"get /docs/big {got}\n")
         client.stdin.close()
         running.event("channel-opened")
-        time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the download has started
+            if os.path.exists(got) and os.path.getsize(got) > 0:
+                break
+            time.sleep(0.005)
         running.signal(signal.SIGUSR1)
         self.assertEqual(running.event("paused")["channels"], 1)
         time.sleep(0.5)

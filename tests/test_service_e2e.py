@@ -145,7 +145,7 @@ class ServiceEndToEndTests(TestCase):
         """
         import hashlib
 
-        data = os.urandom(16 * 1024 * 1024)
+        data = os.urandom(64 * 1024 * 1024)
         with open(os.path.join(self.share, "big"), "wb") as f:
             f.write(data)
         service = self.makeService()
@@ -156,7 +156,10 @@ class ServiceEndToEndTests(TestCase):
         opened = log.next("channel-opened")
         client = sftp(port, f"get /docs/big {target}\n")
         await opened
-        await deferLater(reactor, 0.2)
+        for _ in range(500):  # until the download has started
+            if os.path.exists(target) and os.path.getsize(target) > 0:
+                break
+            await deferLater(reactor, 0.01)
         self.assertEqual(service.pause(), 1)
         await deferLater(reactor, 0.5)
         size = os.path.getsize(target) if os.path.exists(target) else 0
