@@ -13,95 +13,53 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.conch.ssh import keys, transport, userauth
 from twisted.internet import defer, protocol, reactor
-from twisted.internet.error import ConnectionDone, ProcessDone
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from conchshare.tunnel.client import connectSSH
 from conchshare.tunnel.connection import ShareConnection
+from conchshare.tunnel.sshconfig import ConnectOptions
 from tests.sshd import ThrowawaySSHD
-
-
-class _Transport(transport.SSHClientTransport):  # type: ignore[misc]
-    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Any:
-        expected = keys.Key.fromString(self.factory.sshd.hostPublicKey.encode()).blob()
-        if hostKey != expected:
-            return defer.fail(Exception("host key mismatch"))
-        return defer.succeed(True)
-
-    def connectionSecure(self) -> None:
-        self.factory.connection.transport = self
-        self.requestService(
-            _UserAuth(self.factory.sshd.user, self.factory.connection, self.factory)
-        )
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        super().connectionLost(reason)
-        if not self.factory.ready.called:
-            self.factory.ready.errback(reason or Failure(ConnectionDone()))
-
-
-class _UserAuth(userauth.SSHUserAuthClient):  # type: ignore[misc]
-    def __init__(self, user: str, conn: Any, factory: Any) -> None:
-        super().__init__(user.encode(), conn)
-        self._factory = factory
-        self._key = keys.Key.fromFile(factory.sshd.clientKeyPath)
-
-    def getPublicKey(self) -> Any:
-        if getattr(self, "_gave", False):
-            return None
-        self._gave = True
-        return self._key.public()
-
-    def getPrivateKey(self) -> Any:
-        return defer.succeed(self._key)
-
-    def getPassword(self, prompt: Any = None) -> Any:
-        return None
-
-
-class _ReadyConnection(ShareConnection):
-    def serviceStarted(self) -> None:
-        super().serviceStarted()
-        self.transport.transport.setTcpNoDelay(True)
-        d = self.factory.ready
-        if not d.called:
-            d.callback(self)
-
-
-class _Factory(protocol.ClientFactory):
-    protocol = _Transport
-
-    def __init__(self, sshd: ThrowawaySSHD, connection: ShareConnection) -> None:
-        self.sshd = sshd
-        self.connection = connection
-        self.ready: defer.Deferred[ShareConnection] = defer.Deferred()
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.ready.called:
-            self.ready.errback(reason)
 
 
 def connect(testCase: Any, sshd: ThrowawaySSHD, **kw: Any) -> defer.Deferred[ShareConnection]:
     """
-    Connect a L{ShareConnection} to C{sshd}; the test case's cleanup stops it.
+    Connect a L{ShareConnection} to C{sshd} with conchshare's client
+    (L{connectSSH}); the test case's cleanup stops it.
 
     @return: a Deferred firing with the connection once its service started.
     """
-    conn = _ReadyConnection(**kw)
-    factory = _Factory(sshd, conn)
-    conn.factory = factory
-    connector = reactor.connectTCP(sshd.host, sshd.port, factory, timeout=10)
+    options = ConnectOptions(
+        host=sshd.host,
+        port=sshd.port,
+        user=sshd.user,
+        identityFiles=[sshd.clientKeyPath],
+        userKnownHostsFiles=[sshd.knownHostsPath],
+        globalKnownHostsFiles=[],
+        strictHostKeyChecking="yes",
+        identityAgent=None,
+        useAgent=False,
+        batchMode=True,
+        connectTimeout=10,
+    )
+    made: list[ShareConnection] = []
+
+    def factory() -> ShareConnection:
+        conn = ShareConnection(**kw)
+        made.append(conn)
+        return conn
 
     def cleanup() -> defer.Deferred[None] | None:
-        if conn.transport is not None and not conn._lost:
-            return conn.stop(timeout=5)
-        connector.disconnect()
+        for conn in made:
+            if conn.transport is not None and not conn._lost:
+                return conn.stop(timeout=5)
         return None
 
     testCase.addCleanup(cleanup)
-    return factory.ready
+    d: defer.Deferred[ShareConnection] = connectSSH(options, factory, reactor=reactor)  # type: ignore[assignment]
+    return d
 
 
 class _Collect(protocol.ProcessProtocol):

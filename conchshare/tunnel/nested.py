@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from conchshare.errors import UsageError
 from conchshare.tunnel.channels import ChannelServingMixin, ForwardedChannel
+from conchshare.tunnel.fastpath import FastTransportMixin
 
 SFTPFactory = Callable[[], interfaces.IProtocol]
 
@@ -166,14 +167,11 @@ class _UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
     attemptsBeforeDisconnect = 6
 
 
-class NestedServerTransport(transport.SSHServerTransport):  # type: ignore[misc]
+class NestedServerTransport(FastTransportMixin, transport.SSHServerTransport):  # type: ignore[misc]
     """
-    The server transport that runs on a forwarded channel.
+    The server transport that runs on a forwarded channel: AES-GCM and
+    C{hmac-sha2-256} preferred (see L{conchshare.tunnel.fastpath}).
     """
-
-    supportedMACs = [b"hmac-sha2-256"] + [
-        m for m in transport.SSHTransportBase.supportedMACs if m != b"hmac-sha2-256"
-    ]
 
 
 class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
