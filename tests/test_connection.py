@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import socket
 
+from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from conchshare.errors import ForwardRefused
 from conchshare.tunnel.connection import Listener
-from conchshare.tunnel.remote import runRemote
+from conchshare.tunnel.remote import RemoteCommandFailed, openExecProtocol, runRemote
 from tests import sshd as sshdmodule
 from tests.sshd import ThrowawaySSHD
 from tests.tunnelhelpers import EchoProtocol, connect, run, sleep, waitFor
@@ -140,6 +141,46 @@ class ForwardTests(unittest.TestCase):
         conn = await connect(self, self.sshd)
         status, out, err = await runRemote(conn, b"cat; echo oops >&2; exit 3", b"input")
         self.assertEqual((status, out, err), (3, b"input", b"oops\n"))
+
+    async def test_execProtocol(self) -> None:
+        """
+        openExecProtocol connects a protocol to a remote command's stdio; the
+        channel pauses with the connection (writes held, then sent).
+        """
+        conn = await connect(self, self.sshd)
+        received: list[bytes] = []
+
+        class Collect(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+        protocol = Collect()
+        channel = await openExecProtocol(conn, b"cat", protocol)
+        self.assertIs(protocol.transport, channel)
+        protocol.transport.write(b"one ")
+        await waitFor(lambda: b"".join(received) == b"one ")
+        self.assertEqual(conn.pause(), 1)
+        protocol.transport.write(b"two")
+        await sleep(0.3)
+        self.assertEqual(b"".join(received), b"one ")
+        self.assertEqual(conn.resume(), 1)
+        await waitFor(lambda: b"".join(received) == b"one two")
+        channel.loseConnection()
+        await waitFor(lambda: channel.isClosed)
+        self.assertEqual(len(conn.group), 0)
+
+    async def test_execRefused(self) -> None:
+        """
+        A command the server will not run fails openExecProtocol clearly.
+        """
+        self.sshd.stop()
+        sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=["MaxSessions 0"])
+        self.addCleanup(sshd.stop)
+        conn = await connect(self, sshd)
+        with self.assertRaises(RemoteCommandFailed):
+            await openExecProtocol(conn, b"cat", Protocol())
+        with self.assertRaises(RemoteCommandFailed):
+            await runRemote(conn, b"true")
 
     async def test_unknownListenerRefused(self) -> None:
         """

@@ -405,7 +405,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
             data = common.NS(listener.address.encode("utf-8")) + struct.pack(">L", listener.port)
         if self._lost:
             return defer.succeed(None)
-        d = self.sendGlobalRequest(request, data, wantReply=True)
+        d: defer.Deferred[None] = self.sendGlobalRequest(request, data, wantReply=True)
         d.addCallbacks(lambda _: None, lambda _: None)
         return d
 

@@ -54,7 +54,8 @@ def loadOrCreateHostKey(path: str | None = None) -> keys.Key:
             raise UsageError(f"Cannot use {path} as the host key: {e}.")
         if key.isPublic():
             raise UsageError(f"{path} holds a public key; the host key must be private.")
-        return key
+        loaded: keys.Key = key
+        return loaded
     key = keys.Key(Ed25519PrivateKey.generate())
     if path is not None:
         data = key.toString("openssh")
@@ -127,7 +128,8 @@ class NestedSessionChannel(ForwardedChannel):
             return 0
         if subsystem != b"sftp" or self.protocol is not None:
             return 0
-        self.attach(self.avatar.sftpFactory())
+        user: Any = self.avatar
+        self.attach(user.sftpFactory())
         return 1
 
     def request_env(self, data: bytes) -> int:
@@ -214,8 +216,9 @@ class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
         """
         @return: a server transport; make a channel its transport.
         """
-        proto: NestedServerTransport = super().buildProtocol(addr)
-        return proto
+        proto: Any = super().buildProtocol(addr)
+        built: NestedServerTransport = proto
+        return built
 
     def hostKeyLine(self, hostField: str) -> str:
         """

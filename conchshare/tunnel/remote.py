@@ -52,13 +52,15 @@ class _CollectingExecChannel(SSHChannel):  # type: ignore[misc]
         self.done: defer.Deferred[tuple[int | None, bytes, bytes]] = defer.Deferred()
 
     def channelOpen(self, specificData: bytes) -> None:
-        d = self.conn.sendRequest(self, b"exec", common.NS(self.command), wantReply=True)
+        conn: Any = self.conn
+        d = conn.sendRequest(self, b"exec", common.NS(self.command), wantReply=True)
         d.addCallbacks(self._execStarted, self._execRefused)
 
     def _execStarted(self, _: object) -> None:
         if self.stdin:
             self.write(self.stdin)
-        self.conn.sendEOF(self)
+        conn: Any = self.conn
+        conn.sendEOF(self)
 
     def _execRefused(self, reason: Any) -> None:
         self._fail(RemoteCommandFailed("the remote host refused to run a command"))
@@ -133,7 +135,8 @@ class ExecChannel(ForwardedChannel):
 
     def channelOpen(self, specificData: bytes) -> None:
         self._isOpen = True
-        d = self.conn.sendRequest(self, b"exec", common.NS(self.command), wantReply=True)
+        conn: Any = self.conn
+        d = conn.sendRequest(self, b"exec", common.NS(self.command), wantReply=True)
         d.addCallbacks(self._execStarted, self._execRefused)
 
     def _execStarted(self, _: object) -> None:
@@ -184,10 +187,18 @@ def openExecProtocol(
     Run C{command} on the remote host and connect C{protocol} to its stdin
     and stdout (the channel is the protocol's transport).
 
+    If C{connection} has a L{ChannelGroup} (a L{ShareConnection}), the
+    channel joins it: pausing the connection pauses it too.
+
     @return: a Deferred firing with the L{ExecChannel} once the command was
         accepted; failing with L{RemoteCommandFailed} if the server refused
         the channel or the command.
     """
     channel = ExecChannel(command, protocol, conn=connection)
+    group = getattr(connection, "group", None)
+    if group is not None:
+        # Paused and resumed with the forwarded channels (a passive mount
+        # is served like any other channel).
+        group.add(channel)
     connection.openChannel(channel)
     return channel.started
