@@ -15,17 +15,20 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch import avatar as _avatar
-from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
+from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import common, factory, keys, transport, userauth
 from twisted.conch.ssh.connection import SSHConnection
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet import interfaces
+from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -97,17 +100,34 @@ def readAuthorizedKeys(path: str) -> list[keys.Key]:
     return found
 
 
-@implementer(IAuthorizedKeysDB)
-class _AnyUserKeys:
+@implementer(ICredentialsChecker)
+class _AnyUserKeyChecker:
     """
-    The same keys for every user name.
+    Public-key authentication against a fixed set of keys, for any user
+    name (RFC 4252 7).  Written here rather than Conch's
+    C{SSHPublicKeyChecker} to avoid importing C{twisted.conch.checkers},
+    which imports the deprecated C{spwd}.
     """
+
+    credentialInterfaces = (ISSHPrivateKey,)
 
     def __init__(self, publicKeys: Sequence[keys.Key]) -> None:
-        self._keys = list(publicKeys)
+        self._blobs = {key.public().blob() for key in publicKeys}
 
-    def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
-        return list(self._keys)
+    def requestAvatarId(self, credentials: Any) -> Any:
+        if credentials.blob not in self._blobs:
+            return defer.fail(UnauthorizedLogin("key not authorized"))
+        if not credentials.signature:
+            # The client asks whether this key would do; it would.
+            return defer.fail(ValidPublicKey())
+        try:
+            key = keys.Key.fromString(credentials.blob)
+            good = key.verify(credentials.signature, credentials.sigData)
+        except Exception:
+            good = False
+        if not good:
+            return defer.fail(UnauthorizedLogin("bad signature"))
+        return defer.succeed(credentials.username)
 
 
 class NestedSessionChannel(ForwardedChannel):
@@ -204,9 +224,7 @@ class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
         self.hostKey = hostKey
         self.publicKeys = {hostKey.sshType(): hostKey.public()}
         self.privateKeys = {hostKey.sshType(): hostKey}
-        self.portal = Portal(
-            _Realm(sftpFactory), [SSHPublicKeyChecker(_AnyUserKeys(authorizedKeys))]
-        )
+        self.portal = Portal(_Realm(sftpFactory), [_AnyUserKeyChecker(authorizedKeys)])
         authClass: Any = _UserAuthServer
         if reactor is not None:
             authClass = type("_UserAuthServer", (_UserAuthServer,), {"clock": reactor})
