@@ -154,32 +154,28 @@ class NestedModeTests(_Base):
 
     async def test_onlySftp(self) -> None:
         """
-        Shell, exec and port forwarding are refused by the nested server.
+        Exec, shell, port forwarding (both ways) and agent forwarding are
+        refused by the nested server; the sftp subsystem still works.
         """
         _, listener, installed = await self.nested()
-        base = ["ssh", "-p", str(installed.port), *_SSH_OPTIONS]
+        base = ["ssh", "-p", str(installed.port), *_SSH_OPTIONS, "-o", "ExitOnForwardFailure=yes"]
         for option in installed._options():
             base += ["-o", option]
-        code, out, err = await run(self, base + ["x@127.0.0.1", "echo", "hi"], b"")
+        target = ["x@127.0.0.1"]
+        code, out, err = await run(self, base + target + ["echo", "hi"], b"", timeout=20)
         self.assertNotEqual(code, 0)
         self.assertNotIn(b"hi", out)
-        code, out, err = await run(
-            self,
-            base
-            + [
-                "-N",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-L",
-                "0:127.0.0.1:1",
-                "-W",
-                "127.0.0.1:22",
-                "x@127.0.0.1",
-            ],
-            b"",
-            timeout=20,
-        )
+        code, out, err = await run(self, base + ["-tt"] + target, b"echo hi\nexit\n", timeout=20)
         self.assertNotEqual(code, 0)
+        self.assertNotIn(b"hi", out)
+        code, out, err = await run(self, base + ["-N", "-R", "0:127.0.0.1:1"] + target, timeout=20)
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"remote port forwarding failed", err)
+        code, out, err = await run(self, base + ["-W", "127.0.0.1:1"] + target, b"", timeout=20)
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"open failed", err)
+        code, out, err = await self.nestedSftp(installed, "ls /\n")
+        self.assertEqual(code, 0, err)
 
     async def test_sshfs(self) -> None:
         """
