@@ -318,6 +318,21 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(h.events[0]["origin"], "127.0.0.1:5555")
         self.assertEqual(len(h.conn.group), 0)
 
+    def test_peerCloseWithBlockedOutput(self) -> None:
+        """
+        When the peer closes while our output waits for window (or for a
+        resume), the channel closes at once instead of waiting forever.
+        """
+        h = Harness()
+        channel = h.open(window=10)
+        assert channel is not None
+        h.conn.pause()
+        channel.write(b"more than ten bytes")
+        h.conn.ssh_CHANNEL_CLOSE(struct.pack(">L", channel.id))
+        self.assertEqual(len(h.transport.take(MSG_CHANNEL_CLOSE)), 1)
+        self.assertTrue(channel.isClosed)
+        self.assertEqual(len(h.conn.group), 0)
+
     def test_abortWhilePaused(self) -> None:
         """
         abort closes a paused channel with held writes at once.

@@ -446,9 +446,10 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
     # -- closing -----------------------------------------------------------
 
     def closeReceived(self) -> None:
-        # The peer sends nothing more; hand over what we kept before closing.
+        # The peer reads nothing more and grants no more window: whatever
+        # waits to be sent (or is held by a pause) can never go; close now.
         self._eofPending = False
-        self.loseConnection()
+        self.abort()
 
     def openFailed(self, reason: Any) -> None:
         self._closed(Failure(ConnectionLost(str(reason))))

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchshare.errors import ForwardRefused
+from conchshare.errors import ConnectionFailed, ForwardRefused
 from conchshare.tunnel.channels import (
     TRANSPORT,
     ChannelGroup,
@@ -322,11 +322,16 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
 
         @return: a Deferred firing with a copy of C{listener} carrying the
             allocated port (TCP) or the socket path (streamlocal); failing
-            with L{ForwardRefused} if the server refused.
+            with L{ForwardRefused} if the server refused, and with
+            L{ConnectionFailed} if the connection is stopping or gone.
         """
         return defer.ensureDeferred(self._requestForward(listener))
 
     async def _requestForward(self, listener: Listener) -> Listener:
+        if self.stopping or self._lost:
+            raise ConnectionFailed(
+                f"Cannot forward {listener.describe() or 'a Unix socket'}: the connection is closed."
+            )
         granted = dataclasses.replace(listener)
         if granted.isUnix:
             if granted.socketPath is None:
