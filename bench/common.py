@@ -453,7 +453,9 @@ def table(title: str, reference: Endpoint, candidate: Endpoint, rows: list[Row])
         m = _median(values)
         if m is None:
             return "failed"
-        return f"{m:.0f} MB/s" if unit == "MB/s" else f"{m:.2f} s"
+        if unit == "MB/s":
+            return f"{m:.0f} MB/s"
+        return f"{m:.3f} s" if m < 1 else f"{m:.2f} s"
 
     lines = [
         f"### {title}",
