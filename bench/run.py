@@ -11,6 +11,7 @@ bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -21,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import ROOT, Data, Sizes, log, table  # noqa: E402
+from common import ROOT, Data, Endpoint, Row, Sizes, log, ratio, table  # noqa: E402
 
 sys.path.insert(0, ROOT)
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=["sftp", "tunnel"], help="run one section")
     parser.add_argument("--runs", type=int, default=3, help="runs per workload (default 3)")
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write every measured value to FILE as JSON"
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: every mount, sshd and tunnel is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -57,6 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         f"(above 1: conchshare faster).",
         "",
     ]
+    results: list[dict[str, object]] = []
+
+    def record(title: str, ref: Endpoint, cand: Endpoint, rows: list[Row]) -> None:
+        output.append(table(title, ref, cand, rows))
+        results.append(
+            {
+                "section": title,
+                "reference": ref.name,
+                "candidate": cand.name,
+                "unavailable": cand.unavailable,
+                "rows": [
+                    {
+                        "workload": row.label,
+                        "unit": row.unit,
+                        "reference": row.reference,
+                        "candidate": row.candidate,
+                        "ratio": ratio(row),
+                        "errors": row.errors,
+                    }
+                    for row in rows
+                ],
+            }
+        )
+
     try:
         data = Data.prepare(base, sizes)
         if args.only in (None, "sftp"):
@@ -64,24 +92,20 @@ def main(argv: list[str] | None = None) -> int:
 
             log("SFTP section: conchshare sftp-server vs OpenSSH sftp-server")
             ref, cand, rows = sftp_section.run(data)
-            output.append(
-                table(
-                    "SFTP server (issue 2 §5): sftp -D and sshfs -o passive, piped",
-                    ref,
-                    cand,
-                    rows,
-                )
-            )
+            record("SFTP server (issue 2 §5): sftp -D and sshfs -o passive, piped", ref, cand, rows)
         if args.only in (None, "tunnel"):
             import tunnel_section
 
             log("tunnel section: conchshare share vs ssh -R")
             for title, ref, cand, rows in tunnel_section.run(data, base):
-                output.append(table(title, ref, cand, rows))
+                record(title, ref, cand, rows)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     output.append(f"Total time: {time.monotonic() - started:.0f} s.")
     sys.stdout.write("\n".join(output) + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": output[0], "sections": results}, f, indent=1)
     return 0
 
 
