@@ -185,6 +185,9 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         channel = h.open()
         assert channel is not None
         channel.write(b"one")
+        # A partial packet goes out at the end of the reactor turn.
+        self.assertEqual(h.sent(), b"")
+        h.clock.advance(0)
         self.assertEqual(h.sent(), b"one")
         h.conn.pause()
         channel.write(b"two")
@@ -193,6 +196,22 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         h.conn.resume()
         self.assertEqual(h.sent(), b"twothreefour")
         self.assertEqual(channel.bytesOut, len(b"onetwothreefour"))
+
+    def test_writesPackedIntoFullPackets(self) -> None:
+        """
+        Small and large writes are sent as a stream of full packets (a
+        reply header shares a packet with its data).
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        data = [b"h" * 13, b"d" * MAX_PACKET] * 4
+        for piece in data:
+            channel.write(piece)
+        h.clock.advance(0)
+        packets = [common.getNS(p[4:])[0] for p in h.transport.take(MSG_CHANNEL_DATA)]
+        self.assertEqual(b"".join(packets), b"".join(data))
+        self.assertEqual([len(p) for p in packets], [MAX_PACKET] * 4 + [52])
 
     def test_writesRespectRemoteWindow(self) -> None:
         """

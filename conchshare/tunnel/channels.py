@@ -181,6 +181,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self._closeObservers: list[Callable[[ForwardedChannel], None]] = []
         self._pendingProtocol = protocol
         self._deliveryCall: Any = None
+        self._flushCall: Any = None
 
     # -- state -------------------------------------------------------------
 
@@ -382,12 +383,20 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
     # -- sending -----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """
+        Queue C{data} for the peer.  Bytes are sent as a stream cut into
+        full packets: a reply header and its data share a packet instead of
+        taking one each.  A partial packet goes out at the end of the
+        reactor turn (or at once, with the next full one).
+        """
         if not data or self.localClosed or self._isClosed:
             return
         self.bytesOut += len(data)
         self._outgoing.append(bytes(data))
         self._outgoingBytes += len(data)
-        self._flush()
+        self._flush(final=False)
+        if self._outgoing and self._flushCall is None and GROUP not in self._reasons:
+            self._flushCall = self._reactor().callLater(0, self._scheduledFlush)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
@@ -396,23 +405,51 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self.remoteWindowLeft += data
         self._flush()
 
-    def _flush(self) -> None:
+    def _scheduledFlush(self) -> None:
+        self._flushCall = None
+        self._flush()
+
+    def _take(self, n: int) -> bytes:
+        """
+        Remove and return the first C{n} queued bytes.
+        """
+        first = self._outgoing[0]
+        if len(first) >= n:
+            self._outgoing.popleft()
+            if len(first) > n:
+                self._outgoing.appendleft(first[n:])
+                first = first[:n]
+            self._outgoingBytes -= n
+            return first
+        pieces = []
+        need = n
+        while need:
+            chunk = self._outgoing.popleft()
+            if len(chunk) > need:
+                self._outgoing.appendleft(chunk[need:])
+                chunk = chunk[:need]
+            pieces.append(chunk)
+            need -= len(chunk)
+        self._outgoingBytes -= n
+        return b"".join(pieces)
+
+    def _flush(self, final: bool = True) -> None:
+        """
+        Send queued bytes within the peer's window, in full packets; with
+        C{final}, the last partial packet too.
+        """
         if GROUP in self._reasons or self.conn is None or self.localClosed:
             return
         if self.id is None or self not in self.conn.channelsToRemoteChannel:
             return
         send = self.conn.sendData
+        step = self.remoteMaxPacket or MAX_PACKET
         while self._outgoing and self.remoteWindowLeft > 0:
-            chunk = self._outgoing.popleft()
-            room = min(self.remoteWindowLeft, len(chunk))
-            if room < len(chunk):
-                self._outgoing.appendleft(chunk[room:])
-                chunk = chunk[:room]
-            self._outgoingBytes -= room
-            self.remoteWindowLeft -= room
-            step = self.remoteMaxPacket or MAX_PACKET
-            for offset in range(0, room, step):
-                send(self, chunk[offset : offset + step])
+            n = min(step, self.remoteWindowLeft, self._outgoingBytes)
+            if n < step and not final and n == self._outgoingBytes:
+                break  # a partial packet: wait for more bytes this turn
+            self.remoteWindowLeft -= n
+            send(self, self._take(n))
         if self._outgoingBytes > OUTPUT_HIGH:
             self.pause(OUTPUT)
         elif self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
@@ -428,6 +465,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self.closing = 1
         if self.conn is None or self.id is None:
             return
+        self._flush()
         if not self._outgoing and self in self.conn.channelsToRemoteChannel:
             self.conn.sendClose(self)
 
@@ -461,9 +499,10 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         if self._isClosed:
             return
         self._isClosed = True
-        if self._deliveryCall is not None and self._deliveryCall.active():
-            self._deliveryCall.cancel()
-        self._deliveryCall = None
+        for call in (self._deliveryCall, self._flushCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._deliveryCall = self._flushCall = None
         self._kept.clear()
         self._keptBytes = 0
         self._outgoing.clear()
