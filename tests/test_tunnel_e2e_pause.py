@@ -133,11 +133,14 @@ class PauseTests(unittest.TestCase):
         target = os.path.abspath(self.mktemp())
         done = self.get(listener, target)
         await waitFor(lambda: len(conn.group) == 1)
-        for _ in range(100):
-            conn.pause()
-            await sleep(0.005)
+        cycles = 0
+        while cycles < 100 and not done.called:
+            # Counted only while the transfer's channel is there to pause.
+            cycles += conn.pause()
+            await sleep(0.03)
             conn.resume()
-            await sleep(0.005)
+            await sleep(0.001)
+        self.assertEqual(cycles, 100)
         code, _, err = await done
         self.assertEqual(code, 0, err)
         self.assertEqual(sha256(target), self.digest)
