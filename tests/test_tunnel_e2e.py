@@ -6,6 +6,7 @@ endpoint modes, with real clients (sftp, sshfs) on the "remote" side.
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.internet import threads
 from twisted.trial import unittest
@@ -86,6 +87,47 @@ class RawModeTests(_Base):
         self.assertEqual(sha256(back), digest)
         self.assertEqual(os.listdir(self.share), [])
         self.assertIn(b"s", out)
+
+    async def test_sftpOverUnixSocket(self) -> None:
+        """
+        A raw forward on a Unix socket: sftp through socat to the socket.
+        """
+        conn = await connect(self, self.sshd)
+        listener = await conn.requestForward(Listener("raw", self.sftpFactory, streamlocal=True))
+        digest = makeFile(os.path.join(self.share, "f"), 1024 * 1024 + 3)
+        back = os.path.abspath(self.mktemp())
+        code, out, err = await run(
+            self,
+            ["sftp", "-D", f"socat STDIO UNIX-CONNECT:{listener.socketPath}", "-b", "-"],
+            f"get /s/f {back}\n".encode(),
+        )
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sha256(back), digest)
+
+    async def test_ipv6Listener(self) -> None:
+        """
+        A forward on ::1 keeps its address string and is reachable there.
+        """
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            raise unittest.SkipTest("no IPv6 loopback")
+        conn = await connect(self, self.sshd)
+        events: list[dict[str, object]] = []
+        conn.addObserver(events.append)
+        listener = await conn.requestForward(Listener("raw", self.sftpFactory, address="::1"))
+        self.assertEqual(listener.describe(), f"[::1]:{listener.port}")
+        code, out, err = await run(
+            self,
+            ["sftp", "-D", f"socat STDIO TCP6:[::1]:{listener.port}", "-b", "-"],
+            b"ls /\n",
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"s", out)
+        opened = [e for e in events if e["event"] == "channel-opened"]
+        self.assertEqual(opened[0]["listener"], f"[::1]:{listener.port}")
+        self.assertTrue(str(opened[0]["origin"]).startswith("[::1]:"))
 
     async def test_concurrentClients(self) -> None:
         """
