@@ -216,6 +216,35 @@ class ServiceEndToEndTests(TestCase):
         out, err, code = await sftp(port, "ls /\n")
         self.assertEqual(code, 0, err)
 
+    async def test_reconnectPortTaken(self) -> None:
+        """
+        If the port allocated before is taken when reconnecting, the forward
+        is requested again on any port, and reported.
+        """
+        service = self.makeService()
+        log = EventLog(service)
+        service.startService()
+        [(_, port)] = await service.whenForwarding()
+        reconnecting = log.next("reconnecting")
+        again = log.next("forwarding")
+        self.sshd.killSessions()
+        await reconnecting
+        squatter = None
+        for _ in range(100):  # the dead session's listener goes away
+            try:
+                squatter = socket.create_server(("127.0.0.1", port))
+                break
+            except OSError:
+                await deferLater(reactor, 0.02)
+        self.assertIsNotNone(squatter)
+        assert squatter is not None
+        self.addCleanup(squatter.close)
+        newPort = (await again)["port"]
+        self.assertNotEqual(newPort, port)
+        self.assertEqual(await service.whenForwarding(), [("127.0.0.1", newPort)])
+        out, err, code = await sftp(newPort, "ls /\n")
+        self.assertEqual(code, 0, err)
+
     async def test_reconnectWhilePaused(self) -> None:
         """
         Paused stays paused across a reconnect.
