@@ -643,6 +643,25 @@ class ShareCommandErrorTests(_Base):
         self.assertEqual(running.wait(), 5)
         self.assertNotIn("Traceback", running.stderr)
 
+    def test_authenticationFailed(self) -> None:
+        """
+        A key the server does not accept: exit 4, one sentence naming the
+        methods tried.
+        """
+        other = os.path.join(self.tmp, "other_key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other], check=True)
+        args = ["share", "-F", "none", "-i", other, "--known-hosts", self.sshd.knownHostsPath]
+        args += ["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "--control", self.control]
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *args, self.sshd.destination(), self.share],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 4, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("publickey", result.stderr)
+
     def test_connectionRefused(self) -> None:
         """
         Nothing listens: exit 3 with ssh's sentence.
