@@ -379,3 +379,17 @@ class ChannelGroupTests(unittest.SynchronousTestCase):
         self.assertEqual(group.resume(), 2)
         self.assertFalse(a.paused or b.paused)
         self.assertEqual(group.resume(), 0)
+
+    def test_otherReasons(self) -> None:
+        """
+        A reason set on the group (the TCP send buffer is full) applies to
+        channels added while it is set, and clearing it resumes them.
+        """
+        group = ChannelGroup()
+        a, b = ForwardedChannel(), ForwardedChannel()
+        group.add(a)
+        group.setReason("transport", True)
+        group.add(b)
+        self.assertTrue(a.paused and b.paused)
+        group.setReason("transport", False)
+        self.assertFalse(a.paused or b.paused)

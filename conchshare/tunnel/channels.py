@@ -322,6 +322,9 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         return True
 
     def _scheduleDelivery(self) -> None:
+        if not self._kept and not self._eofPending:
+            self._maybeGrant()  # nothing to hand over: no re-entry risk
+            return
         if self._deliveryCall is not None:
             return
         self._deliveryCall = self._reactor().callLater(0, self._scheduledDelivery)
@@ -529,6 +532,7 @@ class ChannelGroup:
 
     def __init__(self) -> None:
         self._channels: set[ForwardedChannel] = set()
+        self._extraReasons: set[str] = set()
         self.paused = False
 
     def __len__(self) -> int:
@@ -547,6 +551,8 @@ class ChannelGroup:
         channel.notifyOnClose(self._channels.discard)
         if self.paused:
             channel.pause(GROUP)
+        for reason in self._extraReasons:
+            channel.pause(reason)
 
     def pause(self) -> int:
         """
@@ -568,8 +574,13 @@ class ChannelGroup:
 
     def setReason(self, reason: str, on: bool) -> None:
         """
-        Set or clear another pause reason (e.g. C{"transport"}) on every channel.
+        Set or clear another pause reason (e.g. C{"transport"}) on every
+        channel, and on channels added while it is set.
         """
+        if on:
+            self._extraReasons.add(reason)
+        else:
+            self._extraReasons.discard(reason)
         for c in list(self._channels):
             if on:
                 c.pause(reason)
