@@ -127,23 +127,30 @@ class PauseTests(unittest.TestCase):
 
     async def test_hundredCycles(self) -> None:
         """
-        100 pause/resume cycles during a download: same bytes.
+        100 pause/resume cycles during downloads (the file, three times, in
+        one session): same bytes.
         """
         conn, listener = await self.raw()
-        target = os.path.abspath(self.mktemp())
-        done = self.get(listener, target)
+        targets = [os.path.abspath(self.mktemp()) for _ in range(3)]
+        done = run(
+            self,
+            ["sftp", "-D", f"socat STDIO TCP:127.0.0.1:{listener.port}", "-b", "-"],
+            "".join(f"get /s/big {t}\n" for t in targets).encode(),
+            timeout=90,
+        )
         await waitFor(lambda: len(conn.group) == 1)
         cycles = 0
         while cycles < 100 and not done.called:
             # Counted only while the transfer's channel is there to pause.
             cycles += conn.pause()
-            await sleep(0.03)
+            await sleep(0.02)
             conn.resume()
             await sleep(0.001)
         self.assertEqual(cycles, 100)
         code, _, err = await done
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(target), self.digest)
+        for target in targets:
+            self.assertEqual(sha256(target), self.digest)
 
     async def test_stopWhilePaused(self) -> None:
         """
