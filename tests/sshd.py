@@ -238,11 +238,13 @@ class ThrowawaySSHD:
         """
         if self.process is None:
             return
+        # Connection children run setsid(): find them while the listener,
+        # their parent, is still alive.
+        self.killSessions()
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.killSessions()
         self.process.wait()
         self.process = None
 
