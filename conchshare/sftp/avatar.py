@@ -353,6 +353,8 @@ class ShareSFTPServer:
         else:
             order = Workers(_defaultReactor(reactor), threads)
         self._order: Executor = order
+        #: The L{Workers} running the calls (L{None} with a runner or pool).
+        self.workers = order if isinstance(order, Workers) else None
         fs = self.filesystem
         self._stat = partial(fs.stat, follow=True)
         self._lstat = partial(fs.stat, follow=False)

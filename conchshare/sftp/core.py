@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from conchshare.sftp import wire
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.sftp.workers import afterDelivery
 
 #: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
 READDIR_BATCH = 100
@@ -53,6 +54,52 @@ _MAX_BUFFERED = 64 * wire.MAX_PACKET_LENGTH
 
 _U32 = struct.Struct(">I")
 _OK = b"Success"
+_REPLY_HEADER = struct.Struct(">IBI")
+# The most common replies, framed ahead: STATUS OK, and ATTRS with every
+# field (what a stat gives); anything else goes through L{wire}.
+_OK_BODY = wire.u32(wire.FX_OK) + wire.string(_OK) + wire.string(b"")
+_OK_LENGTH = len(_OK_BODY) + 5
+_ALL_ATTRS = struct.Struct(">IBIIQIIIII")
+_ALL_ATTRS_FLAGS = (
+    wire.FILEXFER_ATTR_SIZE
+    | wire.FILEXFER_ATTR_UIDGID
+    | wire.FILEXFER_ATTR_PERMISSIONS
+    | wire.FILEXFER_ATTR_ACMODTIME
+)
+_ALL_ATTRS_KEYS = frozenset(("size", "uid", "gid", "permissions", "atime", "mtime"))
+
+
+def _okReply(_: object, requestId: int) -> bytes:
+    return _REPLY_HEADER.pack(_OK_LENGTH, wire.FXP_STATUS, requestId) + _OK_BODY
+
+
+def _attrsReply(attrs: Any, requestId: int) -> bytes:
+    if attrs.keys() == _ALL_ATTRS_KEYS:
+        try:
+            return _ALL_ATTRS.pack(
+                _ALL_ATTRS.size - 4,
+                wire.FXP_ATTRS,
+                requestId,
+                _ALL_ATTRS_FLAGS,
+                attrs["size"],
+                attrs["uid"],
+                attrs["gid"],
+                attrs["permissions"],
+                attrs["atime"],
+                attrs["mtime"],
+            )
+        except struct.error:
+            pass  # out of range, or not an int: wire masks and checks
+    return wire.reply(wire.FXP_ATTRS, requestId, wire.encodeAttrs(attrs))
+
+
+def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
+    """
+    C{callback(result, *args)} now, or when C{result}, a Deferred, fires.
+    """
+    if isinstance(result, Deferred):
+        return result.addCallback(callback, *args)
+    return callback(result, *args)
 
 
 @dataclass(frozen=True)
@@ -130,6 +177,22 @@ def _asBytes(value: object) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     raise TypeError(f"Expected bytes, got {type(value).__name__}")
+
+
+def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes]:
+    chunk = _asBytes(chunk)
+    if not chunk:
+        raise EOFError()
+    if len(chunk) > length:
+        chunk = chunk[:length]
+    return wire.dataHeader(requestId, len(chunk)), chunk
+
+
+def _nameReply(path: object, requestId: int) -> bytes:
+    # One entry whose long name is the path itself and no attributes, as
+    # OpenSSH's sftp-server answers REALPATH and READLINK.
+    path = _asBytes(path)
+    return wire.name(requestId, [wire.nameEntry(path, path, {})])
 
 
 class _Serial:
@@ -235,34 +298,46 @@ class SFTPServerCore:
         avatar: object,
         write: Callable[[bytes], object],
         *,
+        writeSequence: Callable[[list[bytes]], object] | None = None,
         pauseReading: Callable[[], object] = lambda: None,
         resumeReading: Callable[[], object] = lambda: None,
         disconnect: Callable[[], object] = lambda: None,
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
+        logRequests: bool = False,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
             one); its L{IShareSFTPServer} methods serve the extensions when
             it provides that interface.
-        @param write: called with the bytes of each reply.
+        @param write: called with the bytes of each reply (or of several).
+        @param writeSequence: called with a list of byte strings to write
+            at once (default: C{write} of them joined).
         @param pauseReading: called to stop being fed (backpressure).
         @param resumeReading: called to be fed again.
         @param disconnect: called once, to close the connection on a
             protocol violation.
         @param maxInFlight: requests in flight before reading is paused.
         @param maxOpenHandles: open handles allowed, and announced.
+        @param logRequests: log each request at debug level (costly: off
+            unless debug logs are wanted).
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
+        self._writeSequence: Callable[[list[bytes]], object] = (
+            writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
+        )
         self._pauseReading = pauseReading
         self._resumeReading = resumeReading
         self._disconnect = disconnect
         self._maxInFlight = max(1, maxInFlight)
         self._resumeAt = self._maxInFlight // 2
         self._maxOpenHandles = maxOpenHandles
+        self._logRequests = logRequests
 
         self._buffer = bytearray()
+        self._outbox: list[bytes] = []
+        self._corked = False
         self._processing = False
         self._initialised = False
         self._closing = False
@@ -284,7 +359,7 @@ class SFTPServerCore:
                 self._extensions[extension.name] = extension
         self._avatarExtensions: dict[bytes, bytes] = {}
 
-        self._handlers: dict[int, Callable[[int, wire.Reader], object]] = {
+        self._handlers: dict[int, Callable[[int, wire.Reader], Any]] = {
             wire.FXP_OPEN: self._open,
             wire.FXP_CLOSE: self._close,
             wire.FXP_READ: self._read,
@@ -387,6 +462,9 @@ class SFTPServerCore:
         if self._processing:
             return
         self._processing = True
+        # Replies made while dispatching go out in one write at the end.
+        flush = not self._corked
+        self._corked = True
         try:
             buffer = self._buffer
             offset = 0
@@ -412,6 +490,8 @@ class SFTPServerCore:
                 self._updateReading()
         finally:
             self._processing = False
+            if flush:
+                self._flush()
 
     def _updateReading(self) -> None:
         if self._closing:
@@ -435,10 +515,28 @@ class SFTPServerCore:
         if self._lost:
             return
         if isinstance(data, tuple):
-            for piece in data:
-                self._write(piece)
+            self._outbox.extend(data)
         else:
-            self._write(data)
+            self._outbox.append(data)
+        if self._corked:
+            return
+        if afterDelivery(self._flush):
+            # More replies come in this batch of results: one write for all.
+            self._corked = True
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        self._corked = False
+        outbox = self._outbox
+        if not outbox or self._lost:
+            outbox.clear()
+            return
+        self._outbox = []
+        if len(outbox) == 1:
+            self._write(outbox[0])
+        else:
+            self._writeSequence(outbox)
 
     # Dispatch: the one path from a packet to exactly one reply
 
@@ -460,7 +558,10 @@ class SFTPServerCore:
             self._send(wire.status(0, wire.FX_BAD_MESSAGE, b"Packet too short"))
             return
         (requestId,) = _U32.unpack_from(body, 1)
-        self._log.debug("SFTP request type {kind} id {requestId}", kind=kind, requestId=requestId)
+        if self._logRequests:
+            self._log.debug(
+                "SFTP request type {kind} id {requestId}", kind=kind, requestId=requestId
+            )
         handler = self._handlers.get(kind)
         if handler is None:
             self._send(wire.status(requestId, wire.FX_OP_UNSUPPORTED, b"Operation unsupported"))
@@ -469,13 +570,27 @@ class SFTPServerCore:
         try:
             result = handler(requestId, wire.Reader(body, 5))
         except BaseException as e:
-            d: Deferred[Any] = fail(e)
+            self._replyFailed(Failure(e), requestId)  # type: ignore[no-untyped-call]
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))
         else:
-            d = result if isinstance(result, Deferred) else succeed(result)
-        d.addErrback(self._failed, requestId)
-        d.addCallback(self._send)
-        d.addErrback(lambda f: self._log.failure("Writing an SFTP reply failed", f))
-        d.addBoth(self._finished)
+            self._replied(result)
+
+    def _replied(self, reply: bytes | tuple[bytes, ...]) -> None:
+        try:
+            self._send(reply)
+        except Exception:
+            self._log.failure("Writing an SFTP reply failed")
+        self._finished(None)
+
+    def _replyFailed(self, reason: Failure, requestId: int) -> None:
+        try:
+            reply = self._failed(reason, requestId)
+        except Exception:
+            self._log.failure("Making an SFTP error reply failed")
+            reply = wire.status(requestId, wire.FX_FAILURE, b"Failure")
+        self._replied(reply)
 
     def _failed(self, reason: Failure, requestId: int) -> bytes:
         error = reason.value
@@ -573,18 +688,18 @@ class SFTPServerCore:
         d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
         return d
 
-    def _close(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _close(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
         r.end()
         if handle in self._files:
-            d = maybeDeferred(self._files.pop(handle).close)
+            result = self._files.pop(handle).close()
         elif handle in self._dirs:
-            d = self._dirs.pop(handle).close()
+            result = self._dirs.pop(handle).close()
         else:
             raise _noSuchHandle()
-        return d.addCallback(lambda _: wire.status(requestId, wire.FX_OK, _OK))
+        return _then(result, _okReply, requestId)
 
-    def _read(self, requestId: int, r: wire.Reader) -> Deferred[tuple[bytes, bytes]]:
+    def _read(self, requestId: int, r: wire.Reader) -> Any:
         handle, offset, length = r.string(), r.u64(), r.u32()
         r.end()
         fileObj = self._file(handle)
@@ -593,43 +708,35 @@ class SFTPServerCore:
         # than OpenSSH's client accepts.
         length = min(length, wire.MAX_READ_LENGTH)
 
-        def read(chunk: object) -> tuple[bytes, bytes]:
-            chunk = _asBytes(chunk)
-            if not chunk:
-                raise EOFError()
-            if len(chunk) > length:
-                chunk = chunk[:length]
-            return wire.dataHeader(requestId, len(chunk)), chunk
+        return _then(fileObj.readChunk(offset, length), _dataReply, requestId, length)
 
-        return maybeDeferred(fileObj.readChunk, offset, length).addCallback(read)
-
-    def _writeChunk(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _writeChunk(self, requestId: int, r: wire.Reader) -> Any:
         handle, offset, chunk = r.string(), r.u64(), r.string()
         r.end()
         fileObj = self._file(handle)
         return self._status(requestId, fileObj.writeChunk, offset, chunk)
 
-    def _stat(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _stat(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._attrs(requestId, self.avatar.getAttrs, path, True)
 
-    def _lstat(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _lstat(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._attrs(requestId, self.avatar.getAttrs, path, False)
 
-    def _fstat(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _fstat(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
         r.end()
         return self._attrs(requestId, self._file(handle).getAttrs)
 
-    def _setstat(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _setstat(self, requestId: int, r: wire.Reader) -> Any:
         path, attrs = r.string(), r.attrs()
         r.end()
         return self._status(requestId, self.avatar.setAttrs, path, attrs)
 
-    def _fsetstat(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _fsetstat(self, requestId: int, r: wire.Reader) -> Any:
         handle, attrs = r.string(), r.attrs()
         r.end()
         return self._status(requestId, self._file(handle).setAttrs, attrs)
@@ -665,37 +772,37 @@ class SFTPServerCore:
         directory.heldOver = pending[count:]
         return wire.name(requestId, pending[:count])
 
-    def _remove(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _remove(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._status(requestId, self.avatar.removeFile, path)
 
-    def _mkdir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _mkdir(self, requestId: int, r: wire.Reader) -> Any:
         path, attrs = r.string(), r.attrs()
         r.end()
         return self._status(requestId, self.avatar.makeDirectory, path, attrs)
 
-    def _rmdir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _rmdir(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._status(requestId, self.avatar.removeDirectory, path)
 
-    def _realpath(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _realpath(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._name(requestId, self.avatar.realPath, path)
 
-    def _rename(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _rename(self, requestId: int, r: wire.Reader) -> Any:
         oldPath, newPath = r.string(), r.string()
         r.end()
         return self._status(requestId, self.avatar.renameFile, oldPath, newPath)
 
-    def _readlink(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _readlink(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
         r.end()
         return self._name(requestId, self.avatar.readLink, path)
 
-    def _symlink(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
+    def _symlink(self, requestId: int, r: wire.Reader) -> Any:
         # OpenSSH's sftp and sshfs send (targetpath, linkpath), the reverse
         # of draft-02's (linkpath, targetpath); every deployed server follows
         # OpenSSH, so do we.
@@ -705,26 +812,17 @@ class SFTPServerCore:
 
     # Reply shapes
 
-    def _status(
-        self, requestId: int, call: Callable[..., object], *args: object
-    ) -> Deferred[bytes]:
-        d = maybeDeferred(call, *args)
-        return d.addCallback(lambda _: wire.status(requestId, wire.FX_OK, _OK))
+    # The avatar's methods are called directly: what they raise becomes the
+    # error reply in _packet, as a failed Deferred does.
 
-    def _attrs(self, requestId: int, call: Callable[..., object], *args: object) -> Deferred[bytes]:
-        def attributes(attrs: Any) -> bytes:
-            return wire.reply(wire.FXP_ATTRS, requestId, wire.encodeAttrs(attrs))
+    def _status(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
+        return _then(call(*args), _okReply, requestId)
 
-        return maybeDeferred(call, *args).addCallback(attributes)
+    def _attrs(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
+        return _then(call(*args), _attrsReply, requestId)
 
-    def _name(self, requestId: int, call: Callable[..., object], *args: object) -> Deferred[bytes]:
-        # One entry whose long name is the path itself and no attributes,
-        # as OpenSSH's sftp-server answers REALPATH and READLINK.
-        def named(path: object) -> bytes:
-            path = _asBytes(path)
-            return wire.name(requestId, [wire.nameEntry(path, path, {})])
-
-        return maybeDeferred(call, *args).addCallback(named)
+    def _name(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
+        return _then(call(*args), _nameReply, requestId)
 
     # Extensions
 

@@ -45,6 +45,7 @@ class SFTPServerProtocol(Protocol):
         *,
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
+        logRequests: bool = False,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} (and, for OpenSSH's extensions,
@@ -52,10 +53,12 @@ class SFTPServerProtocol(Protocol):
             serve many connections.
         @param maxInFlight: requests in flight before reading pauses.
         @param maxOpenHandles: open handles allowed per connection.
+        @param logRequests: log every request at debug level.
         """
         self.avatar = avatar
         self._maxInFlight = maxInFlight
         self._maxOpenHandles = maxOpenHandles
+        self._logRequests = logRequests
         self._closed: list[Deferred[None]] = []
         self._finished = False
         self._producing = False
@@ -65,6 +68,7 @@ class SFTPServerProtocol(Protocol):
         self.core = SFTPServerCore(
             self.avatar,
             transport.write,
+            writeSequence=transport.writeSequence,
             # Wrappers such as Conch's session subsystem transport cannot
             # pause; serve without read backpressure there.
             pauseReading=getattr(transport, "pauseProducing", _nothing),
@@ -72,6 +76,7 @@ class SFTPServerProtocol(Protocol):
             disconnect=transport.loseConnection,
             maxInFlight=self._maxInFlight,
             maxOpenHandles=self._maxOpenHandles,
+            logRequests=self._logRequests,
         )
         if IConsumer.providedBy(transport):
             transport.registerProducer(self, True)
@@ -151,7 +156,7 @@ class SFTPServerFactory(Factory):
     with the same avatar.
     """
 
-    def __init__(self, avatar: object, **options: int) -> None:
+    def __init__(self, avatar: object, **options: Any) -> None:
         """
         @param avatar: as for L{SFTPServerProtocol}.
         @param options: C{maxInFlight}, C{maxOpenHandles}.
@@ -165,7 +170,7 @@ class SFTPServerFactory(Factory):
         return protocol
 
 
-def subsystemFactory(server: object, **options: int) -> Callable[..., SFTPServerProtocol]:
+def subsystemFactory(server: object, **options: Any) -> Callable[..., SFTPServerProtocol]:
     """
     The value for a Conch user's C{subsystemLookup[b"sftp"]}: Conch calls it
     as C{factory(data, avatar=user)}; the SFTP avatar given here serves,

@@ -12,6 +12,7 @@ import fcntl
 import os
 import stat
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from twisted.logger import (
@@ -152,29 +153,41 @@ def main(argv: list[str], *, reactor: Any = None, stderr: TextIO | None = None) 
     except ShareError as e:
         return _fail(stderr, str(e))
 
-    startLogging(LEVELS[options["log-level"]], stderr)
-    serve(server, reactor)
+    level = LEVELS[options["log-level"]]
+    startLogging(level, stderr)
+    serve(server, reactor, logRequests=level == LogLevel.debug)
     reactor.run()
     return 0
 
 
-def serve(server: object, reactor: Any) -> None:
+def serve(server: object, reactor: Any, *, logRequests: bool = False) -> None:
     """
     Serve C{server} on stdin/stdout; stop C{reactor} once the client is gone
     and every handle is closed.
+
+    @param logRequests: log every request (at debug level).
     """
     from twisted.internet.stdio import StandardIO
 
     from conchshare.sftp.protocol import SFTPServerProtocol
+    from conchshare.sftp.workers import Workers
 
-    protocol = SFTPServerProtocol(server)
+    protocol = SFTPServerProtocol(server, logRequests=logRequests)
     for fd in (0, 1):
         _widenPipe(fd)
     standardIO = StandardIO(protocol, reactor=reactor)  # type: ignore[no-untyped-call]
-    _readLarger(standardIO)
+    workers = getattr(server, "workers", None)
+    afterRead = None
+    if isinstance(workers, Workers):
+        # Wait for the calls a read handed over right after feeding it.
+        workers.driven = True
+        afterRead = workers.waitBriefly
+    _readLarger(standardIO, afterRead)
     _writeEagerly(standardIO)
     protocol.whenClosed().addCallback(lambda _: reactor.stop())
 
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 #: Bytes asked of stdin per read: a whole large WRITE at once.
 READ_SIZE = 1024 * 1024
@@ -193,11 +206,13 @@ def _widenPipe(fd: int) -> None:
         pass
 
 
-def _readLarger(standardIO: object) -> None:
+def _readLarger(standardIO: object, afterRead: Callable[[], object] | None = None) -> None:
     """
     Make StandardIO read up to L{READ_SIZE} bytes at a time instead of
     Twisted's 8 KiB (C{fdesc.readFromFD}): one reactor turn per 8 KiB made
     stdin the bottleneck of bulk uploads.
+
+    @param afterRead: called after each read was fed to the protocol.
     """
     reader: Any = getattr(standardIO, "_reader", None)
     if reader is None or not isinstance(getattr(reader, "fd", None), int):
@@ -214,6 +229,8 @@ def _readLarger(standardIO: object) -> None:
         if not output:
             return connectionStatus.CONNECTION_DONE
         reader.dataReceived(output)
+        if afterRead is not None:
+            afterRead()
         return None
 
     reader.doRead = doRead
@@ -250,7 +267,28 @@ def _writeEagerly(standardIO: object) -> None:
         if written < len(data):
             bufferedWrite(data[written:])
 
+    def writeSequence(pieces: list[bytes]) -> None:
+        # Several replies (or a DATA header and its data): one writev, no
+        # joining copy.
+        if (
+            len(pieces) > _IOV_MAX
+            or len(writer.dataBuffer) > writer.offset
+            or writer._tempDataLen
+            or not writer.connected
+            or writer.disconnecting
+        ):
+            bufferedWrite(b"".join(pieces))
+            return
+        try:
+            written = os.writev(writer.fd, pieces)
+        except OSError:
+            written = 0
+        total = sum(map(len, pieces))
+        if written < total:
+            bufferedWrite(b"".join(pieces)[written:])
+
     writer.write = write
+    writer.writeSequence = writeSequence
 
 
 if __name__ == "__main__":

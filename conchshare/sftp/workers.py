@@ -27,12 +27,35 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from time import monotonic
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Job", "KeyOrder", "Workers", "orderedKeys"]
+__all__ = ["Job", "KeyOrder", "Workers", "afterDelivery", "orderedKeys"]
+
+# While Workers._collect fires a batch of results (in the reactor thread):
+# what to call once all are fired.
+_delivering: list[Callable[[], object]] | None = None
+
+
+def afterDelivery(call: Callable[[], object]) -> bool:
+    """
+    Defer C{call} to the end of the batch of results being delivered, if
+    one is: so that the replies a batch produces are written at once.
+
+    @return: whether C{call} will be called (L{False}: no batch is being
+        delivered; call it yourself).
+    """
+    if _delivering is None:
+        return False
+    _delivering.append(call)
+    return True
+
+
+_log = Logger()
 
 
 class Job:
@@ -190,30 +213,52 @@ class Workers:
     """
     Runs blocking calls in up to C{threads} daemon threads, ordered per key
     (see the module docstring).
+
+    Latency: after the reactor thread hands over calls, it waits for them
+    in its next turn, at most L{WAIT} seconds, instead of polling for a
+    wake-up: a cheap call (a stat) is answered without the round trip
+    through the reactor's waker.  Whatever takes longer is handed back with
+    C{callFromThread} as usual, so a slow call holds the reactor up by
+    L{WAIT} at most.
     """
 
     #: Whether the avatar may read cached file data in the reactor thread
     #: (see L{conchshare.confined.ConfinedFile.readCached}).
     inlineReads = True
 
-    def __init__(self, reactor: Any, threads: int = 8, *, name: str = "conchshare-fs") -> None:
+    #: The longest the reactor thread waits for calls it just handed over.
+    WAIT = 0.0003
+
+    #: Set when the code that feeds requests calls L{waitBriefly} itself
+    #: once it has fed what it read (C{conchshare sftp-server} does): no
+    #: reactor turn is spent on it.
+    driven = False
+
+    def __init__(self, reactor: Any, threads: int = 4, *, name: str = "conchshare-fs") -> None:
         """
         @param reactor: an L{IReactorFromThreads}; results are handed back
-            with its C{callFromThread}.
+            with its C{callFromThread}.  If it provides C{callLater}, the
+            reactor thread waits briefly for results (see L{WAIT}).
         @param threads: the most threads running calls at once.
         @param name: the threads' name.
         """
         self._reactor = reactor
+        self._callLater: Callable[..., object] | None = getattr(reactor, "callLater", None)
         self._max = max(1, threads)
         self._name = name
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        self._doneWake = threading.Condition(self._lock)
         self._order = KeyOrder()
         self._ready: deque[Job] = deque()
         self._done: list[Job] = []
         self._collecting = False
+        self._reactorWaiting = False
+        self._waitScheduled = False
         self._threads: list[threading.Thread] = []
         self._idle = 0
+        self._between = 0  # awake threads not in a call: they take ready calls
+        self._calling = 0
         self._stopped = False
         self._shutdownTrigger = False
 
@@ -252,12 +297,18 @@ class Workers:
             or the exception.
         """
         job = Job(orderedKeys(keys), shared, function, args)
+        wait = False
         with self._lock:
             if self._stopped:
                 raise RuntimeError("The workers are stopped")
             if self._order.add(job):
                 self._ready.append(job)
-                self._signal()
+                if len(self._ready) > self._between:
+                    self._signal()
+                if not (self._waitScheduled or self.driven) and self._callLater is not None:
+                    self._waitScheduled = wait = True
+        if wait and self._callLater is not None:
+            self._callLater(0, self.waitBriefly)
         return job.deferred
 
     def stop(self) -> None:
@@ -271,9 +322,11 @@ class Workers:
             self._wake.notify_all()
 
     def _signal(self) -> None:
-        # Lock held: a call is ready; wake an idle thread, or start one.
+        # Lock held: more calls are ready than awake threads will take;
+        # wake an idle thread, or start one.
         if self._idle:
             self._idle -= 1
+            self._between += 1
             self._wake.notify()
         elif len(self._threads) < self._max:
             if not self._shutdownTrigger:
@@ -281,6 +334,7 @@ class Workers:
                 addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
                 if addTrigger is not None:
                     addTrigger("during", "shutdown", self.stop)
+            self._between += 1
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )
@@ -295,26 +349,34 @@ class Workers:
             while True:
                 if not ready:
                     if self._stopped:
+                        self._between -= 1
                         return
-                    # Whoever wakes us takes us off the idle count.
+                    # Whoever wakes us takes us off the idle count and
+                    # counts us as between calls.
+                    self._between -= 1
                     self._idle += 1
                     self._wake.wait()
                     continue
                 job = ready.popleft()
+                self._between -= 1
+                self._calling += 1
+                if ready and len(ready) > self._between:
+                    # This call may be slow: the others must not wait for it.
+                    self._signal()
                 lock.release()
                 try:
                     job.call()
                 finally:
                     lock.acquire()
+                self._calling -= 1
+                self._between += 1
                 following = self._order.finish(job)
                 if following:
-                    # This thread goes on with the first; others wake up
-                    # for the rest.
                     ready.extendleft(reversed(following))
-                    for _ in following[1:]:
-                        self._signal()
                 self._done.append(job)
-                if not self._collecting:
+                if self._reactorWaiting:
+                    self._doneWake.notify()
+                elif not self._collecting:
                     self._collecting = True
                     lock.release()
                     try:
@@ -324,10 +386,44 @@ class Workers:
         finally:
             lock.release()
 
+    def waitBriefly(self) -> None:
+        """
+        In the reactor thread: wait up to L{WAIT} seconds for the calls
+        handed over so far, and deliver the results that are ready.
+        """
+        with self._lock:
+            self._waitScheduled = False
+            deadline = monotonic() + self.WAIT
+            while self._ready or self._calling:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                self._reactorWaiting = True
+                try:
+                    self._doneWake.wait(remaining)
+                finally:
+                    self._reactorWaiting = False
+            if not self._done:
+                return
+        self._collect()
+
     def _collect(self) -> None:
         # In the reactor thread: fire every call done since the last time.
+        global _delivering
         with self._lock:
             done, self._done = self._done, []
             self._collecting = False
-        for job in done:
-            job.fire()
+        outer = _delivering
+        if outer is None:
+            _delivering = []
+        try:
+            for job in done:
+                job.fire()
+        finally:
+            if outer is None:
+                calls, _delivering = _delivering, None
+                for call in calls or ():
+                    try:
+                        call()
+                    except Exception:
+                        _log.failure("After delivering results")
