@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
 
@@ -120,13 +121,16 @@ def attrsFromStat(st: os.stat_result) -> Attrs:
     """
     SFTP v3 attributes of a stat result (times clamped to 32 bits).
     """
+    atime, mtime = int(st.st_atime), int(st.st_mtime)
+    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+        atime, mtime = _u32(atime), _u32(mtime)
     return {
         "size": st.st_size,
         "uid": st.st_uid,
         "gid": st.st_gid,
         "permissions": st.st_mode,
-        "atime": _u32(st.st_atime),
-        "mtime": _u32(st.st_mtime),
+        "atime": atime,
+        "mtime": mtime,
     }
 
 
@@ -156,7 +160,55 @@ def _modeString(mode: int) -> bytes:
             chars.append(lower if bits & 1 else upper)
         else:
             chars.append("x" if bits & 1 else "-")
-    return "".join(chars).encode()
+    return "".join(chars).encode() + b" "
+
+
+# Caches for long names: a listing repeats the same modes, owners and
+# minutes.  Bounded: cleared when full.
+_CACHE_SIZE = 4096
+_modes: dict[int, bytes] = {}
+_owners: dict[tuple[int, int], bytes] = {}
+_dates: dict[tuple[int, bool], bytes] = {}
+
+
+def _cached(cache: dict[Any, bytes], key: Any, make: Callable[[], bytes]) -> bytes:
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = make()
+    return value
+
+
+def _owner(uid: int, gid: int) -> bytes:
+    user = userName(uid) or str(uid).encode()
+    group = groupName(gid) or str(gid).encode()
+    return b"%-*s %-*s" % (max(len(user), 8), user, max(len(group), 8), group)
+
+
+def _date(mtime: int, recent: bool) -> bytes:
+    t = time.localtime(mtime)
+    day = b"%s %2d" % (_MONTHS[t.tm_mon - 1], t.tm_mday)
+    # OpenSSH: the time for the last six months, the year otherwise.
+    if recent:
+        return day + b" %02d:%02d" % (t.tm_hour, t.tm_min)
+    return day + b"  %d" % t.tm_year
+
+
+def _longname(
+    name: bytes, mode: int, nlink: int, uid: int, gid: int, size: int, mtime: int, now: float
+) -> bytes:
+    recent = now - (365 * 24 * 60 * 60) / 2 < mtime <= now
+    # The minute is all the date shows (recent), or the day (older); a
+    # day or a minute starts at a multiple of 60 s in every time zone in use.
+    return b"%s %3d %s %8d %s %s" % (
+        _cached(_modes, mode, lambda: _modeString(mode)),
+        nlink,
+        _cached(_owners, (uid, gid), lambda: _owner(uid, gid)),
+        size,
+        _cached(_dates, (mtime - mtime % 60, recent), lambda: _date(mtime, recent)),
+        name,
+    )
 
 
 def longname(
@@ -170,31 +222,15 @@ def longname(
     @param nlink: its link count.
     @param now: the current time (for the recent/old date format).
     """
-    mode = _number(attrs, "permissions", 0)
-    uid = _number(attrs, "uid", 0)
-    gid = _number(attrs, "gid", 0)
-    size = _number(attrs, "size", 0)
-    mtime = _number(attrs, "mtime", 0)
-    user = userName(uid) or str(uid).encode()
-    group = groupName(gid) or str(gid).encode()
-    now = time.time() if now is None else now
-    t = time.localtime(mtime)
-    day = b"%s %2d" % (_MONTHS[t.tm_mon - 1], t.tm_mday)
-    # OpenSSH: the time for the last six months, the year otherwise.
-    if now - (365 * 24 * 60 * 60) / 2 < mtime <= now:
-        when = day + b" %02d:%02d" % (t.tm_hour, t.tm_min)
-    else:
-        when = day + b"  %d" % t.tm_year
-    return b"%s %3d %-*s %-*s %8d %s %s" % (
-        _modeString(mode) + b" ",
-        nlink,
-        max(len(user), 8),
-        user,
-        max(len(group), 8),
-        group,
-        size,
-        when,
+    return _longname(
         name,
+        _number(attrs, "permissions", 0),
+        nlink,
+        _number(attrs, "uid", 0),
+        _number(attrs, "gid", 0),
+        _number(attrs, "size", 0),
+        _number(attrs, "mtime", 0),
+        time.time() if now is None else now,
     )
 
 
@@ -462,14 +498,32 @@ class ConfinedDirectory:
         if self._entries is not None:
             batch, self._entries = self._entries[:maximum], self._entries[maximum:]
         elif self._scan is not None and self._fd is not None:
+            now = time.time() if self._now is None else self._now
+            fsencode = os.fsencode
             for entry in self._scan:
-                name = os.fsencode(entry.name)
+                name = fsencode(entry.name)
                 try:
-                    st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+                    # lstat relative to the directory's descriptor.
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed since listed
                 attrs = attrsFromStat(st)
-                batch.append((name, longname(name, attrs, st.st_nlink, now=self._now), attrs))
+                batch.append(
+                    (
+                        name,
+                        _longname(
+                            name,
+                            st.st_mode,
+                            st.st_nlink,
+                            st.st_uid,
+                            st.st_gid,
+                            st.st_size,
+                            attrs["mtime"],  # type: ignore[arg-type]
+                            now,
+                        ),
+                        attrs,
+                    )
+                )
                 if len(batch) >= maximum:
                     break
         if not batch:

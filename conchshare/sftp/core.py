@@ -59,7 +59,7 @@ _REPLY_HEADER = struct.Struct(">IBI")
 # field (what a stat gives); anything else goes through L{wire}.
 _OK_BODY = wire.u32(wire.FX_OK) + wire.string(_OK) + wire.string(b"")
 _OK_LENGTH = len(_OK_BODY) + 5
-_ALL_ATTRS = struct.Struct(">IBIIQIIIII")
+_ATTRS_BODY = struct.Struct(">IQIIIII")
 _ALL_ATTRS_FLAGS = (
     wire.FILEXFER_ATTR_SIZE
     | wire.FILEXFER_ATTR_UIDGID
@@ -73,13 +73,10 @@ def _okReply(_: object, requestId: int) -> bytes:
     return _REPLY_HEADER.pack(_OK_LENGTH, wire.FXP_STATUS, requestId) + _OK_BODY
 
 
-def _attrsReply(attrs: Any, requestId: int) -> bytes:
+def _encodeAttrs(attrs: Any) -> bytes:
     if attrs.keys() == _ALL_ATTRS_KEYS:
         try:
-            return _ALL_ATTRS.pack(
-                _ALL_ATTRS.size - 4,
-                wire.FXP_ATTRS,
-                requestId,
+            return _ATTRS_BODY.pack(
                 _ALL_ATTRS_FLAGS,
                 attrs["size"],
                 attrs["uid"],
@@ -90,7 +87,24 @@ def _attrsReply(attrs: Any, requestId: int) -> bytes:
             )
         except struct.error:
             pass  # out of range, or not an int: wire masks and checks
-    return wire.reply(wire.FXP_ATTRS, requestId, wire.encodeAttrs(attrs))
+    return wire.encodeAttrs(attrs)
+
+
+def _attrsReply(attrs: Any, requestId: int) -> bytes:
+    body = _encodeAttrs(attrs)
+    return _REPLY_HEADER.pack(len(body) + 5, wire.FXP_ATTRS, requestId) + body
+
+
+def _nameEntry(filename: bytes, longname: bytes, attrs: Any) -> bytes:
+    return b"".join(
+        (
+            _U32.pack(len(filename)),
+            filename,
+            _U32.pack(len(longname)),
+            longname,
+            _encodeAttrs(attrs),
+        )
+    )
 
 
 def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
@@ -757,7 +771,7 @@ class SFTPServerCore:
             # The contract says never empty; an empty batch still ends.
             raise EOFError()
         pending = directory.heldOver + [
-            wire.nameEntry(_asBytes(filename), _asBytes(longname), attrs)
+            _nameEntry(_asBytes(filename), _asBytes(longname), attrs)
             for filename, longname, attrs in entries
         ]
         # Keep the reply under what OpenSSH's client accepts; the rest is
