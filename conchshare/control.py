@@ -40,6 +40,7 @@ __all__ = [
     "ControlError",
     "ControlService",
     "Controllable",
+    "MAX_SOCKET_PATH",
     "ctlMain",
     "defaultControlDirectory",
     "defaultControlPath",
@@ -107,6 +108,21 @@ def _privateDirectory(path: str) -> None:
         raise ControlError(f"The control directory {path} is not a directory of this user.")
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+#: The longest Unix socket path (C{sun_path} holds 108 bytes with the NUL).
+MAX_SOCKET_PATH = 107
+
+
+def _checkLength(path: str) -> None:
+    """
+    @raise ControlError: C{path} is too long for a Unix socket.
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ControlError(
+            f"The control socket path {path} is longer than {MAX_SOCKET_PATH} bytes,"
+            " the limit of a Unix socket path; give a shorter --control PATH."
+        )
 
 
 def _alive(path: str) -> bool:
@@ -213,6 +229,7 @@ class ControlService(Service):
         """
         if self._port is not None:
             return
+        _checkLength(self.path)
         if self._reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -287,6 +304,7 @@ def request(path: str, command: str, timeout: float = 10.0) -> dict[str, Any]:
 
     @raise ControlError: the socket cannot be reached or answered nonsense.
     """
+    _checkLength(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -261,9 +262,11 @@ class AgentTests(ClientTestMixin, TestCase):
     def startAgent(self, *keyPaths: str) -> str:
         if not shutil.which("ssh-agent"):
             raise SkipTest("no ssh-agent")
-        directory = self.mktemp()
-        os.makedirs(directory, mode=0o700)
-        sock = os.path.join(os.path.abspath(directory), "agent.sock")
+        # Not under trial's directory: a Unix socket path has at most 107
+        # bytes, and a checkout path can be long.
+        directory = tempfile.mkdtemp(prefix="cs-agent-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = os.path.join(directory, "agent.sock")
         agent = subprocess.Popen(
             ["ssh-agent", "-a", sock, "-D"],
             stdout=subprocess.DEVNULL,
@@ -279,6 +282,8 @@ class AgentTests(ClientTestMixin, TestCase):
         deadline = time.monotonic() + 5
         while not os.path.exists(sock) and time.monotonic() < deadline:
             time.sleep(0.02)
+        if not os.path.exists(sock):
+            self.fail(f"ssh-agent did not create {sock}")
         env = dict(os.environ, SSH_AUTH_SOCK=sock)
         for path in keyPaths:
             subprocess.run(

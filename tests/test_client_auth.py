@@ -103,6 +103,19 @@ class AuthTests(SynchronousTestCase):
         )
         self.assertEqual(auth.failure.exitCode, 4)
 
+    def test_agentSocketPathTooLong(self) -> None:
+        """
+        An agent socket path longer than a Unix socket address can hold is
+        not connected to (no wait, no error from Twisted); the failure
+        sentence says why the agent was not used.
+        """
+        tooLong = "/tmp/" + "a" * 120 + "/agent.sock"
+        auth, transport = self.client(withPrompt=False, useAgent=True, identityAgent=tooLong)
+        auth.ssh_USERAUTH_FAILURE(failure(b"publickey"))
+        self.assertEqual(auth.reactor.unixClients, [])
+        assert auth.failure is not None
+        self.assertIn("tried: agent (socket path longer than 107 bytes)", str(auth.failure))
+
     def test_passwordThreeTimes(self) -> None:
         auth, transport = self.client()
         self.answers = ["one", "two", "three"]

@@ -34,7 +34,7 @@ def shortTempDir(testCase: TestCase) -> str:
     A fresh private directory with a short path (Unix socket paths are
     limited to 107 bytes; trial's are long).
     """
-    path = tempfile.mkdtemp(prefix="cs-")
+    path = tempfile.mkdtemp(prefix="cs-", dir="/tmp")
     testCase.addCleanup(shutil.rmtree, path, True)
     return path
 
@@ -63,9 +63,13 @@ class Running:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._readErr, daemon=True).start()
-        testCase.addCleanup(self.kill)
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._readErr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        testCase.addCleanup(self.close)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -139,6 +143,30 @@ class Running:
             except ProcessLookupError:
                 pass
             self.process.wait()
+
+    def close(self) -> None:
+        """
+        Kill the process (and its session) if it still runs, let the readers
+        reach the end of its output, and close the pipes.
+        """
+        self.kill()
+        for reader in self._readers:
+            reader.join(WAIT)
+            if reader.is_alive():
+                raise AssertionError(f"the output of {self.process.args!r} is still open")
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def reap(process: subprocess.Popen[Any]) -> None:
+    """
+    Kill C{process} if it still runs, wait for it and close its pipes.
+    """
+    if process.poll() is None:
+        process.kill()
+    with process:  # closes stdin, stdout and stderr, then waits
+        pass
 
 
 def sshArgs(sshd: ThrowawaySSHD) -> list[str]:
@@ -304,7 +332,7 @@ class ShareCommandTests(_Base):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.addCleanup(lambda: client.poll() is None and client.kill())
+        self.addCleanup(reap, client)
         assert client.stdin is not None
         client.stdin.write(f"get /docs/big {got}\n")
         client.stdin.close()
@@ -346,7 +374,7 @@ class ShareCommandTests(_Base):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.addCleanup(lambda: client.poll() is None and client.kill())
+        self.addCleanup(reap, client)
         assert client.stdin is not None
         client.stdin.write(f"get /docs/hello.txt {got}\n")
         client.stdin.close()

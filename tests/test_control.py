@@ -58,7 +58,7 @@ class Target:
 
 
 def shortDir(testCase: SynchronousTestCase) -> str:
-    path = tempfile.mkdtemp(prefix="cs-")
+    path = tempfile.mkdtemp(prefix="cs-", dir="/tmp")
     testCase.addCleanup(shutil.rmtree, path, True)
     return path
 
@@ -156,6 +156,22 @@ class ControlServiceTests(TestCase):
         """
         other = ControlService(Target(), self.path, reactor=reactor)
         self.assertRaises(ControlError, other.listen)
+
+
+class LongPathTests(SynchronousTestCase):
+    def test_tooLong(self) -> None:
+        """
+        A control socket path too long for a Unix socket: listening and
+        C{ctl} both fail with a sentence that says so and names the path.
+        """
+        path = os.path.join(shortDir(self), "x" * 110, "ctl.sock")
+        error = self.assertRaises(ControlError, ControlService(Target(), path).listen)
+        self.assertIn("longer than 107 bytes", str(error))
+        self.assertIn(path, str(error))
+        self.assertFalse(os.path.exists(os.path.dirname(path)))
+        err = io.StringIO()
+        self.assertEqual(ctlMain(["--control", path, "status"], io.StringIO(), err), 1)
+        self.assertIn("longer than 107 bytes", err.getvalue())
 
 
 class StaleSocketTests(TestCase):

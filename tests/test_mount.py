@@ -339,7 +339,7 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
             ],
             stdout=subprocess.PIPE,
         )
-        self.addCleanup(lambda: (holder.kill(), holder.wait()))
+        self.addCleanup(lambda: (holder.kill(), holder.wait(), holder.stdout.close()))  # type: ignore[union-attr]
         line = yield inThread(holder.stdout.readline)  # type: ignore[union-attr]
         self.assertEqual(line, b"ready\n")
         yield mount.unmount()

@@ -70,6 +70,16 @@ def terminalPrompt(text: str, echo: bool) -> str:
     return getpass.getpass(text)
 
 
+#: The longest Unix socket path (C{sun_path} holds 108 bytes with the NUL).
+MAX_SOCKET_PATH = 107
+
+
+class _SocketPathTooLong(OSError):
+    """
+    The agent socket path does not fit in a C{sockaddr_un}.
+    """
+
+
 class AgentClient(SSHAgentClient):  # type: ignore[misc]
     """
     The agent protocol with the sign-request flags Conch leaves at 0.
@@ -215,6 +225,8 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
             try:
                 self._agent = await self._connectAgent(self.options.identityAgent)
                 identities = await self._agent.requestIdentities()
+            except _SocketPathTooLong:
+                self.tried.append(f"agent (socket path longer than {MAX_SOCKET_PATH} bytes)")
             except Exception as e:
                 _log.debug("ssh-agent not usable: {e}", e=e)
                 self.tried.append("agent (not reachable)")
@@ -245,6 +257,10 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
     def _connectAgent(self, path: str) -> Deferred[AgentClient]:
         if not IReactorUNIX.providedBy(self.reactor):
             return defer.fail(OSError("no UNIX sockets"))
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            # Twisted would wait for its timeout and then fail with a
+            # TypeError in doConnect (it passes the message to strerror).
+            return defer.fail(_SocketPathTooLong(path))
         endpoint = UNIXClientEndpoint(self.reactor, path, timeout=5)
         d: Deferred[AgentClient] = endpoint.connect(Factory.forProtocol(AgentClient))
         return d
