@@ -55,6 +55,8 @@ _MAX_BUFFERED = 64 * wire.MAX_PACKET_LENGTH
 _U32 = struct.Struct(">I")
 _OK = b"Success"
 _REPLY_HEADER = struct.Struct(">IBI")
+# Replies held back to be written together, at most (bytes).
+_CORK_LIMIT = 64 * 1024
 # The most common replies, framed ahead: STATUS OK, and ATTRS with every
 # field (what a stat gives); anything else goes through L{wire}.
 _OK_BODY = wire.u32(wire.FX_OK) + wire.string(_OK) + wire.string(b"")
@@ -351,6 +353,7 @@ class SFTPServerCore:
 
         self._buffer = bytearray()
         self._outbox: list[bytes] = []
+        self._outboxSize = 0
         self._corked = False
         self._processing = False
         self._initialised = False
@@ -530,9 +533,16 @@ class SFTPServerCore:
             return
         if isinstance(data, tuple):
             self._outbox.extend(data)
+            self._outboxSize += sum(map(len, data))
         else:
             self._outbox.append(data)
+            self._outboxSize += len(data)
         if self._corked:
+            if self._outboxSize >= _CORK_LIMIT:
+                # Bulk data: let the consumer start on it now (and push
+                # back, pausing dispatch, if it cannot keep up).
+                self._flush()
+                self._corked = True
             return
         if afterDelivery(self._flush):
             # More replies come in this batch of results: one write for all.
@@ -542,6 +552,7 @@ class SFTPServerCore:
 
     def _flush(self) -> None:
         self._corked = False
+        self._outboxSize = 0
         outbox = self._outbox
         if not outbox or self._lost:
             outbox.clear()

@@ -270,22 +270,29 @@ def _writeEagerly(standardIO: object) -> None:
     def writeSequence(pieces: list[bytes]) -> None:
         # Several replies (or a DATA header and its data): one writev, no
         # joining copy.
+        if len(pieces) > _IOV_MAX:
+            for piece in pieces:
+                write(piece)
+            return
         if (
-            len(pieces) > _IOV_MAX
-            or len(writer.dataBuffer) > writer.offset
+            len(writer.dataBuffer) > writer.offset
             or writer._tempDataLen
             or not writer.connected
             or writer.disconnecting
         ):
-            bufferedWrite(b"".join(pieces))
+            for piece in pieces:
+                bufferedWrite(piece)
             return
         try:
             written = os.writev(writer.fd, pieces)
         except OSError:
             written = 0
-        total = sum(map(len, pieces))
-        if written < total:
-            bufferedWrite(b"".join(pieces)[written:])
+        for piece in pieces:
+            if written >= len(piece):
+                written -= len(piece)
+                continue
+            bufferedWrite(piece[written:] if written else piece)
+            written = 0
 
     writer.write = write
     writer.writeSequence = writeSequence
