@@ -161,7 +161,14 @@ def sentence(event: Mapping[str, Any]) -> str:
     if name == "mounted":
         return f"Mounted the shares at {event.get('remote_path')} on the remote host."
     if name == "unmounted":
-        return f"Unmounted {event.get('remote_path')} on the remote host."
+        message = str(event.get("message") or "")
+        if not message:
+            return f"Unmounted {event.get('remote_path')} on the remote host."
+        # Lazily detached, could not unmount, or sshfs ended on its own: the
+        # message says which ("sshfs", a command name, stays lower case).
+        if not message.startswith("sshfs "):
+            message = message[:1].upper() + message[1:]
+        return message.rstrip(".") + "."
     if name == "error":
         return str(event.get("message"))
     if name == "stopped":

@@ -230,6 +230,9 @@ class RemoteMount:
     @ivar remotePath: the absolute remote path of the mount point once
         known, else L{None}.
     @ivar state: C{"idle"}, C{"mounting"}, C{"mounted"} or C{"unmounting"}.
+    @ivar listener: the granted forward (a
+        L{conchshare.tunnel.connection.Listener}) while mounted C{via} C{ssh},
+        C{socket} or C{raw-tcp}; L{None} otherwise.
     """
 
     _log = Logger()
@@ -294,7 +297,7 @@ class RemoteMount:
         self._created: str | None = None
         self._wasMounted = False
         self._sshfs: Any = None
-        self._listener: Any = None
+        self.listener: Any = None
         self._sessionKey: Any = None
         self._hostKey = hostKey
         self._mountWaiters: list[defer.Deferred[None]] = []
@@ -446,7 +449,7 @@ class RemoteMount:
             self._sshfs = None
         # Forwards went with the old connection; the session key files are
         # left to the old connection's clean-ups.
-        self._listener = None
+        self.listener = None
         self._sessionKey = None
         return self.mount()
 
@@ -582,8 +585,8 @@ class RemoteMount:
             )
         else:
             raise MountFailed(f"--via {self.via} is not available")
-        self._listener = await self.connection.requestForward(listener)
-        return self._listener
+        self.listener = await self.connection.requestForward(listener)
+        return self.listener
 
     async def _waitMounted(self) -> None:
         assert self.remotePath is not None
@@ -699,7 +702,7 @@ class RemoteMount:
                 await _closedWithin(self._reactor, channel, EXIT_TIMEOUT)
             if not channel.isClosed:
                 channel.loseConnection()
-        listener, self._listener = self._listener, None
+        listener, self.listener = self.listener, None
         sessionKey, self._sessionKey = self._sessionKey, None
         if self._connected():
             if listener is not None:
@@ -738,11 +741,11 @@ class RemoteMount:
             address="127.0.0.1",
             port=0,
         )
-        self._listener = await self.connection.requestForward(listener)
+        self.listener = await self.connection.requestForward(listener)
         self._sessionKey = await installSessionKey(
-            self.connection, sessionKey, hostKey, self._listener.port, "conchshare"
+            self.connection, sessionKey, hostKey, self.listener.port, "conchshare"
         )
-        return self._listener
+        return self.listener
 
     async def _cancelForward(self, listener: Any) -> None:
         try:

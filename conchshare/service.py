@@ -663,7 +663,7 @@ class ShareService(Service):
         """
         The granted listeners: ours, and the remote mount's.
         """
-        mountListener = getattr(self._mount, "_listener", None)
+        mountListener = self._mount.listener if self._mount is not None else None
         return self._forwards + ([mountListener] if mountListener is not None else [])
 
     def _listeners(self) -> list[tuple[str, int] | str]:

@@ -89,6 +89,38 @@ class MakeEventTests(SynchronousTestCase):
         self.assertIn("sshfs -p 40000 x", keyText)
         self.assertIn("sftp -P 40000 x", keyText)
 
+    def test_unmountedWithMessage(self) -> None:
+        """
+        An C{unmounted} event with a C{message} (a busy mount detached
+        lazily, a failed unmount, sshfs ending) prints that message.
+        """
+        lazy = sentence(
+            {
+                "event": "unmounted",
+                "remote_path": "/home/me/mnt",
+                "lazy": True,
+                "message": "/home/me/mnt was busy on the remote host and was unmounted lazily:"
+                " it goes away once its last open file is closed",
+            }
+        )
+        self.assertEqual(
+            lazy,
+            "/home/me/mnt was busy on the remote host and was unmounted lazily:"
+            " it goes away once its last open file is closed.",
+        )
+        failed = sentence(
+            {
+                "event": "unmounted",
+                "remote_path": "/m",
+                "message": "could not unmount /m on the remote host: permission denied",
+            }
+        )
+        self.assertEqual(failed, "Could not unmount /m on the remote host: permission denied.")
+        ended = sentence(
+            {"event": "unmounted", "remote_path": "/m", "message": "sshfs ended (x); /m is gone"}
+        )
+        self.assertEqual(ended, "sshfs ended (x); /m is gone.")
+
     def test_socketForwarding(self) -> None:
         text = sentence({"event": "forwarding", "mode": "raw", "socket": "/tmp/d/sftp.sock"})
         self.assertEqual(

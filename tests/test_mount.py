@@ -486,7 +486,7 @@ class ForwardedMountTests(MountTestsMixin, unittest.TestCase):
         mount = self.remoteMount(connection, [local], mountPoint, via=via)
         path = yield mount.mount()
         self.assertEqual(path, mountPoint)
-        listener = mount._listener
+        listener = mount.listener
         if mount._sessionKey is not None:
             self.sessionKeyDirectory = mount._sessionKey.directory
         data = yield inThread(readFile, os.path.join(mountPoint, "f.txt"))
