@@ -19,6 +19,7 @@ from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.errors import (
@@ -333,8 +334,26 @@ class HostKeyTests(ClientTestMixin, TestCase):
         sshd = self.startSSHD()
         empty = os.path.join(sshd.directory, "empty_known_hosts")
         open(empty, "w").close()
+        logged: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            if event.get("log_namespace", "").startswith("conchshare."):
+                logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         error = await self.connectFails(self.optionsFor(sshd, userKnownHostsFiles=[empty]))
         self.assertIsInstance(error, HostKeyUnknown)
+        # One sentence in the log, and no traceback sent to the server.
+        said = [line for line in logged if "bad host key" in line]
+        self.assertEqual(len(said), 1, logged)
+        self.assertNotIn("\n", said[0])
+        self.assertNotIn("Traceback", "".join(logged))
+        deadline = time.monotonic() + 5
+        while "bad host key" not in sshd.log() and time.monotonic() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertIn("bad host key", sshd.log())
+        self.assertNotIn("Traceback", sshd.log())
         self.assertEqual(error.exitCode, 5)
         expected = sshKeygenFingerprint(sshd.hostPublicKey, sshd.directory)
         self.assertIn(expected, str(error))

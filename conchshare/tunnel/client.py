@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -257,7 +258,20 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
             pass
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
-        super().sendDisconnect(reason, desc)
+        # Conch's own version logs two lines, and after a refused host key
+        # its description carries the verification Failure's repr (a
+        # traceback with local paths), which it would also send to the
+        # server.  Our sentence for that is in self.failure.
+        if reason == transport.DISCONNECT_HOST_KEY_NOT_VERIFIABLE:
+            desc = b"bad host key"
+        self.sendPacket(transport.MSG_DISCONNECT, struct.pack(">L", reason) + NS(desc) + NS(b""))
+        _log.info(
+            "Disconnecting from {host}: {description} (code {code}).",
+            host=self.options.displayName(),
+            description=desc.decode("utf-8", "replace"),
+            code=reason,
+        )
+        self.transport.loseConnection()
         if hasattr(self.transport, "signalProcess"):
             # OpenSSH ends its ProxyCommand when it disconnects; give it a
             # moment to leave by itself on EOF.
