@@ -6,14 +6,19 @@ the public-key checker.
 from __future__ import annotations
 
 import os
+import struct
 
 from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh.common import NS
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from conchshare.errors import UsageError
 from conchshare.tunnel.nested import (
+    NestedServerTransport,
     NestedSSHServer,
     _AnyUserKeyChecker,
     loadOrCreateHostKey,
@@ -101,3 +106,34 @@ class CheckerTests(unittest.SynchronousTestCase):
             b"u", b"ssh-ed25519", self.key.public().blob(), data, other.sign(data)
         )
         self.failureResultOf(self.checker.requestAvatarId(creds), UnauthorizedLogin)
+
+
+class DisconnectLogTests(unittest.SynchronousTestCase):
+    def disconnect(self, code: int, description: bytes) -> list[LogEvent]:
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server = NestedServerTransport()
+        server.transport = StringTransport()
+        server.ssh_DISCONNECT(struct.pack(">L", code) + NS(description) + NS(b""))
+        self.assertTrue(server.transport.disconnecting)
+        return events
+
+    def test_clientDone(self) -> None:
+        """
+        A client that disconnects "by application" (sftp quit, sshfs
+        unmounted) is routine: logged at debug level only.
+        """
+        events = self.disconnect(11, b"disconnected by user")
+        self.assertEqual([e for e in events if e["log_level"] > LogLevel.debug], [])
+
+    def test_otherReason(self) -> None:
+        """
+        Other reasons: one info line with the code and the description.
+        """
+        events = self.disconnect(2, b"protocol error")
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.info])
+        self.assertEqual(
+            formatEvent(events[0]),
+            "The nested SSH client disconnected with code 2: protocol error.",
+        )

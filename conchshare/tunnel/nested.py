@@ -38,6 +38,8 @@ from conchshare.tunnel.fastpath import FastTransportMixin
 
 SFTPFactory = Callable[[], interfaces.IProtocol]
 
+_log = Logger()
+
 
 def loadOrCreateHostKey(path: str | None = None) -> keys.Key:
     """
@@ -194,6 +196,22 @@ class NestedServerTransport(FastTransportMixin, transport.SSHServerTransport):  
     The server transport that runs on a forwarded channel: AES-GCM and
     C{hmac-sha2-256} preferred (see L{conchshare.tunnel.fastpath}).
     """
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """
+        The client sent C{MSG_DISCONNECT}.  Conch logs every one as an error
+        on two lines; a client that is done (sshfs unmounted, sftp quit)
+        says "by application": that is routine.
+        """
+        text = description.decode("utf-8", "replace")
+        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
+            _log.debug("The nested SSH client disconnected ({description}).", description=text)
+        else:
+            _log.info(
+                "The nested SSH client disconnected with code {code}: {description}.",
+                code=reasonCode,
+                description=text,
+            )
 
 
 class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
