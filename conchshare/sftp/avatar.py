@@ -231,6 +231,9 @@ class ShareFile:
                 return succeed(data)
         return executor.run(self._keys, self.confined.read, offset, length, shared=True)
 
+    #: The core may pass WRITE data as a memoryview (no copy).
+    writesViews = True
+
     def writeChunk(self, offset: int, data: bytes) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None} once all of C{data} is written

@@ -499,7 +499,8 @@ class SFTPServerCore:
                 end = offset + 4 + length
                 if end > size:
                     break
-                body = bytes(buffer[offset + 4 : end])
+                with memoryview(buffer) as view:
+                    body = bytes(view[offset + 4 : end])
                 offset = end
                 self._packet(body)
             if not self._closing:
@@ -736,9 +737,19 @@ class SFTPServerCore:
         return _then(fileObj.readChunk(offset, length), _dataReply, requestId, length)
 
     def _writeChunk(self, requestId: int, r: wire.Reader) -> Any:
-        handle, offset, chunk = r.string(), r.u64(), r.string()
-        r.end()
+        handle, offset, length = r.string(), r.u64(), r.u32()
+        # The data is the rest of the packet: a view of it, not a copy
+        # (what Reader.string would make).
+        packet = r._data
+        start = r.offset
+        if start + length > len(packet):
+            raise wire.BadMessage("Packet too short")
+        if start + length < len(packet):
+            raise wire.BadMessage("Trailing data in packet")
         fileObj = self._file(handle)
+        chunk: Any = packet[start:]
+        if not getattr(fileObj, "writesViews", False):
+            chunk = bytes(chunk)
         return self._status(requestId, fileObj.writeChunk, offset, chunk)
 
     def _stat(self, requestId: int, r: wire.Reader) -> Any:

@@ -189,6 +189,9 @@ def serve(server: object, reactor: Any, *, logRequests: bool = False) -> None:
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
+# Reads shorter than this wait briefly for the calls they handed over.
+_WAIT_BELOW = 64 * 1024
+
 #: Bytes asked of stdin per read: a whole large WRITE at once.
 READ_SIZE = 1024 * 1024
 
@@ -229,7 +232,9 @@ def _readLarger(standardIO: object, afterRead: Callable[[], object] | None = Non
         if not output:
             return connectionStatus.CONNECTION_DONE
         reader.dataReceived(output)
-        if afterRead is not None:
+        if afterRead is not None and len(output) < _WAIT_BELOW:
+            # Small requests (metadata): their answers come soon.  After a
+            # large read (bulk WRITEs) reading on is better.
             afterRead()
         return None
 
