@@ -189,7 +189,8 @@ def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
         "--authorized-keys",
         dest="authorizedKeys",
         metavar="FILE",
-        help="keys the nested SSH server accepts (ssh mode)",
+        help="keys the nested SSH server accepts (ssh mode; for mount --via ssh, besides"
+        " the session key its own sshfs uses)",
     )
     parser.add_argument(
         "--host-key",
@@ -208,7 +209,7 @@ def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
         "--no-session-key",
         dest="sessionKey",
         action="store_false",
-        help="do not install a session key",
+        help="do not install a session key (share only: a mount's sshfs needs one)",
     )
     parser.add_argument(
         "--read-only",
@@ -263,13 +264,6 @@ def parseArguments(kind: str, argv: Sequence[str], prog: str | None = None) -> a
     args.allShares = list(args.shares) + list(args.moreShares)
     if not args.allShares:
         raise UsageError("Give at least one folder to share.")
-    if (
-        kind == "mount"
-        and args.sessionKey is False
-        and args.via == "ssh"
-        and not args.authorizedKeys
-    ):
-        raise UsageError("--via ssh needs the session key or --authorized-keys.")
     return args
 
 

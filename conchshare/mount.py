@@ -251,6 +251,7 @@ class RemoteMount:
         serverProtocolFactory: Callable[[object], IProtocol] | None = None,
         mountTimeout: float = MOUNT_TIMEOUT,
         hostKey: Any = None,
+        authorizedKeys: Sequence[Any] = (),
     ) -> None:
         """
         @param connection: the connected outbound SSH connection (a Conch
@@ -269,6 +270,9 @@ class RemoteMount:
         @param mountTimeout: seconds the mount may take to answer.
         @param hostKey: the nested server's host key for C{via="ssh"} (a
             Conch C{Key}; default: a new one for each mount).
+        @param authorizedKeys: public keys (Conch C{Key}s) the nested server
+            accepts for C{via="ssh"} besides the mount's session key, so
+            others on the remote host can use the same forward.
         @raise ValueError: C{via} is not one of L{VIAS}, or an sshfs option
             contains a comma.
         """
@@ -300,6 +304,7 @@ class RemoteMount:
         self.listener: Any = None
         self._sessionKey: Any = None
         self._hostKey = hostKey
+        self._authorizedKeys = list(authorizedKeys)
         self._mountWaiters: list[defer.Deferred[None]] = []
         self._unmountWaiters: list[defer.Deferred[None]] = []
 
@@ -731,7 +736,7 @@ class RemoteMount:
         hostKey = self._hostKey or loadOrCreateHostKey(None)
         server = NestedSSHServer(
             hostKey,
-            [sessionKey.public()],
+            [sessionKey.public(), *self._authorizedKeys],
             lambda: self._serverProtocolFactory(avatar),
             reactor=self._reactor,
         )

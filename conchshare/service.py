@@ -110,7 +110,8 @@ class ShareOptions:
     @ivar identities: C{-i} key files.
     @ivar knownHosts: C{--known-hosts} (C{-o UserKnownHostsFile=}).
     @ivar acceptNew: C{--accept-new} (C{-o StrictHostKeyChecking=accept-new}).
-    @ivar authorizedKeys: keys the nested SSH server accepts (ssh mode).
+    @ivar authorizedKeys: keys the nested SSH server accepts (ssh mode, and
+        a mount C{via} C{ssh}, besides the mount's own session key).
     @ivar hostKey: the nested SSH server's host key file (created if missing).
     @ivar sessionKey: install a session key on the remote host; L{None}: in
         ssh mode when there is no C{authorizedKeys}.
@@ -156,7 +157,18 @@ class ShareOptions:
             raise UsageError(f"Unknown mode {self.mode!r}; use ssh or raw.")
         if self.mountVia not in MOUNT_VIAS:
             raise UsageError(f"Unknown --via {self.mountVia!r}; use {', '.join(MOUNT_VIAS)}.")
-        if self.authorizedKeys is not None and self.mode != "ssh":
+        if self.mountAt is not None:
+            # The mount's own sshfs runs unattended on the remote host: it
+            # logs in to the nested server with the session key the mount
+            # installs, so that key cannot be left out.
+            if self.sessionKey is False:
+                raise UsageError(
+                    "A mount always installs a session key for its own sshfs;"
+                    " --no-session-key is for share."
+                )
+            if self.authorizedKeys is not None and self.mountVia != "ssh":
+                raise UsageError("--authorized-keys needs --via ssh.")
+        elif self.authorizedKeys is not None and self.mode != "ssh":
             raise UsageError("--authorized-keys needs --mode ssh.")
         if self.sessionKey and self.mode != "ssh":
             raise UsageError("--session-key needs --mode ssh.")
@@ -745,6 +757,7 @@ class ShareService(Service):
                 reactor=self._getReactor(),
                 avatarFactory=lambda shares: self._sessionAvatar(self._avatar),
                 hostKey=self._mountHostKey(),
+                authorizedKeys=self._mountAuthorizedKeys(),
                 observer=self._publish,
                 sshfsOptions=["ro"] if self.options.readOnly else [],
             )
@@ -758,6 +771,13 @@ class ShareService(Service):
         from conchshare.tunnel.nested import loadOrCreateHostKey
 
         return loadOrCreateHostKey(self.options.hostKey)
+
+    def _mountAuthorizedKeys(self) -> list[Any]:
+        if self.options.mountVia != "ssh" or self.options.authorizedKeys is None:
+            return []
+        from conchshare.tunnel.nested import readAuthorizedKeys
+
+        return readAuthorizedKeys(self.options.authorizedKeys)
 
     def _setUpFailed(self, failure: Failure, protocol: Any) -> None:
         if protocol is not self._protocol or self._stopping is not None:

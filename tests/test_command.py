@@ -119,6 +119,41 @@ class ParseTests(SynchronousTestCase):
             self.assertEqual(options.forwards(), [])
             self.assertFalse(options.wantsSessionKey())
 
+    def test_mountKeyOptions(self) -> None:
+        """
+        A mount always installs a session key for its own sshfs:
+        C{--no-session-key} is refused; C{--authorized-keys} adds keys for
+        C{--via ssh} only.
+        """
+        keys = os.path.join(self.a, "authorized_keys")
+        error = self.assertRaises(
+            UsageError,
+            lambda: shareOptions(
+                parseArguments(
+                    "mount",
+                    ["--via", "ssh", "--authorized-keys", keys, "--no-session-key"]
+                    + ["h", self.a, "--at", "m"],
+                )
+            ),
+        )
+        self.assertIn("--no-session-key is for share", str(error))
+        error = self.assertRaises(
+            UsageError,
+            lambda: shareOptions(
+                parseArguments(
+                    "mount",
+                    ["--via", "socket", "--authorized-keys", keys, "h", self.a, "--at", "m"],
+                )
+            ),
+        )
+        self.assertEqual(str(error), "--authorized-keys needs --via ssh.")
+        options = shareOptions(
+            parseArguments(
+                "mount", ["--via", "ssh", "--authorized-keys", keys, "h", self.a, "--at", "m"]
+            )
+        )
+        self.assertEqual(options.authorizedKeys, keys)
+
     def test_usageErrors(self) -> None:
         """
         Bad usage raises L{UsageError}: one sentence, exit code 2.

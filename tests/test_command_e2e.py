@@ -816,6 +816,52 @@ class MountCommandTests(_Base):
         """
         self.assertEqual(self.mountVia("ssh")["mode"], "ssh")
 
+    def test_mountViaSSHAuthorizedKeysAndHostKey(self) -> None:
+        """
+        C{mount --via ssh --authorized-keys F --host-key K}: the mount's
+        sshfs works with its session key, the nested server presents K and
+        also accepts the keys of F (sftp to the same forward), no others.
+        """
+        at = os.path.join(self.tmp, "mnt")
+        other = os.path.join(self.tmp, "other_key")
+        stranger = os.path.join(self.tmp, "stranger_key")
+        for path in (other, stranger):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", path], check=True)
+        hostKey = os.path.join(self.tmp, "nested_host_key")
+        running = Running(
+            self,
+            ["mount", "--json", "--via", "ssh", *sshArgs(self.sshd), "--control", self.control]
+            + ["--authorized-keys", other + ".pub", "--host-key", hostKey]
+            + [self.sshd.destination(), self.share, "--at", at],
+        )
+        port = running.event("forwarding")["port"]
+        running.event("mounted")
+        with open(os.path.join(at, "hello.txt")) as f:
+            self.assertEqual(f.read(), "hello from the local side\n")
+        publicKey = subprocess.run(
+            ["ssh-keygen", "-y", "-f", hostKey], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        knownHosts = os.path.join(self.tmp, "nested_known_hosts")
+        with open(knownHosts, "w") as f:
+            f.write(f"[127.0.0.1]:{port} {publicKey}\n")
+        base = ["sftp", "-P", str(port), "-o", f"UserKnownHostsFile={knownHosts}"]
+        base += ["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-b", "-"]
+        results = {}
+        for key in (other, stranger):
+            results[key] = subprocess.run(
+                base + ["-o", f"IdentityFile={key}", "anyone@127.0.0.1"],
+                input="ls /docs\n",
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+            )
+        self.assertEqual(results[other].returncode, 0, results[other].stderr)
+        self.assertIn("hello.txt", results[other].stdout)
+        self.assertNotEqual(results[stranger].returncode, 0)
+        running.signal(signal.SIGTERM)
+        running.event("unmounted")
+        self.assertEqual(running.wait(), 0)
+
     def test_mountViaSocket(self) -> None:
         """
         C{mount --via socket}: an owner-only Unix socket forward (raw mode).
