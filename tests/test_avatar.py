@@ -266,6 +266,28 @@ class OrderingTests(SynchronousTestCase):
         self.runner.runNext()
         self.assertEqual(self.successResultOf(third), b"2ndst")
 
+    def test_readsTogether(self) -> None:
+        """
+        Reads of one file run together, after the write made before them
+        and before the write made after them.
+        """
+        f = self.openFile(b"a")
+        first = f.writeChunk(0, b"abc")
+        reads = [f.readChunk(0, 10), f.readChunk(1, 10), f.getAttrs()]
+        last = f.writeChunk(0, b"xyz")
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.successResultOf(first)
+        self.assertEqual(len(self.runner.calls), 3)
+        for _ in range(3):
+            self.runner.runNext()
+        self.assertEqual(self.successResultOf(reads[0]), b"abc")
+        self.assertEqual(self.successResultOf(reads[1]), b"bc")
+        self.assertEqual(self.successResultOf(reads[2])["size"], 3)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.successResultOf(last)
+
     def test_handlesIndependent(self) -> None:
         """
         A slow request on one file does not hold back another file's.
@@ -376,15 +398,17 @@ class ThreadPoolTests(TestCase):
 
     def test_reactorPoolByDefault(self) -> Deferred[Any]:
         """
-        Without a pool, calls run in the reactor's own pool, looked up only
-        when needed (so building the avatar needs no threads).
+        Without a pool, calls run in the avatar's own L{Workers}, whose
+        threads start only when needed (so building the avatar needs none).
         """
         from twisted.internet import reactor
 
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
         shares = ShareSet.fromSpecs(["s"], cwd=base)
-        ShareSFTPServer(shares, reactor=MemoryReactor())
+        idle = ShareSFTPServer(shares, reactor=MemoryReactor())
+        assert idle.workers is not None
+        self.assertEqual(idle.workers.threads, 0)
         avatar = ShareSFTPServer(shares, reactor=reactor)
         d = avatar.realPath(b".")
         d.addCallback(self.assertEqual, b"/s")

@@ -864,6 +864,23 @@ class ConcurrencyTests(SynchronousTestCase):
         gate.callback(None)
         self.assertEqual(h.take(), ok(1))
 
+    def test_repliesOfOneFeedWrittenTogether(self) -> None:
+        """
+        The replies that are ready while one feed of pipelined requests is
+        dispatched go out in one write (several small writes cost a system
+        call and a wake-up of the client each).
+        """
+        writes: list[list[bytes]] = []
+        core = SFTPServerCore(
+            FakeSFTPServer(),
+            lambda data: writes.append([data]),
+            writeSequence=lambda pieces: writes.append(list(pieces)),
+        )
+        core.dataReceived(INIT)
+        core.dataReceived(b"".join(request(16, rid, s(b"/x")) for rid in (1, 2, 3)))
+        self.assertEqual(len(writes), 2)
+        self.assertEqual(writes[1], [name1(1, b"/x"), name1(2, b"/x"), name1(3, b"/x")])
+
     def test_backpressure(self) -> None:
         """
         Past maxInFlight, nothing more is dispatched and reading is paused;
