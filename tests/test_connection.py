@@ -91,6 +91,40 @@ class ForwardTests(unittest.TestCase):
         await conn.stop()
         self.assertFalse(os.path.exists(directory))
 
+    async def test_streamlocalLongRemoteTmpdir(self) -> None:
+        """
+        A remote C{$TMPDIR} too long for a Unix socket path: the fresh
+        socket is made under C{/tmp} instead, and works.
+        """
+        longTmp = os.path.join(os.path.abspath(self.mktemp()), "t" * 100)
+        os.makedirs(longTmp)
+        self.sshd.stop()
+        sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=[f"SetEnv TMPDIR={longTmp}"])
+        self.addCleanup(sshd.stop)
+        conn = await connect(self, sshd)
+        status, out, _ = await runRemote(conn, b'echo "$TMPDIR"')
+        self.assertEqual(out.decode().strip(), longTmp)
+        listener = await conn.requestForward(Listener("raw", EchoProtocol, streamlocal=True))
+        assert listener.socketPath is not None
+        self.assertTrue(listener.socketPath.startswith("/tmp/conchshare."), listener.socketPath)
+        self.assertEqual(os.listdir(longTmp), [])
+        code, out, err = await run(
+            self, ["socat", "-t", "2", "STDIO", f"UNIX-CONNECT:{listener.socketPath}"], b"hi"
+        )
+        self.assertEqual(out, b"hi", err)
+        await conn.stop()
+        self.assertFalse(os.path.exists(os.path.dirname(listener.socketPath)))
+
+    async def test_streamlocalPathTooLong(self) -> None:
+        """
+        A given socket path too long for a Unix socket: the refusal says so.
+        """
+        conn = await connect(self, self.sshd)
+        path = "/tmp/" + "s" * 110 + ".sock"
+        with self.assertRaises(ForwardRefused) as caught:
+            await conn.requestForward(Listener("raw", EchoProtocol, socketPath=path))
+        self.assertIn("longer than 107 bytes", str(caught.exception))
+
     async def test_refusedForward(self) -> None:
         """
         A server with forwarding off refuses; the error names the forward.

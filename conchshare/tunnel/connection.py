@@ -54,6 +54,15 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: The longest Unix socket path on Linux (C{sun_path} holds 108 bytes
+#: with the NUL); sshd refuses a forward on a longer one.
+MAX_SOCKET_PATH = 107
+
+
+def _tooLong(path: str) -> bool:
+    return len(path.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH
+
+
 @dataclasses.dataclass
 class Listener:
     """
@@ -336,6 +345,10 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
         if granted.isUnix:
             if granted.socketPath is None:
                 granted.socketDirectory = await self._makeRemoteDirectory()
+                if _tooLong(granted.socketDirectory + "/sftp.sock"):
+                    # A long $TMPDIR on the remote host: /tmp is short.
+                    await self._runQuietly(b"rm -rf " + quote(granted.socketDirectory).encode())
+                    granted.socketDirectory = await self._makeRemoteDirectory("/tmp")
                 granted.socketPath = granted.socketDirectory + "/sftp.sock"
             else:
                 # sshd leaves a stale socket behind; a new forward on the
@@ -348,6 +361,10 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
             data = common.NS(granted.socketPath.encode("utf-8", "surrogateescape"))
             what = f"the Unix socket {granted.socketPath}"
             hint = "AllowStreamLocalForwarding may be off, or the path is taken"
+            if _tooLong(granted.socketPath):
+                hint = (
+                    f"the path is longer than {MAX_SOCKET_PATH} bytes, too long for a Unix socket"
+                )
         else:
             request = b"tcpip-forward"
             data = common.NS(granted.address.encode("utf-8")) + struct.pack(">L", granted.port)
@@ -372,9 +389,10 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
         self.emit("forwarding", **granted.event())
         return granted
 
-    async def _makeRemoteDirectory(self) -> str:
+    async def _makeRemoteDirectory(self, parent: str | None = None) -> str:
+        where = b'"${TMPDIR:-/tmp}"' if parent is None else quote(parent).encode()
         status, out, err = await runRemote(
-            self, b'umask 077; mktemp -d "${TMPDIR:-/tmp}/conchshare.XXXXXXXX"'
+            self, b"umask 077; mktemp -d " + where + b"/conchshare.XXXXXXXX"
         )
         path = out.decode("utf-8", "surrogateescape").strip()
         if status != 0 or not path.startswith("/"):
