@@ -400,14 +400,19 @@ class SFTPServerCore:
 
     # Feeding and flow control
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes | bytearray | memoryview) -> None:
         """
-        Feed bytes received from the client.
+        Feed bytes received from the client.  C{data} is not kept: the
+        caller may reuse its memory afterwards.
         """
         if self._closing:
             return
-        self._buffer += data
-        self._process()
+        if self._buffer or self._processing:
+            self._buffer += data
+            self._process()
+        else:
+            # Parsed where it is; only what is left over is copied.
+            self._process(data)
         if not self._closing and len(self._buffer) > _MAX_BUFFERED:
             self._abort("Client kept sending while paused")
 
@@ -475,38 +480,44 @@ class SFTPServerCore:
         """
         return self._inFlight
 
-    def _process(self) -> None:
+    def _process(self, data: bytes | bytearray | memoryview | None = None) -> None:
+        # Dispatch the packets of self._buffer, or of data (the buffer being
+        # empty); what is left goes back to the buffer.
         if self._processing:
             return
         self._processing = True
         # Replies made while dispatching go out in one write at the end.
         flush = not self._corked
         self._corked = True
+        if data is None:
+            # Detached, so that nothing resizes it while it is viewed.
+            data, self._buffer = self._buffer, bytearray()
+        view = memoryview(data)
         try:
-            buffer = self._buffer
             offset = 0
-            size = len(buffer)
+            size = len(view)
             while (
                 not self._closing
                 and self._inFlight < self._maxInFlight
                 and not self._outputPaused
                 and size - offset >= 4
             ):
-                (length,) = _U32.unpack_from(buffer, offset)
+                (length,) = _U32.unpack_from(view, offset)
                 if length > wire.MAX_PACKET_LENGTH:
                     self._abort(f"Packet of {length} bytes is over the limit")
                     return
                 end = offset + 4 + length
                 if end > size:
                     break
-                with memoryview(buffer) as view:
-                    body = bytes(view[offset + 4 : end])
+                body = bytes(view[offset + 4 : end])
                 offset = end
                 self._packet(body)
             if not self._closing:
-                del buffer[:offset]
+                # Ahead of anything fed meanwhile (from a callback).
+                self._buffer[:0] = view[offset:]
                 self._updateReading()
         finally:
+            view.release()
             self._processing = False
             if flush:
                 self._flush()

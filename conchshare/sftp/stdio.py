@@ -222,17 +222,23 @@ def _readLarger(standardIO: object, afterRead: Callable[[], object] | None = Non
         return
     from twisted.internet import main as connectionStatus
 
+    # One buffer, read into again and again: no allocation (and page
+    # faults) per read.  The protocol copies what it keeps.
+    buffer = bytearray(READ_SIZE)
+    view = memoryview(buffer)
+
     def doRead() -> object:
         try:
-            output = os.read(reader.fd, READ_SIZE)
+            count = os.readv(reader.fd, (buffer,))
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
             return connectionStatus.CONNECTION_LOST
-        if not output:
+        if not count:
             return connectionStatus.CONNECTION_DONE
-        reader.dataReceived(output)
-        if afterRead is not None and len(output) < _WAIT_BELOW:
+        with view[:count] as output:
+            reader.dataReceived(output)
+        if afterRead is not None and count < _WAIT_BELOW:
             # Small requests (metadata): their answers come soon.  After a
             # large read (bulk WRITEs) reading on is better.
             afterRead()
