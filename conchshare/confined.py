@@ -484,8 +484,30 @@ class ConfinedDirectory:
         self._scan: Iterator[os.DirEntry[str]] | None = None
         self._entries = entries
         self._now = now
+        self._prefetched: list[Entry] = []
+        #: Every entry was read (L{read} would raise L{EOFError} once
+        #: L{takePrefetched} returns nothing).
+        self.exhausted = False
         if fd is not None:
             self._scan = os.scandir(fd)
+
+    def prefetch(self, maximum: int = _BATCH) -> None:
+        """
+        Read the next batch ahead (see L{takePrefetched}); errors are left
+        for L{read} to meet again.
+        """
+        try:
+            self._prefetched = self.read(maximum)
+        except (OSError, EOFError):
+            pass
+
+    def takePrefetched(self, maximum: int = _BATCH) -> list[Entry]:
+        """
+        Up to C{maximum} entries read ahead by L{prefetch}, without any
+        system call (so from any thread that owns the directory).
+        """
+        batch, self._prefetched = self._prefetched[:maximum], self._prefetched[maximum:]
+        return batch
 
     def read(self, maximum: int = _BATCH) -> list[Entry]:
         """
@@ -494,9 +516,12 @@ class ConfinedDirectory:
         @raise EOFError: no entries are left.
         """
         maximum = max(1, maximum)
-        batch: list[Entry] = []
+        batch: list[Entry] = self.takePrefetched(maximum)
+        if batch:
+            return batch
         if self._entries is not None:
             batch, self._entries = self._entries[:maximum], self._entries[maximum:]
+            self.exhausted = not self._entries
         elif self._scan is not None and self._fd is not None:
             now = time.time() if self._now is None else self._now
             fsencode = os.fsencode
@@ -526,6 +551,10 @@ class ConfinedDirectory:
                 )
                 if len(batch) >= maximum:
                     break
+            else:
+                self.exhausted = True
+        else:
+            self.exhausted = True
         if not batch:
             raise EOFError("End of directory")
         return batch

@@ -293,7 +293,16 @@ class ShareDirectory:
         @return: a Deferred firing with a non-empty list of up to C{maximum}
             entries; it fails with L{EOFError} when none are left.
         """
-        return self._executor.run(self._keys, self.confined.read, maximum)
+        confined = self.confined
+        if self._executor.sharedFree(self._keys[0]):
+            # Nothing of this directory's runs in a worker: what was read
+            # ahead, or the end, is known here.
+            batch = confined.takePrefetched(maximum)
+            if batch:
+                return succeed(batch)
+            if confined.exhausted:
+                return fail(EOFError("End of directory"))
+        return self._executor.run(self._keys, confined.read, maximum)
 
     def close(self) -> Deferred[None]:
         """
@@ -447,9 +456,17 @@ class ShareSFTPServer:
         """
         @return: a Deferred firing with a L{ShareDirectory}.
         """
-        d = self._onPaths([path], self.filesystem.openDirectory, shared=True)
+        d = self._onPaths([path], self._openDirectory, shared=True)
         d.addCallback(ShareDirectory, self._order)
         return d
+
+    def _openDirectory(self, path: bytes) -> ConfinedDirectory:
+        # In the same worker call: the first READDIR's entries, so that it
+        # (and the READDIR that finds the end of a small directory) is
+        # answered without a round trip to a worker.
+        directory = self.filesystem.openDirectory(path)
+        directory.prefetch()
+        return directory
 
     def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict[str, object]]:
         """
