@@ -18,6 +18,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
+from conchshare.sftp.workers import Workers
+
+# Reads shorter than this wait briefly for the calls they handed over.
+_WAIT_BELOW = 64 * 1024
 
 
 def _nothing() -> None:
@@ -60,6 +64,8 @@ class SFTPServerProtocol(Protocol):
         self._maxOpenHandles = maxOpenHandles
         self._logRequests = logRequests
         self._closed: list[Deferred[None]] = []
+        workers = getattr(avatar, "workers", None)
+        self._workers = workers if isinstance(workers, Workers) else None
         self._finished = False
         self._producing = False
 
@@ -85,6 +91,11 @@ class SFTPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.core is not None:
             self.core.dataReceived(data)
+            if self._workers is not None and len(data) < _WAIT_BELOW:
+                # Small requests (metadata): their answers come within a
+                # fraction of a millisecond, so wait for them rather than
+                # for a wake-up.  After large data (WRITEs) read on.
+                self._workers.waitBriefly()
 
     def readConnectionLost(self) -> None:
         """

@@ -12,7 +12,6 @@ import fcntl
 import os
 import stat
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from twisted.logger import (
@@ -170,27 +169,17 @@ def serve(server: object, reactor: Any, *, logRequests: bool = False) -> None:
     from twisted.internet.stdio import StandardIO
 
     from conchshare.sftp.protocol import SFTPServerProtocol
-    from conchshare.sftp.workers import Workers
 
     protocol = SFTPServerProtocol(server, logRequests=logRequests)
     for fd in (0, 1):
         _widenPipe(fd)
     standardIO = StandardIO(protocol, reactor=reactor)  # type: ignore[no-untyped-call]
-    workers = getattr(server, "workers", None)
-    afterRead = None
-    if isinstance(workers, Workers):
-        # Wait for the calls a read handed over right after feeding it.
-        workers.driven = True
-        afterRead = workers.waitBriefly
-    _readLarger(standardIO, afterRead)
+    _readLarger(standardIO)
     _writeEagerly(standardIO)
     protocol.whenClosed().addCallback(lambda _: reactor.stop())
 
 
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
-
-# Reads shorter than this wait briefly for the calls they handed over.
-_WAIT_BELOW = 64 * 1024
 
 #: Bytes asked of stdin per read: a whole large WRITE at once.
 READ_SIZE = 1024 * 1024
@@ -209,13 +198,11 @@ def _widenPipe(fd: int) -> None:
         pass
 
 
-def _readLarger(standardIO: object, afterRead: Callable[[], object] | None = None) -> None:
+def _readLarger(standardIO: object) -> None:
     """
     Make StandardIO read up to L{READ_SIZE} bytes at a time instead of
     Twisted's 8 KiB (C{fdesc.readFromFD}): one reactor turn per 8 KiB made
     stdin the bottleneck of bulk uploads.
-
-    @param afterRead: called after each read was fed to the protocol.
     """
     reader: Any = getattr(standardIO, "_reader", None)
     if reader is None or not isinstance(getattr(reader, "fd", None), int):
@@ -238,10 +225,6 @@ def _readLarger(standardIO: object, afterRead: Callable[[], object] | None = Non
             return connectionStatus.CONNECTION_DONE
         with view[:count] as output:
             reader.dataReceived(output)
-        if afterRead is not None and count < _WAIT_BELOW:
-            # Small requests (metadata): their answers come soon.  After a
-            # large read (bulk WRITEs) reading on is better.
-            afterRead()
         return None
 
     reader.doRead = doRead

@@ -214,12 +214,12 @@ class Workers:
     Runs blocking calls in up to C{threads} daemon threads, ordered per key
     (see the module docstring).
 
-    Latency: after the reactor thread hands over calls, it waits for them
-    in its next turn, at most L{WAIT} seconds, instead of polling for a
-    wake-up: a cheap call (a stat) is answered without the round trip
-    through the reactor's waker.  Whatever takes longer is handed back with
-    C{callFromThread} as usual, so a slow call holds the reactor up by
-    L{WAIT} at most.
+    Latency: right after the reactor thread hands over calls, it may wait
+    for them (L{waitBriefly}), at most L{WAIT} seconds, instead of going
+    back to poll for a wake-up: a cheap call (a stat) is answered without
+    the round trip through the reactor's waker.  Whatever takes longer is
+    handed back with C{callFromThread} as usual, so a slow call holds the
+    reactor up by L{WAIT} at most.
     """
 
     #: Whether the avatar may read cached file data in the reactor thread
@@ -229,21 +229,14 @@ class Workers:
     #: The longest the reactor thread waits for calls it just handed over.
     WAIT = 0.0003
 
-    #: Set when the code that feeds requests calls L{waitBriefly} itself
-    #: once it has fed what it read (C{conchshare sftp-server} does): no
-    #: reactor turn is spent on it.
-    driven = False
-
     def __init__(self, reactor: Any, threads: int = 4, *, name: str = "conchshare-fs") -> None:
         """
         @param reactor: an L{IReactorFromThreads}; results are handed back
-            with its C{callFromThread}.  If it provides C{callLater}, the
-            reactor thread waits briefly for results (see L{WAIT}).
+            with its C{callFromThread}.
         @param threads: the most threads running calls at once.
         @param name: the threads' name.
         """
         self._reactor = reactor
-        self._callLater: Callable[..., object] | None = getattr(reactor, "callLater", None)
         self._max = max(1, threads)
         self._name = name
         self._lock = threading.Lock()
@@ -254,7 +247,6 @@ class Workers:
         self._done: list[Job] = []
         self._collecting = False
         self._reactorWaiting = False
-        self._waitScheduled = False
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._between = 0  # awake threads not in a call: they take ready calls
@@ -297,7 +289,6 @@ class Workers:
             or the exception.
         """
         job = Job(orderedKeys(keys), shared, function, args)
-        wait = False
         with self._lock:
             if self._stopped:
                 raise RuntimeError("The workers are stopped")
@@ -305,10 +296,6 @@ class Workers:
                 self._ready.append(job)
                 if len(self._ready) > self._between:
                     self._signal()
-                if not (self._waitScheduled or self.driven) and self._callLater is not None:
-                    self._waitScheduled = wait = True
-        if wait and self._callLater is not None:
-            self._callLater(0, self.waitBriefly)
         return job.deferred
 
     def stop(self) -> None:
@@ -392,7 +379,6 @@ class Workers:
         handed over so far, and deliver the results that are ready.
         """
         with self._lock:
-            self._waitScheduled = False
             deadline = monotonic() + self.WAIT
             while self._ready or self._calling:
                 remaining = deadline - monotonic()
