@@ -55,6 +55,8 @@ _MAX_BUFFERED = 64 * wire.MAX_PACKET_LENGTH
 _U32 = struct.Struct(">I")
 _OK = b"Success"
 _REPLY_HEADER = struct.Struct(">IBI")
+# A packet this long carries data (a WRITE), not a metadata request.
+_BULK = 16 * 1024
 # Replies held back to be written together, at most (bytes).
 _CORK_LIMIT = 64 * 1024
 # The most common replies, framed ahead: STATUS OK, and ATTRS with every
@@ -353,6 +355,8 @@ class SFTPServerCore:
 
         self._buffer = bytearray()
         self._outbox: list[bytes] = []
+        #: Whether the last feed carried a large packet (WRITE data).
+        self.fedBulk = False
         self._outboxSize = 0
         self._corked = False
         self._processing = False
@@ -407,6 +411,7 @@ class SFTPServerCore:
         """
         if self._closing:
             return
+        self.fedBulk = False
         if self._buffer or self._processing:
             self._buffer += data
             self._process()
@@ -474,6 +479,14 @@ class SFTPServerCore:
         return len(self._files) + len(self._dirs)
 
     @property
+    def buffered(self) -> int:
+        """
+        The number of bytes received and not yet dispatched (the start of a
+        packet, or packets held back by backpressure).
+        """
+        return len(self._buffer)
+
+    @property
     def inFlight(self) -> int:
         """
         The number of requests dispatched and not yet answered.
@@ -511,6 +524,8 @@ class SFTPServerCore:
                     break
                 body = bytes(view[offset + 4 : end])
                 offset = end
+                if length >= _BULK:
+                    self.fedBulk = True
                 self._packet(body)
             if not self._closing:
                 # Ahead of anything fed meanwhile (from a callback).

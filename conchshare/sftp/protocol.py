@@ -91,10 +91,15 @@ class SFTPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.core is not None:
             self.core.dataReceived(data)
-            if self._workers is not None and len(data) < _WAIT_BELOW:
+            if (
+                self._workers is not None
+                and len(data) < _WAIT_BELOW
+                and not self.core.fedBulk
+                and not self.core.buffered
+            ):
                 # Small requests (metadata): their answers come within a
                 # fraction of a millisecond, so wait for them rather than
-                # for a wake-up.  After large data (WRITEs) read on.
+                # for a wake-up.  After data (WRITEs) read on.
                 self._workers.waitBriefly()
 
     def readConnectionLost(self) -> None:
