@@ -380,15 +380,16 @@ class ConfinedFile:
             raise EOFError("End of file")
         return b"".join(chunks)
 
-    def readCached(self, offset: int, length: int) -> bytes | None:
+    def readCached(self, offset: int, length: int) -> bytearray | None:
         """
         Read C{length} bytes at C{offset} (at most L{MAX_READ}) if they are
         all in the page cache, without ever blocking: C{preadv} with
         C{RWF_NOWAIT}, which fails rather than wait for the disk or a lock.
         Safe to call from the reactor thread.
 
-        @return: the bytes, or L{None} when L{read} must do it (not cached,
-            a short read, the end of the file, no C{RWF_NOWAIT} here).
+        @return: the bytes (a C{bytearray}, not copied again), or L{None}
+            when L{read} must do it (not cached, a short read, the end of
+            the file, no C{RWF_NOWAIT} here).
         """
         if _NOWAIT is None or self.closed:
             return None
@@ -400,7 +401,7 @@ class ConfinedFile:
             return None
         if count != length:
             return None
-        return bytes(buffer)
+        return buffer
 
     def write(self, offset: int, data: bytes) -> None:
         """

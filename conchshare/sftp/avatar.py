@@ -216,11 +216,11 @@ class ShareFile:
         self.key = key if key is not None else confined.virtualPath
         self._keys = (self.key,)
 
-    def readChunk(self, offset: int, length: int) -> Deferred[bytes]:
+    def readChunk(self, offset: int, length: int) -> Deferred[bytes | bytearray]:
         """
         @return: a Deferred firing with up to C{length} bytes read at
-            C{offset}; it fails with L{EOFError} at the end of the file, or
-            with L{OSError}.
+            C{offset} (C{bytes}, or a C{bytearray}); it fails with
+            L{EOFError} at the end of the file, or with L{OSError}.
         """
         executor = self._executor
         if executor.inlineReads and executor.sharedFree(self.key):

@@ -197,8 +197,9 @@ def _asBytes(value: object) -> bytes:
     raise TypeError(f"Expected bytes, got {type(value).__name__}")
 
 
-def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes]:
-    chunk = _asBytes(chunk)
+def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes | bytearray]:
+    if not isinstance(chunk, bytearray):
+        chunk = _asBytes(chunk)
     if not chunk:
         raise EOFError()
     if len(chunk) > length:
@@ -317,6 +318,7 @@ class SFTPServerCore:
         write: Callable[[bytes], object],
         *,
         writeSequence: Callable[[list[bytes]], object] | None = None,
+        writesBuffers: bool = False,
         pauseReading: Callable[[], object] = lambda: None,
         resumeReading: Callable[[], object] = lambda: None,
         disconnect: Callable[[], object] = lambda: None,
@@ -331,6 +333,8 @@ class SFTPServerCore:
         @param write: called with the bytes of each reply (or of several).
         @param writeSequence: called with a list of byte strings to write
             at once (default: C{write} of them joined).
+        @param writesBuffers: C{write} and C{writeSequence} take any
+            buffer (a C{bytearray} of file data), not only C{bytes}.
         @param pauseReading: called to stop being fed (backpressure).
         @param resumeReading: called to be fed again.
         @param disconnect: called once, to close the connection on a
@@ -342,6 +346,7 @@ class SFTPServerCore:
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
+        self._writesBuffers = writesBuffers
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
@@ -585,6 +590,8 @@ class SFTPServerCore:
             outbox.clear()
             return
         self._outbox = []
+        if not self._writesBuffers:
+            outbox = [bytes(p) if type(p) is not bytes else p for p in outbox]
         if len(outbox) == 1:
             self._write(outbox[0])
         else:

@@ -251,7 +251,7 @@ def _writeEagerly(standardIO: object) -> None:
             or not writer.connected
             or writer.disconnecting
         ):
-            bufferedWrite(data)
+            bufferedWrite(bytes(data))
             return
         try:
             written = os.write(writer.fd, data)
@@ -259,7 +259,7 @@ def _writeEagerly(standardIO: object) -> None:
             # EAGAIN, or an error the buffered path reports properly.
             written = 0
         if written < len(data):
-            bufferedWrite(data[written:])
+            bufferedWrite(bytes(data[written:]))
 
     def writeSequence(pieces: list[bytes]) -> None:
         # Several replies (or a DATA header and its data): one writev, no
@@ -275,7 +275,7 @@ def _writeEagerly(standardIO: object) -> None:
             or writer.disconnecting
         ):
             for piece in pieces:
-                bufferedWrite(piece)
+                bufferedWrite(bytes(piece))
             return
         try:
             written = os.writev(writer.fd, pieces)
@@ -285,11 +285,13 @@ def _writeEagerly(standardIO: object) -> None:
             if written >= len(piece):
                 written -= len(piece)
                 continue
-            bufferedWrite(piece[written:] if written else piece)
+            bufferedWrite(bytes(piece[written:] if written else piece))
             written = 0
 
     writer.write = write
     writer.writeSequence = writeSequence
+    # Any buffer will do (file data read into a bytearray is not copied).
+    standardIO.writesBuffers = True  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
