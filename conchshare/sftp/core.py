@@ -346,7 +346,8 @@ class SFTPServerCore:
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
-        self._writesBuffers = writesBuffers
+        #: C{write} and C{writeSequence} take any buffer, not only bytes.
+        self.writesBuffers = writesBuffers
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
@@ -590,7 +591,7 @@ class SFTPServerCore:
             outbox.clear()
             return
         self._outbox = []
-        if not self._writesBuffers:
+        if not self.writesBuffers:
             outbox = [bytes(p) if type(p) is not bytes else p for p in outbox]
         if len(outbox) == 1:
             self._write(outbox[0])

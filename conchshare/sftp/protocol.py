@@ -75,7 +75,6 @@ class SFTPServerProtocol(Protocol):
             self.avatar,
             transport.write,
             writeSequence=transport.writeSequence,
-            writesBuffers=getattr(transport, "writesBuffers", False),
             # Wrappers such as Conch's session subsystem transport cannot
             # pause; serve without read backpressure there.
             pauseReading=getattr(transport, "pauseProducing", _nothing),

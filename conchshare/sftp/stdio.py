@@ -175,7 +175,9 @@ def serve(server: object, reactor: Any, *, logRequests: bool = False) -> None:
         _widenPipe(fd)
     standardIO = StandardIO(protocol, reactor=reactor)  # type: ignore[no-untyped-call]
     _readLarger(standardIO)
-    _writeEagerly(standardIO)
+    if _writeEagerly(standardIO) and protocol.core is not None:
+        # Any buffer will do: file data read into a bytearray is not copied.
+        protocol.core.writesBuffers = True
     protocol.whenClosed().addCallback(lambda _: reactor.stop())
 
 
@@ -230,17 +232,20 @@ def _readLarger(standardIO: object) -> None:
     reader.doRead = doRead
 
 
-def _writeEagerly(standardIO: object) -> None:
+def _writeEagerly(standardIO: object) -> bool:
     """
     Make StandardIO write a reply at once when nothing is queued, instead of
     waiting a reactor turn for stdout to poll writable: each small reply
     cost an extra poll and two epoll registrations, on the critical path of
     every metadata round trip (sshfs).  Whatever does not fit goes through
-    Twisted's buffered write, which keeps order and backpressure.
+    Twisted's buffered write, which keeps order and backpressure.  Both take
+    any buffer (C{bytearray} too).
+
+    @return: whether StandardIO was patched.
     """
     writer: Any = getattr(standardIO, "_writer", None)
     if writer is None or not isinstance(getattr(writer, "fd", None), int):
-        return
+        return False
     bufferedWrite = writer.write
 
     def write(data: bytes) -> None:
@@ -290,8 +295,7 @@ def _writeEagerly(standardIO: object) -> None:
 
     writer.write = write
     writer.writeSequence = writeSequence
-    # Any buffer will do (file data read into a bytearray is not copied).
-    standardIO.writesBuffers = True  # type: ignore[attr-defined]
+    return True
 
 
 if __name__ == "__main__":
