@@ -20,6 +20,10 @@ State and its rules, all kept on the core:
   - Every request with a readable request id gets exactly one reply; every
     exception becomes a status in one place (L{_failed}, through
     L{statusForException}).
+  - C{_outbox}: replies not yet written.  Replies are held back (corked)
+    while a feed is dispatched and while the avatar's workers deliver a
+    batch of results (L{afterDelivery}), then written at once; never more
+    than L{_CORK_LIMIT} bytes are held.
   - After the connection is lost nothing is written, and every handle, those
     that in-flight OPEN and OPENDIR requests create included, is closed.
 """

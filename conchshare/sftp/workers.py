@@ -305,6 +305,7 @@ class Workers:
         """
         with self._lock:
             self._stopped = True
+            self._between += self._idle
             self._idle = 0
             self._wake.notify_all()
 
