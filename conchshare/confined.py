@@ -199,16 +199,19 @@ def _longname(
     name: bytes, mode: int, nlink: int, uid: int, gid: int, size: int, mtime: int, now: float
 ) -> bytes:
     recent = now - (365 * 24 * 60 * 60) / 2 < mtime <= now
+    modeString = _modes.get(mode)
+    if modeString is None:
+        modeString = _cached(_modes, mode, lambda: _modeString(mode))
+    owner = _owners.get((uid, gid))
+    if owner is None:
+        owner = _cached(_owners, (uid, gid), lambda: _owner(uid, gid))
     # The minute is all the date shows (recent), or the day (older); a
     # day or a minute starts at a multiple of 60 s in every time zone in use.
-    return b"%s %3d %s %8d %s %s" % (
-        _cached(_modes, mode, lambda: _modeString(mode)),
-        nlink,
-        _cached(_owners, (uid, gid), lambda: _owner(uid, gid)),
-        size,
-        _cached(_dates, (mtime - mtime % 60, recent), lambda: _date(mtime, recent)),
-        name,
-    )
+    minute = (mtime - mtime % 60, recent)
+    date = _dates.get(minute)
+    if date is None:
+        date = _cached(_dates, minute, lambda: _date(mtime, recent))
+    return b"%s %3d %s %8d %s %s" % (modeString, nlink, owner, size, date, name)
 
 
 def longname(
