@@ -68,6 +68,9 @@ __all__ = [
     "synchronousRunner",
 ]
 
+#: Directory entries read ahead when a directory is opened.
+_PREFETCH = 1000
+
 #: Runs a blocking callable somewhere and returns a Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
 
@@ -469,11 +472,11 @@ class ShareSFTPServer:
         return d
 
     def _openDirectory(self, path: bytes) -> ConfinedDirectory:
-        # In the same worker call: the first READDIR's entries, so that it
-        # (and the READDIR that finds the end of a small directory) is
-        # answered without a round trip to a worker.
+        # In the same worker call: the first entries (all of them, in most
+        # directories), so that the READDIRs that return them and find the
+        # end are answered without a round trip to a worker.
         directory = self.filesystem.openDirectory(path)
-        directory.prefetch()
+        directory.prefetch(_PREFETCH)
         return directory
 
     def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict[str, object]]:
