@@ -199,6 +199,17 @@ class KeyOrder:
         return True
 
 
+def _signal(wake: threading.Lock) -> None:
+    """
+    Wake the thread waiting to acquire C{wake}.  A signal already pending
+    (the waiter gave up waiting in the meantime) is left as it is.
+    """
+    try:
+        wake.release()
+    except RuntimeError:
+        pass
+
+
 def orderedKeys(keys: Iterable[bytes]) -> tuple[bytes, ...]:
     """
     C{keys} without repeats, in order.
@@ -239,16 +250,20 @@ class Workers:
         self._reactor = reactor
         self._max = max(1, threads)
         self._name = name
+        # One lock for the state; waking goes through locks used as
+        # one-shot signals, released after the state lock is (a thread
+        # woken while the waker still held a Condition's lock would block
+        # again on it: two wake-ups per hand-over).
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._doneWake = threading.Condition(self._lock)
+        self._idleWakes: list[threading.Lock] = []  # of idle threads, last idle last
+        self._reactorWake = threading.Lock()
+        self._reactorWake.acquire()
         self._order = KeyOrder()
         self._ready: deque[Job] = deque()
         self._done: list[Job] = []
         self._collecting = False
         self._reactorWaiting = False
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._between = 0  # awake threads not in a call: they take ready calls
         self._calling = 0
         self._stopped = False
@@ -289,13 +304,16 @@ class Workers:
             or the exception.
         """
         job = Job(orderedKeys(keys), shared, function, args)
+        wake = None
         with self._lock:
             if self._stopped:
                 raise RuntimeError("The workers are stopped")
             if self._order.add(job):
                 self._ready.append(job)
                 if len(self._ready) > self._between:
-                    self._signal()
+                    wake = self._wakeOne()
+        if wake is not None:
+            _signal(wake)
         return job.deferred
 
     def stop(self) -> None:
@@ -305,18 +323,19 @@ class Workers:
         """
         with self._lock:
             self._stopped = True
-            self._between += self._idle
-            self._idle = 0
-            self._wake.notify_all()
+            wakes, self._idleWakes = self._idleWakes, []
+            self._between += len(wakes)
+        for wake in wakes:
+            _signal(wake)
 
-    def _signal(self) -> None:
-        # Lock held: more calls are ready than awake threads will take;
-        # wake an idle thread, or start one.
-        if self._idle:
-            self._idle -= 1
+    def _wakeOne(self) -> threading.Lock | None:
+        # Lock held: more calls are ready than awake threads will take.
+        # Take an idle thread (to be signalled once the lock is released),
+        # or start one.
+        if self._idleWakes:
             self._between += 1
-            self._wake.notify()
-        elif len(self._threads) < self._max:
+            return self._idleWakes.pop()
+        if len(self._threads) < self._max:
             if not self._shutdownTrigger:
                 self._shutdownTrigger = True
                 addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
@@ -328,31 +347,40 @@ class Workers:
             )
             self._threads.append(thread)
             thread.start()
+        return None
 
     def _work(self) -> None:
         lock = self._lock
         ready = self._ready
+        wake = threading.Lock()
+        wake.acquire()
         lock.acquire()
         try:
             while True:
                 if not ready:
-                    if self._stopped:
-                        self._between -= 1
-                        return
-                    # Whoever wakes us takes us off the idle count and
-                    # counts us as between calls.
                     self._between -= 1
-                    self._idle += 1
-                    self._wake.wait()
+                    if self._stopped:
+                        return
+                    # Whoever takes our wake from the list counts us as
+                    # between calls again.
+                    self._idleWakes.append(wake)
+                    lock.release()
+                    try:
+                        wake.acquire()
+                    finally:
+                        lock.acquire()
                     continue
                 job = ready.popleft()
                 self._between -= 1
                 self._calling += 1
+                other = None
                 if ready and len(ready) > self._between:
                     # This call may be slow: the others must not wait for it.
-                    self._signal()
+                    other = self._wakeOne()
                 lock.release()
                 try:
+                    if other is not None:
+                        _signal(other)
                     job.call()
                 finally:
                     lock.acquire()
@@ -363,7 +391,12 @@ class Workers:
                     ready.extendleft(reversed(following))
                 self._done.append(job)
                 if self._reactorWaiting:
-                    self._doneWake.notify()
+                    self._reactorWaiting = False
+                    lock.release()
+                    try:
+                        _signal(self._reactorWake)
+                    finally:
+                        lock.acquire()
                 elif not self._collecting:
                     self._collecting = True
                     lock.release()
@@ -379,20 +412,29 @@ class Workers:
         In the reactor thread: wait up to L{WAIT} seconds for the calls
         handed over so far, and deliver the results that are ready.
         """
-        with self._lock:
+        lock = self._lock
+        reactorWake = self._reactorWake
+        lock.acquire()
+        try:
             deadline = monotonic() + self.WAIT
             while self._ready or self._calling:
                 remaining = deadline - monotonic()
                 if remaining <= 0:
                     break
+                # Drop a signal left over from an earlier wait.
+                reactorWake.acquire(False)
                 self._reactorWaiting = True
+                lock.release()
                 try:
-                    self._doneWake.wait(remaining)
+                    reactorWake.acquire(True, remaining)
                 finally:
+                    lock.acquire()
                     self._reactorWaiting = False
-            if not self._done:
-                return
-        self._collect()
+            done = bool(self._done)
+        finally:
+            lock.release()
+        if done:
+            self._collect()
 
     def _collect(self) -> None:
         # In the reactor thread: fire every call done since the last time.
