@@ -38,6 +38,11 @@ class SFTPServerProtocol(Protocol):
     producer with the transport, so when the transport's write buffer is
     full it dispatches nothing new and stops reading too.
 
+    Latency: with an avatar that runs its calls in L{Workers} (the default
+    L{conchshare.sftp.avatar.ShareSFTPServer}), after a small feed of
+    metadata requests it waits up to L{Workers.WAIT} for their answers
+    before returning to the reactor, which saves a wake-up per request.
+
     @ivar core: the L{SFTPServerCore}, once connected.
     """
 
