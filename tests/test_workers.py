@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -156,6 +157,29 @@ class WorkersTests(TestCase):
         d.addCallback(lambda _: workers.run([b"k"], lambda: None))
         d.addCallback(lambda _: check())
         return waiter
+
+    def test_waitBriefly(self) -> Deferred[Any]:
+        """
+        L{Workers.waitBriefly} waits for the calls handed over and delivers
+        their results before it returns; not while calls are slow.
+        """
+        workers = self.workers()
+        workers.WAIT = 30.0
+        gate = threading.Event()
+        threading.Timer(0.05, gate.set).start()
+        d = workers.run([b"k"], gate.wait, 10)
+        workers.waitBriefly()
+        self.assertTrue(self.successResultOf(d))
+
+        workers._lastCall = 60.0  # the last call was slow
+        gate = threading.Event()
+        d = workers.run([b"k"], gate.wait, 10)
+        started = time.monotonic()
+        workers.waitBriefly()
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertNoResult(d)
+        gate.set()
+        return d
 
     def test_stopped(self) -> None:
         """

@@ -266,6 +266,7 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._between = 0  # awake threads not in a call: they take ready calls
         self._calling = 0
+        self._lastCall = 0.0  # how long the last call took (seconds)
         self._stopped = False
         self._shutdownTrigger = False
 
@@ -381,7 +382,9 @@ class Workers:
                 try:
                     if other is not None:
                         _signal(other)
+                    started = monotonic()
                     job.call()
+                    self._lastCall = monotonic() - started
                 finally:
                     lock.acquire()
                 self._calling -= 1
@@ -410,8 +413,12 @@ class Workers:
     def waitBriefly(self) -> None:
         """
         In the reactor thread: wait up to L{WAIT} seconds for the calls
-        handed over so far, and deliver the results that are ready.
+        handed over so far, and deliver the results that are ready.  While
+        calls take much longer than that (a slow disk), it does not wait at
+        all: the reactor is not held up call after call.
         """
+        if self._lastCall > 4 * self.WAIT:
+            return
         lock = self._lock
         reactorWake = self._reactorWake
         lock.acquire()
