@@ -171,7 +171,7 @@ class WorkersTests(TestCase):
         workers.waitBriefly()
         self.assertTrue(self.successResultOf(d))
 
-        workers._lastCall = 60.0  # the last call was slow
+        workers._lastCall = 1000.0  # the last call was slow
         gate = threading.Event()
         d = workers.run([b"k"], gate.wait, 10)
         started = time.monotonic()
