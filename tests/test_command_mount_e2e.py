@@ -1,0 +1,340 @@
+"""
+End to end: C{conchshare mount} as a real process (C{--json}) against a
+throwaway OpenSSH sshd on loopback.  The remote host is this machine, so the
+remote mount point is a local path too, and what a user of the remote host
+would see can be checked directly (through child processes with timeouts,
+so a hung mount fails the test instead of hanging it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests.sshd import ThrowawaySSHD, available
+from tests.test_command_e2e import WAIT, Running, reap, shortTempDir, sshArgs
+
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
+
+
+def mountedPaths() -> list[str]:
+    """
+    The mount points of this machine, from C{/proc/self/mounts} (whose
+    octal escapes, C{\\040} for a space, are decoded).
+    """
+    paths = []
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[1]
+            paths.append(os.fsdecode(field.decode("unicode_escape").encode("latin-1")))
+    return paths
+
+
+def isMounted(path: str) -> bool:
+    return path in mountedPaths()
+
+
+def forceUnmount(path: str) -> None:
+    """
+    Detach every mount at C{path} (a cleanup: never leave a mount behind).
+    """
+    for _ in range(10):
+        if not isMounted(path):
+            return
+        subprocess.run(
+            [FUSERMOUNT, "-u", "-z", "--", path],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=WAIT,
+        )
+
+
+def waitFor(condition: Any, what: str, timeout: float = WAIT) -> None:
+    """
+    Poll C{condition()} until it is true; fail saying C{what} otherwise.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def remote(*argv: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run a command "on the remote host" (here), never for longer than
+    L{WAIT}: files on a FUSE mount are only touched from child processes.
+    """
+    return subprocess.run(
+        list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=WAIT
+    )
+
+
+def readRemote(path: str) -> str:
+    result = remote("cat", "--", path)
+    if result.returncode != 0:
+        raise AssertionError(f"cat {path!r} failed: {result.stderr}")
+    return result.stdout
+
+
+def writeRemote(path: str, text: str) -> None:
+    result = remote("sh", "-c", 'printf %s "$2" > "$1"', "sh", path, text)
+    if result.returncode != 0:
+        raise AssertionError(f"writing {path!r} failed: {result.stderr}")
+
+
+def listRemote(path: str) -> list[str]:
+    result = remote("ls", "-A", "--", path)
+    if result.returncode != 0:
+        raise AssertionError(f"ls {path!r} failed: {result.stderr}")
+    return sorted(result.stdout.splitlines())
+
+
+def readLocal(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def writeLocal(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _skipReason() -> str | None:
+    reason = available()
+    if reason is not None:
+        return reason
+    if not shutil.which("sshfs"):
+        return "sshfs is not installed (apt-get install sshfs)"
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse here"
+    if not shutil.which("mountpoint"):
+        return "mountpoint is not installed (util-linux)"
+    return None
+
+
+class _MountBase(TestCase):
+    timeout = 120
+    #: sshd_config lines of the throwaway sshd.
+    sshdConfig: list[str] = []
+
+    def setUp(self) -> None:
+        reason = _skipReason()
+        if reason is not None:
+            raise SkipTest(reason)
+        self.tmp = shortTempDir(self)
+        self.sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=self.configure())
+        self.addCleanup(self.sshd.stop)
+        self.share = os.path.join(self.tmp, "docs")
+        os.mkdir(self.share)
+        writeLocal(os.path.join(self.share, "hello.txt"), "hello from the local side\n")
+        self.control = os.path.join(self.tmp, "ctl.sock")
+
+    def configure(self) -> list[str]:
+        return list(self.sshdConfig)
+
+    def mountArgs(self, at: str, *shares: str, json_: bool = True) -> list[str]:
+        args = ["mount", *sshArgs(self.sshd), "--control", self.control]
+        if json_:
+            args.append("--json")
+        return args + [self.sshd.destination(), *(shares or (self.share,)), "--at", at]
+
+    def mount(self, at: str, *shares: str) -> Running:
+        """
+        Start C{conchshare mount --json ... --at AT}; whatever happens, the
+        cleanups kill it and then detach anything left mounted at C{at}.
+        """
+        self.addCleanup(forceUnmount, at)
+        return Running(self, self.mountArgs(at, *shares))
+
+    def stopped(self, running: Running, at: str) -> dict[str, Any]:
+        """
+        SIGTERM: C{unmounted} for C{at}, C{stopped}, exit 0, no traceback.
+
+        @return: the C{unmounted} event.
+        """
+        running.signal(signal.SIGTERM)
+        unmounted = running.event("unmounted")
+        self.assertEqual(unmounted["remote_path"], at)
+        self.assertIn("SIGTERM", running.event("stopped")["reason"])
+        self.assertEqual(running.wait(), 0, running.stderr)
+        self.assertEqual(running.rest(), [])
+        self.assertNotIn("Traceback", running.stderr)
+        return unmounted
+
+
+class MountReconnectTests(_MountBase):
+    def test_reconnectRemounts(self) -> None:
+        """
+        The sshd side of the connection killed: C{reconnecting}, then
+        C{mounted} again at the same place, and the mount reads and writes
+        again (one mount there, not a stale one beneath); SIGTERM unmounts,
+        stops (exit 0) and removes the mount point it created.
+        """
+        at = os.path.join(self.tmp, "mnt")
+        running = self.mount(at)
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        self.assertTrue(isMounted(at))
+        self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
+
+        self.sshd.killSessions()
+        reconnecting = running.event("reconnecting")
+        self.assertEqual(reconnecting["attempt"], 1)
+        self.assertGreater(reconnecting["delay"], 0)
+        self.assertTrue(reconnecting["reason"])
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        self.assertEqual(mountedPaths().count(at), 1)
+
+        self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
+        writeRemote(os.path.join(at, "after reconnect.txt"), "written on the remote side\n")
+        self.assertEqual(
+            readLocal(os.path.join(self.share, "after reconnect.txt")),
+            "written on the remote side\n",
+        )
+        writeLocal(os.path.join(self.share, "new.txt"), "new on the local side\n")
+        self.assertIn("new.txt", listRemote(at))
+
+        self.stopped(running, at)
+        self.assertFalse(isMounted(at))
+        self.assertFalse(os.path.exists(at))
+        self.assertEqual(
+            readLocal(os.path.join(self.share, "after reconnect.txt")),
+            "written on the remote side\n",
+        )
+
+
+class MountBusyTests(_MountBase):
+    def test_stopWhileAFileIsOpen(self) -> None:
+        """
+        A remote process holds a file on the mount open: SIGTERM still
+        stops cleanly (exit 0), the C{unmounted} event says the mount was
+        detached lazily, and once the holder is gone nothing is mounted
+        there any more.
+        """
+        at = os.path.join(self.tmp, "busy")
+        running = self.mount(at)
+        running.event("mounted")
+        holder = subprocess.Popen(
+            ["sh", "-c", 'exec 3<"$1"; echo ready; exec sleep 30', "sh"]
+            + [os.path.join(at, "hello.txt")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(reap, holder)
+        assert holder.stdout is not None
+        self.assertEqual(holder.stdout.readline(), "ready\n")
+
+        unmounted = self.stopped(running, at)
+        self.assertIs(unmounted.get("lazy"), True, unmounted)
+        self.assertIn("lazily", unmounted["message"])
+        self.assertFalse(isMounted(at))
+        self.assertIsNone(holder.poll())
+        holder.kill()
+        holder.wait(WAIT)
+        self.assertFalse(isMounted(at))
+        self.assertNotEqual(remote("mountpoint", "-q", "--", at).returncode, 0)
+        self.assertFalse(os.path.exists(at))
+
+
+#: What a user is told when the remote host has no sshfs.
+NO_SSHFS = "The remote host has no sshfs: install it (apt-get install sshfs)."
+
+
+class NoSSHFSTests(_MountBase):
+    def configure(self) -> list[str]:
+        """
+        The remote sshd's PATH: every command of this machine but sshfs.
+        """
+        binDir = os.path.join(self.tmp, "bin")
+        os.mkdir(binDir)
+        for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                target = os.path.join(binDir, name)
+                if name != "sshfs" and not os.path.lexists(target):
+                    os.symlink(os.path.join(directory, name), target)
+        return [f"SetEnv PATH={binDir}"]
+
+    def test_noSSHFS(self) -> None:
+        """
+        No sshfs on the remote host: exit 7 and one sentence saying so on
+        stderr (no traceback); with C{--json} the same sentence as an
+        C{error} event; no mount point (nor its parent) is created.
+        """
+        at = os.path.join(self.tmp, "parent", "never")
+        self.addCleanup(forceUnmount, at)
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *self.mountArgs(at, json_=False)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 7, (result.stdout, result.stderr))
+        self.assertEqual(result.stderr, NO_SSHFS + "\n")
+        self.assertFalse(os.path.lexists(os.path.dirname(at)))
+        self.assertFalse(os.path.lexists(self.control))
+
+        running = Running(self, self.mountArgs(at))
+        self.assertEqual(running.event("error")["message"], NO_SSHFS)
+        running.event("stopped")
+        self.assertEqual(running.wait(), 7)
+        self.assertNotIn("mounted", [e["event"] for e in running.events])
+        self.assertNotIn("Traceback", running.stderr)
+        self.assertFalse(os.path.lexists(os.path.dirname(at)))
+
+
+class AwkwardPathTests(_MountBase):
+    def test_spacesAndQuotes(self) -> None:
+        """
+        Spaces, quotes and shell metacharacters in C{--at} and in the shared
+        folders' names: with one share its contents appear at the mount
+        point; the mount point is created and removed again, its parent is
+        left alone.
+        """
+        parent = os.path.join(self.tmp, 'it\'s "a" $HOME `x`')
+        os.mkdir(parent)
+        at = os.path.join(parent, "mnt dir; rm -rf ü")
+        folder = os.path.join(self.tmp, 'my "quoted" folder\'s $(docs)')
+        os.mkdir(folder)
+        writeLocal(os.path.join(folder, "a file.txt"), "awkward\n")
+        running = self.mount(at, folder)
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        self.assertEqual(listRemote(at), ["a file.txt"])
+        self.assertEqual(readRemote(os.path.join(at, "a file.txt")), "awkward\n")
+        writeRemote(os.path.join(at, "it's new.txt"), "from remote\n")
+        self.assertEqual(readLocal(os.path.join(folder, "it's new.txt")), "from remote\n")
+        self.stopped(running, at)
+        self.assertFalse(isMounted(at))
+        self.assertFalse(os.path.exists(at))
+        self.assertEqual(os.listdir(parent), [])
+
+    def test_severalSharesWithAwkwardNames(self) -> None:
+        """
+        With several shares, the mount point shows one folder per share,
+        named as given (a folder's own name, or NAME=), quotes and spaces
+        included.
+        """
+        at = os.path.join(self.tmp, "two 'shares'")
+        folder = os.path.join(self.tmp, 'say "cheese"')
+        os.mkdir(folder)
+        writeLocal(os.path.join(folder, "c.txt"), "cheese\n")
+        running = self.mount(at, folder, f"it's mine={self.share}")
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        self.assertEqual(listRemote(at), ["it's mine", 'say "cheese"'])
+        self.assertEqual(readRemote(os.path.join(at, 'say "cheese"', "c.txt")), "cheese\n")
+        self.assertEqual(
+            readRemote(os.path.join(at, "it's mine", "hello.txt")), "hello from the local side\n"
+        )
+        self.stopped(running, at)
+        self.assertFalse(os.path.exists(at))
