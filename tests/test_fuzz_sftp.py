@@ -28,8 +28,9 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer, synchronousRunner
@@ -404,7 +405,7 @@ class Fuzzer:
 def expectedId(body: bytes) -> int:
     if len(body) < 5:
         return 0
-    (rid,) = struct.unpack_from(">I", body, 1)
+    rid: int = struct.unpack_from(">I", body, 1)[0]
     return rid
 
 
@@ -417,6 +418,7 @@ def expectedId(body: bytes) -> int:
 KNOWN_BUGS: tuple[type[BaseException], ...] = (OverflowError,)
 
 
+@implementer(ILogObserver)
 class LogWatcher:
     """
     Collects every logged failure and every event at error level or above.
