@@ -15,8 +15,8 @@ python3 -m pip install -q '.[test]'
 
 log=$(mktemp)
 set +e
-# The suite: trial over tests/.
-python3 -m twisted.trial tests 2>&1 | tee "$log"
+# The suite: trial over tests/, warnings as errors.
+python3 -W error -m twisted.trial tests 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
