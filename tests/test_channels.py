@@ -185,9 +185,7 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         channel = h.open()
         assert channel is not None
         channel.write(b"one")
-        # A partial packet goes out at the end of the reactor turn.
-        self.assertEqual(h.sent(), b"")
-        h.clock.advance(0)
+        # A write smaller than a packet is a whole message: sent at once.
         self.assertEqual(h.sent(), b"one")
         h.conn.pause()
         channel.write(b"two")
@@ -199,19 +197,38 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
 
     def test_writesPackedIntoFullPackets(self) -> None:
         """
-        Small and large writes are sent as a stream of full packets (a
-        reply header shares a packet with its data).
+        Writes bigger than a packet are sent as a stream of full packets:
+        the partial tail of one waits for the next write or the end of the
+        reactor turn (a reply header written with its data shares a packet
+        with it).
         """
         h = Harness()
         channel = h.open()
         assert channel is not None
         data = [b"h" * 13, b"d" * MAX_PACKET] * 4
-        for piece in data:
-            channel.write(piece)
-        h.clock.advance(0)
+        for i in range(0, len(data), 2):
+            channel.writeSequence(data[i : i + 2])
         packets = [common.getNS(p[4:])[0] for p in h.transport.take(MSG_CHANNEL_DATA)]
+        self.assertEqual([len(p) for p in packets], [MAX_PACKET] * 4)
+        h.clock.advance(0)
+        packets += [common.getNS(p[4:])[0] for p in h.transport.take(MSG_CHANNEL_DATA)]
         self.assertEqual(b"".join(packets), b"".join(data))
         self.assertEqual([len(p) for p in packets], [MAX_PACKET] * 4 + [52])
+
+    def test_smallWriteSentAtOnce(self) -> None:
+        """
+        A write smaller than a packet goes out at once, together with the
+        partial tail of a bigger write before it, in order.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        channel.write(b"d" * (MAX_PACKET + 5))
+        self.assertEqual(h.sent(), b"d" * MAX_PACKET)
+        channel.write(b"reply")
+        self.assertEqual(h.sent(), b"d" * 5 + b"reply")
+        h.clock.advance(0)
+        self.assertEqual(h.sent(), b"")
 
     def test_writesRespectRemoteWindow(self) -> None:
         """
