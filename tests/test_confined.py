@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from conchshare import confined
 from conchshare.confined import (
     FXF_APPEND,
     FXF_CREAT,
@@ -644,3 +645,82 @@ class UmaskTests(ConfinedTestCase):
         A umask looser than the process's still gives the modes asked for.
         """
         self.check(0o002, 0o664, 0o775)
+
+
+class _ComponentWalk:
+    """
+    Mixin: the walk goes component by component (no C{openat2}), as on a
+    kernel without it, so that path is tested on every kernel too.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
+
+
+class PathTestsWithoutOpenat2(_ComponentWalk, PathTests):
+    pass
+
+
+class SymlinkEscapeTestsWithoutOpenat2(_ComponentWalk, SymlinkEscapeTests):
+    pass
+
+
+class RaceTestsWithoutOpenat2(_ComponentWalk, RaceTests):
+    pass
+
+
+class OperationTestsWithoutOpenat2(_ComponentWalk, OperationTests):
+    pass
+
+
+class FastWalkTests(ConfinedTestCase):
+    """
+    The one-call walk (C{openat2}, Linux >= 5.6) takes plain paths only; a
+    symlink anywhere on the way, or at the end when followed, sends the
+    path to the component walk.
+    """
+
+    def setUp(self) -> None:
+        if confined._openat2Function is None:
+            raise SkipTest("openat2 is not usable here")
+        super().setUp()
+        os.makedirs(self.path("one", "a", "b"))
+        write(self.path("one", "a", "b", "f"), b"plain")
+        os.symlink("a", self.path("one", "to_a"))
+        os.symlink("f", self.path("one", "a", "b", "to_f"))
+
+    def fastWalk(self, path: bytes, follow: bool) -> confined.Place | None:
+        found = self.fs._lookup(path)
+        assert isinstance(found, tuple)
+        share, components = found
+        fds: list[int] = []
+        root = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY)
+        fds.append(root)
+        try:
+            place = self.fs._fastWalk(share, root, components, follow, fds)
+            if place is not None:
+                self.assertEqual(place.parent, fds[-1])
+            return place
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def test_plainPaths(self) -> None:
+        place = self.fastWalk(b"/one/a/b/f", True)
+        assert place is not None
+        self.assertEqual((place.name, place.components), (b"f", (b"a", b"b", b"f")))
+        place = self.fastWalk(b"/one/a/b/new", True)
+        assert place is not None
+        self.assertEqual(place.name, b"new")
+        # Not followed: the link itself.
+        self.assertIsNotNone(self.fastWalk(b"/one/a/b/to_f", False))
+
+    def test_symlinksLeftToTheWalk(self) -> None:
+        self.assertIsNone(self.fastWalk(b"/one/to_a/b/f", True))
+        self.assertIsNone(self.fastWalk(b"/one/a/b/to_f", True))
+        self.assertIsNone(self.fastWalk(b"/one/esc_abs/secret", False))
+        self.assertIsNone(self.fastWalk(b"/one/missing/f", False))
+        # And the walk still follows the links that stay inside.
+        self.assertEqual(self.readAll(b"/one/to_a/b/to_f"), b"plain")
+        self.assertErrno(errno.EACCES, self.fs.stat, b"/one/esc_abs/secret")
