@@ -669,7 +669,9 @@ class SFTPServerCore:
         self._inFlight -= 1
         if self._lost:
             self._reap()
-        else:
+        elif self._buffer or self._readingPaused:
+            # Packets held back, or reading to resume.  Otherwise there is
+            # nothing to dispatch (the reply is already sent or corked).
             self._process()
         self._checkIdle()
 
