@@ -669,15 +669,22 @@ class ConfinedFilesystem:
         self.umask = umask & 0o777
         self._processUmask = _processUmask()
         self._started = int(time.time())
+        # What _lookup found for a client path (bounded: cleared when full).
+        self._located: dict[bytes, tuple[Share, tuple[bytes, ...]] | VirtualDirectory] = {}
 
     # -- walking --------------------------------------------------------
 
     def _lookup(
         self, path: bytes, *, creating: bool = False
     ) -> tuple[Share, tuple[bytes, ...]] | VirtualDirectory:
+        # Lexical only (the share set never changes): clients name the
+        # same paths again and again (sshfs: LSTAT, OPEN, SETSTAT, ...).
+        found = self._located.get(path)
+        if found is not None:
+            return found
         components = self.shares.normalize(path)
         try:
-            return self.shares.locate(components)
+            found = self.shares.locate(components)
         except FileNotFoundError:
             # A new entry in a virtual directory: refused, not missing.
             if creating and components:
@@ -685,6 +692,11 @@ class ConfinedFilesystem:
                 if isinstance(parent, VirtualDirectory):
                     raise _denied("The virtual directories above the shares are read-only")
             raise
+        located = self._located
+        if len(located) >= _CACHE_SIZE:
+            located.clear()
+        located[path] = found
+        return found
 
     def place(self, path: bytes, *, follow: bool, creating: bool = False) -> _Placed:
         """

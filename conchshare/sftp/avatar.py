@@ -68,6 +68,9 @@ __all__ = [
     "synchronousRunner",
 ]
 
+#: The most client paths whose keys are remembered.
+_KEYS_CACHED = 4096
+
 #: Directory entries read ahead when a directory is opened.
 _PREFETCH = 1000
 
@@ -379,14 +382,22 @@ class ShareSFTPServer:
         #: The L{Workers} running the calls (L{None} with a runner or pool).
         self.workers = order if isinstance(order, Workers) else None
         fs = self.filesystem
+        # The key of a client path (bounded: cleared when full).
+        self._keyOf: dict[bytes, bytes] = {}
         self._stat = partial(fs.stat, follow=True)
         self._lstat = partial(fs.stat, follow=False)
 
     def _key(self, path: bytes) -> bytes:
-        try:
-            return b"/" + b"/".join(self.shares.normalize(path))
-        except OSError:
-            return path  # refused later, in the filesystem call
+        key = self._keyOf.get(path)
+        if key is None:
+            try:
+                key = b"/" + b"/".join(self.shares.normalize(path))
+            except OSError:
+                return path  # refused later, in the filesystem call
+            if len(self._keyOf) >= _KEYS_CACHED:
+                self._keyOf.clear()
+            self._keyOf[path] = key
+        return key
 
     def _onPaths(
         self,
