@@ -127,11 +127,11 @@ class PauseTests(unittest.TestCase):
 
     async def test_hundredCycles(self) -> None:
         """
-        100 pause/resume cycles during downloads (the file, three times, in
-        one session): same bytes.
+        100 pause/resume cycles during downloads (the file, eight times, in
+        one session, so that the transfer outlasts the cycles): same bytes.
         """
         conn, listener = await self.raw()
-        targets = [os.path.abspath(self.mktemp()) for _ in range(3)]
+        targets = [os.path.abspath(self.mktemp()) for _ in range(8)]
         done = run(
             self,
             ["sftp", "-D", f"socat STDIO TCP:127.0.0.1:{listener.port}", "-b", "-"],

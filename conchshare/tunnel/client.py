@@ -34,7 +34,7 @@ from twisted.conch.ssh import connection as sshconnection
 from twisted.conch.ssh import keys, transport
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.conch.ssh.common import NS
-from twisted.internet import defer, error
+from twisted.internet import defer, error, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -170,6 +170,7 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         self.hostKeyFingerprint: str | None = None
         self.failure: ConchShareError | None = None
         self.quickAck = False
+        self._direct = False
         self.ready = False
         self.authClient: ShareUserAuthClient | None = None
         self._readyWaiters: list[Deferred[sshconnection.SSHConnection]] = []
@@ -287,7 +288,36 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
             except OSError:
                 pass
         self._timeout = self.reactor.callLater(self.options.connectTimeout, self._timedOut)
+        self._direct = isinstance(self.transport, tcp.Connection)
         super().connectionMade()
+
+    def _send(self, data: bytes) -> None:
+        """
+        Send a packet on the socket now when nothing waits in Twisted's
+        buffer, instead of on the next reactor turn (every SFTP reply would
+        wait for one, with two C{epoll_ctl} calls); what the socket does not
+        take, and everything while something waits, goes through the
+        transport's C{write} as usual, so order and backpressure are kept.
+        """
+        t = self.transport
+        if (
+            self._direct
+            and t.connected
+            and not t.disconnecting
+            and not t._tempDataLen
+            and t.offset == len(t.dataBuffer)
+            and not t._writeDisconnecting
+        ):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                # EAGAIN, EINTR, or a broken connection: Twisted's own
+                # write finds out and reports it.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def _timedOut(self) -> None:
         self._timeout = None

@@ -341,7 +341,7 @@ class FastTransportMixin:
                 lenPad += _GCM_BLOCK
             length = _packLength(size + lenPad)
             body = b"".join((bytes((lenPad,)), head, payload, _padding(lenPad)))
-            self.transport.write(length + aead.encrypt(enc.nextOutNonce(), body, length))
+            self._send(length + aead.encrypt(enc.nextOutNonce(), body, length))
         else:
             bs = enc.encBlockSize
             size = 5 + len(head) + len(payload)
@@ -357,8 +357,14 @@ class FastTransportMixin:
                 )
             )
             mac = enc.makeMAC(self.outgoingPacketSequence, packet)
-            self.transport.write(enc.encrypt(packet) + mac)
+            self._send(enc.encrypt(packet) + mac)
         self.outgoingPacketSequence += 1
+
+    def _send(self, data: bytes) -> None:
+        """
+        Hand one packet to the transport (a subclass may send it sooner).
+        """
+        self.transport.write(data)
 
     # Receiving.
 
