@@ -246,10 +246,12 @@ class NestedModeTests(_Base):
         self.assertEqual(
             installed.sshfsCommand("/docs", "/mnt/x"),
             "sshfs -p 4022 -o IdentityFile=/tmp/d/id_ed25519,IdentitiesOnly=yes,"
-            "UserKnownHostsFile=/tmp/d/known_hosts me@127.0.0.1:/docs /mnt/x",
+            "UserKnownHostsFile=/tmp/d/known_hosts,Ciphers=aes128-gcm@openssh.com "
+            "me@127.0.0.1:/docs /mnt/x",
         )
         self.assertEqual(
             installed.sftpCommand(),
             "sftp -P 4022 -o IdentityFile=/tmp/d/id_ed25519 -o IdentitiesOnly=yes "
-            "-o UserKnownHostsFile=/tmp/d/known_hosts me@127.0.0.1",
+            "-o UserKnownHostsFile=/tmp/d/known_hosts -o Ciphers=aes128-gcm@openssh.com "
+            "me@127.0.0.1",
         )
