@@ -169,6 +169,7 @@ _CACHE_SIZE = 4096
 _modes: dict[int, bytes] = {}
 _owners: dict[tuple[int, int], bytes] = {}
 _dates: dict[tuple[int, bool], bytes] = {}
+_heads: dict[tuple[int, int, int, int], bytes] = {}
 
 
 def _cached(cache: dict[Any, bytes], key: Any, make: Callable[[], bytes]) -> bytes:
@@ -195,23 +196,35 @@ def _date(mtime: int, recent: bool) -> bytes:
     return day + b"  %d" % t.tm_year
 
 
-def _longname(
-    name: bytes, mode: int, nlink: int, uid: int, gid: int, size: int, mtime: int, now: float
-) -> bytes:
-    recent = now - (365 * 24 * 60 * 60) / 2 < mtime <= now
+def _head(mode: int, nlink: int, uid: int, gid: int) -> bytes:
     modeString = _modes.get(mode)
     if modeString is None:
         modeString = _cached(_modes, mode, lambda: _modeString(mode))
     owner = _owners.get((uid, gid))
     if owner is None:
         owner = _cached(_owners, (uid, gid), lambda: _owner(uid, gid))
+    return b"%s %3d %s " % (modeString, nlink, owner)
+
+
+_HALF_YEAR = (365 * 24 * 60 * 60) / 2
+
+
+def _longname(
+    name: bytes, mode: int, nlink: int, uid: int, gid: int, size: int, mtime: int, now: float
+) -> bytes:
+    # What precedes the size: the same for most entries of a listing.
+    key = (mode, nlink, uid, gid)
+    head = _heads.get(key)
+    if head is None:
+        head = _cached(_heads, key, lambda: _head(mode, nlink, uid, gid))
+    recent = now - _HALF_YEAR < mtime <= now
     # The minute is all the date shows (recent), or the day (older); a
     # day or a minute starts at a multiple of 60 s in every time zone in use.
     minute = (mtime - mtime % 60, recent)
     date = _dates.get(minute)
     if date is None:
         date = _cached(_dates, minute, lambda: _date(mtime, recent))
-    return b"%s %3d %s %8d %s %s" % (modeString, nlink, owner, size, date, name)
+    return b"%s%8d %s %s" % (head, size, date, name)
 
 
 def longname(
@@ -591,6 +604,7 @@ class ConfinedDirectory:
         elif self._scan is not None and self._fd is not None:
             now = time.time() if self._now is None else self._now
             fsencode = os.fsencode
+            append = batch.append
             for entry in self._scan:
                 name = fsencode(entry.name)
                 try:
@@ -598,21 +612,23 @@ class ConfinedDirectory:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed since listed
-                attrs = attrsFromStat(st)
-                batch.append(
+                # attrsFromStat and longname, inline: this runs per entry.
+                atime, mtime = int(st.st_atime), int(st.st_mtime)
+                if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+                    atime, mtime = _u32(atime), _u32(mtime)
+                mode, uid, gid, size = st.st_mode, st.st_uid, st.st_gid, st.st_size
+                append(
                     (
                         name,
-                        _longname(
-                            name,
-                            st.st_mode,
-                            st.st_nlink,
-                            st.st_uid,
-                            st.st_gid,
-                            st.st_size,
-                            attrs["mtime"],  # type: ignore[arg-type]
-                            now,
-                        ),
-                        attrs,
+                        _longname(name, mode, st.st_nlink, uid, gid, size, mtime, now),
+                        {
+                            "size": size,
+                            "uid": uid,
+                            "gid": gid,
+                            "permissions": mode,
+                            "atime": atime,
+                            "mtime": mtime,
+                        },
                     )
                 )
                 if len(batch) >= maximum:
@@ -998,26 +1014,38 @@ class ConfinedFilesystem:
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
             else:
                 place = found
-            created = False
             if flags & FXF_CREAT:
                 try:
+                    # A new regular file: no FIFO to guard against, so
+                    # blocking from the start (no fstat, no fcntl).
                     fd = os.open(
-                        place.name, osFlags | os.O_CREAT | os.O_EXCL, mode, dir_fd=place.parent
+                        place.name,
+                        (osFlags & ~os.O_NONBLOCK) | os.O_CREAT | os.O_EXCL,
+                        mode,
+                        dir_fd=place.parent,
                     )
-                    created = True
                 except FileExistsError:
                     if flags & FXF_EXCL:
                         raise
-                    fd = os.open(place.name, osFlags, dir_fd=place.parent)
-            else:
-                fd = os.open(place.name, osFlags, dir_fd=place.parent)
+                else:
+                    try:
+                        if mode & self._processUmask:
+                            os.fchmod(fd, mode)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    return ConfinedFile(
+                        fd,
+                        place.share,
+                        append=bool(flags & FXF_APPEND),
+                        virtualPath=place.virtualPath,
+                    )
+            fd = os.open(place.name, osFlags, dir_fd=place.parent)
             try:
                 st = os.fstat(fd)
                 if stat.S_ISREG(st.st_mode):
                     # O_NONBLOCK only guarded the open against FIFOs.
                     os.set_blocking(fd, True)
-                if created and mode & self._processUmask:
-                    os.fchmod(fd, mode)
             except BaseException:
                 os.close(fd)
                 raise
