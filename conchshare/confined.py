@@ -1237,6 +1237,14 @@ class ConfinedFilesystem:
         """
         if destination.share.readOnly:
             raise _readOnly()
+        # Within one file only between ranges that do not overlap.  Copying
+        # "to the end" past the read offset would otherwise read back what it
+        # wrote, for ever, filling the disk (OpenSSH refuses one file always).
+        a, b = os.fstat(source.fd), os.fstat(destination.fd)
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and (
+            length == 0 or (readOffset < writeOffset + length and writeOffset < readOffset + length)
+        ):
+            raise OSError(errno.EBUSY, "copy-data between overlapping ranges of one file")
         remaining = length if length else None
         while remaining is None or remaining > 0:
             size = 256 * 1024 if remaining is None else min(remaining, 256 * 1024)

@@ -412,6 +412,25 @@ class ReadOnlyTests(ConfinedTestCase):
         self.assertEqual(read(self.path("ro", "r")), b"read-only")
         self.assertEqual(stat.S_IMODE(os.stat(self.path("ro", "r")).st_mode), 0o644)
 
+    def test_copyDataWithinOneFileRefused(self) -> None:
+        """
+        copy-data within one file is refused "to the end" (length 0) and
+        between overlapping ranges, through one handle or two: copying to
+        the end past the read offset would otherwise never end.
+        """
+        before = read(self.path("one", "f"))
+        self.assertGreater(len(before), 2)
+        rw = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        other = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        try:
+            self.assertErrno(errno.EBUSY, self.fs.copyData, rw, 0, 0, rw, 1)
+            self.assertErrno(errno.EBUSY, self.fs.copyData, rw, 0, 0, other, 1)
+            self.assertErrno(errno.EBUSY, self.fs.copyData, rw, 0, 2, other, 1)
+        finally:
+            rw.close()
+            other.close()
+        self.assertEqual(read(self.path("one", "f")), before)
+
     def test_openFileDenied(self) -> None:
         """
         FSETSTAT and copy-data into a file of a read-only share are refused.

@@ -236,11 +236,10 @@ SYMLINK_TARGETS = [
 ]
 
 INTERESTING_U32 = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
-# Offsets and sizes: small, or the largest off_t.  Nothing in between: a
-# 1 TiB sparse file would make copy-data legitimately slow.  (Values of
-# 2**63 and above are left out for now: they are answered, but logged as
-# unhandled OverflowErrors; see the review report.)
-BIG_U64 = [2**63 - 1]
+# Offsets and sizes: the largest off_t and past it.  Nothing in between: a
+# 1 TiB sparse file would make copy-data legitimately slow.  Past off_t the
+# answer is FX_FAILURE, and nothing is logged as a failure.
+BIG_U64 = [2**63 - 1, 2**63, 2**64 - 1]
 
 
 class Fuzzer:
@@ -409,13 +408,10 @@ def expectedId(body: bytes) -> int:
     return rid
 
 
-# Known bug, reported, not yet fixed: an offset or size of 2**63 or more
-# (READ, WRITE, SETSTAT/FSETSTAT/lsetstat size, copy-data offsets) reaches
-# os.pread/os.pwrite/os.ftruncate, whose OverflowError the core answers with
-# FX_FAILURE but logs as an unhandled failure.  Random byte mutations hit it
-# in offset fields; until it is fixed that one error is tolerated (and
-# flushed) in test_randomRequests only.  Empty this tuple once fixed.
-KNOWN_BUGS: tuple[type[BaseException], ...] = (OverflowError,)
+# Errors tolerated (and flushed) in test_randomRequests: none now.  (An
+# offset or size of 2**63 or more used to be logged as an unhandled
+# OverflowError.)
+KNOWN_BUGS: tuple[type[BaseException], ...] = ()
 
 
 @implementer(ILogObserver)

@@ -658,7 +658,9 @@ class SFTPServerCore:
 
     def _failed(self, reason: Failure, requestId: int) -> bytes:
         error = reason.value
-        if not isinstance(error, SFTPError | OSError | EOFError | NotImplementedError):
+        if not isinstance(
+            error, SFTPError | OSError | EOFError | NotImplementedError | OverflowError
+        ):
             if not isinstance(error, wire.BadMessage):
                 # A bug in the avatar or here: the client still gets a reply.
                 self._log.failure("SFTP request {requestId} failed", reason, requestId=requestId)

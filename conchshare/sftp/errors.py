@@ -67,6 +67,10 @@ def statusForException(exc: BaseException) -> tuple[int, bytes]:
         return wire.FX_BAD_MESSAGE, _text(str(exc)) or _DEFAULT_MESSAGES[wire.FX_BAD_MESSAGE]
     if isinstance(exc, NotImplementedError):
         return wire.FX_OP_UNSUPPORTED, _DEFAULT_MESSAGES[wire.FX_OP_UNSUPPORTED]
+    if isinstance(exc, OverflowError):
+        # An offset or size of 2**63 or more: the peer's number does not fit
+        # an off_t (Python raises before the system call).
+        return wire.FX_FAILURE, b"Value too large"
     if isinstance(exc, OSError):
         if exc.errno is None:
             return wire.FX_FAILURE, _text(exc.strerror or "") or _DEFAULT_MESSAGES[wire.FX_FAILURE]
