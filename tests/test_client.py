@@ -32,6 +32,7 @@ from conchshare.errors import (
 from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, connectSSH, sshEndpoint
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 from tests.sshd import ThrowawaySSHD, available, freePort, keygen
+from tests.tunnelhelpers import sshdConnectOptions
 
 
 class _ExecChannel(SSHChannel):  # type: ignore[misc]
@@ -104,21 +105,7 @@ class ClientTestMixin:
         return sshd
 
     def optionsFor(self, sshd: ThrowawaySSHD, **kwargs: Any) -> ConnectOptions:
-        settings: dict[str, Any] = dict(
-            host=sshd.host,
-            port=sshd.port,
-            user=sshd.user,
-            identityFiles=[sshd.clientKeyPath],
-            userKnownHostsFiles=[sshd.knownHostsPath],
-            globalKnownHostsFiles=[],
-            strictHostKeyChecking="yes",
-            identityAgent=None,
-            useAgent=False,
-            batchMode=True,
-            connectTimeout=10,
-        )
-        settings.update(kwargs)
-        return ConnectOptions(**settings)
+        return sshdConnectOptions(sshd, **kwargs)
 
     async def connect(self, options: ConnectOptions, **kwargs: Any) -> SSHConnection:
         connection = await connectSSH(options, SSHConnection, reactor=reactor, **kwargs)

@@ -24,14 +24,12 @@ from conchshare.tunnel.sshconfig import ConnectOptions
 from tests.sshd import ThrowawaySSHD
 
 
-def connect(testCase: Any, sshd: ThrowawaySSHD, **kw: Any) -> defer.Deferred[ShareConnection]:
+def sshdConnectOptions(sshd: ThrowawaySSHD, **overrides: Any) -> ConnectOptions:
     """
-    Connect a L{ShareConnection} to C{sshd} with conchshare's client
-    (L{connectSSH}); the test case's cleanup stops it.
-
-    @return: a Deferred firing with the connection once its service started.
+    Options that reach C{sshd} with its client key and known_hosts, and
+    nothing of the user's own (no agent, no ~/.ssh); C{overrides} win.
     """
-    options = ConnectOptions(
+    settings: dict[str, Any] = dict(
         host=sshd.host,
         port=sshd.port,
         user=sshd.user,
@@ -44,6 +42,18 @@ def connect(testCase: Any, sshd: ThrowawaySSHD, **kw: Any) -> defer.Deferred[Sha
         batchMode=True,
         connectTimeout=10,
     )
+    settings.update(overrides)
+    return ConnectOptions(**settings)
+
+
+def connect(testCase: Any, sshd: ThrowawaySSHD, **kw: Any) -> defer.Deferred[ShareConnection]:
+    """
+    Connect a L{ShareConnection} to C{sshd} with conchshare's client
+    (L{connectSSH}); the test case's cleanup stops it.
+
+    @return: a Deferred firing with the connection once its service started.
+    """
+    options = sshdConnectOptions(sshd)
     made: list[ShareConnection] = []
 
     def factory() -> ShareConnection:
