@@ -246,8 +246,14 @@ def _asSentence(text: str) -> str:
     C{text} as a sentence: a capital first letter and a final period.
     """
     text = text.strip() or "Unknown error."
-    text = text[0].upper() + text[1:]
+    # A command's name stays as it is spelled ("ssh: connect to host ...",
+    # "sshfs ..."), as ssh itself prints it.
+    if text.split(":", 1)[0].split(" ", 1)[0] not in _COMMAND_NAMES:
+        text = text[0].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."
+
+
+_COMMAND_NAMES = frozenset({"ssh", "sshfs", "socat", "fusermount", "fusermount3"})
 
 
 def _reasonText(exc: BaseException) -> str:

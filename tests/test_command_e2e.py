@@ -704,7 +704,9 @@ class ShareCommandErrorTests(_Base):
             timeout=WAIT,
         )
         self.assertEqual(result.returncode, 3, result.stderr)
-        self.assertIn("Connection refused", result.stderr)
+        self.assertRegex(
+            result.stderr, r"(?m)^ssh: connect to host 127\.0\.0\.1 port \d+: Connection refused\.$"
+        )
         self.assertNotIn("Traceback", result.stderr)
 
     def test_badUsage(self) -> None:
