@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -61,6 +62,29 @@ def available() -> str | None:
     if not shutil.which("ssh-keygen"):
         return "ssh-keygen is not installed (apt-get install openssh-client)"
     return None
+
+
+def startForTest(
+    testCase: Any, extraConfig: Sequence[str] = (), needs: Sequence[str] = ()
+) -> ThrowawaySSHD:
+    """
+    Start a throwaway sshd for C{testCase} (stopped at its cleanup), or skip
+    the test with the reason when sshd or one of the commands C{needs} is
+    missing.
+
+    @raise SkipTest: sshd, ssh-keygen or a needed command is not installed.
+    """
+    from twisted.trial.unittest import SkipTest
+
+    reason = available()
+    missing = [name for name in needs if not shutil.which(name)]
+    if reason is None and missing:
+        reason = " and ".join(missing) + " needed"
+    if reason is not None:
+        raise SkipTest(reason)
+    sshd = ThrowawaySSHD.start(testCase.mktemp(), extraConfig=extraConfig)
+    testCase.addCleanup(sshd.stop)
+    return sshd
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.sshd import ThrowawaySSHD, available
+from tests.sshd import ThrowawaySSHD, startForTest
 
 #: Seconds any single wait may take before the test fails.
 WAIT = 30.0
@@ -188,17 +188,39 @@ def sshArgs(sshd: ThrowawaySSHD) -> list[str]:
     ]
 
 
+def rawSftpCommand(port: int) -> list[str]:
+    """
+    The C{sftp} batch command that reaches a raw TCP forward through socat.
+    """
+    return ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"]
+
+
 def rawSftp(port: int, batch: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
     """
     Run an C{sftp} batch against a raw forward (through socat).
     """
     return subprocess.run(
-        ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
-        input=batch,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        rawSftpCommand(port), input=batch, capture_output=True, text=True, timeout=timeout
     )
+
+
+def startRawSftp(testCase: TestCase, port: int, batch: str, stdout: int) -> subprocess.Popen[str]:
+    """
+    Start an C{sftp} batch against a raw forward and leave it running (it
+    is reaped at cleanup); C{batch} is written and stdin closed.
+    """
+    client = subprocess.Popen(
+        rawSftpCommand(port),
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    testCase.addCleanup(reap, client)
+    assert client.stdin is not None
+    client.stdin.write(batch)
+    client.stdin.close()
+    return client
 
 
 def portOpen(port: int) -> bool:
@@ -222,11 +244,7 @@ class _Base(TestCase):
     sshdConfig: list[str] = []
 
     def setUp(self) -> None:
-        reason = available()
-        if reason is not None or not shutil.which("socat") or not shutil.which("sftp"):
-            raise SkipTest(reason or "socat and sftp are needed")
-        self.sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=self.sshdConfig)
-        self.addCleanup(self.sshd.stop)
+        self.sshd = startForTest(self, self.sshdConfig, needs=("socat", "sftp"))
         self.tmp = shortTempDir(self)
         self.share = os.path.join(self.tmp, "docs")
         os.mkdir(self.share)
@@ -325,17 +343,7 @@ class ShareCommandTests(_Base):
         running = self.share_("--mode", "raw")
         port = running.event("forwarding")["port"]
         got = os.path.join(self.tmp, "got")
-        client = subprocess.Popen(
-            ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(reap, client)
-        assert client.stdin is not None
-        client.stdin.write(f"get /docs/big {got}\n")
-        client.stdin.close()
+        client = startRawSftp(self, port, f"get /docs/big {got}\n", subprocess.DEVNULL)
         running.event("channel-opened")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # until the download has started
@@ -367,17 +375,7 @@ class ShareCommandTests(_Base):
         running.signal(signal.SIGUSR1)
         self.assertEqual(running.event("paused")["channels"], 0)
         got = os.path.join(self.tmp, "got.txt")
-        client = subprocess.Popen(
-            ["sftp", "-b", "-", "-D", f"socat STDIO TCP:127.0.0.1:{port}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(reap, client)
-        assert client.stdin is not None
-        client.stdin.write(f"get /docs/hello.txt {got}\n")
-        client.stdin.close()
+        client = startRawSftp(self, port, f"get /docs/hello.txt {got}\n", subprocess.PIPE)
         running.event("channel-opened")
         time.sleep(1.0)
         self.assertIsNone(client.poll(), "sftp finished while paused")

@@ -7,7 +7,6 @@ reconnect, stop, fatal errors.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from typing import Any
 
@@ -15,11 +14,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from conchshare.errors import HostKeyUnknown
 from conchshare.service import ShareService
-from tests.sshd import ThrowawaySSHD, available
+from tests.sshd import startForTest
 
 WAIT = 30.0
 
@@ -74,11 +73,7 @@ class ServiceEndToEndTests(TestCase):
     sshdConfig: list[str] = []
 
     def setUp(self) -> None:
-        reason = available()
-        if reason is not None or not shutil.which("socat") or not shutil.which("sftp"):
-            raise SkipTest(reason or "socat and sftp are needed")
-        self.sshd = ThrowawaySSHD.start(self.mktemp(), extraConfig=self.sshdConfig)
-        self.addCleanup(self.sshd.stop)
+        self.sshd = startForTest(self, self.sshdConfig, needs=("socat", "sftp"))
         self.share = os.path.abspath(self.mktemp())
         os.makedirs(self.share)
         with open(os.path.join(self.share, "a.txt"), "w") as f:
