@@ -26,7 +26,7 @@ from typing import IO, Any
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from conchshare.errors import ConchShareError, UsageError
+from conchshare.errors import ConchShareError, UsageError, sentence
 
 __all__ = [
     "TwistdOptions",
@@ -63,15 +63,7 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(_sentence(message))
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return "Bad usage."
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
+        raise UsageError(sentence(message, empty="Bad usage."))
 
 
 def _listenAddress(text: str) -> tuple[str, int]:

@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from conchshare.errors import ConchShareError, UsageError
+from conchshare.errors import ConchShareError, UsageError, sentence
 
 __all__ = [
     "COMMANDS",
@@ -335,7 +335,7 @@ def _describeStatus(status: Mapping[str, Any]) -> str:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(message[:1].upper() + message[1:].rstrip(".") + ".")
+        raise UsageError(sentence(message.rstrip("."), empty="Bad usage."))
 
 
 def ctlMain(

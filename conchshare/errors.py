@@ -19,6 +19,23 @@ ends with.  The codes are an interface, documented here and in the README:
 
 from __future__ import annotations
 
+# Names that open a sentence as ssh prints it ("ssh: connect to host ...",
+# "sshfs ..."): kept in lower case.
+_COMMAND_NAMES = frozenset({"ssh", "sshfs", "socat", "fusermount", "fusermount3"})
+
+
+def sentence(text: str, empty: str = "Unknown error.") -> str:
+    """
+    C{text} as one sentence: a capital first letter (unless it is a
+    command's name) and a final period; C{empty} when there is no text.
+    """
+    text = text.strip()
+    if not text:
+        return empty
+    if text.split(":", 1)[0].split(" ", 1)[0] not in _COMMAND_NAMES:
+        text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
 
 class ConchShareError(Exception):
     """

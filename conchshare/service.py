@@ -61,6 +61,7 @@ from conchshare.errors import (
     ForwardRefused,
     HostKeyError,
     UsageError,
+    sentence,
 )
 from conchshare.events import Event, EventObserver, makeEvent
 from conchshare.shares import ShareError, ShareSet
@@ -239,21 +240,6 @@ def asConchShareError(failure: Failure | BaseException) -> ConchShareError:
     if isinstance(exc, ConnectionDone):
         return ConnectionFailed("The server closed the connection.")
     return ConnectionFailed(f"The connection failed: {_reasonText(exc)}")
-
-
-def _asSentence(text: str) -> str:
-    """
-    C{text} as a sentence: a capital first letter and a final period.
-    """
-    text = text.strip() or "Unknown error."
-    # A command's name stays as it is spelled ("ssh: connect to host ...",
-    # "sshfs ..."), as ssh itself prints it.
-    if text.split(":", 1)[0].split(" ", 1)[0] not in _COMMAND_NAMES:
-        text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-_COMMAND_NAMES = frozenset({"ssh", "sshfs", "socat", "fusermount", "fusermount3"})
 
 
 def _reasonText(exc: BaseException) -> str:
@@ -835,7 +821,7 @@ class ShareService(Service):
         if self._stopping is not None:
             return
         self.error = error
-        message = _asSentence(str(error))
+        message = sentence(str(error))
         self._emit("error", message=message)
         self._beginStop(message)
 
