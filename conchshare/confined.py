@@ -332,6 +332,208 @@ def _openat2() -> Callable[[int, bytes], int] | None:
 _openat2Function = _openat2()
 
 
+# Answering STAT, LSTAT and FSTAT in the reactor thread, only where the
+# kernel promises not to wait: openat2 with RESOLVE_CACHED (Linux >= 5.12)
+# fails with EAGAIN instead of reading a directory from disk or asking a
+# network filesystem to revalidate; RESOLVE_NO_XDEV keeps the walk on the
+# share's own mount; statx with AT_STATX_DONT_SYNC never asks a server.
+# The answer is used only when statx says the entry is on the mount noted
+# when the share was opened, and that mount is a local filesystem, whose
+# attributes are in memory once its dentry is.  Anything else goes to a
+# worker as before.
+_RESOLVE_NO_XDEV = 0x01
+_RESOLVE_CACHED = 0x20
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000
+_STATX_WANTED = 0x07FF | 0x1000  # BASIC_STATS | MNT_ID
+
+# statfs(2) f_type of filesystems whose attributes and dentries live in
+# this machine's memory (no server to revalidate with): ext2/3/4, XFS,
+# Btrfs, tmpfs, ramfs, F2FS, overlayfs, ZFS, bcachefs.
+LOCAL_FILESYSTEMS = frozenset(
+    {
+        0xEF53,
+        0x58465342,
+        0x9123683E,
+        0x01021994,
+        0x858458F6,
+        0xF2F52010,
+        0x794C7630,
+        0x2FC12FC1,
+        0xCA451A4E,
+    }
+)
+
+
+class _StatxTimestamp(ctypes.Structure):
+    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
+
+
+class _Statx(ctypes.Structure):
+    _fields_ = [
+        ("mask", ctypes.c_uint32),
+        ("blksize", ctypes.c_uint32),
+        ("attributes", ctypes.c_uint64),
+        ("nlink", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("mode", ctypes.c_uint16),
+        ("spare0", ctypes.c_uint16),
+        ("ino", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("blocks", ctypes.c_uint64),
+        ("attributesMask", ctypes.c_uint64),
+        ("atime", _StatxTimestamp),
+        ("btime", _StatxTimestamp),
+        ("ctime", _StatxTimestamp),
+        ("mtime", _StatxTimestamp),
+        ("rdevMajor", ctypes.c_uint32),
+        ("rdevMinor", ctypes.c_uint32),
+        ("devMajor", ctypes.c_uint32),
+        ("devMinor", ctypes.c_uint32),
+        ("mntId", ctypes.c_uint64),
+        ("spare", ctypes.c_uint64 * 13),
+    ]
+
+
+#: Where an entry lives: (mount id, device major, device minor).
+MountKey = tuple[int, int, int]
+
+
+class _CachedCalls:
+    """
+    openat2 with any resolve flags, statx and statfs, through ctypes; built
+    only where all of them work (L{None} otherwise).
+    """
+
+    def __init__(self, libc: Any) -> None:
+        self._syscall = libc.syscall
+        self._syscall.argtypes = [
+            ctypes.c_long,
+            ctypes.c_long,
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+        ]
+        self._syscall.restype = ctypes.c_long
+        self._statx = libc.statx
+        self._statx.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+        ]
+        self._statx.restype = ctypes.c_int
+        self._statfs = libc.statfs
+        self._statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        self._statfs.restype = ctypes.c_int
+        self._howPath = _OpenHow(
+            getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | _CLOEXEC,
+            0,
+            _RESOLVE | _RESOLVE_NO_XDEV | _RESOLVE_CACHED,
+        )
+        self._howRoot = _OpenHow(
+            getattr(os, "O_PATH", 0) | os.O_DIRECTORY | _CLOEXEC, 0, _RESOLVE_CACHED
+        )
+        self._size = ctypes.sizeof(_OpenHow)
+
+    def openRoot(self, path: bytes) -> int:
+        """
+        An O_PATH descriptor of the directory C{path} (absolute), or -1 if
+        that needs anything not in the kernel's caches (or fails).
+        """
+        return int(
+            self._syscall(
+                _SYS_OPENAT2, _AT_FDCWD, path, ctypes.addressof(self._howRoot), self._size
+            )
+        )
+
+    def openBeneath(self, directory: int, path: bytes) -> int:
+        """
+        An O_PATH descriptor of C{path} below C{directory} (a final symlink
+        itself), with no symlink, no mount crossing and nothing uncached on
+        the way; or -1, with C{ctypes.get_errno()} saying why.
+        """
+        return int(
+            self._syscall(
+                _SYS_OPENAT2, directory, path, ctypes.addressof(self._howPath), self._size
+            )
+        )
+
+    def statx(self, fd: int) -> _Statx | None:
+        """
+        What the kernel has in memory about C{fd}'s file (never asking a
+        server); L{None} if statx fails or leaves out a field.
+        """
+        result = _Statx()
+        if self._statx(
+            fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_WANTED, ctypes.byref(result)
+        ):
+            return None
+        if result.mask & _STATX_WANTED != _STATX_WANTED:
+            return None
+        return result
+
+    def localMount(self, path: str) -> MountKey | None:
+        """
+        Where the directory C{path} lives, if on a local filesystem (see
+        L{LOCAL_FILESYSTEMS}); L{None} otherwise.  May block: call it once,
+        when the share is opened.
+        """
+        buffer = ctypes.create_string_buffer(256)
+        if self._statfs(os.fsencode(path), buffer):
+            return None
+        fsType = ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF
+        if fsType not in LOCAL_FILESYSTEMS:
+            return None
+        fd = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC)
+        try:
+            found = self.statx(fd)
+        finally:
+            os.close(fd)
+        if found is None:
+            return None
+        return (found.mntId, found.devMajor, found.devMinor)
+
+
+def _cachedCalls() -> _CachedCalls | None:
+    if _openat2Function is None:
+        return None
+    try:
+        calls = _CachedCalls(ctypes.CDLL(None, use_errno=True))
+    except (OSError, AttributeError):
+        return None
+    # RESOLVE_CACHED is refused (EINVAL) before Linux 5.12.
+    fd = calls.openRoot(b"/")
+    if fd < 0:
+        return None
+    try:
+        if calls.statx(fd) is None:
+            return None
+    finally:
+        os.close(fd)
+    return calls
+
+
+_memory = _cachedCalls()
+
+
+def _attrsFromStatx(found: _Statx) -> Attrs:
+    atime, mtime = found.atime.sec, found.mtime.sec
+    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+        atime, mtime = _u32(atime), _u32(mtime)
+    return {
+        "size": found.size,
+        "uid": found.uid,
+        "gid": found.gid,
+        "permissions": found.mode,
+        "atime": atime,
+        "mtime": mtime,
+    }
+
+
 def _renameNoReplace(srcFd: int, src: bytes, dstFd: int, dst: bytes) -> None:
     """
     Rename without replacing an existing destination (EEXIST instead).
@@ -687,6 +889,17 @@ class ConfinedFilesystem:
         self._started = int(time.time())
         # What _lookup found for a client path (bounded: cleared when full).
         self._located: dict[bytes, tuple[Share, tuple[bytes, ...]] | VirtualDirectory] = {}
+        # The mount of each share on a local filesystem (by its path): its
+        # attributes may be read in the reactor thread (statCached).
+        self._localMounts: dict[str, MountKey] = {}
+        if _memory is not None:
+            for share in shares.shares:
+                try:
+                    mount = _memory.localMount(share.path)
+                except OSError:
+                    mount = None
+                if mount is not None:
+                    self._localMounts[share.path] = mount
 
     # -- walking --------------------------------------------------------
 
@@ -894,6 +1107,66 @@ class ConfinedFilesystem:
             "atime": self._started,
             "mtime": self._started,
         }
+
+    def statCached(self, path: bytes, *, follow: bool = True) -> Attrs | None:
+        """
+        STAT (C{follow}) or LSTAT answered from the kernel's caches without
+        ever blocking, for the reactor thread: the path must resolve with
+        no symlink (a final one too, for STAT), no mount crossing and
+        nothing the kernel would have to read from disk, on a share on a
+        local filesystem.  Same answers as L{stat}.
+
+        @return: the attributes, or L{None} when L{stat} must do it.
+        @raise FileNotFoundError: the kernel knows the path does not exist.
+        """
+        if _memory is None:
+            return None
+        found = self._lookup(path)
+        if isinstance(found, VirtualDirectory):
+            return self._virtualAttrs()
+        share, components = found
+        mount = self._localMounts.get(share.path)
+        if mount is None:
+            return None
+        root = _memory.openRoot(os.fsencode(share.path))
+        if root < 0:
+            return None
+        fd = root
+        try:
+            if components:
+                fd = _memory.openBeneath(root, b"/".join(components))
+                if fd < 0:
+                    if ctypes.get_errno() == errno.ENOENT:
+                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    return None
+            got = _memory.statx(fd)
+        finally:
+            if fd != root and fd >= 0:
+                os.close(fd)
+            os.close(root)
+        if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
+            return None
+        if follow and stat.S_ISLNK(got.mode):
+            return None
+        return _attrsFromStatx(got)
+
+    def fstatCached(self, confined: ConfinedFile) -> Attrs | None:
+        """
+        FSTAT of an open file from memory, for the reactor thread: on a
+        share on a local filesystem only (see L{statCached}).
+
+        @return: the attributes, or L{None} when L{ConfinedFile.stat} must
+            do it.
+        """
+        if _memory is None or confined.closed:
+            return None
+        mount = self._localMounts.get(confined.share.path)
+        if mount is None:
+            return None
+        got = _memory.statx(confined.fd)
+        if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
+            return None
+        return _attrsFromStatx(got)
 
     def stat(self, path: bytes, *, follow: bool = True) -> Attrs:
         """

@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from conchshare.sftp.avatar import (
@@ -413,6 +413,35 @@ class ThreadPoolTests(TestCase):
         d = avatar.realPath(b".")
         d.addCallback(self.assertEqual, b"/s")
         return d
+
+    def test_attributesInMemoryAnsweredInline(self) -> Deferred[Any]:
+        """
+        With the default L{Workers}, STAT and FSTAT of entries whose
+        attributes the kernel has in memory are answered at once, in the
+        calling (reactor) thread: no worker thread is started for them.
+        Entries it would have to look up are handed to a worker.
+        """
+        from twisted.internet import reactor
+
+        from conchshare import confined
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        with open(os.path.join(base, "s", "f"), "wb") as f:
+            f.write(b"12345")
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
+        if confined._memory is None or not avatar.filesystem._localMounts:
+            raise SkipTest("No in-memory attributes on this system or filesystem")
+        assert avatar.workers is not None
+        os.stat(os.path.join(base, "s", "f"))  # looked up once: in the dcache
+        attrs = avatar.getAttrs(b"/s/f", False)
+        self.assertIsInstance(attrs, dict)
+        self.assertEqual(attrs["size"], 5)  # type: ignore[index]
+        self.assertEqual(avatar.workers.threads, 0)
+        fresh = avatar.getAttrs(b"/s/never-looked-up", False)
+        self.assertIsInstance(fresh, Deferred)
+        self.assertEqual(avatar.workers.threads, 1)
+        return self.assertFailure(fresh, FileNotFoundError)  # type: ignore[arg-type]
 
     def test_inOrderInThreads(self) -> None:
         """

@@ -743,3 +743,91 @@ class FastWalkTests(ConfinedTestCase):
         # And the walk still follows the links that stay inside.
         self.assertEqual(self.readAll(b"/one/to_a/b/to_f"), b"plain")
         self.assertErrno(errno.EACCES, self.fs.stat, b"/one/esc_abs/secret")
+
+
+class CachedStatTests(ConfinedTestCase):
+    """
+    L{ConfinedFilesystem.statCached} and C{fstatCached}: STAT, LSTAT and
+    FSTAT answered from the kernel's memory in the reactor thread, or left
+    to L{ConfinedFilesystem.stat} (L{None}); never a different answer, and
+    never anything outside the shares.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        if confined._memory is None:
+            raise SkipTest("openat2 RESOLVE_CACHED or statx is not available here")
+        if not self.fs._localMounts:
+            raise SkipTest("The test folder is not on a filesystem statCached answers for")
+
+    def warm(self, path: bytes, follow: bool = False) -> None:
+        # A worker's stat puts the dentries in the kernel's cache.
+        try:
+            self.fs.stat(path, follow=follow)
+        except OSError:
+            pass
+
+    def test_sameAnswers(self) -> None:
+        """
+        Where it answers, it gives what L{stat} gives: files, directories,
+        share roots, the virtual tree, and a symlink itself (LSTAT).
+        """
+        cases = [b"/one/f", b"/one/sub", b"/one/sub/g", b"/one", b"/", b"/home", b"/one/in_rel"]
+        for path in cases:
+            for follow in (False, True):
+                self.warm(path, follow)
+                got = self.fs.statCached(path, follow=follow)
+                if follow and path == b"/one/in_rel":
+                    self.assertIsNone(got, "a final symlink is followed by a worker")
+                    continue
+                self.assertEqual(got, self.fs.stat(path, follow=follow), (path, follow))
+
+    def test_missing(self) -> None:
+        """
+        A name the kernel knows is missing gets FileNotFoundError, as from
+        L{stat}.
+        """
+        self.warm(b"/one/nothing")
+        self.assertErrno(errno.ENOENT, self.fs.statCached, b"/one/nothing", follow=False)
+        self.assertErrno(errno.ENOENT, self.fs.statCached, b"/nothing", follow=False)
+
+    def test_symlinksLeftToWorkers(self) -> None:
+        """
+        A symlink on the way is never followed here, in the share or out of
+        it: those paths go to L{stat}, which applies the confinement rules.
+        """
+        for path in [b"/one/in_rel/g", b"/one/esc_root/etc/passwd", b"/one/esc_rel/secret"]:
+            self.warm(path, True)
+            self.assertIsNone(self.fs.statCached(path, follow=True), path)
+            self.assertIsNone(self.fs.statCached(path, follow=False), path)
+
+    def test_notCachedLeftToWorkers(self) -> None:
+        """
+        A path the kernel would have to look up on disk (here: never looked
+        up since the directory was made) is not answered here.
+        """
+        os.mkdir(self.path("one", "fresh"))
+        # Neither found nor known missing: the kernel would ask the disk.
+        got = self.fs.statCached(b"/one/fresh/never-looked-up", follow=False)
+        self.assertIsNone(got)
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/one/fresh/never-looked-up")
+
+    def test_otherMountLeftToWorkers(self) -> None:
+        """
+        A share whose mount was not noted as local (a network filesystem)
+        is never answered here.
+        """
+        self.fs._localMounts.clear()
+        self.warm(b"/one/f")
+        self.assertIsNone(self.fs.statCached(b"/one/f", follow=False))
+
+    def test_fstat(self) -> None:
+        """
+        FSTAT of an open file, from memory, equals L{ConfinedFile.stat}.
+        """
+        f = self.fs.openFile(b"/one/f", FXF_READ, {})
+        try:
+            self.assertEqual(self.fs.fstatCached(f), f.stat())
+        finally:
+            f.close()
+        self.assertIsNone(self.fs.fstatCached(f))

@@ -205,6 +205,7 @@ class ShareFile:
         *,
         order: Executor | None = None,
         key: bytes | None = None,
+        filesystem: ConfinedFilesystem | None = None,
     ) -> None:
         """
         @param confined: the open file.
@@ -214,8 +215,11 @@ class ShareFile:
             requests on this file are ordered with requests on its path
             (default: its own).
         @param key: its key in the order (default: its virtual path).
+        @param filesystem: the filesystem it was opened in, to read its
+            attributes from memory when it can (L{None}: never).
         """
         self.confined = confined
+        self.filesystem = filesystem
         if not isinstance(executor, Workers | PathOrder):
             executor = order if order is not None else PathOrder(executor)
         self._executor: Executor = executor
@@ -248,11 +252,17 @@ class ShareFile:
         """
         return self._executor.run(self._keys, self.confined.write, offset, data)
 
-    def getAttrs(self) -> Deferred[dict[str, object]]:
+    def getAttrs(self) -> Deferred[dict[str, object]] | dict[str, object]:
         """
-        @return: a Deferred firing with the file's attributes.
+        @return: the file's attributes, when the kernel has them in memory,
+            or a Deferred firing with them.
         """
-        return self._executor.run(self._keys, self.confined.stat, shared=True)
+        executor = self._executor
+        if executor.inlineReads and self.filesystem is not None and executor.sharedFree(self.key):
+            attrs = self.filesystem.fstatCached(self.confined)
+            if attrs is not None:
+                return attrs
+        return executor.run(self._keys, self.confined.stat, shared=True)
 
     def setAttrs(self, attrs: Mapping[str, object]) -> Deferred[None]:
         """
@@ -456,7 +466,7 @@ class ShareSFTPServer:
         d = self._order.run(
             (key,), self.filesystem.openFile, key, flags, dict(attrs), shared=shared
         )
-        d.addCallback(ShareFile, self._order, key=key)
+        d.addCallback(ShareFile, self._order, key=key, filesystem=self.filesystem)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
@@ -490,14 +500,26 @@ class ShareSFTPServer:
         directory.prefetch(_PREFETCH)
         return directory
 
-    def getAttrs(self, path: bytes, followLinks: bool) -> Deferred[dict[str, object]]:
+    def getAttrs(
+        self, path: bytes, followLinks: bool
+    ) -> Deferred[dict[str, object]] | dict[str, object]:
         """
-        @return: a Deferred firing with the attributes; fails with
-            L{PermissionError} when following a symlink out of the share.
+        @return: the attributes when the kernel has them in memory (see
+            L{ConfinedFilesystem.statCached}), else a Deferred firing with
+            them; it fails with L{PermissionError} when following a symlink
+            out of the share.
+        @raise FileNotFoundError: (answered from memory) no such path.
         """
         key = self._key(path)
+        order = self._order
+        if order.inlineReads and order.sharedFree(key):
+            # Attributes the kernel has in memory: read here, in the
+            # reactor thread, without a round trip to a worker.
+            attrs = self.filesystem.statCached(key, follow=followLinks)
+            if attrs is not None:
+                return attrs
         call = self._stat if followLinks else self._lstat
-        return self._order.run((key,), call, key, shared=True)
+        return order.run((key,), call, key, shared=True)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
         return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)

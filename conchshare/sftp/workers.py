@@ -419,6 +419,11 @@ class Workers:
         """
         if self._lastCall > 4 * self.WAIT:
             return
+        if not (self._ready or self._calling or self._done):
+            # Nothing handed over (answered inline): nothing to wait for.
+            # Read without the lock: a call that ends meanwhile is
+            # delivered through callFromThread as usual.
+            return
         lock = self._lock
         reactorWake = self._reactorWake
         lock.acquire()
