@@ -16,7 +16,8 @@ commands:
   ctl          pause, resume or query a running conchshare
   sftp-server  speak SFTP v3 on stdin/stdout, like OpenSSH's sftp-server
 
-'conchshare COMMAND --help' describes a command.
+'conchshare COMMAND --help' describes a command; 'conchshare --version'
+prints the version.
 """
 
 
@@ -53,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0 if args else 2
+    if args[0] in ("-V", "--version", "version"):
+        from conchshare import __version__
+
+        sys.stdout.write(f"conchshare {__version__}\n")
+        return 0
     commands = _subcommands()
     command = commands.get(args[0])
     if command is None:
