@@ -508,7 +508,8 @@ class ShareSFTPServer:
             L{ConfinedFilesystem.statCached}), else a Deferred firing with
             them; it fails with L{PermissionError} when following a symlink
             out of the share.
-        @raise FileNotFoundError: (answered from memory) no such path.
+        @raise OSError: (answered at once) no such path, or an invalid one
+            (an embedded NUL, too long).
         """
         key = self._key(path)
         order = self._order
