@@ -422,9 +422,11 @@ class SFTPServerCore:
         if self._closing:
             return
         self.fedBulk = False
-        if self._buffer or self._processing:
+        if self._processing:
             self._buffer += data
             self._process()
+        elif self._buffer:
+            self._completeHead(data)
         else:
             # Parsed where it is; only what is left over is copied.
             self._process(data)
@@ -503,9 +505,54 @@ class SFTPServerCore:
         """
         return self._inFlight
 
-    def _process(self, data: bytes | bytearray | memoryview | None = None) -> None:
+    def _completeHead(self, data: bytes | bytearray | memoryview) -> None:
+        # The buffer holds the start of a packet (what the last feed left
+        # over): complete it with the first bytes of data, dispatch it as
+        # it is (no copy), then the rest of data where it is.  Appending
+        # all of data to the buffer instead copied every byte of bulk
+        # uploads twice more (into the buffer, then out of it).
+        buffer = self._buffer
+        with memoryview(data) as view:
+            taken = 0
+            if self._dispatching():
+                if len(buffer) < 4:
+                    taken = min(4 - len(buffer), len(view))
+                    buffer += view[:taken]
+                if len(buffer) >= 4:
+                    (length,) = _U32.unpack_from(buffer)
+                    missing = 4 + length - len(buffer)
+                    if 0 < missing and length <= wire.MAX_PACKET_LENGTH:
+                        count = min(missing, len(view) - taken)
+                        buffer += view[taken : taken + count]
+                        taken += count
+                    if length <= wire.MAX_PACKET_LENGTH:
+                        if len(buffer) == 4 + length:
+                            # Exactly one whole packet: dispatched from here.
+                            self._buffer = bytearray()
+                            self._process(view[taken:], head=buffer)
+                            return
+                        if taken == len(view):
+                            # Still short of a whole packet: nothing to
+                            # dispatch (and the buffer stays as it is).
+                            self._updateReading()
+                            return
+            if taken < len(view):
+                buffer += view[taken:]
+        self._process()
+
+    def _dispatching(self) -> bool:
+        # Whether a whole packet would be dispatched now.
+        return not self._closing and self._inFlight < self._maxInFlight and not self._outputPaused
+
+    def _process(
+        self,
+        data: bytes | bytearray | memoryview | None = None,
+        *,
+        head: bytearray | None = None,
+    ) -> None:
         # Dispatch the packets of self._buffer, or of data (the buffer being
-        # empty); what is left goes back to the buffer.
+        # empty) after head (one whole packet, when given); what is left
+        # goes back to the buffer.
         if self._processing:
             return
         self._processing = True
@@ -517,6 +564,12 @@ class SFTPServerCore:
             data, self._buffer = self._buffer, bytearray()
         view = memoryview(data)
         try:
+            if head is not None:
+                # Ours alone (detached from the buffer): the packet body is
+                # a view of it, not a copy.
+                if len(head) - 4 >= _BULK:
+                    self.fedBulk = True
+                self._packet(memoryview(head)[4:])
             offset = 0
             size = len(view)
             while (
@@ -604,7 +657,7 @@ class SFTPServerCore:
 
     # Dispatch: the one path from a packet to exactly one reply
 
-    def _packet(self, body: bytes) -> None:
+    def _packet(self, body: bytes | memoryview) -> None:
         if not body:
             self._send(wire.status(0, wire.FX_BAD_MESSAGE, b"Empty packet"))
             return
