@@ -901,12 +901,16 @@ class ConcurrencyTests(SynchronousTestCase):
         )
         self.assertEqual((h.core.inFlight, h.pauses, h.resumes), (0, 1, 1))
 
-    def bulkUpload(self, pieces: list[int], maxInFlight: int = 64) -> None:
+    def bulkUpload(self, pieces: list[int], maxInFlight: int = 64, direct: bool = False) -> None:
         """
         Large WRITEs whose data the avatar takes as views and writes only
         later, fed through one reused buffer in pieces of the sizes given
         (cycled), the buffer scribbled over after each feed: the file ends
         up with exactly the data sent, and each WRITE gets one reply.
+
+        @param direct: the rest of a packet begun is written where
+            L{SFTPServerCore.receiveBuffer} says, as the stdio reader does;
+            what is left of the piece is fed.
         """
         h = Harness(maxInFlight=maxInFlight)
         h.init()
@@ -928,6 +932,16 @@ class ConcurrencyTests(SynchronousTestCase):
         while offset < len(stream):
             size = min(pieces[turn % len(pieces)], len(stream) - offset)
             turn += 1
+            room = h.core.receiveBuffer() if direct else None
+            if room is not None:
+                with room:
+                    count = min(len(room), size)
+                    room[:count] = stream[offset : offset + count]
+                h.core.receivedInto(count)
+                offset += count
+                size -= count
+                if not size:
+                    continue
             buffer[:size] = stream[offset : offset + size]
             offset += size
             with memoryview(buffer)[:size] as view:
@@ -950,6 +964,7 @@ class ConcurrencyTests(SynchronousTestCase):
         """
         for pieces in ([1 << 20], [7, 4093, 1, 65536, 262177, 3], [3, 1, 2], [262144], [99999]):
             self.bulkUpload(pieces)
+            self.bulkUpload(pieces, direct=True)
 
     def test_bulkUploadInPiecesPaused(self) -> None:
         """
@@ -958,6 +973,7 @@ class ConcurrencyTests(SynchronousTestCase):
         """
         for pieces in ([1 << 20], [7, 4093, 1, 65536, 262177, 3], [99999]):
             self.bulkUpload(pieces, maxInFlight=2)
+            self.bulkUpload(pieces, maxInFlight=2, direct=True)
 
     def test_outputPaused(self) -> None:
         """

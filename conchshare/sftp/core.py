@@ -364,6 +364,11 @@ class SFTPServerCore:
         self._logRequests = logRequests
 
         self._buffer = bytearray()
+        # The packet being received, when its start was fed: allocated
+        # whole (length prefix included) and filled as the rest comes
+        # (receiveBuffer); then self._buffer is empty.
+        self._head: bytearray | None = None
+        self._headFill = 0
         self._outbox: list[bytes] = []
         #: Whether the last feed carried a large packet (WRITE data).
         self.fedBulk = False
@@ -423,8 +428,15 @@ class SFTPServerCore:
             return
         self.fedBulk = False
         if self._processing:
+            self._unhead()
             self._buffer += data
             self._process()
+        elif self._head is not None:
+            with memoryview(data) as view:
+                count = min(len(self._head) - self._headFill, len(view))
+                self._head[self._headFill : self._headFill + count] = view[:count]
+                self._headFill += count
+                self._headReceived(view[count:])
         elif self._buffer:
             self._completeHead(data)
         else:
@@ -432,6 +444,51 @@ class SFTPServerCore:
             self._process(data)
         if not self._closing and len(self._buffer) > _MAX_BUFFERED:
             self._abort("Client kept sending while paused")
+
+    def receiveBuffer(self) -> memoryview | None:
+        """
+        Where the rest of the packet being received goes, to read it there
+        directly (no copy); then call L{receivedInto}.  Release the view
+        first.
+
+        @return: a writable view, or L{None} when no packet is part way
+            received (feed L{dataReceived} instead).
+        """
+        if self._head is None or self._processing or self._closing:
+            return None
+        return memoryview(self._head)[self._headFill :]
+
+    def receivedInto(self, count: int) -> None:
+        """
+        C{count} bytes were written at the start of the view that
+        L{receiveBuffer} gave (and released since).
+        """
+        if self._head is None or self._closing:
+            return
+        self.fedBulk = False
+        self._headFill += count
+        self._headReceived(b"")
+
+    def _headReceived(self, rest: bytes | memoryview) -> None:
+        # Bytes were added to the packet being received; rest follows it.
+        head = self._head
+        assert head is not None
+        if self._headFill < len(head):
+            return
+        self._head = None
+        if self._dispatching():
+            self._process(rest, head=head)
+        else:
+            self._buffer = head
+            self._buffer += rest
+            self._process()
+
+    def _unhead(self) -> None:
+        # The packet being received goes back to the buffer (a feed from a
+        # callback, while packets are dispatched).
+        if self._head is not None:
+            self._buffer[:0] = memoryview(self._head)[: self._headFill]
+            self._head = None
 
     def pauseOutput(self) -> None:
         """
@@ -458,6 +515,7 @@ class SFTPServerCore:
         self._closing = True
         self._lost = True
         self._buffer.clear()
+        self._head = None
         waiter: Deferred[None] = Deferred()
         self._lostWaiters.append(waiter)
         self._reap()
@@ -496,7 +554,7 @@ class SFTPServerCore:
         The number of bytes received and not yet dispatched (the start of a
         packet, or packets held back by backpressure).
         """
-        return len(self._buffer)
+        return len(self._buffer) + (self._headFill if self._head is not None else 0)
 
     @property
     def inFlight(self) -> int:
@@ -572,6 +630,7 @@ class SFTPServerCore:
                 self._packet(memoryview(head)[4:])
             offset = 0
             size = len(view)
+            partial = 0  # the length of a packet only begun
             while (
                 not self._closing
                 and self._inFlight < self._maxInFlight
@@ -584,6 +643,7 @@ class SFTPServerCore:
                     return
                 end = offset + 4 + length
                 if end > size:
+                    partial = length
                     break
                 body = bytes(view[offset + 4 : end])
                 offset = end
@@ -591,8 +651,15 @@ class SFTPServerCore:
                     self.fedBulk = True
                 self._packet(body)
             if not self._closing:
-                # Ahead of anything fed meanwhile (from a callback).
-                self._buffer[:0] = view[offset:]
+                if partial and not self._buffer:
+                    # Its whole size at once, filled as the rest comes
+                    # (read there directly: receiveBuffer).
+                    head = self._head = bytearray(4 + partial)
+                    self._headFill = size - offset
+                    head[: self._headFill] = view[offset:]
+                else:
+                    # Ahead of anything fed meanwhile (from a callback).
+                    self._buffer[:0] = view[offset:]
                 self._updateReading()
         finally:
             view.release()
@@ -615,6 +682,7 @@ class SFTPServerCore:
         self._log.warn("Disconnecting the SFTP client: {reason}", reason=reason)
         self._closing = True
         self._buffer.clear()
+        self._head = None
         self._disconnect()
 
     def _send(self, data: bytes | tuple[bytes, ...]) -> None:
