@@ -14,7 +14,15 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp.workers import Batch, Job, KeyOrder, Workers, afterDelivery
+from conchshare.sftp.workers import (
+    Batch,
+    Job,
+    KeyOrder,
+    Workers,
+    afterDelivery,
+    holdWakeups,
+    releaseWakeups,
+)
 from conchshare.shares import Share
 
 
@@ -271,6 +279,34 @@ class WorkersTests(TestCase):
             return waiter
 
         return d.addCallback(check)
+
+    def test_heldWakeups(self) -> Deferred[Any]:
+        """
+        Calls handed over while wake-ups are held back (one feed's
+        requests) are all waiting when a thread starts: those of one batch
+        run as one.
+        """
+        workers = self.workers()
+        groups: list[int] = []
+
+        class Recording(_Pairs):
+            def accepts(self, jobs: list[Job], job: Job) -> bool:
+                return True
+
+            def call(self, jobs: list[Job]) -> None:
+                groups.append(len(jobs))
+                super().call(jobs)
+
+        batch = Recording()
+        self.assertTrue(holdWakeups())
+        self.assertFalse(holdWakeups())  # nested: the outer one releases
+        calls = [workers.run([b"k"], lambda n: n, n, batch=batch) for n in range(5)]
+        self.assertEqual(workers.threads, 0)
+        releaseWakeups()
+        d = gatherResults(calls)
+        d.addCallback(self.assertEqual, [("together", n) for n in range(5)])
+        d.addCallback(lambda _: self.assertEqual(groups, [5]))
+        return d
 
     def test_stopped(self) -> None:
         """

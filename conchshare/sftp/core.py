@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from conchshare.sftp import wire
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
-from conchshare.sftp.workers import afterDelivery
+from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
 
 #: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
 READDIR_BATCH = 100
@@ -614,14 +614,18 @@ class SFTPServerCore:
         if self._processing:
             return
         self._processing = True
-        # Replies made while dispatching go out in one write at the end.
+        # Replies made while dispatching go out in one write at the end;
+        # worker threads are woken at the end too, to find every call the
+        # feed brought.
         flush = not self._corked
         self._corked = True
         if data is None:
             # Detached, so that nothing resizes it while it is viewed.
             data, self._buffer = self._buffer, bytearray()
         view = memoryview(data)
+        holding = False
         try:
+            holding = holdWakeups()
             if head is not None:
                 # Ours alone (detached from the buffer): the packet body is
                 # a view of it, not a copy.
@@ -664,6 +668,8 @@ class SFTPServerCore:
         finally:
             view.release()
             self._processing = False
+            if holding:
+                releaseWakeups()
             if flush:
                 self._flush()
 

@@ -40,7 +40,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Batch", "Job", "KeyOrder", "Workers", "afterDelivery", "orderedKeys"]
+__all__ = [
+    "Batch",
+    "Job",
+    "KeyOrder",
+    "Workers",
+    "afterDelivery",
+    "holdWakeups",
+    "orderedKeys",
+    "releaseWakeups",
+]
 
 # While Workers._collect fires a batch of results (in the reactor thread):
 # what to call once all are fired.
@@ -59,6 +68,39 @@ def afterDelivery(call: Callable[[], object]) -> bool:
         return False
     _delivering.append(call)
     return True
+
+
+# While the reactor thread dispatches what one feed brought: the Workers
+# whose threads are to be woken once it is done.
+_holding: list[Workers] | None = None
+
+
+def holdWakeups() -> bool:
+    """
+    Hold back the wake-ups of worker threads for calls handed over from now
+    on, until L{releaseWakeups}: the calls one feed brings (the WRITEs of a
+    1 MiB read) then wait together, and those of one batch run as one (see
+    L{Batch}) instead of the first running alone.  A thread already awake
+    still takes them meanwhile.
+
+    @return: whether this call started holding (L{False}: already held;
+        do not release).
+    """
+    global _holding
+    if _holding is not None:
+        return False
+    _holding = []
+    return True
+
+
+def releaseWakeups() -> None:
+    """
+    Wake the worker threads held back since L{holdWakeups}.
+    """
+    global _holding
+    held, _holding = _holding, None
+    for workers in held or ():
+        workers._wakeHeld()
 
 
 _log = Logger()
@@ -339,6 +381,7 @@ class Workers:
         self._lastCall = 0.0  # how long the last call took (seconds)
         self._stopped = False
         self._shutdownTrigger = False
+        self._wakeHeldBack = False  # in _holding
 
     def __len__(self) -> int:
         """
@@ -389,10 +432,25 @@ class Workers:
             if self._order.add(job):
                 self._ready.append(job)
                 if len(self._ready) > self._between:
-                    wake = self._wakeOne()
+                    if _holding is None:
+                        wake = self._wakeOne()
+                    elif not self._wakeHeldBack:
+                        self._wakeHeldBack = True
+                        _holding.append(self)
         if wake is not None:
             _signal(wake)
         return job.deferred
+
+    def _wakeHeld(self) -> None:
+        # Wake-ups were held back (holdWakeups): wake a thread if the calls
+        # are still waiting for one.
+        wake = None
+        with self._lock:
+            self._wakeHeldBack = False
+            if len(self._ready) > self._between:
+                wake = self._wakeOne()
+        if wake is not None:
+            _signal(wake)
 
     def stop(self) -> None:
         """
