@@ -9,6 +9,11 @@ does no I/O itself; L{conchshare.sftp.protocol} plugs it into Twisted.
 State and its rules, all kept on the core:
   - C{_buffer}: received bytes not yet dispatched.  Packets are dispatched
     in order, without waiting for earlier requests to be answered.
+  - C{_head}, C{_headFill}: instead, when a feed ended part way into a
+    packet (and nothing else is buffered), that packet allocated whole and
+    filled as its rest comes, by feeds or read straight into it
+    (L{SFTPServerCore.receiveBuffer}); dispatched as it is, not copied.
+    Data is copied out of a feed at most once.
   - C{_initialised}: INIT was answered.  Any other packet before it, a second
     INIT, or a packet longer than L{wire.MAX_PACKET_LENGTH} disconnects.
   - C{_files}, C{_dirs}: open handles.  A handle leaves its table when CLOSE
