@@ -31,7 +31,7 @@ import pwd
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -696,6 +696,18 @@ class ConfinedFile:
                 written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
+
+    def writeVector(self, offset: int, pieces: Sequence[Any]) -> int:
+        """
+        Write C{pieces} (buffers) one after the other from C{offset} with one
+        C{pwritev}.  Not in append mode (see L{write}).
+
+        @return: the number of bytes written: all of them, or fewer (a
+            short write, to be continued by the caller).
+        """
+        if self.append:
+            raise OSError(errno.EINVAL, "Vectored writes at an offset in append mode")
+        return os.pwritev(self.fd, pieces, offset)
 
     def stat(self) -> Attrs:
         return attrsFromStat(os.fstat(self.fd))

@@ -568,3 +568,155 @@ class StockConchTests(AvatarTestCase):
             self.assertEqual(self.statusOf(d), FX_PERMISSION_DENIED)
         self.assertEqual(read(self.path("ro", "r")), b"read-only")
         self.assertEqual(read(self.path("outside", "secret")), SECRET)
+
+
+class MergedWriteTests(TestCase):
+    """
+    WRITEs of one file waiting one behind the other at consecutive offsets
+    are written together by the default L{Workers}; each still gets its own
+    result, in order with the other requests on the file.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        self.path = os.path.join(base, "s", "f")
+        self.avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
+        assert self.avatar.workers is not None
+        self.workers = self.avatar.workers
+        self.addCleanup(self.workers.stop)
+
+    def opened(self) -> Deferred[ShareFile]:
+        return self.avatar.openFile(b"f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+
+    def queued(self, f: ShareFile, chunks: list[tuple[int, bytes]]) -> list[Deferred[Any]]:
+        """
+        Hold the file's calls up while C{chunks} are written, so that they
+        all wait one behind the other, then let them go.
+        """
+        import threading
+
+        gate = threading.Event()
+        held = self.workers.run([f.key], gate.wait, 10)
+        writes = [f.writeChunk(offset, data) for offset, data in chunks]
+        gate.set()
+        return [held, *writes]
+
+    def spy(self, f: ShareFile, limit: int | None = None) -> list[int]:
+        """
+        Count the vectored writes; with C{limit}, each writes at most that
+        many bytes (short writes).
+        """
+        calls: list[int] = []
+        real = f.confined.writeVector
+
+        def writeVector(offset: int, pieces: Any) -> int:
+            calls.append(len(pieces))
+            if limit is not None:
+                data = b"".join(bytes(p) for p in pieces)[:limit]
+                return os.pwrite(f.confined.fd, data, offset)
+            return real(offset, pieces)
+
+        f.confined.writeVector = writeVector  # type: ignore[method-assign]
+        return calls
+
+    def test_mergedInOrder(self) -> Deferred[Any]:
+        """
+        Consecutive WRITEs go out in fewer system calls than WRITEs; a READ
+        made between them sees exactly the WRITEs made before it, and a
+        WRITE over earlier data (not consecutive) applies after them.
+        """
+
+        def run(f: ShareFile) -> Deferred[Any]:
+            calls = self.spy(f)
+            chunks = [(i * 1000, bytes([65 + i]) * 1000) for i in range(6)]
+            import threading
+
+            gate = threading.Event()
+            held = self.workers.run([f.key], gate.wait, 10)
+            first = [f.writeChunk(offset, data) for offset, data in chunks[:4]]
+            read = f.readChunk(0, 10000)
+            second = [f.writeChunk(offset, data) for offset, data in chunks[4:]]
+            over = f.writeChunk(500, b"z" * 1000)
+            gate.set()
+            d = gatherResults([held, *first, read, *second, over])
+
+            def check(results: list[Any]) -> None:
+                self.assertEqual(results[1:5] + results[6:], [None] * 7)
+                self.assertEqual(results[5], b"".join(data for _, data in chunks[:4]))
+                with open(self.path, "rb") as fileObj:
+                    data = fileObj.read()
+                expected = bytearray(b"".join(data for _, data in chunks))
+                expected[500:1500] = b"z" * 1000
+                self.assertEqual(data, bytes(expected))
+                # The four WRITEs before the READ, then the two after it;
+                # the one over earlier data alone (not vectored).
+                self.assertEqual(calls, [4, 2])
+
+            return d.addCallback(check)
+
+        return self.opened().addCallback(run)
+
+    def test_failureOnEachAffectedWrite(self) -> Deferred[Any]:
+        """
+        When the merged system call fails part way (the disk is full), the
+        WRITEs written entirely before succeed and every other one fails
+        with the error on its own request.
+        """
+
+        def run(f: ShareFile) -> Deferred[Any]:
+            full = 2500
+
+            def writeVector(offset: int, pieces: Any) -> int:
+                data = b"".join(bytes(p) for p in pieces)
+                room = full - offset
+                if room <= 0:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return os.pwrite(f.confined.fd, data[:room], offset)
+
+            def write(offset: int, data: bytes) -> None:
+                if offset + len(data) > full:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                os.pwrite(f.confined.fd, data, offset)
+
+            f.confined.writeVector = writeVector  # type: ignore[method-assign]
+            f.confined.write = write  # type: ignore[method-assign]
+            chunks = [(i * 1000, bytes([65 + i]) * 1000) for i in range(5)]
+            results = self.queued(f, chunks)
+            outcomes: list[object] = []
+            for d in results[1:]:
+                d.addCallbacks(
+                    outcomes.append, lambda failure: outcomes.append(failure.value.errno)
+                )
+
+            def check(_: object) -> None:
+                self.assertEqual(outcomes, [None, None, errno.ENOSPC, errno.ENOSPC, errno.ENOSPC])
+                with open(self.path, "rb") as fileObj:
+                    self.assertEqual(fileObj.read(2000), b"A" * 1000 + b"B" * 1000)
+
+            return gatherResults(results).addBoth(check)
+
+        return self.opened().addCallback(run)
+
+    def test_shortWrites(self) -> Deferred[Any]:
+        """
+        A merged write that the kernel takes in parts is continued until
+        every WRITE is written.
+        """
+
+        def run(f: ShareFile) -> Deferred[Any]:
+            calls = self.spy(f, limit=700)
+            chunks = [(i * 1000, bytes([65 + i]) * 1000) for i in range(5)]
+            d = gatherResults(self.queued(f, chunks))
+
+            def check(results: list[Any]) -> None:
+                self.assertEqual(results[1:], [None] * 5)
+                with open(self.path, "rb") as fileObj:
+                    self.assertEqual(fileObj.read(), b"".join(data for _, data in chunks))
+                self.assertGreater(len(calls), 5)
+
+            return d.addCallback(check)
+
+        return self.opened().addCallback(run)

@@ -901,6 +901,80 @@ class ConcurrencyTests(SynchronousTestCase):
         )
         self.assertEqual((h.core.inFlight, h.pauses, h.resumes), (0, 1, 1))
 
+    def bulkUpload(self, pieces: list[int], maxInFlight: int = 64, direct: bool = False) -> None:
+        """
+        Large WRITEs whose data the avatar takes as views and writes only
+        later, fed through one reused buffer in pieces of the sizes given
+        (cycled), the buffer scribbled over after each feed: the file ends
+        up with exactly the data sent, and each WRITE gets one reply.
+
+        @param direct: the rest of a packet begun is written where
+            L{SFTPServerCore.receiveBuffer} says, as the stdio reader does;
+            what is left of the piece is fed.
+        """
+        h = Harness(maxInFlight=maxInFlight)
+        h.init()
+        h.feed(request(3, 1, s(b"/f") + u32(WRITE | CREAT) + NO_ATTRS))
+        self.assertEqual(h.take(), handle(1, b"1"))
+        h.avatar.openFiles[0].writesViews = True  # type: ignore[attr-defined]
+        gate: Deferred[None] = Deferred()
+        h.avatar.gates["writeChunk"] = gate
+        sizes = [20000, 70000, 16384, 300, 65536, 262144, 1, 100000]
+        expected = bytearray()
+        stream = bytearray()
+        for rid, size in enumerate(sizes, 2):
+            data = bytes((rid * 7 + i) % 251 for i in range(size))
+            stream += request(6, rid, s(b"1") + u64(len(expected)) + s(data))
+            expected += data
+        buffer = bytearray(max(pieces))
+        offset = 0
+        turn = 0
+        while offset < len(stream):
+            size = min(pieces[turn % len(pieces)], len(stream) - offset)
+            turn += 1
+            room = h.core.receiveBuffer() if direct else None
+            if room is not None:
+                with room:
+                    count = min(len(room), size)
+                    room[:count] = stream[offset : offset + count]
+                h.core.receivedInto(count)
+                offset += count
+                size -= count
+                if not size:
+                    continue
+            buffer[:size] = stream[offset : offset + size]
+            offset += size
+            with memoryview(buffer)[:size] as view:
+                h.feed(view)
+            buffer[:] = b"\xff" * len(buffer)
+        self.assertEqual(h.take(), b"")
+        del h.avatar.gates["writeChunk"]
+        gate.callback(None)
+        # One reply each (in any order: released writes may dispatch more).
+        self.assertEqual(
+            sorted(packets(h.take())), sorted(ok(rid) for rid in range(2, 2 + len(sizes)))
+        )
+        self.assertEqual((h.avatar.lookup(b"/f").data == expected, h.core.buffered), (True, 0))
+        self.assertEqual((h.disconnects, h.core.inFlight), (0, 0))
+
+    def test_bulkUploadInPieces(self) -> None:
+        """
+        WRITE packets split anywhere between feeds (in their length, their
+        header, their data) are put together right.
+        """
+        for pieces in ([1 << 20], [7, 4093, 1, 65536, 262177, 3], [3, 1, 2], [262144], [99999]):
+            self.bulkUpload(pieces)
+            self.bulkUpload(pieces, direct=True)
+
+    def test_bulkUploadInPiecesPaused(self) -> None:
+        """
+        The same while dispatch is held back by the bound on requests in
+        flight: what is not dispatched yet waits in the buffer, in order.
+        """
+        for pieces in ([1 << 20], [7, 4093, 1, 65536, 262177, 3], [99999]):
+            self.bulkUpload(pieces, maxInFlight=2)
+            self.bulkUpload(pieces, maxInFlight=2, direct=True)
+
     def test_outputPaused(self) -> None:
         """
         While the output is paused nothing new is dispatched and reading is

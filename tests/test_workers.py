@@ -14,7 +14,15 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp.workers import Job, KeyOrder, Workers, afterDelivery
+from conchshare.sftp.workers import (
+    Batch,
+    Job,
+    KeyOrder,
+    Workers,
+    afterDelivery,
+    holdWakeups,
+    releaseWakeups,
+)
 from conchshare.shares import Share
 
 
@@ -71,6 +79,51 @@ class KeyOrderTests(SynchronousTestCase):
         self.assertEqual(order.finish(a), [])
         self.assertEqual(order.finish(b), [ab])
         self.assertEqual(order.finish(ab), [a2])
+
+
+class _Pairs(Batch):
+    # Accepts up to two calls more, with even arguments.
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        return len(jobs) < 3 and job.args[0] % 2 == 0
+
+    def call(self, jobs: list[Job]) -> None:
+        for one in jobs:
+            one.ok, one.value = True, ("together", one.args[0])
+
+
+class BatchTests(SynchronousTestCase):
+    def test_joining(self) -> None:
+        """
+        A call started with a batch takes the calls waiting right behind it
+        on its key that the batch accepts, up to the first it does not:
+        another batch, a shared call, a call on more keys, or one refused.
+        """
+        order = KeyOrder()
+        batch, other = _Pairs(), _Pairs()
+        running = job((b"k",))
+        self.assertTrue(order.add(running))
+        calls = [Job((b"k",), False, lambda n: n, (n,), batch) for n in (0, 2, 4, 6)]
+        shared = Job((b"k",), True, lambda n: n, (8,), batch)
+        odd = Job((b"k",), False, lambda n: n, (9,), batch)
+        foreign = Job((b"k",), False, lambda n: n, (10,), other)
+        twoKeys = Job((b"k", b"l"), False, lambda n: n, (12,), batch)
+        last = Job((b"k",), False, lambda n: n, (14,), batch)
+        for one in [*calls, shared, odd, foreign, twoKeys, last]:
+            self.assertFalse(order.add(one))
+        self.assertEqual(order.finish(running), [calls[0]])
+        self.assertEqual(order.joining(calls[0]), calls[:3])
+        self.assertEqual(order.finish(calls[0]), [calls[3]])
+        self.assertEqual(order.joining(calls[3]), [calls[3]])  # shared next
+        self.assertEqual(order.finish(calls[3]), [shared])
+        self.assertEqual(order.finish(shared), [odd])
+        self.assertEqual(order.joining(odd), [odd])  # another batch next
+        self.assertEqual(order.finish(odd), [foreign])
+        self.assertEqual(order.joining(foreign), [foreign])  # two keys next
+        self.assertEqual(order.finish(foreign), [twoKeys])
+        self.assertEqual(order.finish(twoKeys), [last])
+        self.assertEqual(order.joining(last), [last])
+        self.assertEqual(order.finish(last), [])
+        self.assertEqual(len(order), 0)
 
 
 class WorkersTests(TestCase):
@@ -179,6 +232,80 @@ class WorkersTests(TestCase):
         self.assertLess(time.monotonic() - started, 5)
         self.assertNoResult(d)
         gate.set()
+        return d
+
+    def test_batch(self) -> Deferred[Any]:
+        """
+        Calls that wait behind one another run together through their
+        batch, each with its own result, delivered in order; a batch that
+        raises fails each of its calls.
+        """
+        workers = self.workers()
+
+        class Broken(_Pairs):
+            def call(self, jobs: list[Job]) -> None:
+                raise ValueError("broken")
+
+        gate = threading.Event()
+        held = workers.run([b"k"], gate.wait, 10)
+        batch, broken = _Pairs(), Broken()
+        together = [workers.run([b"k"], lambda n: n, n, batch=batch) for n in (0, 2, 4)]
+        alone = workers.run([b"k"], lambda n: ("alone", n), 6, batch=batch)
+        failing = [workers.run([b"k"], lambda n: n, n, batch=broken) for n in (8, 10)]
+        gate.set()
+        outcomes: list[object] = []
+        for d in [*together, alone, *failing]:
+            d.addCallbacks(outcomes.append, lambda f: outcomes.append(str(f.value)))
+        d = gatherResults([held, *together, alone], consumeErrors=True)
+
+        def check(_: object) -> Deferred[Any]:
+            waiter: Deferred[Any] = Deferred()
+
+            def done() -> None:
+                self.assertEqual(
+                    outcomes,
+                    [
+                        ("together", 0),
+                        ("together", 2),
+                        ("together", 4),
+                        ("alone", 6),
+                        "broken",
+                        "broken",
+                    ],
+                )
+                waiter.callback(None)
+
+            gatherResults(failing).addBoth(lambda _: done())
+            return waiter
+
+        return d.addCallback(check)
+
+    def test_heldWakeups(self) -> Deferred[Any]:
+        """
+        Calls handed over while wake-ups are held back (one feed's
+        requests) are all waiting when a thread starts: those of one batch
+        run as one.
+        """
+        workers = self.workers()
+        groups: list[int] = []
+
+        class Recording(_Pairs):
+            def accepts(self, jobs: list[Job], job: Job) -> bool:
+                return True
+
+            def call(self, jobs: list[Job]) -> None:
+                groups.append(len(jobs))
+                super().call(jobs)
+
+        batch = Recording()
+        self.assertTrue(holdWakeups())
+        self.assertFalse(holdWakeups())  # nested: the outer one releases
+        calls = [workers.run([b"k"], lambda n: n, n, batch=batch) for n in range(5)]
+        self.assertEqual(workers.threads, 0)
+        releaseWakeups()
+        d = gatherResults(calls)
+        d.addCallback(self.assertEqual, [("together", n) for n in range(5)])
+        d.addCallback(lambda _: self.assertEqual(groups, [5]))
         return d
 
     def test_stopped(self) -> None:

@@ -54,7 +54,7 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
-from conchshare.sftp.workers import Job, KeyOrder, Workers, orderedKeys
+from conchshare.sftp.workers import Batch, Job, KeyOrder, Workers, orderedKeys
 from conchshare.shares import ShareSet
 
 __all__ = [
@@ -76,6 +76,11 @@ _PREFETCH = 1000
 
 #: Runs a blocking callable somewhere and returns a Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
+
+#: The most WRITEs of a file written with one system call, and their most
+#: bytes: 16 of OpenSSH's 256 KiB (the replies wait for the whole batch).
+MERGED_WRITES = 16
+MERGED_BYTES = 4 * 1024 * 1024
 
 
 def _defaultReactor(reactor: Any) -> Any:
@@ -156,12 +161,18 @@ class PathOrder:
         return self._order.sharedFree(key)
 
     def run(
-        self, keys: Iterable[bytes], function: Callable[..., Any], *args: Any, shared: bool = False
+        self,
+        keys: Iterable[bytes],
+        function: Callable[..., Any],
+        *args: Any,
+        shared: bool = False,
+        batch: Batch | None = None,
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} once every earlier call on one of C{keys} is
         done (shared calls run alongside each other).
 
+        @param batch: ignored: calls run one by one.
         @return: a Deferred firing with C{function}'s result (or failure).
         """
         job = Job(orderedKeys(keys), shared, function, args)
@@ -188,6 +199,63 @@ class PathOrder:
 
 #: What runs the avatar's calls in order: L{Workers} or L{PathOrder}.
 Executor = Workers | PathOrder
+
+
+class _Writes(Batch):
+    """
+    The WRITEs of one open file that wait one behind the other at
+    consecutive offsets: written with one C{pwritev} (sftp and sshfs
+    pipeline their WRITEs; each alone cost a call, a wake-up and a hand-over
+    between threads).  Each WRITE still gets its own result: when the
+    system call fails, the WRITEs it wrote entirely succeed and the others
+    are made again one by one, each failing (or not) on its own.
+    """
+
+    def __init__(self, confined: ConfinedFile) -> None:
+        self.confined = confined
+
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        if len(jobs) >= MERGED_WRITES:
+            return False
+        offset, data = job.args
+        last = jobs[-1].args
+        if offset != last[0] + len(last[1]):
+            return False
+        return len(data) + sum(len(taken.args[1]) for taken in jobs) <= MERGED_BYTES
+
+    def call(self, jobs: list[Job]) -> None:
+        pieces = [job.args[1] for job in jobs]
+        offset = jobs[0].args[0]
+        total = sum(map(len, pieces))
+        written = 0
+        try:
+            while written < total:
+                count = self.confined.writeVector(offset + written, pieces)
+                if count <= 0:
+                    raise OSError(errno.EIO, "Nothing written")
+                written += count
+                pieces = _after(pieces, count)
+        except Exception:
+            pass  # what is not entirely written is made again below
+        end = 0
+        for job in jobs:
+            end += len(job.args[1])
+            if end <= written:
+                job.ok = True
+                job.value = None
+            else:
+                job.call()
+
+
+def _after(pieces: list[Any], count: int) -> list[Any]:
+    """
+    What is left of C{pieces} once their first C{count} bytes are written.
+    """
+    for index, piece in enumerate(pieces):
+        if count < len(piece):
+            return [memoryview(piece)[count:], *pieces[index + 1 :]]
+        count -= len(piece)
+    return []
 
 
 @implementer(ISFTPFile)
@@ -225,6 +293,7 @@ class ShareFile:
         self._executor: Executor = executor
         self.key = key if key is not None else confined.virtualPath
         self._keys = (self.key,)
+        self._writes = None if confined.append else _Writes(confined)
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes | bytearray]:
         """
@@ -250,7 +319,7 @@ class ShareFile:
             at C{offset} (at the end in append mode); or failing with
             L{OSError}.
         """
-        return self._executor.run(self._keys, self.confined.write, offset, data)
+        return self._executor.run(self._keys, self.confined.write, offset, data, batch=self._writes)
 
     def getAttrs(self) -> Deferred[dict[str, object]] | dict[str, object]:
         """

@@ -9,6 +9,11 @@ does no I/O itself; L{conchshare.sftp.protocol} plugs it into Twisted.
 State and its rules, all kept on the core:
   - C{_buffer}: received bytes not yet dispatched.  Packets are dispatched
     in order, without waiting for earlier requests to be answered.
+  - C{_head}, C{_headFill}: instead, when a feed ended part way into a
+    packet (and nothing else is buffered), that packet allocated whole and
+    filled as its rest comes, by feeds or read straight into it
+    (L{SFTPServerCore.receiveBuffer}); dispatched as it is, not copied.
+    Data is copied out of a feed at most once.
   - C{_initialised}: INIT was answered.  Any other packet before it, a second
     INIT, or a packet longer than L{wire.MAX_PACKET_LENGTH} disconnects.
   - C{_files}, C{_dirs}: open handles.  A handle leaves its table when CLOSE
@@ -44,7 +49,7 @@ from twisted.python.failure import Failure
 from conchshare.sftp import wire
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
-from conchshare.sftp.workers import afterDelivery
+from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
 
 #: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
 READDIR_BATCH = 100
@@ -364,6 +369,11 @@ class SFTPServerCore:
         self._logRequests = logRequests
 
         self._buffer = bytearray()
+        # The packet being received, when its start was fed: allocated
+        # whole (length prefix included) and filled as the rest comes
+        # (receiveBuffer); then self._buffer is empty.
+        self._head: bytearray | None = None
+        self._headFill = 0
         self._outbox: list[bytes] = []
         #: Whether the last feed carried a large packet (WRITE data).
         self.fedBulk = False
@@ -422,14 +432,68 @@ class SFTPServerCore:
         if self._closing:
             return
         self.fedBulk = False
-        if self._buffer or self._processing:
+        if self._processing:
+            self._unhead()
             self._buffer += data
             self._process()
+        elif self._head is not None:
+            with memoryview(data) as view:
+                count = min(len(self._head) - self._headFill, len(view))
+                self._head[self._headFill : self._headFill + count] = view[:count]
+                self._headFill += count
+                self._headReceived(view[count:])
+        elif self._buffer:
+            self._completeHead(data)
         else:
             # Parsed where it is; only what is left over is copied.
             self._process(data)
         if not self._closing and len(self._buffer) > _MAX_BUFFERED:
             self._abort("Client kept sending while paused")
+
+    def receiveBuffer(self) -> memoryview | None:
+        """
+        Where the rest of the packet being received goes, to read it there
+        directly (no copy); then call L{receivedInto}.  Release the view
+        first.
+
+        @return: a writable view, or L{None} when no packet is part way
+            received (feed L{dataReceived} instead).
+        """
+        if self._head is None or self._processing or self._closing:
+            return None
+        return memoryview(self._head)[self._headFill :]
+
+    def receivedInto(self, count: int) -> None:
+        """
+        C{count} bytes were written at the start of the view that
+        L{receiveBuffer} gave (and released since).
+        """
+        if self._head is None or self._closing:
+            return
+        self.fedBulk = False
+        self._headFill += count
+        self._headReceived(b"")
+
+    def _headReceived(self, rest: bytes | memoryview) -> None:
+        # Bytes were added to the packet being received; rest follows it.
+        head = self._head
+        assert head is not None
+        if self._headFill < len(head):
+            return
+        self._head = None
+        if self._dispatching():
+            self._process(rest, head=head)
+        else:
+            self._buffer = head
+            self._buffer += rest
+            self._process()
+
+    def _unhead(self) -> None:
+        # The packet being received goes back to the buffer (a feed from a
+        # callback, while packets are dispatched).
+        if self._head is not None:
+            self._buffer[:0] = memoryview(self._head)[: self._headFill]
+            self._head = None
 
     def pauseOutput(self) -> None:
         """
@@ -456,6 +520,7 @@ class SFTPServerCore:
         self._closing = True
         self._lost = True
         self._buffer.clear()
+        self._head = None
         waiter: Deferred[None] = Deferred()
         self._lostWaiters.append(waiter)
         self._reap()
@@ -494,7 +559,7 @@ class SFTPServerCore:
         The number of bytes received and not yet dispatched (the start of a
         packet, or packets held back by backpressure).
         """
-        return len(self._buffer)
+        return len(self._buffer) + (self._headFill if self._head is not None else 0)
 
     @property
     def inFlight(self) -> int:
@@ -503,22 +568,78 @@ class SFTPServerCore:
         """
         return self._inFlight
 
-    def _process(self, data: bytes | bytearray | memoryview | None = None) -> None:
+    def _completeHead(self, data: bytes | bytearray | memoryview) -> None:
+        # The buffer holds the start of a packet (what the last feed left
+        # over): complete it with the first bytes of data, dispatch it as
+        # it is (no copy), then the rest of data where it is.  Appending
+        # all of data to the buffer instead copied every byte of bulk
+        # uploads twice more (into the buffer, then out of it).
+        buffer = self._buffer
+        with memoryview(data) as view:
+            taken = 0
+            if self._dispatching():
+                if len(buffer) < 4:
+                    taken = min(4 - len(buffer), len(view))
+                    buffer += view[:taken]
+                if len(buffer) >= 4:
+                    (length,) = _U32.unpack_from(buffer)
+                    missing = 4 + length - len(buffer)
+                    if 0 < missing and length <= wire.MAX_PACKET_LENGTH:
+                        count = min(missing, len(view) - taken)
+                        buffer += view[taken : taken + count]
+                        taken += count
+                    if length <= wire.MAX_PACKET_LENGTH:
+                        if len(buffer) == 4 + length:
+                            # Exactly one whole packet: dispatched from here.
+                            self._buffer = bytearray()
+                            self._process(view[taken:], head=buffer)
+                            return
+                        if taken == len(view):
+                            # Still short of a whole packet: nothing to
+                            # dispatch (and the buffer stays as it is).
+                            self._updateReading()
+                            return
+            if taken < len(view):
+                buffer += view[taken:]
+        self._process()
+
+    def _dispatching(self) -> bool:
+        # Whether a whole packet would be dispatched now.
+        return not self._closing and self._inFlight < self._maxInFlight and not self._outputPaused
+
+    def _process(
+        self,
+        data: bytes | bytearray | memoryview | None = None,
+        *,
+        head: bytearray | None = None,
+    ) -> None:
         # Dispatch the packets of self._buffer, or of data (the buffer being
-        # empty); what is left goes back to the buffer.
+        # empty) after head (one whole packet, when given); what is left
+        # goes back to the buffer.
         if self._processing:
             return
         self._processing = True
-        # Replies made while dispatching go out in one write at the end.
+        # Replies made while dispatching go out in one write at the end;
+        # worker threads are woken at the end too, to find every call the
+        # feed brought.
         flush = not self._corked
         self._corked = True
         if data is None:
             # Detached, so that nothing resizes it while it is viewed.
             data, self._buffer = self._buffer, bytearray()
         view = memoryview(data)
+        holding = False
         try:
+            holding = holdWakeups()
+            if head is not None:
+                # Ours alone (detached from the buffer): the packet body is
+                # a view of it, not a copy.
+                if len(head) - 4 >= _BULK:
+                    self.fedBulk = True
+                self._packet(memoryview(head)[4:])
             offset = 0
             size = len(view)
+            partial = 0  # the length of a packet only begun
             while (
                 not self._closing
                 and self._inFlight < self._maxInFlight
@@ -531,6 +652,7 @@ class SFTPServerCore:
                     return
                 end = offset + 4 + length
                 if end > size:
+                    partial = length
                     break
                 body = bytes(view[offset + 4 : end])
                 offset = end
@@ -538,12 +660,21 @@ class SFTPServerCore:
                     self.fedBulk = True
                 self._packet(body)
             if not self._closing:
-                # Ahead of anything fed meanwhile (from a callback).
-                self._buffer[:0] = view[offset:]
+                if partial and not self._buffer:
+                    # Its whole size at once, filled as the rest comes
+                    # (read there directly: receiveBuffer).
+                    head = self._head = bytearray(4 + partial)
+                    self._headFill = size - offset
+                    head[: self._headFill] = view[offset:]
+                else:
+                    # Ahead of anything fed meanwhile (from a callback).
+                    self._buffer[:0] = view[offset:]
                 self._updateReading()
         finally:
             view.release()
             self._processing = False
+            if holding:
+                releaseWakeups()
             if flush:
                 self._flush()
 
@@ -562,6 +693,7 @@ class SFTPServerCore:
         self._log.warn("Disconnecting the SFTP client: {reason}", reason=reason)
         self._closing = True
         self._buffer.clear()
+        self._head = None
         self._disconnect()
 
     def _send(self, data: bytes | tuple[bytes, ...]) -> None:
@@ -604,7 +736,7 @@ class SFTPServerCore:
 
     # Dispatch: the one path from a packet to exactly one reply
 
-    def _packet(self, body: bytes) -> None:
+    def _packet(self, body: bytes | memoryview) -> None:
         if not body:
             self._send(wire.status(0, wire.FX_BAD_MESSAGE, b"Empty packet"))
             return

@@ -20,6 +20,12 @@ without a round trip through the reactor (the WRITEs of one file, pipelined
 by sshfs, run back to back).  Results go back to the reactor thread in
 batches: one C{callFromThread} for all the calls done since the reactor last
 collected them.
+
+Calls made with a L{Batch} may run as one: a worker starting such a call
+also takes the calls waiting right behind it on its key that the batch
+accepts (the WRITEs of one file at consecutive offsets: one C{pwritev}
+instead of one call, one wake-up and one hand-over each).  They start and
+end together, each with its own result.
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Job", "KeyOrder", "Workers", "afterDelivery", "orderedKeys"]
+__all__ = [
+    "Batch",
+    "Job",
+    "KeyOrder",
+    "Workers",
+    "afterDelivery",
+    "holdWakeups",
+    "orderedKeys",
+    "releaseWakeups",
+]
 
 # While Workers._collect fires a batch of results (in the reactor thread):
 # what to call once all are fired.
@@ -55,7 +70,64 @@ def afterDelivery(call: Callable[[], object]) -> bool:
     return True
 
 
+# While the reactor thread dispatches what one feed brought: the Workers
+# whose threads are to be woken once it is done.
+_holding: list[Workers] | None = None
+
+
+def holdWakeups() -> bool:
+    """
+    Hold back the wake-ups of worker threads for calls handed over from now
+    on, until L{releaseWakeups}: the calls one feed brings (the WRITEs of a
+    1 MiB read) then wait together, and those of one batch run as one (see
+    L{Batch}) instead of the first running alone.  A thread already awake
+    still takes them meanwhile.
+
+    @return: whether this call started holding (L{False}: already held;
+        do not release).
+    """
+    global _holding
+    if _holding is not None:
+        return False
+    _holding = []
+    return True
+
+
+def releaseWakeups() -> None:
+    """
+    Wake the worker threads held back since L{holdWakeups}.
+    """
+    global _holding
+    held, _holding = _holding, None
+    for workers in held or ():
+        workers._wakeHeld()
+
+
 _log = Logger()
+
+
+class Batch:
+    """
+    What lets calls run as one (see L{Workers.run}): the calls made with
+    the same batch, on the same single key, one right behind the other.
+    """
+
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        """
+        Whether C{job} may join C{jobs} (taken so far, in call order;
+        never empty).  Called in a worker thread with the workers' lock
+        held: decide quickly, without blocking.
+        """
+        return False
+
+    def call(self, jobs: list[Job]) -> None:
+        """
+        Run C{jobs} (several, in call order) as one, setting each one's
+        result as L{Job.call} would have (C{ok} and C{value}); never
+        raises.  Called in a worker thread.
+        """
+        for job in jobs:
+            job.call()
 
 
 class Job:
@@ -64,7 +136,7 @@ class Job:
     arguments, and the Deferred its result goes to.
     """
 
-    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value")
+    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value", "batch")
 
     def __init__(
         self,
@@ -72,11 +144,13 @@ class Job:
         shared: bool,
         function: Callable[..., Any],
         args: tuple[Any, ...],
+        batch: Batch | None = None,
     ) -> None:
         self.keys = keys
         self.shared = shared
         self.function = function
         self.args = args
+        self.batch = batch
         self.deferred: Deferred[Any] = Deferred()
         self.ok = True
         self.value: Any = None
@@ -189,6 +263,32 @@ class KeyOrder:
                 check.extend(head.keys)
         return started
 
+    def joining(self, job: Job) -> list[Job]:
+        """
+        C{job}, which was just started, and the calls waiting right behind
+        it that its L{Batch} accepts: they count as started with it (and
+        are done when L{finish} is called for C{job}).
+
+        @return: C{job} first, then the calls taken, in call order.
+        """
+        jobs = [job]
+        batch = job.batch
+        if batch is None or len(job.keys) != 1 or job.shared:
+            return jobs
+        waiting = self._keys[job.keys[0]].waiting
+        while waiting:
+            candidate = waiting[0]
+            if (
+                candidate.batch is not batch
+                or candidate.keys != job.keys
+                or candidate.shared
+                or not batch.accepts(jobs, candidate)
+            ):
+                break
+            waiting.popleft()
+            jobs.append(candidate)
+        return jobs
+
     def _startable(self, job: Job) -> bool:
         for key in job.keys:
             state = self._keys[key]
@@ -208,6 +308,18 @@ def _signal(wake: threading.Lock) -> None:
         wake.release()
     except RuntimeError:
         pass
+
+
+def _callBatch(jobs: list[Job]) -> None:
+    # Never raises, as Job.call: a broken batch fails each of its calls.
+    batch = jobs[0].batch
+    assert batch is not None
+    try:
+        batch.call(jobs)
+    except BaseException as e:
+        for job in jobs:
+            job.ok = False
+            job.value = e
 
 
 def orderedKeys(keys: Iterable[bytes]) -> tuple[bytes, ...]:
@@ -269,6 +381,7 @@ class Workers:
         self._lastCall = 0.0  # how long the last call took (seconds)
         self._stopped = False
         self._shutdownTrigger = False
+        self._wakeHeldBack = False  # in _holding
 
     def __len__(self) -> int:
         """
@@ -294,17 +407,24 @@ class Workers:
             return self._order.sharedFree(key)
 
     def run(
-        self, keys: Iterable[bytes], function: Callable[..., Any], *args: Any, shared: bool = False
+        self,
+        keys: Iterable[bytes],
+        function: Callable[..., Any],
+        *args: Any,
+        shared: bool = False,
+        batch: Batch | None = None,
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} in a worker thread, once earlier calls on
         C{keys} allow (see L{KeyOrder}).  Call it from the reactor thread.
 
         @param shared: the call only reads what the keys name.
+        @param batch: what may run this call together with the calls made
+            with the same batch that wait right behind it (see L{Batch}).
         @return: a Deferred firing, in the reactor thread, with the result
             or the exception.
         """
-        job = Job(orderedKeys(keys), shared, function, args)
+        job = Job(orderedKeys(keys), shared, function, args, batch)
         wake = None
         with self._lock:
             if self._stopped:
@@ -312,10 +432,25 @@ class Workers:
             if self._order.add(job):
                 self._ready.append(job)
                 if len(self._ready) > self._between:
-                    wake = self._wakeOne()
+                    if _holding is None:
+                        wake = self._wakeOne()
+                    elif not self._wakeHeldBack:
+                        self._wakeHeldBack = True
+                        _holding.append(self)
         if wake is not None:
             _signal(wake)
         return job.deferred
+
+    def _wakeHeld(self) -> None:
+        # Wake-ups were held back (holdWakeups): wake a thread if the calls
+        # are still waiting for one.
+        wake = None
+        with self._lock:
+            self._wakeHeldBack = False
+            if len(self._ready) > self._between:
+                wake = self._wakeOne()
+        if wake is not None:
+            _signal(wake)
 
     def stop(self) -> None:
         """
@@ -372,6 +507,7 @@ class Workers:
                         lock.acquire()
                     continue
                 job = ready.popleft()
+                jobs = self._order.joining(job) if job.batch is not None else None
                 self._between -= 1
                 self._calling += 1
                 other = None
@@ -383,7 +519,10 @@ class Workers:
                     if other is not None:
                         _signal(other)
                     started = monotonic()
-                    job.call()
+                    if jobs is None or len(jobs) == 1:
+                        job.call()
+                    else:
+                        _callBatch(jobs)
                     self._lastCall = monotonic() - started
                 finally:
                     lock.acquire()
@@ -392,7 +531,10 @@ class Workers:
                 following = self._order.finish(job)
                 if following:
                     ready.extendleft(reversed(following))
-                self._done.append(job)
+                if jobs is None:
+                    self._done.append(job)
+                else:
+                    self._done.extend(jobs)
                 if self._reactorWaiting:
                     self._reactorWaiting = False
                     lock.release()
