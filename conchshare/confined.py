@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import grp
+import math
 import os
 import pwd
 import stat
@@ -123,7 +124,9 @@ def attrsFromStat(st: os.stat_result) -> Attrs:
     """
     SFTP v3 attributes of a stat result (times clamped to 32 bits).
     """
-    atime, mtime = int(st.st_atime), int(st.st_mtime)
+    # The whole seconds (as statx gives them): int(st.st_mtime) would
+    # round up a time within 0.2 us of the next second (a double).
+    atime, mtime = st[stat.ST_ATIME], st[stat.ST_MTIME]
     if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
         atime, mtime = _u32(atime), _u32(mtime)
     return {
@@ -881,11 +884,15 @@ class ConfinedDirectory:
             self.exhausted = True
             raise EOFError("End of directory")
         now = time.time() if self._now is None else self._now
-        old = now - _HALF_YEAR
+        # Whole seconds (an int compares faster): for an integer mtime,
+        # old < mtime <= now says the same with floor(old) and floor(now).
+        old, now = math.floor(now - _HALF_YEAR), math.floor(now)
         encoding, errors = _FS_ENCODING, _FS_ERRORS
         heads, dates = _heads, _dates
         u32, attrsBody = _U32.pack, _ATTRS_BODY.pack
         append = batch.append
+        atime: int
+        mtime: int
         # attrsFromStat, longname and the SFTP encoding, inline: this runs
         # per entry.
         for entry in scan:
@@ -895,10 +902,11 @@ class ConfinedDirectory:
             except FileNotFoundError:
                 continue  # removed since listed
             name = entry.name.encode(encoding, errors)
-            atime, mtime = int(st.st_atime), int(st.st_mtime)
+            # The fields as integers (times in whole seconds), in one step.
+            # (typeshed says float for the times: they are int.)
+            mode, _, _, nlink, uid, gid, size, atime, mtime, _ = st  # type: ignore[assignment]
             if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
                 atime, mtime = _u32(atime), _u32(mtime)
-            mode, nlink, uid, gid, size = st.st_mode, st.st_nlink, st.st_uid, st.st_gid, st.st_size
             key = (mode, nlink, uid, gid)
             head = heads.get(key)
             if head is None:

@@ -687,6 +687,24 @@ class OperationTests(ConfinedTestCase):
             for prefetch in (0, 3, 100):
                 self.assertEqual(listing(encoded, prefetch), expected, (encoded, prefetch))
 
+    def test_wholeSeconds(self) -> None:
+        """
+        Times are the whole seconds, as statx gives them, even a nanosecond
+        before the next second (where a double rounds up).
+        """
+        path = self.path("two", "late")
+        write(path, b"")
+        second = 1700000000
+        os.utime(path, ns=(second * 10**9 + 999_999_999,) * 2)
+        if os.stat(path).st_mtime_ns % 10**9 != 999_999_999:
+            raise SkipTest("no nanosecond timestamps here")
+        attrs = confined.attrsFromStat(os.stat(path))
+        self.assertEqual((attrs["atime"], attrs["mtime"]), (second, second))
+        d = self.fs.openDirectory(b"/two")
+        entries = {n: a for n, _, a in d.read(100)}
+        d.close()
+        self.assertEqual((entries[b"late"]["atime"], entries[b"late"]["mtime"]), (second, second))
+
     def test_readEncodedVirtual(self) -> None:
         """
         A virtual directory's entries are encoded as given.
