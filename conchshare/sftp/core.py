@@ -850,6 +850,9 @@ class SFTPServerCore:
         # Keep the reply under what OpenSSH's client accepts; the rest is
         # sent on the next READDIR.
         room = wire.MAX_REPLY_LENGTH - 13
+        if sum(map(len, pending)) <= room:
+            directory.heldOver = []
+            return wire.name(requestId, pending)
         count = 0
         for entry in pending:
             room -= len(entry)
