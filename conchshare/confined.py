@@ -246,6 +246,23 @@ _ALL_ATTRS = (
 )
 
 
+# An entry's packers by the lengths of its name and long name: a listing's
+# names are mostly of a few lengths.  Bounded: cleared when full.
+_entryPackers: dict[tuple[int, int], Callable[..., bytes]] = {}
+
+
+def _entryPacker(nameLength: int, lineLength: int) -> Callable[..., bytes]:
+    """
+    Pack a NAME reply's entry with every attribute: name length, name, long
+    name length, long name, then the ATTRS fields of L{_ATTRS_BODY}.
+    """
+    if len(_entryPackers) >= _CACHE_SIZE:
+        _entryPackers.clear()
+    pack = struct.Struct(f">I{nameLength}sI{lineLength}s{_ATTRS_BODY.format[1:]}").pack
+    _entryPackers[nameLength, lineLength] = pack
+    return pack
+
+
 def _encodeAttrs(size: int, uid: int, gid: int, mode: int, atime: int, mtime: int) -> bytes:
     # What does not fit its field: masked, as wire.encodeAttrs does.
     attrs = {"size": size, "uid": uid, "gid": gid, "permissions": mode}
@@ -889,7 +906,7 @@ class ConfinedDirectory:
         old, now = math.floor(now - _HALF_YEAR), math.floor(now)
         encoding, errors = _FS_ENCODING, _FS_ERRORS
         heads, dates = _heads, _dates
-        u32, attrsBody = _U32.pack, _ATTRS_BODY.pack
+        u32, packers = _U32.pack, _entryPackers
         append = batch.append
         atime: int
         mtime: int
@@ -917,11 +934,15 @@ class ConfinedDirectory:
             if date is None:
                 date = _cached(dates, minute, partial(_date, mtime, recent))
             line = b"%s%8d %s %s" % (head, size, date, name)
+            n, m = len(name), len(line)
+            pack = packers.get((n, m))
+            if pack is None:
+                pack = _entryPacker(n, m)
             try:
-                attrs = attrsBody(_ALL_ATTRS, size, uid, gid, mode, atime, mtime)
+                append(pack(n, name, m, line, _ALL_ATTRS, size, uid, gid, mode, atime, mtime))
             except struct.error:
                 attrs = _encodeAttrs(size, uid, gid, mode, atime, mtime)
-            append(b"%s%s%s%s%s" % (u32(len(name)), name, u32(len(line)), line, attrs))
+                append(b"%s%s%s%s%s" % (u32(n), name, u32(m), line, attrs))
             if len(batch) >= maximum:
                 break
         else:

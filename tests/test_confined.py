@@ -705,6 +705,43 @@ class OperationTests(ConfinedTestCase):
         d.close()
         self.assertEqual((entries[b"late"]["atime"], entries[b"late"]["mtime"]), (second, second))
 
+    def test_readMatchesHelpers(self) -> None:
+        """
+        Each entry is what L{confined.attrsFromStat} and L{longname} make
+        of its lstat, times beyond 32 bits clamped in both; the same when
+        the fast packing gives up.
+        """
+        times = [(0, 0), (1000, 2**31), (5, 2**33), (-7, 10**9), (10**9, 10**9 + 1)]
+        for i, (atime, mtime) in enumerate(times):
+            write(self.path("two", f"t{i}"), b"x" * i)
+            try:
+                os.utime(self.path("two", f"t{i}"), (atime, mtime))
+            except (OSError, OverflowError):
+                os.unlink(self.path("two", f"t{i}"))
+        os.symlink("t0", self.path("two", "link"))
+        now = 10**9 + 100
+        expected = {}
+        for name in os.listdir(self.path("two")):
+            st = os.lstat(self.path("two", name))
+            attrs = confined.attrsFromStat(st)
+            line = longname(name.encode(), attrs, st.st_nlink, now=now)
+            expected[name.encode()] = (name.encode(), line, attrs)
+
+        def listing() -> dict[bytes, tuple[bytes, bytes, dict[str, object]]]:
+            d = confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY), now=now)
+            entries = {e[0]: e for e in d.read(1000)}
+            d.close()
+            return entries
+
+        self.assertEqual(listing(), expected)
+
+        def refuse(*args: object) -> bytes:
+            raise struct.error("refused")
+
+        self.patch(confined, "_entryPacker", lambda n, m: refuse)
+        self.patch(confined, "_entryPackers", {})
+        self.assertEqual(listing(), expected)
+
     def test_readEncodedVirtual(self) -> None:
         """
         A virtual directory's entries are encoded as given.
