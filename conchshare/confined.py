@@ -906,6 +906,7 @@ class ConfinedDirectory:
         old, now = math.floor(now - _HALF_YEAR), math.floor(now)
         encoding, errors = _FS_ENCODING, _FS_ERRORS
         heads, dates = _heads, _dates
+        seconds: dict[int, bytes] = {}
         u32, packers = _U32.pack, _entryPackers
         append = batch.append
         atime: int
@@ -928,11 +929,16 @@ class ConfinedDirectory:
             head = heads.get(key)
             if head is None:
                 head = _cached(heads, key, partial(_head, mode, nlink, uid, gid))
-            recent = old < mtime <= now
-            minute = mtime - mtime % 60 + recent
-            date = dates.get(minute)
+            # Files are often made or changed together: their dates by the
+            # exact second first (for this batch, whose now is the same).
+            date = seconds.get(mtime)
             if date is None:
-                date = _cached(dates, minute, partial(_date, mtime, recent))
+                recent = old < mtime <= now
+                minute = mtime - mtime % 60 + recent
+                date = dates.get(minute)
+                if date is None:
+                    date = _cached(dates, minute, partial(_date, mtime, recent))
+                seconds[mtime] = date
             line = b"%s%8d %s %s" % (head, size, date, name)
             n, m = len(name), len(line)
             pack = packers.get((n, m))
