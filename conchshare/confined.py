@@ -235,6 +235,8 @@ def _longname(
 
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
+# os.fsencode is str.encode() then, but for undecodable names (surrogates).
+_FS_UTF8 = (_FS_ENCODING, _FS_ERRORS) == ("utf-8", "surrogateescape")
 _U32 = struct.Struct(">I")
 # ATTRS with every field a stat gives (what attrsFromStat makes).
 _ATTRS_BODY = struct.Struct(">IQIIIII")
@@ -904,7 +906,7 @@ class ConfinedDirectory:
         # Whole seconds (an int compares faster): for an integer mtime,
         # old < mtime <= now says the same with floor(old) and floor(now).
         old, now = math.floor(now - _HALF_YEAR), math.floor(now)
-        encoding, errors = _FS_ENCODING, _FS_ERRORS
+        encoding, errors, utf8 = _FS_ENCODING, _FS_ERRORS, _FS_UTF8
         heads, dates = _heads, _dates
         seconds: dict[int, bytes] = {}
         u32, packers = _U32.pack, _entryPackers
@@ -919,7 +921,13 @@ class ConfinedDirectory:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed since listed
-            name = entry.name.encode(encoding, errors)
+            if utf8:
+                try:
+                    name = entry.name.encode()  # the fastest
+                except UnicodeEncodeError:
+                    name = entry.name.encode(encoding, errors)
+            else:
+                name = entry.name.encode(encoding, errors)
             # The fields as integers (times in whole seconds), in one step.
             # (typeshed says float for the times: they are int.)
             mode, _, _, nlink, uid, gid, size, atime, mtime, _ = st  # type: ignore[assignment]
