@@ -26,16 +26,19 @@ from __future__ import annotations
 import ctypes
 import errno
 import grp
+import math
 import os
 import pwd
 import stat
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
+from conchshare.sftp import wire
 from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
 
 __all__ = [
@@ -121,7 +124,9 @@ def attrsFromStat(st: os.stat_result) -> Attrs:
     """
     SFTP v3 attributes of a stat result (times clamped to 32 bits).
     """
-    atime, mtime = int(st.st_atime), int(st.st_mtime)
+    # The whole seconds (as statx gives them): int(st.st_mtime) would
+    # round up a time within 0.2 us of the next second (a double).
+    atime, mtime = st[stat.ST_ATIME], st[stat.ST_MTIME]
     if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
         atime, mtime = _u32(atime), _u32(mtime)
     return {
@@ -168,7 +173,8 @@ def _modeString(mode: int) -> bytes:
 _CACHE_SIZE = 4096
 _modes: dict[int, bytes] = {}
 _owners: dict[tuple[int, int], bytes] = {}
-_dates: dict[tuple[int, bool], bytes] = {}
+# Keyed by the minute (a multiple of 60) plus whether it is recent.
+_dates: dict[int, bytes] = {}
 _heads: dict[tuple[int, int, int, int], bytes] = {}
 
 
@@ -220,11 +226,60 @@ def _longname(
     recent = now - _HALF_YEAR < mtime <= now
     # The minute is all the date shows (recent), or the day (older); a
     # day or a minute starts at a multiple of 60 s in every time zone in use.
-    minute = (mtime - mtime % 60, recent)
+    minute = mtime - mtime % 60 + recent
     date = _dates.get(minute)
     if date is None:
         date = _cached(_dates, minute, lambda: _date(mtime, recent))
     return b"%s%8d %s %s" % (head, size, date, name)
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+# os.fsencode is str.encode() then, but for undecodable names (surrogates).
+_FS_UTF8 = (_FS_ENCODING, _FS_ERRORS) == ("utf-8", "surrogateescape")
+_U32 = struct.Struct(">I")
+# ATTRS with every field a stat gives (what attrsFromStat makes).
+_ATTRS_BODY = struct.Struct(">IQIIIII")
+_ALL_ATTRS = (
+    wire.FILEXFER_ATTR_SIZE
+    | wire.FILEXFER_ATTR_UIDGID
+    | wire.FILEXFER_ATTR_PERMISSIONS
+    | wire.FILEXFER_ATTR_ACMODTIME
+)
+
+
+# An entry's packers by the lengths of its name and long name: a listing's
+# names are mostly of a few lengths.  Bounded: cleared when full.
+_entryPackers: dict[tuple[int, int], Callable[..., bytes]] = {}
+
+
+def _entryPacker(nameLength: int, lineLength: int) -> Callable[..., bytes]:
+    """
+    Pack a NAME reply's entry with every attribute: name length, name, long
+    name length, long name, then the ATTRS fields of L{_ATTRS_BODY}.
+    """
+    if len(_entryPackers) >= _CACHE_SIZE:
+        _entryPackers.clear()
+    pack = struct.Struct(f">I{nameLength}sI{lineLength}s{_ATTRS_BODY.format[1:]}").pack
+    _entryPackers[nameLength, lineLength] = pack
+    return pack
+
+
+def _encodeAttrs(size: int, uid: int, gid: int, mode: int, atime: int, mtime: int) -> bytes:
+    # What does not fit its field: masked, as wire.encodeAttrs does.
+    attrs = {"size": size, "uid": uid, "gid": gid, "permissions": mode}
+    return wire.encodeAttrs({**attrs, "atime": atime, "mtime": mtime})
+
+
+def _encodeEntry(filename: bytes, longname: bytes, attrs: Mapping[str, object]) -> bytes:
+    return wire.nameEntry(filename, longname, attrs)
+
+
+def _decodeEntry(data: bytes) -> Entry:
+    reader = wire.Reader(data)
+    filename = reader.string()
+    line = reader.string()
+    return filename, line, reader.attrs()
 
 
 def longname(
@@ -768,6 +823,10 @@ Entry = tuple[bytes, bytes, Attrs]
 class ConfinedDirectory:
     """
     An open directory listing (real or virtual).  Blocking; not thread-safe.
+
+    Entries come as C{(filename, longname, attrs)} (L{read}) or already in
+    the form a NAME reply carries them (L{readEncoded}, what the SFTP core
+    sends: a real directory's entries are made in that form, in one pass).
     """
 
     def __init__(
@@ -777,7 +836,10 @@ class ConfinedDirectory:
         self._scan: Iterator[os.DirEntry[str]] | None = None
         self._entries = entries
         self._now = now
-        self._prefetched: list[Entry] = []
+        # Read ahead by prefetch: encoded (a real directory), or entries (a
+        # virtual one, whose attributes need not be what ATTRS carries).
+        self._prefetched: list[bytes] = []
+        self._prefetchedEntries: list[Entry] = []
         #: Every entry was read (L{read} would raise L{EOFError} once
         #: L{takePrefetched} returns nothing).
         self.exhausted = False
@@ -790,7 +852,10 @@ class ConfinedDirectory:
         for L{read} to meet again.
         """
         try:
-            self._prefetched = self.read(maximum)
+            if self._entries is not None:
+                self._prefetchedEntries = self.read(maximum)
+            else:
+                self._prefetched = self.readEncoded(maximum)
         except (OSError, EOFError):
             pass
 
@@ -799,6 +864,18 @@ class ConfinedDirectory:
         Up to C{maximum} entries read ahead by L{prefetch}, without any
         system call (so from any thread that owns the directory).
         """
+        if self._prefetched:
+            return [_decodeEntry(entry) for entry in self.takePrefetchedEncoded(maximum)]
+        entries = self._prefetchedEntries
+        batch, self._prefetchedEntries = entries[:maximum], entries[maximum:]
+        return batch
+
+    def takePrefetchedEncoded(self, maximum: int = _BATCH) -> list[bytes]:
+        """
+        L{takePrefetched}, encoded as L{readEncoded}.
+        """
+        if self._prefetchedEntries:
+            return [_encodeEntry(*entry) for entry in self.takePrefetched(maximum)]
         batch, self._prefetched = self._prefetched[:maximum], self._prefetched[maximum:]
         return batch
 
@@ -809,46 +886,91 @@ class ConfinedDirectory:
         @raise EOFError: no entries are left.
         """
         maximum = max(1, maximum)
-        batch: list[Entry] = self.takePrefetched(maximum)
+        batch = self.takePrefetched(maximum)
+        if batch:
+            return batch
+        if self._entries is None:
+            return [_decodeEntry(entry) for entry in self.readEncoded(maximum)]
+        batch, self._entries = self._entries[:maximum], self._entries[maximum:]
+        self.exhausted = not self._entries
+        if not batch:
+            raise EOFError("End of directory")
+        return batch
+
+    def readEncoded(self, maximum: int = _BATCH) -> list[bytes]:
+        """
+        L{read}, each entry encoded as in a NAME reply: the filename and
+        long name as SFTP strings, then the ATTRS.
+
+        @raise EOFError: no entries are left.
+        """
+        maximum = max(1, maximum)
+        batch = self.takePrefetchedEncoded(maximum)
         if batch:
             return batch
         if self._entries is not None:
-            batch, self._entries = self._entries[:maximum], self._entries[maximum:]
-            self.exhausted = not self._entries
-        elif self._scan is not None and self._fd is not None:
-            now = time.time() if self._now is None else self._now
-            fsencode = os.fsencode
-            append = batch.append
-            for entry in self._scan:
-                name = fsencode(entry.name)
+            return [_encodeEntry(*entry) for entry in self.read(maximum)]
+        scan = self._scan
+        if scan is None or self._fd is None:
+            self.exhausted = True
+            raise EOFError("End of directory")
+        now = time.time() if self._now is None else self._now
+        # Whole seconds (an int compares faster): for an integer mtime,
+        # old < mtime <= now says the same with floor(old) and floor(now).
+        old, now = math.floor(now - _HALF_YEAR), math.floor(now)
+        encoding, errors, utf8 = _FS_ENCODING, _FS_ERRORS, _FS_UTF8
+        heads, dates = _heads, _dates
+        seconds: dict[int, bytes] = {}
+        u32, packers = _U32.pack, _entryPackers
+        append = batch.append
+        atime: int
+        mtime: int
+        # attrsFromStat, longname and the SFTP encoding, inline: this runs
+        # per entry.
+        for entry in scan:
+            try:
+                # lstat relative to the directory's descriptor.
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since listed
+            if utf8:
                 try:
-                    # lstat relative to the directory's descriptor.
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed since listed
-                # attrsFromStat and longname, inline: this runs per entry.
-                atime, mtime = int(st.st_atime), int(st.st_mtime)
-                if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
-                    atime, mtime = _u32(atime), _u32(mtime)
-                mode, uid, gid, size = st.st_mode, st.st_uid, st.st_gid, st.st_size
-                append(
-                    (
-                        name,
-                        _longname(name, mode, st.st_nlink, uid, gid, size, mtime, now),
-                        {
-                            "size": size,
-                            "uid": uid,
-                            "gid": gid,
-                            "permissions": mode,
-                            "atime": atime,
-                            "mtime": mtime,
-                        },
-                    )
-                )
-                if len(batch) >= maximum:
-                    break
+                    name = entry.name.encode()  # the fastest
+                except UnicodeEncodeError:
+                    name = entry.name.encode(encoding, errors)
             else:
-                self.exhausted = True
+                name = entry.name.encode(encoding, errors)
+            # The fields as integers (times in whole seconds), in one step.
+            # (typeshed says float for the times: they are int.)
+            mode, _, _, nlink, uid, gid, size, atime, mtime, _ = st  # type: ignore[assignment]
+            if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+                atime, mtime = _u32(atime), _u32(mtime)
+            key = (mode, nlink, uid, gid)
+            head = heads.get(key)
+            if head is None:
+                head = _cached(heads, key, partial(_head, mode, nlink, uid, gid))
+            # Files are often made or changed together: their dates by the
+            # exact second first (for this batch, whose now is the same).
+            date = seconds.get(mtime)
+            if date is None:
+                recent = old < mtime <= now
+                minute = mtime - mtime % 60 + recent
+                date = dates.get(minute)
+                if date is None:
+                    date = _cached(dates, minute, partial(_date, mtime, recent))
+                seconds[mtime] = date
+            line = b"%s%8d %s %s" % (head, size, date, name)
+            n, m = len(name), len(line)
+            pack = packers.get((n, m))
+            if pack is None:
+                pack = _entryPacker(n, m)
+            try:
+                append(pack(n, name, m, line, _ALL_ATTRS, size, uid, gid, mode, atime, mtime))
+            except struct.error:
+                attrs = _encodeAttrs(size, uid, gid, mode, atime, mtime)
+                append(b"%s%s%s%s%s" % (u32(n), name, u32(m), line, attrs))
+            if len(batch) >= maximum:
+                break
         else:
             self.exhausted = True
         if not batch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from conchshare.confined import groupName, userName
 from conchshare.sftp.avatar import (
     PathOrder,
     ShareFile,
@@ -42,6 +44,7 @@ from conchshare.sftp.avatar import (
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.shares import ShareSet
 from tests.test_confined import SECRET, makeTree, read, write
+from tests.test_sftp_core import Harness, packet, request, s, status, u32
 
 
 class ManualRunner:
@@ -88,6 +91,37 @@ class AvatarTestCase(SynchronousTestCase):
         failure = self.failureResultOf(d, exceptionType)
         if code is not None:
             self.assertEqual(failure.value.errno, code)
+
+
+class ReaddirBytesTests(AvatarTestCase):
+    def test_readdirExactBytes(self) -> None:
+        """
+        READDIR through the core and this avatar: the NAME reply, byte for
+        byte, then EOF.
+        """
+        os.mkdir(self.path("two", "exact"))
+        write(self.path("two", "exact", "e"), b"12345")
+        os.chmod(self.path("two", "exact", "e"), 0o640)
+        # Noon UTC: the same day in every time zone in use.
+        os.utime(self.path("two", "exact", "e"), (978436801, 978436800))
+        h = Harness(self.avatar)
+        h.init()
+        h.feed(request(11, 1, s(b"/two/exact")))
+        reply = h.take()
+        self.assertEqual(reply[4:9], bytes([102]) + u32(1))
+        dirHandle = reply[13:]
+        self.assertEqual(reply[9:13], u32(len(dirHandle)))
+        h.feed(request(12, 2, s(dirHandle)) + request(12, 3, s(dirHandle)))
+        uid, gid = os.getuid(), os.getgid()
+        user = userName(uid) or b"%d" % uid
+        group = groupName(gid) or b"%d" % gid
+        line = b"-rw-r-----    1 %-8s %-8s        5 Jan  2  2001 e" % (user, group)
+        attrs = u32(15) + struct.pack(">QIII", 5, uid, gid, 0o100640)
+        attrs += u32(978436801) + u32(978436800)
+        expected = packet(104, u32(2) + u32(1) + s(b"e") + s(line) + attrs)
+        self.assertEqual(h.take(), expected + status(3, 1, b"End of file"))
+        h.feed(request(4, 4, s(dirHandle)))
+        self.assertEqual(h.take(), status(4, 0, b"Success"))
 
 
 class InterfaceTests(AvatarTestCase):

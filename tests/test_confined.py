@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from conchshare.confined import (
     ConfinedFilesystem,
     longname,
 )
+from conchshare.sftp import wire
 from conchshare.shares import ShareSet
 
 SECRET = b"OUTSIDE-SECRET"
@@ -627,6 +629,130 @@ class OperationTests(ConfinedTestCase):
             re.fullmatch(rb"-rwsr-xr-x    1 \S+ +\S+ +12345 [A-Z][a-z]{2} [ 0-9]\d  19\d\d x", old),
             old,
         )
+
+    def test_readEncodedExactBytes(self) -> None:
+        """
+        An entry as a NAME reply carries it: filename, an C{ls -l} long name
+        and every attribute of an lstat.
+        """
+        directory = self.path("two", "exact")
+        os.mkdir(directory)
+        write(os.path.join(directory, "e"), b"12345")
+        os.chmod(os.path.join(directory, "e"), 0o640)
+        # Noon UTC: the same day in every time zone in use.
+        os.utime(os.path.join(directory, "e"), (978436801, 978436800))
+        d = confined.ConfinedDirectory(os.open(directory, os.O_RDONLY), now=1e9)
+        [entry] = d.readEncoded(100)
+        self.assertRaises(EOFError, d.readEncoded, 100)
+        d.close()
+        user = confined.userName(os.getuid()) or b"%d" % os.getuid()
+        group = confined.groupName(os.getgid()) or b"%d" % os.getgid()
+        line = b"-rw-r-----    1 %-8s %-8s        5 Jan  2  2001 e" % (user, group)
+        attrs = struct.pack(">IQIIII", 15, 5, os.getuid(), os.getgid(), 0o100640, 978436801)
+        attrs += struct.pack(">I", 978436800)
+        expected = struct.pack(">I", 1) + b"e" + struct.pack(">I", len(line)) + line + attrs
+        self.assertEqual(entry, expected)
+
+    def test_readEncodedIsRead(self) -> None:
+        """
+        L{ConfinedDirectory.readEncoded} gives the entries L{read} gives,
+        encoded; whichever reads ahead (L{prefetch}), in batches.
+        """
+        for i in range(30):
+            write(self.path("two", f"m{i:02d}"), b"x" * i)
+            os.utime(self.path("two", f"m{i:02d}"), (i * 10**8, i * 10**8))
+        os.symlink("nowhere", self.path("two", "link"))
+        os.mkdir(self.path("two", "dir"))
+        now = 2 * 10**9
+
+        def listing(encoded: bool, prefetch: int) -> list[bytes]:
+            d = confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY), now=now)
+            if prefetch:
+                d.prefetch(prefetch)
+            entries: list[bytes] = []
+            try:
+                while True:
+                    if encoded:
+                        entries += d.readEncoded(7)
+                    else:
+                        entries += [wire.nameEntry(*e) for e in d.read(7)]
+            except EOFError:
+                pass
+            d.close()
+            return sorted(entries)
+
+        expected = listing(False, 0)
+        self.assertEqual(len(expected), len(os.listdir(self.path("two"))))
+        for encoded in (False, True):
+            for prefetch in (0, 3, 100):
+                self.assertEqual(listing(encoded, prefetch), expected, (encoded, prefetch))
+
+    def test_wholeSeconds(self) -> None:
+        """
+        Times are the whole seconds, as statx gives them, even a nanosecond
+        before the next second (where a double rounds up).
+        """
+        path = self.path("two", "late")
+        write(path, b"")
+        second = 1700000000
+        os.utime(path, ns=(second * 10**9 + 999_999_999,) * 2)
+        if os.stat(path).st_mtime_ns % 10**9 != 999_999_999:
+            raise SkipTest("no nanosecond timestamps here")
+        attrs = confined.attrsFromStat(os.stat(path))
+        self.assertEqual((attrs["atime"], attrs["mtime"]), (second, second))
+        d = self.fs.openDirectory(b"/two")
+        entries = {n: a for n, _, a in d.read(100)}
+        d.close()
+        self.assertEqual((entries[b"late"]["atime"], entries[b"late"]["mtime"]), (second, second))
+
+    def test_readMatchesHelpers(self) -> None:
+        """
+        Each entry is what L{confined.attrsFromStat} and L{longname} make
+        of its lstat, times beyond 32 bits clamped in both; the same when
+        the fast packing gives up.
+        """
+        times = [(0, 0), (1000, 2**31), (5, 2**33), (-7, 10**9), (10**9, 10**9 + 1)]
+        for i, (atime, mtime) in enumerate(times):
+            write(self.path("two", f"t{i}"), b"x" * i)
+            try:
+                os.utime(self.path("two", f"t{i}"), (atime, mtime))
+            except (OSError, OverflowError):
+                os.unlink(self.path("two", f"t{i}"))
+        os.symlink("t0", self.path("two", "link"))
+        now = 10**9 + 100
+        expected = {}
+        for name in os.listdir(self.path("two")):
+            st = os.lstat(self.path("two", name))
+            attrs = confined.attrsFromStat(st)
+            line = longname(name.encode(), attrs, st.st_nlink, now=now)
+            expected[name.encode()] = (name.encode(), line, attrs)
+
+        def listing() -> dict[bytes, tuple[bytes, bytes, dict[str, object]]]:
+            d = confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY), now=now)
+            entries = {e[0]: e for e in d.read(1000)}
+            d.close()
+            return entries
+
+        self.assertEqual(listing(), expected)
+
+        def refuse(*args: object) -> bytes:
+            raise struct.error("refused")
+
+        self.patch(confined, "_entryPacker", lambda n, m: refuse)
+        self.patch(confined, "_entryPackers", {})
+        self.assertEqual(listing(), expected)
+
+    def test_readEncodedVirtual(self) -> None:
+        """
+        A virtual directory's entries are encoded as given.
+        """
+        attrs = {"permissions": 0o40755, "size": 0}
+        entries = [(b"a", b"la", attrs), (b"b", b"lb", {})]
+        d = confined.ConfinedDirectory(None, list(entries))
+        d.prefetch(1)
+        self.assertEqual(d.readEncoded(5), [wire.nameEntry(b"a", b"la", attrs)])
+        self.assertEqual(d.read(5), [(b"b", b"lb", {})])
+        self.assertRaises(EOFError, d.readEncoded, 5)
 
     def test_directoryBatches(self) -> None:
         for i in range(250):

@@ -53,7 +53,7 @@ from conchshare.confined import (
     groupName,
     userName,
 )
-from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
 from conchshare.sftp.workers import Batch, Job, KeyOrder, Workers, orderedKeys
 from conchshare.shares import ShareSet
 
@@ -354,7 +354,7 @@ class ShareFile:
         return self._executor.run(self._keys, self.confined.close)
 
 
-@implementer(IShareDirectory)
+@implementer(IEncodedDirectory)
 class ShareDirectory:
     """
     An open directory: L{IShareDirectory} for conchshare's core, and an
@@ -388,6 +388,19 @@ class ShareDirectory:
             if confined.exhausted:
                 return fail(EOFError("End of directory"))
         return self._executor.run(self._keys, confined.read, maximum)
+
+    def readEncoded(self, maximum: int) -> Deferred[list[bytes]]:
+        """
+        L{readBatch}, each entry encoded (see L{IEncodedDirectory}).
+        """
+        confined = self.confined
+        if self._executor.sharedFree(self._keys[0]):
+            batch = confined.takePrefetchedEncoded(maximum)
+            if batch:
+                return succeed(batch)
+            if confined.exhausted:
+                return fail(EOFError("End of directory"))
+        return self._executor.run(self._keys, confined.readEncoded, maximum)
 
     def close(self) -> Deferred[None]:
         """

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
 from conchshare.sftp.errors import statusForException
-from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.sftp.interfaces import IEncodedDirectory, IShareDirectory, IShareSFTPServer
 from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
 
 #: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
@@ -255,7 +255,12 @@ class _OpenDirectory:
         self.serial = _Serial()
         self._iterator: Iterator[object] | None = None
         self._batch: Callable[[int], object] | None = None
-        if IShareDirectory.providedBy(obj):
+        #: L{readBatch} gives entries already encoded.
+        self.encoded = False
+        if IEncodedDirectory.providedBy(obj):
+            self._batch = obj.readEncoded
+            self.encoded = True
+        elif IShareDirectory.providedBy(obj):
             self._batch = obj.readBatch
         else:
             self._iterator = iter(obj)  # type: ignore[call-overload]
@@ -263,7 +268,8 @@ class _OpenDirectory:
     def readBatch(self, maximum: int) -> Deferred[Any]:
         """
         @return: a Deferred firing with a non-empty list of C{(filename,
-            longname, attrs)}, or failing with L{EOFError}.
+            longname, attrs)} (encoded, if L{encoded}), or failing with
+            L{EOFError}.
         """
         if self._batch is not None:
             return self.serial.run(lambda: self._batch(maximum) if self._batch else [])
@@ -966,13 +972,19 @@ class SFTPServerCore:
         if not entries and not directory.heldOver:
             # The contract says never empty; an empty batch still ends.
             raise EOFError()
-        pending = directory.heldOver + [
-            _nameEntry(_asBytes(filename), _asBytes(longname), attrs)
-            for filename, longname, attrs in entries
-        ]
+        if directory.encoded:
+            pending = directory.heldOver + entries
+        else:
+            pending = directory.heldOver + [
+                _nameEntry(_asBytes(filename), _asBytes(longname), attrs)
+                for filename, longname, attrs in entries
+            ]
         # Keep the reply under what OpenSSH's client accepts; the rest is
         # sent on the next READDIR.
         room = wire.MAX_REPLY_LENGTH - 13
+        if sum(map(len, pending)) <= room:
+            directory.heldOver = []
+            return wire.name(requestId, pending)
         count = 0
         for entry in pending:
             room -= len(entry)

@@ -47,6 +47,24 @@ class IShareDirectory(Interface):
         """
 
 
+class IEncodedDirectory(IShareDirectory):
+    """
+    An L{IShareDirectory} that also gives its entries already encoded (the
+    core then sends them as they are).
+    """
+
+    def readEncoded(maximum: int) -> object:
+        """
+        Read up to C{maximum} entries, as L{IShareDirectory.readBatch} but
+        each encoded as a NAME reply carries it: the filename and the long
+        name as SFTP strings, then the ATTRS.
+
+        @return: a list of C{bytes} or a Deferred firing with one; never
+            empty.
+        @raise EOFError: when no entries are left.
+        """
+
+
 class IShareSFTPServer(Interface):
     """
     The OpenSSH extensions, as avatar methods.  The core owns the wire format
