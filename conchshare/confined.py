@@ -492,6 +492,11 @@ class _CachedCalls:
         self._howRoot = _OpenHow(
             getattr(os, "O_PATH", 0) | os.O_DIRECTORY | _CLOEXEC, 0, _RESOLVE_CACHED
         )
+        self._howDirectory = _OpenHow(
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC,
+            0,
+            _RESOLVE | _RESOLVE_NO_XDEV | _RESOLVE_CACHED,
+        )
         self._size = ctypes.sizeof(_OpenHow)
 
     def openRoot(self, path: bytes) -> int:
@@ -514,6 +519,17 @@ class _CachedCalls:
         return int(
             self._syscall(
                 _SYS_OPENAT2, directory, path, ctypes.addressof(self._howPath), self._size
+            )
+        )
+
+    def openDirectoryBeneath(self, directory: int, path: bytes) -> int:
+        """
+        Like L{openBeneath}, but a descriptor to list the directory C{path}
+        (a symlink at the end is refused too).
+        """
+        return int(
+            self._syscall(
+                _SYS_OPENAT2, directory, path, ctypes.addressof(self._howDirectory), self._size
             )
         )
 
@@ -1283,6 +1299,48 @@ class ConfinedFilesystem:
         if follow and stat.S_ISLNK(got.mode):
             return None
         return _attrsFromStatx(got)
+
+    def openDirectoryCached(self, path: bytes) -> ConfinedDirectory | None:
+        """
+        OPENDIR without ever blocking, for the reactor thread, under the
+        same conditions as L{statCached} (opening a directory reads
+        nothing on a local filesystem; listing it is left to the caller,
+        in a worker).
+
+        @return: the open directory, or L{None} when L{openDirectory} must
+            do it (a virtual directory, a symlink on the way, ...).
+        @raise FileNotFoundError: the kernel knows the path does not exist.
+        """
+        if _memory is None:
+            return None
+        found = self._lookup(path)
+        if isinstance(found, VirtualDirectory):
+            return None
+        share, components = found
+        mount = self._localMounts.get(share.path)
+        if mount is None:
+            return None
+        root = _memory.openRoot(os.fsencode(share.path))
+        if root < 0:
+            return None
+        try:
+            fd = _memory.openDirectoryBeneath(root, b"/".join(components) or b".")
+            failure = ctypes.get_errno()
+        finally:
+            os.close(root)
+        if fd < 0:
+            if failure == errno.ENOENT:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+            return None
+        try:
+            got = _memory.statx(fd)
+            if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
+                os.close(fd)
+                return None
+            return ConfinedDirectory(fd, now=time.time())
+        except BaseException:
+            os.close(fd)
+            raise
 
     def fstatCached(self, confined: ConfinedFile) -> Attrs | None:
         """

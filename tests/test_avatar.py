@@ -36,6 +36,7 @@ from zope.interface.verify import verifyObject
 from conchshare.confined import groupName, userName
 from conchshare.sftp.avatar import (
     PathOrder,
+    ShareDirectory,
     ShareFile,
     ShareSFTPServer,
     makeThreadPool,
@@ -453,6 +454,7 @@ class ThreadPoolTests(TestCase):
         With the default L{Workers}, STAT and FSTAT of entries whose
         attributes the kernel has in memory are answered at once, in the
         calling (reactor) thread: no worker thread is started for them.
+        OPENDIR of such a directory too (its listing is read by a worker).
         Entries it would have to look up are handed to a worker.
         """
         from twisted.internet import reactor
@@ -472,10 +474,22 @@ class ThreadPoolTests(TestCase):
         self.assertIsInstance(attrs, dict)
         self.assertEqual(attrs["size"], 5)  # type: ignore[index]
         self.assertEqual(avatar.workers.threads, 0)
+        # OPENDIR too: opened here, its entries read ahead by a worker, and
+        # READDIR returns them once that is done.
+        directory = avatar.openDirectory(b"/s")
+        self.assertIsInstance(directory, ShareDirectory)
+        self.assertEqual(avatar.workers.threads, 1)
+        assert isinstance(directory, ShareDirectory)
+        listed = directory.readBatch(100)
         fresh = avatar.getAttrs(b"/s/never-looked-up", False)
         self.assertIsInstance(fresh, Deferred)
-        self.assertEqual(avatar.workers.threads, 1)
-        return self.assertFailure(fresh, FileNotFoundError)  # type: ignore[arg-type]
+        missing = self.assertFailure(fresh, FileNotFoundError)  # type: ignore[arg-type]
+
+        def names(entries: list[tuple[bytes, bytes, object]]) -> None:
+            self.assertEqual([name for name, _, _ in entries], [b"f"])
+            directory.close()
+
+        return gatherResults([missing, listed.addCallback(names)])
 
     def test_inOrderInThreads(self) -> None:
         """

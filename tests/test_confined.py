@@ -957,3 +957,34 @@ class CachedStatTests(ConfinedTestCase):
         finally:
             f.close()
         self.assertIsNone(self.fs.fstatCached(f))
+
+    def test_openDirectory(self) -> None:
+        """
+        OPENDIR from memory lists what L{ConfinedFilesystem.openDirectory}
+        lists; virtual directories, symlinks and other mounts are left to
+        it (L{None}), and a name known missing is FileNotFoundError.
+        """
+
+        def listing(directory: confined.ConfinedDirectory) -> list[object]:
+            entries: list[object] = []
+            try:
+                while True:
+                    entries.extend(directory.read())
+            except EOFError:
+                pass
+            finally:
+                directory.close()
+            return sorted(entries)  # type: ignore[type-var]
+
+        for path in [b"/one", b"/one/sub", b"/one/sub/deeper"]:
+            self.warm(path)
+            got = self.fs.openDirectoryCached(path)
+            assert got is not None, path
+            self.assertEqual(listing(got), listing(self.fs.openDirectory(path)), path)
+        for path in [b"/", b"/home", b"/one/in_rel", b"/one/esc_root", b"/one/esc_rel"]:
+            self.warm(path, True)
+            self.assertIsNone(self.fs.openDirectoryCached(path), path)
+        self.warm(b"/one/nothing")
+        self.assertErrno(errno.ENOENT, self.fs.openDirectoryCached, b"/one/nothing")
+        self.fs._localMounts.clear()
+        self.assertIsNone(self.fs.openDirectoryCached(b"/one/sub"))

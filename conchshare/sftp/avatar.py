@@ -373,6 +373,16 @@ class ShareDirectory:
         self._keys = (b"\0directory %d" % ShareDirectory._opened,)
         self._buffer: list[Entry] = []
 
+    def readAhead(self, maximum: int) -> None:
+        """
+        Read up to C{maximum} entries ahead, in a worker, for the next
+        READDIR (which runs after it, on the same key).
+        """
+        try:
+            self._executor.run(self._keys, self.confined.prefetch, maximum)
+        except RuntimeError:
+            pass  # the workers are stopped: READDIR reads for itself
+
     def readBatch(self, maximum: int) -> Deferred[list[Entry]]:
         """
         @return: a Deferred firing with a non-empty list of up to C{maximum}
@@ -566,10 +576,23 @@ class ShareSFTPServer:
     def removeDirectory(self, path: bytes) -> Deferred[None]:
         return self._onPaths([path], self.filesystem.removeDirectory)
 
-    def openDirectory(self, path: bytes) -> Deferred[ShareDirectory]:
+    def openDirectory(self, path: bytes) -> Deferred[ShareDirectory] | ShareDirectory:
         """
-        @return: a Deferred firing with a L{ShareDirectory}.
+        @return: a L{ShareDirectory}, or a Deferred firing with one.  When
+            the kernel can open the directory without waiting (see
+            L{ConfinedFilesystem.openDirectoryCached}) it is opened here
+            and its first entries are read ahead in a worker meanwhile;
+            otherwise a worker opens it and reads them before answering.
+        @raise OSError: (answered at once) no such path, or an invalid one.
         """
+        key = self._key(path)
+        order = self._order
+        if order.inlineReads and order.sharedFree(key):
+            confined = self.filesystem.openDirectoryCached(key)
+            if confined is not None:
+                directory = ShareDirectory(confined, order)
+                directory.readAhead(_PREFETCH)
+                return directory
         d = self._onPaths([path], self._openDirectory, shared=True)
         d.addCallback(ShareDirectory, self._order)
         return d
