@@ -458,6 +458,7 @@ class ShareSFTPServer:
         threadpool: ThreadPool | None = None,
         runner: Runner | None = None,
         threads: int = 8,
+        inlineCalls: bool = False,
     ) -> None:
         """
         @param shares: what is shared.
@@ -469,6 +470,10 @@ class ShareSFTPServer:
         @param runner: instead, how to run blocking calls (for example
             L{synchronousRunner} in tests).
         @param threads: the most worker threads of the default L{Workers}.
+        @param inlineCalls: with a C{runner}: calls that never wait (cached
+            reads, attributes and directories the kernel has in memory) may
+            be made in the calling thread instead (always, with the default
+            L{Workers}).
         """
         self.shares = shares
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
@@ -476,6 +481,7 @@ class ShareSFTPServer:
         order: Executor
         if runner is not None:
             order = PathOrder(runner)
+            order.inlineReads = inlineCalls
         elif threadpool is not None:
             order = PathOrder(_threadPoolRunner(_defaultReactor(reactor), threadpool))
         else:

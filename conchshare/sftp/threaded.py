@@ -1,0 +1,316 @@
+"""
+The engine of C{conchshare sftp-server}: SFTP on two pipes (stdin, stdout)
+served by a few threads, without a reactor.
+
+Why not the reactor: on a pipe to one client, the reactor only relays.
+Reading a request there and running its filesystem call in a worker costs
+two thread wake-ups per request on top of the one the request's arrival
+costs (reactor to worker, worker back to reactor): about 100 µs a request
+on a virtual machine, most of the time of an sshfs metadata round trip.
+
+How: one lock guards the protocol core (L{SFTPServerCore}) and the
+avatar's ordering state.  A serving thread that finds no call ready and no
+one reading takes its turn at reading stdin; it feeds what it read to the
+core, and then runs, itself, the call the request asked for: the thread
+the request woke answers it, one wake-up in all, as OpenSSH's sftp-server
+does.  Other threads are woken only when there is more to do than that:
+other calls ready (run alongside), more input already waiting (read on
+while the call runs), or a call running longer than L{SLOW} (a watchdog
+thread then wakes one to read on).  So pipelined requests never wait for
+each other's disk I/O, beyond L{SLOW}: a slow call holds one thread, and
+the others go on serving.  Calls still apply in order per path and per
+handle (the avatar's L{conchshare.sftp.avatar.PathOrder}), requests in
+flight are bounded (past the bound nobody reads: backpressure), and a
+full stdout blocks the writer, under the lock, until the client reads.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
+
+__all__ = ["READ_SIZE", "ThreadedServer"]
+
+#: Bytes asked of stdin per read: a whole large WRITE at once.
+READ_SIZE = 1024 * 1024
+
+#: A call running this long (seconds) gets another thread reading on.
+SLOW = 0.002
+
+#: The watchdog sleeps for good after this long without a call (seconds).
+_WATCH_IDLE = 0.5
+
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
+
+_Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "Deferred[Any]"]
+
+
+class ThreadedServer:
+    """
+    SFTP on a pair of file descriptors, served by L{threads} threads.
+
+    Build it, build the avatar with L{run} as its runner (for example
+    C{ShareSFTPServer(shares, runner=server.run)}), then L{serve} it.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        inputFd: int = 0,
+        outputFd: int = 1,
+        *,
+        threads: int = 4,
+        maxInFlight: int = MAX_IN_FLIGHT,
+        maxOpenHandles: int = MAX_OPEN_HANDLES,
+        logRequests: bool = False,
+    ) -> None:
+        """
+        @param inputFd: where requests come from (blocking reads).
+        @param outputFd: where replies go (blocking writes).
+        @param threads: serving threads (at least 2: one may read while
+            another runs a call).
+        @param maxInFlight: requests in flight before reading pauses.
+        @param maxOpenHandles: open handles allowed.
+        @param logRequests: log every request at debug level.
+        """
+        self._input = inputFd
+        self._output = outputFd
+        self._threads = max(2, threads)
+        self._maxInFlight = maxInFlight
+        self._maxOpenHandles = maxOpenHandles
+        self._logRequests = logRequests
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._watchWakeup = threading.Condition(self._lock)
+        self._watching = False  # the watchdog polls (else it sleeps)
+        self._running: dict[int, float] = {}  # calls running: their start
+        self._calls = 0
+        self._lastStart = 0.0
+        self._poller = select.poll()
+        self._poller.register(inputFd, select.POLLIN)
+        self._ready: deque[_Call] = deque()
+        self._idle = 0  # threads waiting for something to do
+        self._reading = False
+        self._paused = False
+        self._inputDone = False  # end of input, or the core gave up on it
+        self._lossPending = False
+        self._lost = False  # the core was told the connection is lost
+        self._outputGone = False
+        self._finished = threading.Event()
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self.core: SFTPServerCore | None = None
+
+    # -- the avatar's runner ----------------------------------------------
+
+    def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Queue a blocking call for a serving thread (the avatar's runner,
+        called with the lock held, from the core).
+
+        @return: a Deferred fired, lock held, with the call's result.
+        """
+        d: Deferred[Any] = Deferred()
+        self._ready.append((function, args, kwargs, d))
+        return d
+
+    # -- serving ----------------------------------------------------------
+
+    def serve(self, avatar: object) -> None:
+        """
+        Serve C{avatar} until the input ends (or the core drops the client)
+        and every handle is closed.  Returns then; interruptible by signals
+        (the serving threads are daemons).
+        """
+        self.core = SFTPServerCore(
+            avatar,
+            self._write,
+            writeSequence=self._writeSequence,
+            writesBuffers=True,
+            pauseReading=self._pause,
+            resumeReading=self._resume,
+            disconnect=self._disconnect,
+            maxInFlight=self._maxInFlight,
+            maxOpenHandles=self._maxOpenHandles,
+            logRequests=self._logRequests,
+        )
+        for number in range(self._threads):
+            threading.Thread(
+                target=self._serve, name=f"conchshare-sftp-{number}", daemon=True
+            ).start()
+        while not self._finished.wait(1.0):
+            pass
+
+    def _serve(self) -> None:
+        lock = self._lock
+        lock.acquire()
+        try:
+            while True:
+                if self._ready:
+                    self._runOne()
+                elif self._lossPending:
+                    self._lossPending = False
+                    self._lost = True
+                    assert self.core is not None
+                    self.core.connectionLost().addCallback(self._done)
+                elif self._finished.is_set():
+                    return
+                elif self._mayRead():
+                    self._readOnce()
+                else:
+                    self._idle += 1
+                    self._wakeup.wait()
+                    self._idle -= 1
+        except BaseException:
+            self._log.failure("An SFTP serving thread failed")
+            self._done(None)
+        finally:
+            lock.release()
+
+    def _watch(self) -> None:
+        # While calls run, every SLOW seconds: if one has run that long and
+        # nobody reads, wake a thread to read on.  Asleep after a quiet
+        # _WATCH_IDLE (the next call wakes it).
+        with self._lock:
+            while not self._finished.is_set():
+                now = monotonic()
+                if not self._running and now - self._lastStart > _WATCH_IDLE:
+                    self._watching = False
+                    self._watchWakeup.wait()
+                    self._watching = True
+                    continue
+                self._watchWakeup.wait(SLOW)
+                if not (self._idle and self._mayRead()):
+                    continue
+                now = monotonic()
+                if any(now - started >= SLOW for started in self._running.values()):
+                    self._wakeup.notify()
+
+    def _mayRead(self) -> bool:
+        return not (self._reading or self._paused or self._inputDone)
+
+    def _runOne(self) -> None:
+        # Lock held.  Run the first ready call here; first wake whom it
+        # takes to read on and to run the other ready calls meanwhile.
+        function, args, kwargs, d = self._ready.popleft()
+        wanted = len(self._ready)
+        if self._mayRead() and self._poller.poll(0):
+            wanted += 1  # requests already waiting: read them meanwhile
+        if wanted and self._idle:
+            self._wakeup.notify(min(wanted, self._idle))
+        self._calls += 1
+        call = self._calls
+        self._running[call] = self._lastStart = monotonic()
+        if not self._watching:
+            self._watchWakeup.notify()
+        self._lock.release()
+        try:
+            try:
+                result = function(*args, **kwargs)
+            except BaseException as e:
+                failure = Failure(e)
+                ok = False
+            else:
+                ok = True
+        finally:
+            self._lock.acquire()
+            del self._running[call]
+        if ok:
+            d.callback(result)
+        else:
+            d.errback(failure)
+
+    def _readOnce(self) -> None:
+        # Lock held.  Read stdin without it, then feed the core.
+        core = self.core
+        assert core is not None
+        self._reading = True
+        room = core.receiveBuffer()
+        direct = 0
+        self._lock.release()
+        try:
+            try:
+                if room is None:
+                    count = os.readv(self._input, (self._buffer,))
+                else:
+                    with room:
+                        direct = len(room)
+                        count = os.readv(self._input, (room, self._buffer))
+                    direct = min(direct, count)
+            except OSError:
+                count = 0
+        finally:
+            self._lock.acquire()
+            self._reading = False
+        if self._inputDone:
+            return  # the core gave up on the client meanwhile
+        if not count:
+            self._inputDone = True
+            core.whenIdle().addCallback(lambda _: self._lose())
+            return
+        if direct:
+            core.receivedInto(direct)
+        if count > direct:
+            with self._view[: count - direct] as data:
+                core.dataReceived(data)
+
+    # -- the core's transport ---------------------------------------------
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        # Lock held: replies go out whole, in order; a full pipe blocks
+        # every thread here (backpressure).
+        self._writeSequence([data])
+
+    def _writeSequence(self, pieces: list[Any]) -> None:
+        if self._outputGone:
+            return
+        views = [memoryview(piece) for piece in pieces if len(piece)]
+        try:
+            while views:
+                written = os.writev(self._output, views[:_IOV_MAX])
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if written:
+                    views[0] = views[0][written:]
+        except OSError:
+            # The client is gone (EPIPE): nothing more to say to it.
+            self._outputGone = True
+            self._disconnect()
+
+    def _pause(self) -> None:
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._idle:
+            self._wakeup.notify()
+
+    def _disconnect(self) -> None:
+        # The core drops the client (a protocol error), or stdout is gone:
+        # read no more; close the handles once out of the core's call.
+        self._inputDone = True
+        self._lose()
+
+    def _lose(self) -> None:
+        if not (self._lossPending or self._lost) and self.core is not None:
+            self._lossPending = True
+            if self._idle:
+                self._wakeup.notify()
+
+    def _done(self, _: object) -> None:
+        self._finished.set()
+        self._wakeup.notify_all()
+        self._watchWakeup.notify_all()

@@ -1,0 +1,223 @@
+"""
+Tests for L{conchshare.sftp.threaded}: the engine of C{conchshare
+sftp-server}, on real pipes and the real share avatar, in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from conchshare.sftp import wire
+from conchshare.sftp.avatar import ShareSFTPServer
+from conchshare.sftp.threaded import SLOW, ThreadedServer
+from conchshare.shares import ShareSet
+from tests.test_sftp_core import INIT, NO_ATTRS, READ, ok, request, s, u32
+
+TIMEOUT = 10.0
+
+
+class Served:
+    """
+    A L{ThreadedServer} serving the share C{s} (one file, C{f}) on a pair of
+    pipes, from its own thread, as C{main} serves stdin and stdout.
+    """
+
+    def __init__(self, base: str, *, threads: int = 4, maxInFlight: int = 64) -> None:
+        os.makedirs(os.path.join(base, "s"))
+        with open(os.path.join(base, "s", "f"), "wb") as f:
+            f.write(b"0123456789")
+        self.toServer = os.pipe()
+        self.fromServer = os.pipe()
+        self.engine = ThreadedServer(
+            self.toServer[0], self.fromServer[1], threads=threads, maxInFlight=maxInFlight
+        )
+        self.avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["s"], cwd=base), runner=self.engine.run, inlineCalls=True
+        )
+        self.thread = threading.Thread(target=self.engine.serve, args=(self.avatar,), daemon=True)
+        self.thread.start()
+        self.received = b""
+        self.inputOpen = True
+        self.send(INIT)
+        kind, _ = self.receive()
+        assert kind == wire.FXP_VERSION
+
+    def send(self, data: bytes) -> None:
+        os.write(self.toServer[1], data)
+
+    def closeInput(self) -> None:
+        if self.inputOpen:
+            self.inputOpen = False
+            os.close(self.toServer[1])
+
+    def receive(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """
+        The next reply: its type and the rest of its body (request id
+        first).  Fails after C{timeout} seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.received) >= 4:
+                (length,) = struct.unpack(">I", self.received[:4])
+                if len(self.received) >= 4 + length:
+                    body = self.received[4 : 4 + length]
+                    self.received = self.received[4 + length :]
+                    return body[0], body[1:]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("No reply in time")
+            readable, _, _ = select.select([self.fromServer[0]], [], [], left)
+            if readable:
+                chunk = os.read(self.fromServer[0], 65536)
+                if not chunk:
+                    raise AssertionError("The server closed its output")
+                self.received += chunk
+
+    def stop(self) -> bool:
+        """
+        End the input; whether the server then finished serving in time.
+        """
+        self.closeInput()
+        self.thread.join(TIMEOUT)
+        finished = not self.thread.is_alive()
+        for fd in (self.toServer[0], self.fromServer[0], self.fromServer[1]):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return finished
+
+
+def rid(body: bytes) -> int:
+    (requestId,) = struct.unpack(">I", body[:4])
+    return requestId
+
+
+class ThreadedServerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.served = Served(os.path.realpath(self.mktemp()))
+        self.addCleanup(self.served.stop)
+
+    def test_answersAndEndsWithInput(self) -> None:
+        """
+        Requests are answered; once the input ends, the files left open are
+        closed and serving ends.
+        """
+        served = self.served
+        served.send(request(7, 1, s(b"/s/f")))
+        kind, body = served.receive()
+        self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 1))
+        served.send(request(3, 2, s(b"/s/f") + u32(READ) + NO_ATTRS))
+        kind, body = served.receive()
+        self.assertEqual((kind, rid(body)), (wire.FXP_HANDLE, 2))
+        core = served.engine.core
+        assert core is not None
+        [opened] = core._files.values()
+        self.assertTrue(served.stop())
+        self.assertTrue(opened.confined.closed)
+
+    def test_pipelinedInOrder(self) -> None:
+        """
+        Many requests sent at once get one reply each; those on one file
+        apply in order (a READ after a WRITE sees it).
+        """
+        served = self.served
+        served.send(request(3, 1, s(b"/s/f") + u32(READ | 2) + NO_ATTRS))
+        kind, body = served.receive()
+        handle = body[8 : 8 + struct.unpack(">I", body[4:8])[0]]
+        burst = b"".join(
+            request(6, 10 + n, s(handle) + struct.pack(">Q", 0) + s(b"%d" % n)) for n in range(10)
+        )
+        burst += request(5, 99, s(handle) + struct.pack(">QI", 0, 1))
+        served.send(burst)
+        replies = dict(
+            (rid(body), (kind, body)) for kind, body in (served.receive() for _ in range(11))
+        )
+        self.assertEqual(sorted(replies), [*range(10, 20), 99])
+        for n in range(10):
+            self.assertEqual(replies[10 + n], (wire.FXP_STATUS, ok(10 + n)[5:]))
+        kind, body = replies[99]
+        self.assertEqual((kind, body[4:]), (wire.FXP_DATA, s(b"9")))
+
+    def test_slowCallDoesNotStallOthers(self) -> None:
+        """
+        While one call is held up (a slow disk), other requests are still
+        read and answered: sent after it, or together with it.
+        """
+        served = self.served
+        release = threading.Event()
+        makeDirectory = served.avatar.filesystem.makeDirectory
+
+        def slow(*args: object) -> None:
+            release.wait(TIMEOUT)
+            makeDirectory(*args)  # type: ignore[arg-type]
+
+        served.avatar.filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        try:
+            served.send(request(14, 1, s(b"/s/d") + NO_ATTRS))
+            time.sleep(10 * SLOW)
+            served.send(request(17, 2, s(b"/s/f")))
+            kind, body = served.receive(timeout=1)
+            self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 2))
+            served.send(request(14, 3, s(b"/s/e") + NO_ATTRS) + request(17, 4, s(b"/s/f")))
+            kind, body = served.receive(timeout=1)
+            self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 4))
+        finally:
+            release.set()
+        replies = sorted(rid(body) for _, body in (served.receive(), served.receive()))
+        self.assertEqual(replies, [1, 3])
+        self.assertTrue(os.path.isdir(os.path.join(served.avatar.shares.shares[0].path, "d")))
+
+    def test_oversizedPacketEnds(self) -> None:
+        """
+        A packet over the limit ends the session: serving stops without
+        waiting for the input to end.
+        """
+        served = self.served
+        served.send(u32(wire.MAX_PACKET_LENGTH + 1) + b"\x11")
+        served.thread.join(TIMEOUT)
+        self.assertFalse(served.thread.is_alive())
+
+    def test_clientGone(self) -> None:
+        """
+        When nobody reads the replies any more, serving ends.
+        """
+        served = self.served
+        os.close(served.fromServer[0])
+        served.send(request(7, 1, s(b"/s/f")))
+        served.thread.join(TIMEOUT)
+        self.assertFalse(served.thread.is_alive())
+
+
+class BackpressureTests(SynchronousTestCase):
+    def test_stopsReadingPastTheBound(self) -> None:
+        """
+        Past C{maxInFlight} requests in flight the server reads no more;
+        it reads on once they are answered.
+        """
+        served = Served(os.path.realpath(self.mktemp()), maxInFlight=4)
+        self.addCleanup(served.stop)
+        release = threading.Event()
+        makeDirectory = served.avatar.filesystem.makeDirectory
+
+        def slow(*args: object) -> None:
+            release.wait(TIMEOUT)
+            makeDirectory(*args)  # type: ignore[arg-type]
+
+        served.avatar.filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        served.send(b"".join(request(14, n, s(b"/s/d%d" % n) + NO_ATTRS) for n in range(4)))
+        served.send(request(17, 99, s(b"/s/f")))
+        time.sleep(20 * SLOW)
+        core = served.engine.core
+        assert core is not None
+        self.assertEqual(core.inFlight, 4)
+        self.assertRaises(AssertionError, served.receive, 0.1)
+        release.set()
+        replies = sorted(rid(body) for _, body in (served.receive() for _ in range(5)))
+        self.assertEqual(replies, [0, 1, 2, 3, 99])
