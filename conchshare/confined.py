@@ -348,7 +348,11 @@ class _OpenHow(ctypes.Structure):
 _HOW = _OpenHow(_WALK & ~os.O_NOFOLLOW, 0, _RESOLVE)
 
 
-def _openat2() -> Callable[[int, bytes], int] | None:
+def _openat2Syscall() -> Any:
+    """
+    libc's C{syscall}, typed for C{openat2(dirfd, path, how, size)}; L{None}
+    where there is none (or no C{O_PATH}: not Linux).
+    """
     if not sys.platform.startswith("linux") or not hasattr(os, "O_PATH"):
         return None
     try:
@@ -363,6 +367,16 @@ def _openat2() -> Callable[[int, bytes], int] | None:
         ctypes.c_size_t,
     ]
     syscall.restype = ctypes.c_long
+    return syscall
+
+
+_openat2SyscallFunction = _openat2Syscall()
+
+
+def _openat2() -> Callable[[int, bytes], int] | None:
+    syscall = _openat2SyscallFunction
+    if syscall is None:
+        return None
     address, size = ctypes.addressof(_HOW), ctypes.sizeof(_HOW)
 
     def openat2(directory: int, path: bytes) -> int:
@@ -462,16 +476,8 @@ class _CachedCalls:
     only where all of them work (L{None} otherwise).
     """
 
-    def __init__(self, libc: Any) -> None:
-        self._syscall = libc.syscall
-        self._syscall.argtypes = [
-            ctypes.c_long,
-            ctypes.c_long,
-            ctypes.c_char_p,
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-        ]
-        self._syscall.restype = ctypes.c_long
+    def __init__(self, libc: Any, syscall: Any) -> None:
+        self._syscall = syscall
         self._statx = libc.statx
         self._statx.argtypes = [
             ctypes.c_int,
@@ -499,16 +505,15 @@ class _CachedCalls:
         )
         self._size = ctypes.sizeof(_OpenHow)
 
+    def _open(self, directory: int, path: bytes, how: _OpenHow) -> int:
+        return int(self._syscall(_SYS_OPENAT2, directory, path, ctypes.addressof(how), self._size))
+
     def openRoot(self, path: bytes) -> int:
         """
         An O_PATH descriptor of the directory C{path} (absolute), or -1 if
         that needs anything not in the kernel's caches (or fails).
         """
-        return int(
-            self._syscall(
-                _SYS_OPENAT2, _AT_FDCWD, path, ctypes.addressof(self._howRoot), self._size
-            )
-        )
+        return self._open(_AT_FDCWD, path, self._howRoot)
 
     def openBeneath(self, directory: int, path: bytes) -> int:
         """
@@ -516,22 +521,14 @@ class _CachedCalls:
         itself), with no symlink, no mount crossing and nothing uncached on
         the way; or -1, with C{ctypes.get_errno()} saying why.
         """
-        return int(
-            self._syscall(
-                _SYS_OPENAT2, directory, path, ctypes.addressof(self._howPath), self._size
-            )
-        )
+        return self._open(directory, path, self._howPath)
 
     def openDirectoryBeneath(self, directory: int, path: bytes) -> int:
         """
         Like L{openBeneath}, but a descriptor to list the directory C{path}
         (a symlink at the end is refused too).
         """
-        return int(
-            self._syscall(
-                _SYS_OPENAT2, directory, path, ctypes.addressof(self._howDirectory), self._size
-            )
-        )
+        return self._open(directory, path, self._howDirectory)
 
     def statx(self, fd: int) -> _Statx | None:
         """
@@ -573,7 +570,7 @@ def _cachedCalls() -> _CachedCalls | None:
     if _openat2Function is None:
         return None
     try:
-        calls = _CachedCalls(ctypes.CDLL(None, use_errno=True))
+        calls = _CachedCalls(ctypes.CDLL(None, use_errno=True), _openat2SyscallFunction)
     except (OSError, AttributeError):
         return None
     # RESOLVE_CACHED is refused (EINVAL) before Linux 5.12.

@@ -79,6 +79,22 @@ class Served:
                     raise AssertionError("The server closed its output")
                 self.received += chunk
 
+    def holdMakeDirectory(self) -> threading.Event:
+        """
+        Make every MKDIR wait (a slow disk) until the returned event is set
+        (at most L{TIMEOUT}).
+        """
+        release = threading.Event()
+        filesystem = self.avatar.filesystem
+        makeDirectory = filesystem.makeDirectory
+
+        def slow(*args: object) -> None:
+            release.wait(TIMEOUT)
+            makeDirectory(*args)  # type: ignore[arg-type]
+
+        filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        return release
+
     def stop(self) -> bool:
         """
         End the input; whether the server then finished serving in time.
@@ -151,14 +167,7 @@ class ThreadedServerTests(SynchronousTestCase):
         read and answered: sent after it, or together with it.
         """
         served = self.served
-        release = threading.Event()
-        makeDirectory = served.avatar.filesystem.makeDirectory
-
-        def slow(*args: object) -> None:
-            release.wait(TIMEOUT)
-            makeDirectory(*args)  # type: ignore[arg-type]
-
-        served.avatar.filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        release = served.holdMakeDirectory()
         try:
             served.send(request(14, 1, s(b"/s/d") + NO_ATTRS))
             time.sleep(10 * SLOW)
@@ -203,14 +212,7 @@ class BackpressureTests(SynchronousTestCase):
         """
         served = Served(os.path.realpath(self.mktemp()), maxInFlight=4)
         self.addCleanup(served.stop)
-        release = threading.Event()
-        makeDirectory = served.avatar.filesystem.makeDirectory
-
-        def slow(*args: object) -> None:
-            release.wait(TIMEOUT)
-            makeDirectory(*args)  # type: ignore[arg-type]
-
-        served.avatar.filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        release = served.holdMakeDirectory()
         served.send(b"".join(request(14, n, s(b"/s/d%d" % n) + NO_ATTRS) for n in range(4)))
         served.send(request(17, 99, s(b"/s/f")))
         time.sleep(20 * SLOW)
