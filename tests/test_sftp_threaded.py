@@ -32,6 +32,7 @@ class Served:
         os.makedirs(os.path.join(base, "s"))
         with open(os.path.join(base, "s", "f"), "wb") as f:
             f.write(b"0123456789")
+        self.threads = threads
         self.toServer = os.pipe()
         self.fromServer = os.pipe()
         self.engine = ThreadedServer(
@@ -79,16 +80,29 @@ class Served:
                     raise AssertionError("The server closed its output")
                 self.received += chunk
 
+    def settle(self) -> None:
+        """
+        Wait until every serving thread but the one reading has nothing to
+        do (as between requests of a long session).
+        """
+        deadline = time.monotonic() + TIMEOUT
+        while self.engine._idle < self.threads - 1:
+            if time.monotonic() > deadline:
+                raise AssertionError("The serving threads never settled")
+            time.sleep(0.001)
+
     def holdMakeDirectory(self) -> threading.Event:
         """
         Make every MKDIR wait (a slow disk) until the returned event is set
-        (at most L{TIMEOUT}).
+        (at most L{TIMEOUT}).  L{held} is set once one waits.
         """
         release = threading.Event()
+        self.held = threading.Event()
         filesystem = self.avatar.filesystem
         makeDirectory = filesystem.makeDirectory
 
         def slow(*args: object) -> None:
+            self.held.set()
             release.wait(TIMEOUT)
             makeDirectory(*args)  # type: ignore[arg-type]
 
@@ -167,10 +181,12 @@ class ThreadedServerTests(SynchronousTestCase):
         read and answered: sent after it, or together with it.
         """
         served = self.served
+        served.settle()
         release = served.holdMakeDirectory()
         try:
             served.send(request(14, 1, s(b"/s/d") + NO_ATTRS))
-            time.sleep(10 * SLOW)
+            # Sent once the MKDIR is held up, in the thread that read it.
+            self.assertTrue(served.held.wait(TIMEOUT))
             served.send(request(17, 2, s(b"/s/f")))
             kind, body = served.receive(timeout=1)
             self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 2))

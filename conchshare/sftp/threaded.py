@@ -150,6 +150,7 @@ class ThreadedServer:
             threading.Thread(
                 target=self._serve, name=f"conchshare-sftp-{number}", daemon=True
             ).start()
+        threading.Thread(target=self._watch, name="conchshare-sftp-watchdog", daemon=True).start()
         while not self._finished.wait(1.0):
             pass
 
