@@ -120,23 +120,29 @@ def _u32(value: float) -> int:
     return min(max(int(value), 0), 0xFFFFFFFF)
 
 
+def _attrs(size: int, uid: int, gid: int, mode: int, atime: int, mtime: int) -> Attrs:
+    # SFTP v3 attributes; times (whole seconds) clamped to 32 bits.
+    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+        atime, mtime = _u32(atime), _u32(mtime)
+    return {
+        "size": size,
+        "uid": uid,
+        "gid": gid,
+        "permissions": mode,
+        "atime": atime,
+        "mtime": mtime,
+    }
+
+
 def attrsFromStat(st: os.stat_result) -> Attrs:
     """
     SFTP v3 attributes of a stat result (times clamped to 32 bits).
     """
     # The whole seconds (as statx gives them): int(st.st_mtime) would
     # round up a time within 0.2 us of the next second (a double).
-    atime, mtime = st[stat.ST_ATIME], st[stat.ST_MTIME]
-    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
-        atime, mtime = _u32(atime), _u32(mtime)
-    return {
-        "size": st.st_size,
-        "uid": st.st_uid,
-        "gid": st.st_gid,
-        "permissions": st.st_mode,
-        "atime": atime,
-        "mtime": mtime,
-    }
+    return _attrs(
+        st.st_size, st.st_uid, st.st_gid, st.st_mode, int(st[stat.ST_ATIME]), int(st[stat.ST_MTIME])
+    )
 
 
 _MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun"]
@@ -589,17 +595,7 @@ _memory = _cachedCalls()
 
 
 def _attrsFromStatx(found: _Statx) -> Attrs:
-    atime, mtime = found.atime.sec, found.mtime.sec
-    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
-        atime, mtime = _u32(atime), _u32(mtime)
-    return {
-        "size": found.size,
-        "uid": found.uid,
-        "gid": found.gid,
-        "permissions": found.mode,
-        "atime": atime,
-        "mtime": mtime,
-    }
+    return _attrs(found.size, found.uid, found.gid, found.mode, found.atime.sec, found.mtime.sec)
 
 
 def _renameNoReplace(srcFd: int, src: bytes, dstFd: int, dst: bytes) -> None:

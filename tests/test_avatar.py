@@ -419,6 +419,21 @@ class PathOrderTests(SynchronousTestCase):
 
 
 class ThreadPoolTests(TestCase):
+    def pooledAvatar(self) -> ShareSFTPServer:
+        """
+        An avatar over a new empty share C{s}, its calls run in a Twisted
+        pool of 4 threads, results delivered to the global reactor.
+        """
+        from twisted.internet import reactor
+
+        pool = makeThreadPool(MemoryReactor(), maxthreads=4)
+        self.addCleanup(pool.stop)
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        return ShareSFTPServer(
+            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
+        )
+
     def test_makeThreadPool(self) -> None:
         """
         The pool is started and stopped at reactor shutdown.
@@ -496,16 +511,7 @@ class ThreadPoolTests(TestCase):
         Many overlapping writes made at once on one handle, run by a pool of
         several threads, apply in the order they were made.
         """
-        from twisted.internet import reactor
-
-        memory = MemoryReactor()
-        pool = makeThreadPool(memory, maxthreads=4)
-        self.addCleanup(pool.stop)
-        base = os.path.realpath(self.mktemp())
-        os.makedirs(os.path.join(base, "s"))
-        avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
-        )
+        avatar = self.pooledAvatar()
 
         def opened(f: ShareFile) -> Deferred[Any]:
             writes = [f.writeChunk(0, bytes([65 + i % 26]) * (200 - i)) for i in range(200)]
@@ -526,16 +532,7 @@ class ThreadPoolTests(TestCase):
         sshfs's pattern, in threads: OPEN with CREAT and, without waiting,
         LSTAT of the new file; the LSTAT always finds it.
         """
-        from twisted.internet import reactor
-
-        memory = MemoryReactor()
-        pool = makeThreadPool(memory, maxthreads=4)
-        self.addCleanup(pool.stop)
-        base = os.path.realpath(self.mktemp())
-        os.makedirs(os.path.join(base, "s"))
-        avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
-        )
+        avatar = self.pooledAvatar()
         results = []
         for i in range(40):
             name = b"f%d" % i
