@@ -32,7 +32,9 @@ import pwd
 import stat
 import struct
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -59,6 +61,14 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_PATH lets us walk through directories we may search but not read.
 _WALK = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+# Any entry, to read its status (a symlink itself).
+_ENTRY = getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW
+# A share's folder, kept open to resolve below (its path may be a symlink).
+_ROOT = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC
+
+#: Seconds a share folder's descriptor is used before its path is checked
+#: again (renaming the folder away ends the share within this long).
+ROOT_RECHECK = 0.05
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _MAX_HOPS = 40
 _RENAME_NOREPLACE = 1
@@ -406,6 +416,30 @@ def _openat2() -> Callable[[int, bytes], int] | None:
 
 _openat2Function = _openat2()
 
+# The open_how of each (flags, mode) asked of _openEntry (few: a handful of
+# flag sets, and the modes clients create files with).
+_hows: dict[tuple[int, int], tuple[int, Any]] = {}
+_HOWS_KEPT = 256
+
+
+def _openEntry(directory: int, path: bytes, flags: int, mode: int = 0) -> int:
+    """
+    Open C{path} below C{directory} with one openat2, refusing every
+    symlink on the way, a final one included (ELOOP), as C{_openat2Function}
+    does for directories; L{_openat2Function} must be there.
+
+    @return: the descriptor, or -1 (then C{ctypes.get_errno()} says why).
+    """
+    syscall = _openat2SyscallFunction
+    assert syscall is not None
+    found = _hows.get((flags, mode))
+    if found is None:
+        how = _OpenHow(flags | os.O_NOFOLLOW, mode, _RESOLVE)
+        if len(_hows) >= _HOWS_KEPT:
+            _hows.clear()
+        found = _hows[flags, mode] = (ctypes.addressof(how), how)
+    return int(syscall(_SYS_OPENAT2, directory, path, found[0], ctypes.sizeof(_OpenHow)))
+
 
 # Answering STAT, LSTAT and FSTAT in the reactor thread, only where the
 # kernel promises not to wait: openat2 with RESOLVE_CACHED (Linux >= 5.12)
@@ -653,12 +687,15 @@ class Place:
     @ivar name: the entry's name (C{b"."} for the share's root).
     @ivar components: the resolved components from the share's root,
         C{name} included (empty for the root).
+    @ivar seen: the entry's own status (a symlink not followed), if the
+        walk read it on the way; L{None} if not.
     """
 
     share: Share
     parent: int
     name: bytes
     components: tuple[bytes, ...]
+    seen: os.stat_result | None = None
 
     @property
     def isRoot(self) -> bool:
@@ -1017,6 +1054,16 @@ class _Placed:
             os.close(fd)
 
 
+def _closeAll(roots: dict[str, tuple[int, int, int, float]], retired: list[int]) -> None:
+    for fd in [entry[0] for entry in roots.values()] + retired:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    roots.clear()
+    retired.clear()
+
+
 class ConfinedFilesystem:
     """
     The blocking, confined filesystem over a share set.
@@ -1043,8 +1090,56 @@ class ConfinedFilesystem:
                     mount = None
                 if mount is not None:
                     self._localMounts[share.path] = mount
+        # A descriptor of each share's folder, by its path, with the
+        # folder's identity and when its path last led there: requests
+        # resolve below it instead of opening the folder each time.  The
+        # path is checked again every ROOT_RECHECK seconds, so a share
+        # folder renamed away, or a path re-pointed, is noticed then.
+        self._roots: dict[str, tuple[int, int, int, float]] = {}
+        self._retired: list[int] = []  # replaced (maybe still in use)
+        self._rootLock = threading.Lock()
+        for share in shares.shares:
+            try:
+                self._root(share)
+            except OSError:
+                pass  # each request fails until the folder is there
+        weakref.finalize(self, _closeAll, self._roots, self._retired)
 
     # -- walking --------------------------------------------------------
+
+    def _root(self, share: Share) -> int:
+        """
+        The descriptor of C{share}'s folder (owned here: never close it).
+
+        @raise OSError: the share's path leads nowhere.
+        """
+        entry = self._roots.get(share.path)
+        now = time.monotonic()
+        if entry is not None and now - entry[3] < ROOT_RECHECK:
+            return entry[0]
+        with self._rootLock:
+            entry = self._roots.get(share.path)
+            found = os.stat(share.path)
+            if entry is not None and (found.st_dev, found.st_ino) == entry[1:3]:
+                self._roots[share.path] = (*entry[:3], now)
+                return entry[0]
+            fd = os.open(share.path, _ROOT)
+            found = os.fstat(fd)
+            self._roots[share.path] = (fd, found.st_dev, found.st_ino, now)
+            if entry is not None:
+                # Other threads may still resolve below it: closed at the end.
+                self._retired.append(entry[0])
+            return fd
+
+    def _rootCached(self, share: Share) -> int | None:
+        """
+        The descriptor of C{share}'s folder if its path was checked lately
+        (never blocks).
+        """
+        entry = self._roots.get(share.path)
+        if entry is None or time.monotonic() - entry[3] >= ROOT_RECHECK:
+            return None
+        return entry[0]
 
     def _lookup(
         self, path: bytes, *, creating: bool = False
@@ -1102,8 +1197,7 @@ class ConfinedFilesystem:
         *,
         lenient: bool = False,
     ) -> Place:
-        root = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-        fds.append(root)
+        root = self._root(share)
         if _openat2Function is not None and len(components) > 1:
             place = self._fastWalk(share, root, components, follow, fds)
             if place is not None:
@@ -1147,7 +1241,7 @@ class ConfinedFilesystem:
                     del e
                     return Place(share, parent, component, tuple(names) + (component,))
                 if not stat.S_ISLNK(st.st_mode):
-                    return Place(share, parent, component, tuple(names) + (component,))
+                    return Place(share, parent, component, tuple(names) + (component,), st)
             else:
                 try:
                     fd = os.open(component, _WALK, dir_fd=parent)
@@ -1211,6 +1305,7 @@ class ConfinedFilesystem:
         if parent < 0:
             return None
         fds.append(parent)
+        st = None
         if follow:
             try:
                 st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -1221,7 +1316,7 @@ class ConfinedFilesystem:
             else:
                 if stat.S_ISLNK(st.st_mode):
                     return None
-        return Place(share, parent, name, components)
+        return Place(share, parent, name, components, st)
 
     def _writable(self, found: Place | VirtualDirectory) -> Place:
         if isinstance(found, VirtualDirectory):
@@ -1271,22 +1366,21 @@ class ConfinedFilesystem:
         mount = self._localMounts.get(share.path)
         if mount is None:
             return None
-        root = _memory.openRoot(os.fsencode(share.path))
-        if root < 0:
+        root = self._rootCached(share)
+        if root is None:
             return None
-        fd = root
-        try:
-            if components:
-                fd = _memory.openBeneath(root, b"/".join(components))
-                if fd < 0:
-                    if ctypes.get_errno() == errno.ENOENT:
-                        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-                    return None
-            got = _memory.statx(fd)
-        finally:
-            if fd != root and fd >= 0:
+        if components:
+            fd = _memory.openBeneath(root, b"/".join(components))
+            if fd < 0:
+                if ctypes.get_errno() == errno.ENOENT:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                return None
+            try:
+                got = _memory.statx(fd)
+            finally:
                 os.close(fd)
-            os.close(root)
+        else:
+            got = _memory.statx(root)
         if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
             return None
         if follow and stat.S_ISLNK(got.mode):
@@ -1313,14 +1407,11 @@ class ConfinedFilesystem:
         mount = self._localMounts.get(share.path)
         if mount is None:
             return None
-        root = _memory.openRoot(os.fsencode(share.path))
-        if root < 0:
+        root = self._rootCached(share)
+        if root is None:
             return None
-        try:
-            fd = _memory.openDirectoryBeneath(root, b"/".join(components) or b".")
-            failure = ctypes.get_errno()
-        finally:
-            os.close(root)
+        fd = _memory.openDirectoryBeneath(root, b"/".join(components) or b".")
+        failure = ctypes.get_errno()
         if fd < 0:
             if failure == errno.ENOENT:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
@@ -1353,23 +1444,81 @@ class ConfinedFilesystem:
             return None
         return _attrsFromStatx(got)
 
+    def _direct(
+        self,
+        path: bytes,
+        flags: int,
+        mode: int = 0,
+        *,
+        writing: bool = False,
+        creating: bool = False,
+    ) -> int:
+        """
+        The fast path of a request on one entry: C{path}'s entry opened with
+        one openat2 below its share's root (see L{_openEntry}), when no
+        symlink is on the way and the entry is not a share's root.
+
+        @return: the descriptor, or -1 when the caller must take the slow
+            path (the walk), which follows symlinks that stay in the share
+            and reports any other failure as it should.
+        @raise FileNotFoundError: no such entry (nor symlink on the way).
+        @param writing: the request changes the entry (refused in a
+            read-only share).
+        @param creating: the entry is to be created (see L{place}).
+        @raise PermissionError: the request would change a read-only share.
+        """
+        if _openat2Function is None:
+            return -1
+        found = self._lookup(path, creating=creating)
+        if isinstance(found, VirtualDirectory) or not found[1]:
+            return -1
+        share, components = found
+        if writing and share.readOnly:
+            raise _readOnly()
+        fd = _openEntry(self._root(share), b"/".join(components), flags | _CLOEXEC, mode)
+        if fd < 0 and ctypes.get_errno() == errno.ENOENT and not flags & os.O_CREAT:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return fd
+
     def stat(self, path: bytes, *, follow: bool = True) -> Attrs:
         """
         STAT (C{follow}) or LSTAT.
         """
+        fd = self._direct(path, _ENTRY)
+        if fd >= 0:
+            try:
+                entry = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not (follow and stat.S_ISLNK(entry.st_mode)):
+                return attrsFromStat(entry)
         with self.place(path, follow=follow) as found:
             if isinstance(found, VirtualDirectory):
                 return self._virtualAttrs()
-            return attrsFromStat(os.stat(found.name, dir_fd=found.parent, follow_symlinks=False))
+            st = found.seen
+            if st is None:
+                st = os.stat(found.name, dir_fd=found.parent, follow_symlinks=False)
+            return attrsFromStat(st)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object], *, follow: bool = True) -> None:
         """
         SETSTAT (C{follow}) or lsetstat: size, uid/gid, permissions,
         atime/mtime.
         """
+        flags = (os.O_WRONLY if "size" in attrs else os.O_RDONLY) | os.O_NONBLOCK
+        fd = self._direct(path, flags, writing=True)
+        if fd >= 0:
+            # Not a symlink (refused by the open), and open for the change.
+            try:
+                _setAttrsOnFd(fd, attrs)
+            finally:
+                os.close(fd)
+            return
         with self.place(path, follow=follow) as found:
             place = self._writable(found)
-            st = os.stat(place.name, dir_fd=place.parent, follow_symlinks=False)
+            st = place.seen
+            if st is None:
+                st = os.stat(place.name, dir_fd=place.parent, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 # lsetstat on a symlink: only what Linux can do to a link.
                 if "size" in attrs or "permissions" in attrs:
@@ -1465,6 +1614,20 @@ class ConfinedFilesystem:
         osFlags |= os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
         # Like OpenSSH: no set-id or sticky bits on create.
         mode = _number(attrs, "permissions", 0o666) & 0o777 & ~self.umask
+        if flags & FXF_CREAT:
+            # A new file, with no symlink on the way: one openat2.
+            fd = self._direct(
+                path,
+                (osFlags & ~os.O_NONBLOCK) | os.O_CREAT | os.O_EXCL,
+                mode,
+                writing=True,
+                creating=True,
+            )
+            if fd >= 0:
+                share, components = self._lookup(path, creating=True)  # type: ignore[misc]
+                return self._created(fd, share, components, flags, mode)
+            if ctypes.get_errno() == errno.EEXIST and flags & FXF_EXCL:
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
         with self.place(path, follow=True, creating=bool(flags & FXF_CREAT)) as found:
             if mutating:
                 place = self._writable(found)
@@ -1486,18 +1649,7 @@ class ConfinedFilesystem:
                     if flags & FXF_EXCL:
                         raise
                 else:
-                    try:
-                        if mode & self._processUmask:
-                            os.fchmod(fd, mode)
-                    except BaseException:
-                        os.close(fd)
-                        raise
-                    return ConfinedFile(
-                        fd,
-                        place.share,
-                        append=bool(flags & FXF_APPEND),
-                        virtualPath=place.virtualPath,
-                    )
+                    return self._created(fd, place.share, place.components, flags, mode)
             fd = os.open(place.name, osFlags, dir_fd=place.parent)
             try:
                 st = os.fstat(fd)
@@ -1510,6 +1662,24 @@ class ConfinedFilesystem:
             return ConfinedFile(
                 fd, place.share, append=bool(flags & FXF_APPEND), virtualPath=place.virtualPath
             )
+
+    def _created(
+        self, fd: int, share: Share, components: tuple[bytes, ...], flags: int, mode: int
+    ) -> ConfinedFile:
+        # The file open on fd was just created with mode (before the
+        # process umask): the file of an OPEN with FXF_CREAT.
+        try:
+            if mode & self._processUmask:
+                os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return ConfinedFile(
+            fd,
+            share,
+            append=bool(flags & FXF_APPEND),
+            virtualPath=b"/".join((share.virtualPath,) + components),
+        )
 
     def openDirectory(self, path: bytes) -> ConfinedDirectory:
         """

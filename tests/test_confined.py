@@ -26,6 +26,7 @@ from conchshare.confined import (
     FXF_TRUNC,
     FXF_WRITE,
     MAX_READ,
+    ROOT_RECHECK,
     ConfinedFilesystem,
     longname,
 )
@@ -480,9 +481,30 @@ class VirtualTreeTests(ConfinedTestCase):
         self.assertEqual(self.fs.realPath(b"."), b"/")
 
     def test_missingShareFolderListed(self) -> None:
+        """
+        A share whose folder is renamed away is still listed, and within
+        L{ROOT_RECHECK} seconds its content is no longer reachable.
+        """
+        self.fs.stat(b"/two/t")
         os.rename(self.path("two"), self.path("two-gone"))
+        time.sleep(ROOT_RECHECK * 2)
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+        self.assertIsNone(self.fs.statCached(b"/two/t"))
+
+    def test_replacedShareFolderServed(self) -> None:
+        """
+        A share's path that comes to lead to another folder serves that
+        folder within L{ROOT_RECHECK} seconds.
+        """
+        self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"two"))
+        os.rename(self.path("two"), self.path("two-old"))
+        os.mkdir(self.path("two"))
+        with open(self.path("two", "t"), "wb") as f:
+            f.write(b"replaced")
+        time.sleep(ROOT_RECHECK * 2)
+        self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"replaced"))
+        self.assertEqual(self.readAll(b"/two/t"), b"replaced")
 
     def test_virtualDirectoriesReadOnly(self) -> None:
         attrs = self.fs.stat(b"/home")
