@@ -325,6 +325,7 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
 
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
+    from conchshare.spin import spinBeforeSleeping
 
     reactor: Any = globalReactor
     try:
@@ -349,6 +350,8 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
         )
         stdout.flush()
     service.addObserver(renderer)
+    # This program owns its reactor: it may poll before sleeping.
+    spinBeforeSleeping(reactor, service.callsRunning)
     exitCode = [0]
     stopping = [False]
 

@@ -438,6 +438,14 @@ class ShareService(Service):
         """
         return self._paused
 
+    def callsRunning(self) -> bool:
+        """
+        Whether filesystem calls of the SFTP sessions are running in worker
+        threads (or waiting for one).
+        """
+        workers = getattr(self._avatar, "workers", None)
+        return workers is not None and workers.busy()
+
     def status(self) -> dict[str, Any]:
         """
         A snapshot of the service, JSON-serialisable.

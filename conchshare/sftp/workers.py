@@ -397,6 +397,13 @@ class Workers:
         """
         return len(self._threads)
 
+    def busy(self) -> bool:
+        """
+        Whether calls are running or waiting for a thread (read without the
+        lock: a hint, for L{conchshare.spin}).
+        """
+        return bool(self._calling or self._ready)
+
     def sharedFree(self, key: bytes) -> bool:
         """
         Whether a shared call on C{key} would start at once: nothing
