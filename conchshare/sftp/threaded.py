@@ -17,10 +17,9 @@ does.  Before it blocks in read, the reading thread polls stdin for a
 moment (L{SPIN}): a client waiting for each reply sends the next request
 within tens of microseconds, and being woken from a blocking read costs
 more than that on a virtual machine.  Other threads are woken only when
-there is more to do than that: other calls ready (run alongside), more
-WRITEs already waiting during an upload (read on while one is written), or
-a call running longer than L{SLOW} (a watchdog thread then wakes one to
-read on).  So pipelined requests never wait for each other's disk I/O,
+there is more to do than that: other calls ready (run alongside), or a
+call running longer than L{SLOW} (a watchdog thread then wakes one to read
+on).  So pipelined requests never wait for each other's disk I/O,
 beyond L{SLOW}: a slow call holds one thread, and the others go on
 serving.  Calls still apply in order per path and per
 handle (the avatar's L{conchshare.sftp.avatar.PathOrder}), requests in
@@ -120,10 +119,8 @@ class ThreadedServer:
         self._running: dict[int, float] = {}  # calls running: their start
         self._calls = 0
         self._lastStart = 0.0
-        self._poller = select.poll()  # used with the lock held
+        self._poller = select.poll()  # used by the reading thread
         self._poller.register(inputFd, select.POLLIN)
-        self._readPoller = select.poll()  # used by the reading thread
-        self._readPoller.register(inputFd, select.POLLIN)
         self._ready: deque[_Call] = deque()
         self._idle = 0  # threads waiting for something to do
         self._reading = False
@@ -231,13 +228,12 @@ class ThreadedServer:
         # Lock held.  Run the first ready call here; first wake whom it
         # takes to read on and to run the other ready calls meanwhile.
         function, args, kwargs, d = self._ready.popleft()
+        # Other calls ready: run alongside.  Requests still to read wait
+        # for this call (or for SLOW): waking a thread costs more than most
+        # calls take, and two threads taking turns at the interpreter lock
+        # made even uploads slower (sftp put: 1,223 MB/s, against 1,655
+        # MB/s reading and writing in turn).
         wanted = len(self._ready)
-        if self.core is not None and self.core.fedBulk and self._mayRead() and self._poller.poll(0):
-            # Uploads: read the next WRITEs while this one is written.
-            # Other requests already waiting are read once this call is
-            # done (or after SLOW): waking a thread costs more than most
-            # calls take.
-            wanted += 1
         if wanted and self._idle:
             self._wakeup.notify(min(wanted, self._idle))
         self._calls += 1
@@ -301,7 +297,7 @@ class ThreadedServer:
     def _await(self) -> None:
         # Lock not held.  Poll stdin for up to self._spin seconds (see
         # __init__); then the caller blocks in read if nothing came.
-        poll = self._readPoller.poll
+        poll = self._poller.poll
         deadline = monotonic() + self._spin
         while not poll(0) and monotonic() < deadline:
             pass
