@@ -403,8 +403,13 @@ def measure(
 ) -> list[Row]:
     """
     Run every workload C{data.sizes.runs} times on both endpoints,
-    alternating (reference, candidate, reference, ...) so that drift in the
-    machine's load hits both alike.
+    alternating so that drift in the machine's load hits both alike, and
+    in turn first (reference then candidate, then candidate then
+    reference, ...): a run leaves traces that slow the next one down (the
+    untar's 2,000 deleted files make ext4 skip their inodes for a while
+    when it allocates new ones: OpenSSH's own untar took 1.7-1.9 s run
+    after run with deletions in between, 0.7 s without), which must not
+    always fall on the same side.
     """
     rows = []
     for workload in workloads:
@@ -412,7 +417,10 @@ def measure(
         rows.append(row)
         failed: set[str] = set()
         for run in range(data.sizes.runs):
-            for endpoint, values in ((reference, row.reference), (candidate, row.candidate)):
+            pairs = [(reference, row.reference), (candidate, row.candidate)]
+            if run % 2:
+                pairs.reverse()
+            for endpoint, values in pairs:
                 if endpoint.unavailable is not None or endpoint.name in failed:
                     continue
                 try:
