@@ -494,12 +494,46 @@ class _StopReactorOnFailure(Service):
             reactor.stop()
 
 
-def makeTwistdService(options: TwistdOptions, reactor: Any = None) -> MultiService:
+class _SpinWhileRunning(Service):
+    """
+    While running, the reactor polls before it sleeps (see
+    L{conchshare.spin}).
+    """
+
+    def __init__(self, share: Any, reactor: Any = None) -> None:
+        self._share = share
+        self._reactor = reactor
+
+    def _getReactor(self) -> Any:
+        if self._reactor is not None:
+            return self._reactor
+        from twisted.internet import reactor
+
+        return reactor
+
+    def startService(self) -> None:
+        from conchshare.spin import spinBeforeSleeping
+
+        super().startService()  # type: ignore[no-untyped-call]
+        spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
+
+    def stopService(self) -> Any:
+        from conchshare.spin import stopSpinning
+
+        stopSpinning(self._getReactor())
+        return super().stopService()  # type: ignore[no-untyped-call]
+
+
+def makeTwistdService(
+    options: TwistdOptions, reactor: Any = None, *, spin: bool = False
+) -> MultiService:
     """
     The service twistd runs: the share service, its control socket and its
     events logged through C{twisted.logger}.  Builds, never starts, nothing
     (testable without a reactor).
 
+    @param spin: make the reactor poll before it sleeps (see
+        L{conchshare.spin}): only where this service is all it runs.
     @raise usage.UsageError: bad shares or options.
     """
     from conchshare.control import ControlService
@@ -516,6 +550,8 @@ def makeTwistdService(options: TwistdOptions, reactor: Any = None) -> MultiServi
     ControlService(share, args.control, reactor=reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     share.setServiceParent(top)  # type: ignore[no-untyped-call]
     _StopReactorOnFailure(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+    if spin:
+        _SpinWhileRunning(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top
 
 
@@ -525,6 +561,8 @@ Options = TwistdOptions
 
 def makeService(options: TwistdOptions) -> MultiService:
     """
-    twistd's entry point: L{makeTwistdService} with the global reactor.
+    twistd's entry point: L{makeTwistdService} with the global reactor,
+    which polls before it sleeps as the command's does (twistd runs this
+    service alone).
     """
-    return makeTwistdService(options)
+    return makeTwistdService(options, spin=True)

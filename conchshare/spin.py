@@ -28,7 +28,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-__all__ = ["ACTIVE", "SPIN", "SpinningPoller", "spinBeforeSleeping"]
+__all__ = ["ACTIVE", "SPIN", "SpinningPoller", "spinBeforeSleeping", "stopSpinning"]
 
 #: How long (seconds) to poll before sleeping.
 SPIN = 0.0002
@@ -111,3 +111,12 @@ def spinBeforeSleeping(
     spinning = SpinningPoller(poller, busy, spin)
     reactor._poller = spinning
     return spinning
+
+
+def stopSpinning(reactor: Any) -> None:
+    """
+    Undo L{spinBeforeSleeping}: C{reactor} sleeps at once again.
+    """
+    poller = getattr(reactor, "_poller", None)
+    if isinstance(poller, SpinningPoller):
+        reactor._poller = poller.poller

@@ -11,15 +11,17 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from twisted.application.service import IService, IServiceCollection, IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from conchshare.command import Options, makeService
+from conchshare.command import Options, makeService, makeTwistdService
 from conchshare.control import ControlService
 from conchshare.service import ShareService
+from conchshare.spin import SpinningPoller
 from tests.test_command_e2e import WAIT, Running, _Base, rawSftp, sshArgs
 
 #: twistd, run by this Python.
@@ -71,6 +73,38 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["mount", "--via", "ssh", "host", self.share, "--at", "mnt"])
         share = makeService(options).getServiceNamed("conchshare")
         self.assertEqual((share.options.mountAt, share.options.mountVia), ("mnt", "ssh"))
+
+    def test_spinWhileRunning(self) -> None:
+        """
+        The service twistd runs makes its epoll reactor poll before it
+        sleeps while it runs, and undoes that when it stops.
+        """
+        try:
+            from twisted.internet.epollreactor import EPollReactor
+        except ImportError:
+            raise SkipTest("No epoll reactor here")
+        reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+        epoll = reactor._poller
+        self.addCleanup(epoll.close)
+        options = Options()
+        options.parseOptions(["share", "--mode", "raw", "h", self.share])
+        top = makeTwistdService(options, reactor, spin=True)
+        self.assertIs(reactor._poller, epoll)
+        spin = [s for s in top if type(s).__name__ == "_SpinWhileRunning"]
+        self.assertEqual(len(spin), 1)
+        spin[0].startService()
+        self.assertIsInstance(reactor._poller, SpinningPoller)
+        self.assertIs(reactor._poller.poller, epoll)
+        spin[0].stopService()
+        self.assertIs(reactor._poller, epoll)
+        # Without spin (embedding programs, tests): nothing of the kind.
+        self.assertFalse(
+            [
+                s
+                for s in makeTwistdService(options, reactor)
+                if type(s).__name__ == "_SpinWhileRunning"
+            ]
+        )
 
     def test_usageErrors(self) -> None:
         """
