@@ -957,6 +957,37 @@ class ConcurrencyTests(SynchronousTestCase):
         self.assertEqual((h.avatar.lookup(b"/f").data == expected, h.core.buffered), (True, 0))
         self.assertEqual((h.disconnects, h.core.inFlight), (0, 0))
 
+    def test_keepableFeedNotCopied(self) -> None:
+        """
+        Fed C{keepable}, a WRITE's data reaches the avatar as a view of the
+        memory fed (no copy); fed otherwise, as a copy, so that the caller
+        may reuse its memory.
+        """
+        h = Harness()
+        h.init()
+        h.feed(request(3, 1, s(b"/f") + u32(WRITE | CREAT) + NO_ATTRS))
+        self.assertEqual(h.take(), handle(1, b"1"))
+        fileObj = h.avatar.openFiles[0]
+        fileObj.writesViews = True  # type: ignore[attr-defined]
+        written: list[memoryview] = []
+        writeChunk = fileObj.writeChunk
+
+        def recording(offset: int, data: memoryview) -> object:
+            written.append(data)
+            return writeChunk(offset, bytes(data))
+
+        fileObj.writeChunk = recording  # type: ignore[method-assign]
+        data = b"x" * 20000
+        kept = bytearray(request(6, 2, s(b"1") + u64(0) + s(data)))
+        h.core.dataReceived(kept, keepable=True)
+        copied = bytearray(request(6, 3, s(b"1") + u64(20000) + s(data)))
+        h.core.dataReceived(copied)
+        self.assertEqual(packets(h.take()), [ok(2), ok(3)])
+        self.assertEqual([bytes(chunk) for chunk in written], [data, data])
+        self.assertIs(written[0].obj, kept)
+        copied[-5:] = b"yyyyy"
+        self.assertEqual(bytes(written[1]), data)
+
     def test_bulkUploadInPieces(self) -> None:
         """
         WRITE packets split anywhere between feeds (in their length, their

@@ -13,6 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from conchshare.confined import ConfinedFile
 from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.threaded import SLOW, ThreadedServer
@@ -198,6 +199,48 @@ class ThreadedServerTests(SynchronousTestCase):
         replies = sorted(rid(body) for _, body in (served.receive(), served.receive()))
         self.assertEqual(replies, [1, 3])
         self.assertTrue(os.path.isdir(os.path.join(served.avatar.shares.shares[0].path, "d")))
+
+    def test_heldWriteKeepsItsData(self) -> None:
+        """
+        A WRITE's data waits in the buffer it was read into while the
+        write is held up (a slow disk); the requests read meanwhile go to
+        another buffer, and each file gets exactly its data.
+        """
+        served = self.served
+        served.settle()
+        handles = []
+        for n, name in enumerate((b"/s/a", b"/s/b"), 1):
+            served.send(request(3, n, s(name) + u32(2 | 8) + NO_ATTRS))
+            kind, body = served.receive()
+            self.assertEqual(kind, wire.FXP_HANDLE)
+            handles.append(body[8 : 8 + struct.unpack(">I", body[4:8])[0]])
+        release = threading.Event()
+        held = threading.Event()
+        write = ConfinedFile.write
+
+        def slow(confined: ConfinedFile, offset: int, data: bytes) -> None:
+            if confined.virtualPath == b"/s/a":
+                held.set()
+                release.wait(TIMEOUT)
+            write(confined, offset, data)
+
+        ConfinedFile.write = slow  # type: ignore[method-assign]
+        self.addCleanup(setattr, ConfinedFile, "write", write)
+        first, second = b"A" * 30000, b"B" * 30000
+        try:
+            served.send(request(6, 3, s(handles[0]) + struct.pack(">Q", 0) + s(first)))
+            self.assertTrue(held.wait(TIMEOUT))
+            served.send(request(6, 4, s(handles[1]) + struct.pack(">Q", 0) + s(second)))
+            kind, body = served.receive()
+            self.assertEqual((kind, rid(body)), (wire.FXP_STATUS, 4))
+        finally:
+            release.set()
+        kind, body = served.receive()
+        self.assertEqual((kind, rid(body)), (wire.FXP_STATUS, 3))
+        base = served.avatar.shares.shares[0].path
+        for name, data in (("a", first), ("b", second)):
+            with open(os.path.join(base, name), "rb") as f:
+                self.assertEqual(f.read(), data)
 
     def test_oversizedPacketEnds(self) -> None:
         """

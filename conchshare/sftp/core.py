@@ -386,6 +386,8 @@ class SFTPServerCore:
         self._outboxSize = 0
         self._corked = False
         self._processing = False
+        # The memory being fed may be kept (see dataReceived's keepable).
+        self._keepable = False
         self._initialised = False
         self._closing = False
         self._lost = False
@@ -430,10 +432,15 @@ class SFTPServerCore:
 
     # Feeding and flow control
 
-    def dataReceived(self, data: bytes | bytearray | memoryview) -> None:
+    def dataReceived(self, data: bytes | bytearray | memoryview, *, keepable: bool = False) -> None:
         """
-        Feed bytes received from the client.  C{data} is not kept: the
-        caller may reuse its memory afterwards.
+        Feed bytes received from the client.
+
+        @param keepable: whether C{data}'s memory is given away: then the
+            data of large packets (WRITEs) is used where it is, through
+            views, instead of copied out.  Otherwise C{data} is not kept,
+            and the caller may reuse its memory afterwards.  C{bytes} never
+            change: they are always keepable.
         """
         if self._closing:
             return
@@ -452,7 +459,11 @@ class SFTPServerCore:
             self._completeHead(data)
         else:
             # Parsed where it is; only what is left over is copied.
-            self._process(data)
+            self._keepable = keepable or type(data) is bytes
+            try:
+                self._process(data)
+            finally:
+                self._keepable = False
         if not self._closing and len(self._buffer) > _MAX_BUFFERED:
             self._abort("Client kept sending while paused")
 
@@ -630,9 +641,12 @@ class SFTPServerCore:
         # feed brought.
         flush = not self._corked
         self._corked = True
+        keep = self._keepable
         if data is None:
-            # Detached, so that nothing resizes it while it is viewed.
+            # Detached, so that nothing resizes it while it is viewed (and
+            # ours alone: its packets may be kept where they are).
             data, self._buffer = self._buffer, bytearray()
+            keep = True
         view = memoryview(data)
         holding = False
         try:
@@ -660,10 +674,13 @@ class SFTPServerCore:
                 if end > size:
                     partial = length
                     break
-                body = bytes(view[offset + 4 : end])
-                offset = end
                 if length >= _BULK:
                     self.fedBulk = True
+                    # WRITE data: kept where it is if the feed allows.
+                    body = view[offset + 4 : end] if keep else bytes(view[offset + 4 : end])
+                else:
+                    body = bytes(view[offset + 4 : end])
+                offset = end
                 self._packet(body)
             if not self._closing:
                 if partial and not self._buffer:

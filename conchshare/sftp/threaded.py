@@ -131,8 +131,8 @@ class ThreadedServer:
         self._outputGone = False
         self._finished = threading.Event()
         self._spin = spin
+        # Where stdin is read: WRITE data is kept there (see _freshBuffer).
         self._buffer = bytearray(READ_SIZE)
-        self._view = memoryview(self._buffer)
         self.core: SFTPServerCore | None = None
 
     # -- the avatar's runner ----------------------------------------------
@@ -264,6 +264,7 @@ class ThreadedServer:
         assert core is not None
         self._reading = True
         room = core.receiveBuffer()
+        self._freshBuffer()
         direct = 0
         self._lock.release()
         try:
@@ -291,8 +292,23 @@ class ThreadedServer:
         if direct:
             core.receivedInto(direct)
         if count > direct:
-            with self._view[: count - direct] as data:
-                core.dataReceived(data)
+            # Given away: the core keeps the data of WRITEs where it is,
+            # and the next read goes to another buffer while it does.
+            with memoryview(self._buffer) as view:
+                core.dataReceived(view[: count - direct], keepable=True)
+
+    def _freshBuffer(self) -> None:
+        # The core keeps WRITE data in the read buffer until written (no
+        # copy): a buffer still viewed is left to it, and reading goes on
+        # in a new one.  (A view pins a bytearray's size: growing it by a
+        # byte fails then.)
+        buffer = self._buffer
+        try:
+            buffer.append(0)
+        except BufferError:
+            self._buffer = bytearray(READ_SIZE)
+        else:
+            del buffer[-1]
 
     def _await(self) -> None:
         # Lock not held.  Poll stdin for up to self._spin seconds (see
