@@ -18,23 +18,46 @@ polling regardless made the same untar slower, 5.1 s).  And only right
 after activity (L{ACTIVE}): an idle tunnel's reactor sleeps as usual.  The
 cost is at most L{SPIN} of CPU time per wake-up of the reactor.
 
-Only the C{epoll} reactor (Linux) is changed; any other is left as it is.
+Only the C{epoll} reactor (Linux) is changed; any other is left as it is;
+and only where the process may run on two CPUs or more: on one, polling
+takes the CPU from the client's side of the round trip (the same untar,
+everything on one CPU: 1.26 s sleeping at once, 1.54 s polling).
 """
 
 from __future__ import annotations
 
+import os
 import select
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-__all__ = ["ACTIVE", "SPIN", "SpinningPoller", "spinBeforeSleeping", "stopSpinning"]
+__all__ = [
+    "ACTIVE",
+    "SPIN",
+    "SpinningPoller",
+    "spinBeforeSleeping",
+    "stopSpinning",
+    "worthSpinning",
+]
 
 #: How long (seconds) to poll before sleeping.
 SPIN = 0.0002
 
 #: Poll only if descriptors were ready this recently (seconds).
 ACTIVE = 0.01
+
+
+def worthSpinning() -> bool:
+    """
+    Whether polling before sleeping can pay: this process may run on two
+    CPUs or more, so that the client's side of a round trip runs on
+    another one meanwhile.
+    """
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) > 1
 
 
 class SpinningPoller:
@@ -102,11 +125,12 @@ def spinBeforeSleeping(
     command, not a library user's program).
 
     @param busy: see L{SpinningPoller}.
-    @return: the poller now in use, or L{None} if the reactor is another.
+    @return: the poller now in use, or L{None} if the reactor is another
+        (or polling cannot pay here: L{worthSpinning}).
     """
     poller = getattr(reactor, "_poller", None)
     epoll = getattr(select, "epoll", None)
-    if epoll is None or not isinstance(poller, epoll):
+    if epoll is None or not isinstance(poller, epoll) or not worthSpinning():
         return None
     spinning = SpinningPoller(poller, busy, spin)
     reactor._poller = spinning

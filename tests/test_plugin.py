@@ -18,6 +18,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from conchshare import spin
 from conchshare.command import Options, makeService, makeTwistdService
 from conchshare.control import ControlService
 from conchshare.service import ShareService
@@ -86,16 +87,17 @@ class MakeServiceTests(SynchronousTestCase):
         reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
         epoll = reactor._poller
         self.addCleanup(epoll.close)
+        self.patch(spin, "worthSpinning", lambda: True)
         options = Options()
         options.parseOptions(["share", "--mode", "raw", "h", self.share])
         top = makeTwistdService(options, reactor, spin=True)
         self.assertIs(reactor._poller, epoll)
-        spin = [s for s in top if type(s).__name__ == "_SpinWhileRunning"]
-        self.assertEqual(len(spin), 1)
-        spin[0].startService()
+        spinners = [s for s in top if type(s).__name__ == "_SpinWhileRunning"]
+        self.assertEqual(len(spinners), 1)
+        spinners[0].startService()
         self.assertIsInstance(reactor._poller, SpinningPoller)
         self.assertIs(reactor._poller.poller, epoll)
-        spin[0].stopService()
+        spinners[0].stopService()
         self.assertIs(reactor._poller, epoll)
         # Without spin (embedding programs, tests): nothing of the kind.
         self.assertFalse(

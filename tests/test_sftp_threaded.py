@@ -14,9 +14,9 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp import wire
+from conchshare.sftp import threaded, wire
 from conchshare.sftp.avatar import ShareSFTPServer
-from conchshare.sftp.threaded import SLOW, ThreadedServer
+from conchshare.sftp.threaded import SLOW, SPIN, ThreadedServer
 from conchshare.shares import ShareSet
 from tests.test_sftp_core import INIT, NO_ATTRS, READ, ok, request, s, u32
 
@@ -261,6 +261,19 @@ class ThreadedServerTests(SynchronousTestCase):
         served.send(request(7, 1, s(b"/s/f")))
         served.thread.join(TIMEOUT)
         self.assertFalse(served.thread.is_alive())
+
+
+class SpinTests(SynchronousTestCase):
+    def test_defaultSpin(self) -> None:
+        """
+        By default the reading thread polls for L{SPIN} seconds before it
+        blocks where the process may run on several CPUs, and not at all
+        on one.
+        """
+        for worth, expected in ((True, SPIN), (False, 0.0)):
+            self.patch(threaded, "worthSpinning", lambda worth=worth: worth)
+            self.assertEqual(ThreadedServer(0, 1)._spin, expected)
+        self.assertEqual(ThreadedServer(0, 1, spin=0.5)._spin, 0.5)
 
 
 class BackpressureTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ sleeps, only after activity and only while no worker call runs.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from conchshare import spin
 from conchshare.spin import ACTIVE, SpinningPoller, spinBeforeSleeping
 
 
@@ -132,6 +134,7 @@ class InstallTests(SynchronousTestCase):
             raise SkipTest("No epoll reactor here")
         reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
         self.addCleanup(reactor._poller.close)
+        self.patch(spin, "worthSpinning", lambda: True)
         spinning = spinBeforeSleeping(reactor, lambda: False)
         self.assertIsInstance(spinning, SpinningPoller)
         self.assertIs(reactor._poller, spinning)
@@ -163,6 +166,28 @@ class InstallTests(SynchronousTestCase):
         left.send(b"pong")
         reactor.doIteration(1)
         self.assertEqual(received, [b"ping", b"pong"])
+
+    def test_oneCPU(self) -> None:
+        """
+        Where the process may run on one CPU only, the reactor is left as
+        it is: polling would take the CPU from the client.
+        """
+        try:
+            from twisted.internet.epollreactor import EPollReactor
+        except ImportError:
+            raise SkipTest("No epoll reactor here")
+        reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+        epoll = reactor._poller
+        self.addCleanup(epoll.close)
+        self.patch(spin, "worthSpinning", lambda: False)
+        self.assertIsNone(spinBeforeSleeping(reactor, lambda: False))
+        self.assertIs(reactor._poller, epoll)
+
+    def test_worthSpinning(self) -> None:
+        """
+        Polling can pay where the process may run on several CPUs.
+        """
+        self.assertEqual(spin.worthSpinning(), len(os.sched_getaffinity(0)) > 1)
 
     def test_otherReactor(self) -> None:
         """

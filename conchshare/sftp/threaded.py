@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
+from conchshare.spin import worthSpinning
 
 __all__ = ["READ_SIZE", "ThreadedServer"]
 
@@ -85,7 +86,7 @@ class ThreadedServer:
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
-        spin: float = SPIN,
+        spin: float | None = None,
     ) -> None:
         """
         @param inputFd: where requests come from (blocking reads).
@@ -104,7 +105,9 @@ class ThreadedServer:
             and the reload of the interpreter's caches: measured, an sshfs
             untar of 2,000 files took 2.2 s blocking at once and 1.3 s
             polling for 100 µs first (OpenSSH's sftp-server: 0.7-1.0 s).
-            The cost is at most C{spin} of CPU time per request.
+            The cost is at most C{spin} of CPU time per request.  Default:
+            L{SPIN} where the process may run on two CPUs or more, 0 on
+            one (see L{conchshare.spin.worthSpinning}).
         """
         self._input = inputFd
         self._output = outputFd
@@ -130,6 +133,8 @@ class ThreadedServer:
         self._lost = False  # the core was told the connection is lost
         self._outputGone = False
         self._finished = threading.Event()
+        if spin is None:
+            spin = SPIN if worthSpinning() else 0.0
         self._spin = spin
         # Where stdin is read: WRITE data is kept there (see _freshBuffer).
         self._buffer = bytearray(READ_SIZE)
