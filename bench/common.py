@@ -6,6 +6,7 @@ server with C{sftp} and with C{sshfs}), the workloads, the measuring loop
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import shutil
@@ -319,15 +320,18 @@ def ddWrite(endpoint: Endpoint, data: Data) -> float:
     return data.sizes.bulk / MB / seconds
 
 
+# Each untar lands in a folder of its own, removed with the whole benchmark
+# only: deleting 2,000 files makes ext4 slower at allocating inodes for a
+# while after (OpenSSH's untar: 1.7-1.9 s run after run with deletions in
+# between, 0.7 s without), which would slow the runs that follow.
+_untars = itertools.count(1)
+
+
 def untar(endpoint: Endpoint, data: Data) -> float:
-    landed = os.path.join(data.folder, "untar")
-    shutil.rmtree(landed, ignore_errors=True)
+    name = f"untar-{next(_untars)}"
+    landed = os.path.join(data.folder, name)
     os.mkdir(landed)
-    try:
-        mount = _mounted(endpoint, data)
-    except Failed:
-        shutil.rmtree(landed)
-        raise
+    mount = _mounted(endpoint, data)
     try:
         seconds = timed(
             [
@@ -336,7 +340,7 @@ def untar(endpoint: Endpoint, data: Data) -> float:
                 "-xf",
                 os.path.join(data.scratch, "untar.tar"),
                 "-C",
-                os.path.join(mount.mountPoint, "untar"),
+                os.path.join(mount.mountPoint, name),
             ],
             "untar",
             data.timeout(),
@@ -344,7 +348,6 @@ def untar(endpoint: Endpoint, data: Data) -> float:
     finally:
         mount.unmount()
         count = sum(len(files) for _, _, files in os.walk(landed))
-        shutil.rmtree(landed, ignore_errors=True)
     if count != data.sizes.untarFiles:
         raise Failed(f"untar: {count} files landed, expected {data.sizes.untarFiles}")
     return seconds
@@ -405,11 +408,8 @@ def measure(
     Run every workload C{data.sizes.runs} times on both endpoints,
     alternating so that drift in the machine's load hits both alike, and
     in turn first (reference then candidate, then candidate then
-    reference, ...): a run leaves traces that slow the next one down (the
-    untar's 2,000 deleted files make ext4 skip their inodes for a while
-    when it allocates new ones: OpenSSH's own untar took 1.7-1.9 s run
-    after run with deletions in between, 0.7 s without), which must not
-    always fall on the same side.
+    reference, ...): what a run leaves behind (dirty pages, files to write
+    back) must not always slow the same side.
     """
     rows = []
     for workload in workloads:
