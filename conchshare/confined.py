@@ -1131,15 +1131,18 @@ class ConfinedFilesystem:
                 self._retired.append(entry[0])
             return fd
 
-    def _rootCached(self, share: Share) -> int | None:
+    def _inMemory(self, share: Share) -> tuple[MountKey, int] | None:
         """
-        The descriptor of C{share}'s folder if its path was checked lately
-        (never blocks).
+        The mount of C{share} and its folder's descriptor, if what is below
+        may be read from the kernel's memory (see L{statCached}): the share
+        is on a local filesystem and its path was checked lately.  Never
+        blocks.
         """
+        mount = self._localMounts.get(share.path)
         entry = self._roots.get(share.path)
-        if entry is None or time.monotonic() - entry[3] >= ROOT_RECHECK:
+        if mount is None or entry is None or time.monotonic() - entry[3] >= ROOT_RECHECK:
             return None
-        return entry[0]
+        return mount, entry[0]
 
     def _lookup(
         self, path: bytes, *, creating: bool = False
@@ -1363,12 +1366,10 @@ class ConfinedFilesystem:
         if isinstance(found, VirtualDirectory):
             return self._virtualAttrs()
         share, components = found
-        mount = self._localMounts.get(share.path)
-        if mount is None:
+        inMemory = self._inMemory(share)
+        if inMemory is None:
             return None
-        root = self._rootCached(share)
-        if root is None:
-            return None
+        mount, root = inMemory
         if components:
             fd = _memory.openBeneath(root, b"/".join(components))
             if fd < 0:
@@ -1404,12 +1405,10 @@ class ConfinedFilesystem:
         if isinstance(found, VirtualDirectory):
             return None
         share, components = found
-        mount = self._localMounts.get(share.path)
-        if mount is None:
+        inMemory = self._inMemory(share)
+        if inMemory is None:
             return None
-        root = self._rootCached(share)
-        if root is None:
-            return None
+        mount, root = inMemory
         fd = _memory.openDirectoryBeneath(root, b"/".join(components) or b".")
         failure = ctypes.get_errno()
         if fd < 0:

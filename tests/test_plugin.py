@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 from twisted.application.service import IService, IServiceCollection, IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare import spin
 from conchshare.command import Options, makeService, makeTwistdService
@@ -24,6 +23,7 @@ from conchshare.control import ControlService
 from conchshare.service import ShareService
 from conchshare.spin import SpinningPoller
 from tests.test_command_e2e import WAIT, Running, _Base, rawSftp, sshArgs
+from tests.test_spin import epollReactor
 
 #: twistd, run by this Python.
 TWISTD = [
@@ -80,13 +80,8 @@ class MakeServiceTests(SynchronousTestCase):
         The service twistd runs makes its epoll reactor poll before it
         sleeps while it runs, and undoes that when it stops.
         """
-        try:
-            from twisted.internet.epollreactor import EPollReactor
-        except ImportError:
-            raise SkipTest("No epoll reactor here")
-        reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+        reactor = epollReactor(self)
         epoll = reactor._poller
-        self.addCleanup(epoll.close)
         self.patch(spin, "worthSpinning", lambda: True)
         options = Options()
         options.parseOptions(["share", "--mode", "raw", "h", self.share])

@@ -17,6 +17,20 @@ from conchshare import spin
 from conchshare.spin import ACTIVE, SpinningPoller, spinBeforeSleeping
 
 
+def epollReactor(case: SynchronousTestCase) -> Any:
+    """
+    A new (not installed) epoll reactor, its poller closed after C{case};
+    skips C{case} where there is none.
+    """
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:
+        raise SkipTest("No epoll reactor here")
+    reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+    case.addCleanup(reactor._poller.close)
+    return reactor
+
+
 class FakePoller:
     """
     An epoll stand-in: each poll advances the clock by C{step} and returns
@@ -128,12 +142,7 @@ class InstallTests(SynchronousTestCase):
         On Twisted's epoll reactor, the poller is replaced and the reactor
         still delivers events.
         """
-        try:
-            from twisted.internet.epollreactor import EPollReactor
-        except ImportError:
-            raise SkipTest("No epoll reactor here")
-        reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
-        self.addCleanup(reactor._poller.close)
+        reactor = epollReactor(self)
         self.patch(spin, "worthSpinning", lambda: True)
         spinning = spinBeforeSleeping(reactor, lambda: False)
         self.assertIsInstance(spinning, SpinningPoller)
@@ -172,13 +181,8 @@ class InstallTests(SynchronousTestCase):
         Where the process may run on one CPU only, the reactor is left as
         it is: polling would take the CPU from the client.
         """
-        try:
-            from twisted.internet.epollreactor import EPollReactor
-        except ImportError:
-            raise SkipTest("No epoll reactor here")
-        reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+        reactor = epollReactor(self)
         epoll = reactor._poller
-        self.addCleanup(epoll.close)
         self.patch(spin, "worthSpinning", lambda: False)
         self.assertIsNone(spinBeforeSleeping(reactor, lambda: False))
         self.assertIs(reactor._poller, epoll)
