@@ -254,14 +254,6 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 # os.fsencode is str.encode() then, but for undecodable names (surrogates).
 _FS_UTF8 = (_FS_ENCODING, _FS_ERRORS) == ("utf-8", "surrogateescape")
 _U32 = struct.Struct(">I")
-# ATTRS with every field a stat gives (what attrsFromStat makes).
-_ATTRS_BODY = struct.Struct(">IQIIIII")
-_ALL_ATTRS = (
-    wire.FILEXFER_ATTR_SIZE
-    | wire.FILEXFER_ATTR_UIDGID
-    | wire.FILEXFER_ATTR_PERMISSIONS
-    | wire.FILEXFER_ATTR_ACMODTIME
-)
 
 
 # An entry's packers by the lengths of its name and long name: a listing's
@@ -272,11 +264,11 @@ _entryPackers: dict[tuple[int, int], Callable[..., bytes]] = {}
 def _entryPacker(nameLength: int, lineLength: int) -> Callable[..., bytes]:
     """
     Pack a NAME reply's entry with every attribute: name length, name, long
-    name length, long name, then the ATTRS fields of L{_ATTRS_BODY}.
+    name length, long name, then the ATTRS fields of L{wire.ALL_ATTRS_BODY}.
     """
     if len(_entryPackers) >= _CACHE_SIZE:
         _entryPackers.clear()
-    pack = struct.Struct(f">I{nameLength}sI{lineLength}s{_ATTRS_BODY.format[1:]}").pack
+    pack = struct.Struct(f">I{nameLength}sI{lineLength}s{wire.ALL_ATTRS_BODY.format[1:]}").pack
     _entryPackers[nameLength, lineLength] = pack
     return pack
 
@@ -1011,7 +1003,7 @@ class ConfinedDirectory:
             if pack is None:
                 pack = _entryPacker(n, m)
             try:
-                append(pack(n, name, m, line, _ALL_ATTRS, size, uid, gid, mode, atime, mtime))
+                append(pack(n, name, m, line, wire.ALL_ATTRS, size, uid, gid, mode, atime, mtime))
             except struct.error:
                 attrs = _encodeAttrs(size, uid, gid, mode, atime, mtime)
                 append(b"%s%s%s%s%s" % (u32(n), name, u32(m), line, attrs))

@@ -389,28 +389,27 @@ class ShareDirectory:
             entries; it fails with L{EOFError} when none are left.
         """
         confined = self.confined
-        if self._executor.sharedFree(self._keys[0]):
-            # Nothing of this directory's runs in a worker: what was read
-            # ahead, or the end, is known here.
-            batch = confined.takePrefetched(maximum)
-            if batch:
-                return succeed(batch)
-            if confined.exhausted:
-                return fail(EOFError("End of directory"))
-        return self._executor.run(self._keys, confined.read, maximum)
+        return self._batch(confined.takePrefetched, confined.read, maximum)
 
     def readEncoded(self, maximum: int) -> Deferred[list[bytes]]:
         """
         L{readBatch}, each entry encoded (see L{IEncodedDirectory}).
         """
         confined = self.confined
+        return self._batch(confined.takePrefetchedEncoded, confined.readEncoded, maximum)
+
+    def _batch(
+        self, take: Callable[[int], list[Any]], read: Callable[[int], list[Any]], maximum: int
+    ) -> Deferred[Any]:
         if self._executor.sharedFree(self._keys[0]):
-            batch = confined.takePrefetchedEncoded(maximum)
+            # Nothing of this directory's runs in a worker: what was read
+            # ahead, or the end, is known here.
+            batch = take(maximum)
             if batch:
                 return succeed(batch)
-            if confined.exhausted:
+            if self.confined.exhausted:
                 return fail(EOFError("End of directory"))
-        return self._executor.run(self._keys, confined.readEncoded, maximum)
+        return self._executor.run(self._keys, read, maximum)
 
     def close(self) -> Deferred[None]:
         """

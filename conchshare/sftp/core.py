@@ -72,13 +72,6 @@ _CORK_LIMIT = 64 * 1024
 # field (what a stat gives); anything else goes through L{wire}.
 _OK_BODY = wire.u32(wire.FX_OK) + wire.string(_OK) + wire.string(b"")
 _OK_LENGTH = len(_OK_BODY) + 5
-_ATTRS_BODY = struct.Struct(">IQIIIII")
-_ALL_ATTRS_FLAGS = (
-    wire.FILEXFER_ATTR_SIZE
-    | wire.FILEXFER_ATTR_UIDGID
-    | wire.FILEXFER_ATTR_PERMISSIONS
-    | wire.FILEXFER_ATTR_ACMODTIME
-)
 _ALL_ATTRS_KEYS = frozenset(("size", "uid", "gid", "permissions", "atime", "mtime"))
 
 
@@ -89,8 +82,8 @@ def _okReply(_: object, requestId: int) -> bytes:
 def _encodeAttrs(attrs: Any) -> bytes:
     if attrs.keys() == _ALL_ATTRS_KEYS:
         try:
-            return _ATTRS_BODY.pack(
-                _ALL_ATTRS_FLAGS,
+            return wire.ALL_ATTRS_BODY.pack(
+                wire.ALL_ATTRS,
                 attrs["size"],
                 attrs["uid"],
                 attrs["gid"],

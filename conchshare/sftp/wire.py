@@ -62,6 +62,13 @@ FILEXFER_ATTR_PERMISSIONS = 0x00000004
 FILEXFER_ATTR_ACMODTIME = 0x00000008
 FILEXFER_ATTR_EXTENDED = 0x80000000
 
+#: The flags of an ATTRS with every field a stat gives, and its layout
+#: (flags, size, uid, gid, permissions, atime, mtime).
+ALL_ATTRS = (
+    FILEXFER_ATTR_SIZE | FILEXFER_ATTR_UIDGID | FILEXFER_ATTR_PERMISSIONS | FILEXFER_ATTR_ACMODTIME
+)
+ALL_ATTRS_BODY = struct.Struct(">IQIIIII")
+
 # OPEN flags (draft-02 section 6.3); passed to the avatar unchanged.
 FXF_READ = 0x00000001
 FXF_WRITE = 0x00000002
