@@ -41,7 +41,9 @@ from functools import lru_cache, partial
 from typing import Any
 
 from conchshare.sftp import wire
+from conchshare.sftp.workers import FALLBACK, RingCall
 from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
+from conchshare.uring import OpenHow
 
 __all__ = [
     "MAX_READ",
@@ -344,16 +346,8 @@ _SYS_OPENAT2 = 437  # the same number on every Linux architecture
 _RESOLVE = 0x02 | 0x04 | 0x08  # NO_MAGICLINKS | NO_SYMLINKS | BENEATH
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
-
-
 # Read-only for the kernel: one structure serves every thread.
-_HOW = _OpenHow(_WALK & ~os.O_NOFOLLOW, 0, _RESOLVE)
+_HOW = OpenHow(_WALK & ~os.O_NOFOLLOW, 0, _RESOLVE)
 
 
 def _openat2Syscall() -> Any:
@@ -426,11 +420,25 @@ def _openEntry(directory: int, path: bytes, flags: int, mode: int = 0) -> int:
     assert syscall is not None
     found = _hows.get((flags, mode))
     if found is None:
-        how = _OpenHow(flags | os.O_NOFOLLOW, mode, _RESOLVE)
+        how = OpenHow(flags | os.O_NOFOLLOW, mode, _RESOLVE)
         if len(_hows) >= _HOWS_KEPT:
             _hows.clear()
         found = _hows[flags, mode] = (ctypes.addressof(how), how)
-    return int(syscall(_SYS_OPENAT2, directory, path, found[0], ctypes.sizeof(_OpenHow)))
+    return int(syscall(_SYS_OPENAT2, directory, path, found[0], ctypes.sizeof(OpenHow)))
+
+
+# The open_how of each (flags, mode) opened through the ring (kept: the
+# kernel reads it during the call).
+_ringHows: dict[tuple[int, int], OpenHow] = {}
+
+
+def _ringHow(flags: int, mode: int) -> OpenHow:
+    how = _ringHows.get((flags, mode))
+    if how is None:
+        if len(_ringHows) >= _HOWS_KEPT:
+            _ringHows.clear()
+        how = _ringHows[flags, mode] = OpenHow(flags, mode, _RESOLVE)
+    return how
 
 
 # Answering STAT, LSTAT and FSTAT in the reactor thread, only where the
@@ -522,22 +530,22 @@ class _CachedCalls:
         self._statfs = libc.statfs
         self._statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         self._statfs.restype = ctypes.c_int
-        self._howPath = _OpenHow(
+        self._howPath = OpenHow(
             getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | _CLOEXEC,
             0,
             _RESOLVE | _RESOLVE_NO_XDEV | _RESOLVE_CACHED,
         )
-        self._howRoot = _OpenHow(
+        self._howRoot = OpenHow(
             getattr(os, "O_PATH", 0) | os.O_DIRECTORY | _CLOEXEC, 0, _RESOLVE_CACHED
         )
-        self._howDirectory = _OpenHow(
+        self._howDirectory = OpenHow(
             os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC,
             0,
             _RESOLVE | _RESOLVE_NO_XDEV | _RESOLVE_CACHED,
         )
-        self._size = ctypes.sizeof(_OpenHow)
+        self._size = ctypes.sizeof(OpenHow)
 
-    def _open(self, directory: int, path: bytes, how: _OpenHow) -> int:
+    def _open(self, directory: int, path: bytes, how: OpenHow) -> int:
         return int(self._syscall(_SYS_OPENAT2, directory, path, ctypes.addressof(how), self._size))
 
     def openRoot(self, path: bytes) -> int:
@@ -709,6 +717,175 @@ class _Unresolved(Exception):
         self.rest = rest
 
 
+# -- calls in the kernel (io_uring) ---------------------------------------
+#
+# The same fast paths as ConfinedFilesystem._direct and ConfinedFile's
+# calls, made by the kernel (conchshare.uring) and completed on the
+# reactor thread: anything other than the plain case (a symlink on the
+# way, an existing file to open, an error the walk reports better) falls
+# back to the call in a worker thread.
+
+_STATX_BASIC = 0x07FF
+_AT_SYMLINK_NOFOLLOW = 0x100
+_RING_PATH = OpenHow(_ENTRY | _CLOEXEC, 0, _RESOLVE)
+
+
+def _errorOf(result: int) -> OSError:
+    code = -result
+    return OSError(code, os.strerror(code))
+
+
+def _closeLater(ring: Any, fd: int) -> None:
+    # A descriptor we are done with, closed by the kernel (the last close
+    # of a deleted file frees it, which may wait for the disk).
+    if not ring.closeFile(fd, _ignoreResult):
+        os.close(fd)
+
+
+def _ignoreResult(result: int) -> None:
+    pass
+
+
+class _RingStat(RingCall):
+    """
+    STAT or LSTAT of an entry below a share's root: from the kernel's
+    caches if it has the entry (it often has by the time this call's turn
+    comes: sshfs asks for the attributes of a file it is creating), else
+    openat2 (O_PATH, no symlink on the way), then statx of the descriptor.
+    """
+
+    def __init__(
+        self, root: int, path: bytes, follow: bool, cached: Callable[[], Attrs | None] | None
+    ) -> None:
+        self.root = root
+        self.path = path
+        self.follow = follow
+        self.cached = cached
+
+    def start(self, ring: Any, report: Callable[[Any], None]) -> bool:
+        if self.cached is not None:
+            try:
+                attrs = self.cached()
+            except OSError as e:
+                report((False, e))
+                return True
+            if attrs is not None:
+                report((True, attrs))
+                return True
+        self.ring = ring
+        self.report = report
+        return bool(ring.openat2(self.root, self.path, _RING_PATH, self._opened))
+
+    def _opened(self, result: int) -> None:
+        if result < 0:
+            if result == -errno.ENOENT:
+                self.report((False, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))))
+            else:
+                self.report(FALLBACK)
+            return
+        self.fd = result
+        self.found = _Statx()
+        if not self.ring.statx(
+            result, _AT_SYMLINK_NOFOLLOW, _STATX_BASIC, self.found, self._statted
+        ):
+            _closeLater(self.ring, result)
+            self.report(FALLBACK)
+
+    def _statted(self, result: int) -> None:
+        _closeLater(self.ring, self.fd)
+        found = self.found
+        if (
+            result < 0
+            or found.mask & _STATX_BASIC != _STATX_BASIC
+            or (self.follow and stat.S_ISLNK(found.mode))
+        ):
+            self.report(FALLBACK)
+        else:
+            self.report((True, _attrsFromStatx(found)))
+
+
+class _RingCreate(RingCall):
+    """
+    OPEN with FXF_CREAT of a new file: one openat2 with O_CREAT|O_EXCL.
+    """
+
+    def __init__(
+        self, root: int, path: bytes, how: OpenHow, exclusive: bool, made: Callable[[int], Any]
+    ) -> None:
+        self.root = root
+        self.path = path
+        self.how = how
+        self.exclusive = exclusive
+        self.made = made
+
+    def start(self, ring: Any, report: Callable[[Any], None]) -> bool:
+        self.report = report
+        return bool(ring.openat2(self.root, self.path, self.how, self._opened))
+
+    def _opened(self, result: int) -> None:
+        if result >= 0:
+            self.report((True, self.made(result)))
+        elif result == -errno.EEXIST and self.exclusive:
+            self.report((False, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))))
+        else:
+            self.report(FALLBACK)
+
+
+class _RingWrite(RingCall):
+    """
+    WRITE at an offset (not in append mode), continued after a short write.
+    """
+
+    def __init__(self, fd: int, offset: int, data: Any) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.data = data
+
+    def start(self, ring: Any, report: Callable[[Any], None]) -> bool:
+        self.ring = ring
+        self.report = report
+        return bool(ring.write(self.fd, self.data, self.offset, self._wrote))
+
+    def _wrote(self, result: int) -> None:
+        if result < 0:
+            self.report((False, _errorOf(result)))
+            return
+        rest = memoryview(self.data)[result:]
+        if not rest:
+            self.report((True, None))
+            return
+        if result == 0:
+            self.report(FALLBACK)  # the thread's pwrite says why
+            return
+        self.offset += result
+        self.data = rest
+        if not self.ring.write(self.fd, rest, self.offset, self._wrote):
+            self.report(FALLBACK)
+
+
+class _RingClose(RingCall):
+    """
+    CLOSE of an open file.
+    """
+
+    def __init__(self, confined: ConfinedFile) -> None:
+        self.confined = confined
+
+    def start(self, ring: Any, report: Callable[[Any], None]) -> bool:
+        confined = self.confined
+        if confined.closed:
+            return False
+        self.report = report
+        confined.closed = True
+        if ring.closeFile(confined._fd, self._closed):
+            return True
+        confined.closed = False
+        return False
+
+    def _closed(self, result: int) -> None:
+        self.report((True, None) if result >= 0 else (False, _errorOf(result)))
+
+
 class ConfinedFile:
     """
     An open regular file of a share.  Blocking; not thread-safe (the avatar
@@ -820,6 +997,21 @@ class ConfinedFile:
         if not self.closed:
             self.closed = True
             os.close(self._fd)
+
+    def ringWrite(self, offset: int, data: Any) -> RingCall | None:
+        """
+        L{write} as a call in the kernel (see L{conchshare.uring}); L{None}
+        in append mode.
+        """
+        if self.append or self.closed:
+            return None
+        return _RingWrite(self._fd, offset, data)
+
+    def ringClose(self) -> RingCall:
+        """
+        L{close} as a call in the kernel.
+        """
+        return _RingClose(self)
 
 
 def _setAttrsOnFd(fd: int, attrs: Mapping[str, object]) -> None:
@@ -1435,6 +1627,64 @@ class ConfinedFilesystem:
             return None
         return _attrsFromStatx(got)
 
+    def _ringRoot(self, path: bytes, *, creating: bool = False) -> tuple[Share, int, bytes] | None:
+        # The share, its folder's descriptor and the relative path for a
+        # call in the kernel, without blocking: the folder checked lately,
+        # an entry below it.  None: the call runs in a thread.
+        if _openat2Function is None:
+            return None
+        try:
+            found = self._lookup(path, creating=creating)
+        except OSError:
+            return None
+        if isinstance(found, VirtualDirectory) or not found[1]:
+            return None
+        share, components = found
+        entry = self._roots.get(share.path)
+        if entry is None or time.monotonic() - entry[3] >= ROOT_RECHECK:
+            return None
+        return share, entry[0], b"/".join(components)
+
+    def ringStat(
+        self, path: bytes, *, follow: bool = True, cachedFirst: bool = True
+    ) -> RingCall | None:
+        """
+        L{stat} as a call in the kernel (see L{conchshare.uring}), when
+        it can be one; L{None} otherwise.
+
+        @param cachedFirst: try L{statCached} first, when the call starts
+            (L{False}: the caller just did, and the call starts at once).
+        """
+        found = self._ringRoot(path)
+        if found is None:
+            return None
+        cached = partial(self.statCached, path, follow=follow) if cachedFirst else None
+        return _RingStat(found[1], found[2], follow, cached)
+
+    def ringOpenFile(self, path: bytes, flags: int, attrs: Mapping[str, object]) -> RingCall | None:
+        """
+        L{openFile} as a call in the kernel, for the creation of a new file
+        (FXF_CREAT) in a writable share; L{None} otherwise.
+        """
+        if not flags & FXF_CREAT:
+            return None
+        mode = _number(attrs, "permissions", 0o666) & 0o777 & ~self.umask
+        if mode & self._processUmask:
+            return None  # needs an fchmod after the open
+        found = self._ringRoot(path, creating=True)
+        if found is None or found[0].readOnly:
+            return None
+        share, root, relative = found
+        osFlags = self._osFlags(flags) & ~os.O_NONBLOCK
+        how = _ringHow(osFlags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, mode)
+        append = bool(flags & FXF_APPEND)
+        virtualPath = share.virtualPath + b"/" + relative
+
+        def made(fd: int) -> ConfinedFile:
+            return ConfinedFile(fd, share, append=append, virtualPath=virtualPath)
+
+        return _RingCreate(root, relative, how, bool(flags & FXF_EXCL), made)
+
     def _direct(
         self,
         path: bytes,
@@ -1594,15 +1844,7 @@ class ConfinedFilesystem:
         permissions (default 0666) minus the umask.
         """
         mutating = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
-        if flags & (FXF_WRITE | FXF_APPEND):
-            osFlags = os.O_RDWR if flags & FXF_READ else os.O_WRONLY
-        else:
-            osFlags = os.O_RDONLY
-        if flags & FXF_APPEND:
-            osFlags |= os.O_APPEND
-        if flags & FXF_TRUNC:
-            osFlags |= os.O_TRUNC
-        osFlags |= os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+        osFlags = self._osFlags(flags)
         # Like OpenSSH: no set-id or sticky bits on create.
         mode = _number(attrs, "permissions", 0o666) & 0o777 & ~self.umask
         if flags & FXF_CREAT:
@@ -1653,6 +1895,20 @@ class ConfinedFilesystem:
             return ConfinedFile(
                 fd, place.share, append=bool(flags & FXF_APPEND), virtualPath=place.virtualPath
             )
+
+    @staticmethod
+    def _osFlags(flags: int) -> int:
+        # The open(2) flags of an OPEN's FXF_* flags (not O_CREAT: see
+        # openFile).
+        if flags & (FXF_WRITE | FXF_APPEND):
+            osFlags = os.O_RDWR if flags & FXF_READ else os.O_WRONLY
+        else:
+            osFlags = os.O_RDONLY
+        if flags & FXF_APPEND:
+            osFlags |= os.O_APPEND
+        if flags & FXF_TRUNC:
+            osFlags |= os.O_TRUNC
+        return osFlags | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 
     def _created(
         self, fd: int, share: Share, components: tuple[bytes, ...], flags: int, mode: int

@@ -54,8 +54,9 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
-from conchshare.sftp.workers import Batch, Job, KeyOrder, Workers, orderedKeys
+from conchshare.sftp.workers import Batch, Job, KeyOrder, RingCall, Workers, orderedKeys
 from conchshare.shares import ShareSet
+from conchshare.uring import ringFor
 
 __all__ = [
     "PathOrder",
@@ -143,6 +144,9 @@ class PathOrder:
     #: Reads are never taken out of the runner's hands.
     inlineReads = False
 
+    #: Nor are calls handed to the kernel (see L{Workers.ring}).
+    ring = None
+
     def __init__(self, runner: Runner | None = None) -> None:
         """
         @param runner: how to run each call once its turn comes (default:
@@ -167,12 +171,14 @@ class PathOrder:
         *args: Any,
         shared: bool = False,
         batch: Batch | None = None,
+        ring: RingCall | None = None,
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} once every earlier call on one of C{keys} is
         done (shared calls run alongside each other).
 
         @param batch: ignored: calls run one by one.
+        @param ring: ignored: calls run in the runner.
         @return: a Deferred firing with C{function}'s result (or failure).
         """
         job = Job(orderedKeys(keys), shared, function, args)
@@ -319,7 +325,15 @@ class ShareFile:
             at C{offset} (at the end in append mode); or failing with
             L{OSError}.
         """
-        return self._executor.run(self._keys, self.confined.write, offset, data, batch=self._writes)
+        executor = self._executor
+        return executor.run(
+            self._keys,
+            self.confined.write,
+            offset,
+            data,
+            batch=self._writes,
+            ring=self.confined.ringWrite(offset, data) if executor.ring is not None else None,
+        )
 
     def getAttrs(self) -> Deferred[dict[str, object]] | dict[str, object]:
         """
@@ -351,7 +365,12 @@ class ShareFile:
         @return: a Deferred firing with L{None} once every earlier request
             on this file is done and the file is closed.
         """
-        return self._executor.run(self._keys, self.confined.close)
+        executor = self._executor
+        return executor.run(
+            self._keys,
+            self.confined.close,
+            ring=self.confined.ringClose() if executor.ring is not None else None,
+        )
 
 
 @implementer(IEncodedDirectory)
@@ -458,6 +477,7 @@ class ShareSFTPServer:
         runner: Runner | None = None,
         threads: int = 8,
         inlineCalls: bool = False,
+        ring: bool = True,
     ) -> None:
         """
         @param shares: what is shared.
@@ -473,6 +493,10 @@ class ShareSFTPServer:
             reads, attributes and directories the kernel has in memory) may
             be made in the calling thread instead (always, with the default
             L{Workers}).
+        @param ring: with the default L{Workers}: let the kernel make the
+            common calls (create, write, close, stat) through io_uring
+            where it is usable (see L{conchshare.uring}), instead of a
+            worker thread.
         """
         self.shares = shares
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
@@ -484,7 +508,8 @@ class ShareSFTPServer:
         elif threadpool is not None:
             order = PathOrder(_threadPoolRunner(_defaultReactor(reactor), threadpool))
         else:
-            order = Workers(_defaultReactor(reactor), threads)
+            reactor = _defaultReactor(reactor)
+            order = Workers(reactor, threads, ring=ringFor(reactor) if ring else None)
         self._order: Executor = order
         #: The L{Workers} running the calls (L{None} with a runner or pool).
         self.workers = order if isinstance(order, Workers) else None
@@ -560,8 +585,17 @@ class ShareSFTPServer:
         key = self._key(filename)
         # A plain open for reading changes nothing a later request sees.
         shared = not flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
-        d = self._order.run(
-            (key,), self.filesystem.openFile, key, flags, dict(attrs), shared=shared
+        order = self._order
+        d = order.run(
+            (key,),
+            self.filesystem.openFile,
+            key,
+            flags,
+            dict(attrs),
+            shared=shared,
+            ring=self.filesystem.ringOpenFile(key, flags, attrs)
+            if order.ring is not None
+            else None,
         )
         d.addCallback(ShareFile, self._order, key=key, filesystem=self.filesystem)
         return d
@@ -623,14 +657,20 @@ class ShareSFTPServer:
         """
         key = self._key(path)
         order = self._order
-        if order.inlineReads and order.sharedFree(key):
+        free = order.inlineReads and order.sharedFree(key)
+        if free:
             # Attributes the kernel has in memory: read here, in the
             # reactor thread, without a round trip to a worker.
             attrs = self.filesystem.statCached(key, follow=followLinks)
             if attrs is not None:
                 return attrs
         call = self._stat if followLinks else self._lstat
-        return order.run((key,), call, key, shared=True)
+        ring = None
+        if order.ring is not None:
+            # When its turn comes, the kernel may have the entry in memory
+            # (sshfs asks for the attributes of the file it is creating).
+            ring = self.filesystem.ringStat(key, follow=followLinks, cachedFirst=not free)
+        return order.run((key,), call, key, shared=True, ring=ring)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
         return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)

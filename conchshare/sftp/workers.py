@@ -33,6 +33,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from time import monotonic
 from typing import Any
 
@@ -41,6 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = [
+    "FALLBACK",
     "Batch",
     "Job",
     "KeyOrder",
@@ -49,6 +51,7 @@ __all__ = [
     "holdWakeups",
     "orderedKeys",
     "releaseWakeups",
+    "RingCall",
 ]
 
 # While Workers._collect fires a batch of results (in the reactor thread):
@@ -136,7 +139,7 @@ class Job:
     arguments, and the Deferred its result goes to.
     """
 
-    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value", "batch")
+    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value", "batch", "ring")
 
     def __init__(
         self,
@@ -145,12 +148,14 @@ class Job:
         function: Callable[..., Any],
         args: tuple[Any, ...],
         batch: Batch | None = None,
+        ring: RingCall | None = None,
     ) -> None:
         self.keys = keys
         self.shared = shared
         self.function = function
         self.args = args
         self.batch = batch
+        self.ring = ring
         self.deferred: Deferred[Any] = Deferred()
         self.ok = True
         self.value: Any = None
@@ -173,6 +178,36 @@ class Job:
             self.deferred.callback(self.value)
         else:
             self.deferred.errback(Failure(self.value))  # type: ignore[no-untyped-call]
+
+
+#: What L{RingCall.start} is given to report with: C{(True, result)},
+#: C{(False, exception)}, or L{FALLBACK} (run the call in a thread after all).
+RingOutcome = Any
+
+#: Reported by a L{RingCall} that cannot finish its call in the kernel (a
+#: symlink on the way, say): the call's function then runs in a worker
+#: thread, still holding its keys.
+FALLBACK = object()
+
+
+class RingCall:
+    """
+    A call that may run in the kernel (io_uring) instead of a worker
+    thread: what the avatar hands L{Workers.run} beside the function.
+    """
+
+    def start(self, ring: Any, report: Callable[[RingOutcome], None]) -> bool:
+        """
+        Submit the call's first operation to C{ring}, in the reactor thread.
+        C{report} is called once, in the reactor thread, with C{(True,
+        result)}, C{(False, exception)} or L{FALLBACK}: later, or at once
+        (before returning L{True}) when the call needs no system call that
+        may wait.
+
+        @return: whether it was submitted (L{False}: nothing started; the
+            call runs in a thread).
+        """
+        raise NotImplementedError()
 
 
 class _Key:
@@ -263,6 +298,12 @@ class KeyOrder:
                 check.extend(head.keys)
         return started
 
+    def alone(self, job: Job) -> bool:
+        """
+        Whether no call waits behind C{job} (running) on any of its keys.
+        """
+        return not any(self._keys[key].waiting for key in job.keys)
+
     def joining(self, job: Job) -> list[Job]:
         """
         C{job}, which was just started, and the calls waiting right behind
@@ -352,14 +393,20 @@ class Workers:
     #: The longest the reactor thread waits for calls it just handed over.
     WAIT = 0.0003
 
-    def __init__(self, reactor: Any, threads: int = 4, *, name: str = "conchshare-fs") -> None:
+    def __init__(
+        self, reactor: Any, threads: int = 4, *, name: str = "conchshare-fs", ring: Any = None
+    ) -> None:
         """
         @param reactor: an L{IReactorFromThreads}; results are handed back
             with its C{callFromThread}.
         @param threads: the most threads running calls at once.
         @param name: the threads' name.
+        @param ring: a L{conchshare.uring.Ring} whose completions C{reactor}
+            delivers: calls made with a L{RingCall} start there when their
+            keys are free (L{None}: always in threads).
         """
         self._reactor = reactor
+        self.ring = ring
         self._max = max(1, threads)
         self._name = name
         # One lock for the state; waking goes through locks used as
@@ -382,6 +429,7 @@ class Workers:
         self._stopped = False
         self._shutdownTrigger = False
         self._wakeHeldBack = False  # in _holding
+        self._inRing = 0  # calls in the ring, not yet reported
 
     def __len__(self) -> int:
         """
@@ -420,6 +468,7 @@ class Workers:
         *args: Any,
         shared: bool = False,
         batch: Batch | None = None,
+        ring: RingCall | None = None,
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} in a worker thread, once earlier calls on
@@ -428,25 +477,89 @@ class Workers:
         @param shared: the call only reads what the keys name.
         @param batch: what may run this call together with the calls made
             with the same batch that wait right behind it (see L{Batch}).
+        @param ring: how the call may run in the kernel instead: used when
+            the call may start at once and the workers have a ring.
         @return: a Deferred firing, in the reactor thread, with the result
             or the exception.
         """
-        job = Job(orderedKeys(keys), shared, function, args, batch)
+        job = Job(orderedKeys(keys), shared, function, args, batch, ring)
         wake = None
         with self._lock:
             if self._stopped:
                 raise RuntimeError("The workers are stopped")
-            if self._order.add(job):
-                self._ready.append(job)
-                if len(self._ready) > self._between:
-                    if _holding is None:
-                        wake = self._wakeOne()
-                    elif not self._wakeHeldBack:
-                        self._wakeHeldBack = True
-                        _holding.append(self)
+            if not self._order.add(job):
+                return job.deferred
+            if ring is None or self.ring is None:
+                wake = self._readied(job)
         if wake is not None:
             _signal(wake)
+        elif ring is not None and self.ring is not None:
+            self._startInRing(job)
         return job.deferred
+
+    def _startInRing(self, job: Job) -> None:
+        # In the reactor thread: job may start; start it in the kernel, or
+        # in a thread if the kernel cannot take it.
+        assert job.ring is not None
+        self._inRing += 1
+        started = False
+        try:
+            started = job.ring.start(self.ring, partial(self._ringReported, job))
+        finally:
+            if not started:
+                self._inRing -= 1
+                self._toThread(job)
+
+    def _readied(self, job: Job) -> threading.Lock | None:
+        # Lock held: job may start; queue it for a thread.  Returns the
+        # wake-up to signal once the lock is released, if any.
+        self._ready.append(job)
+        if len(self._ready) > self._between:
+            if _holding is None:
+                return self._wakeOne()
+            if not self._wakeHeldBack:
+                self._wakeHeldBack = True
+                _holding.append(self)
+        return None
+
+    def _toThread(self, job: Job) -> None:
+        # A started job (holding its keys) goes to a worker thread.
+        with self._lock:
+            wake = self._readied(job)
+        if wake is not None:
+            _signal(wake)
+
+    def _ringReported(self, job: Job, outcome: RingOutcome) -> None:
+        # In the reactor thread: a call started in the ring is done, or
+        # must run in a thread after all.
+        self._inRing -= 1
+        if outcome is FALLBACK:
+            self._toThread(job)
+            return
+        job.ok, job.value = outcome
+        wake = None
+        inRing = []
+        with self._lock:
+            following = self._order.finish(job)
+            for candidate in following:
+                # Calls that can go on in the kernel do, unless they may
+                # run as one with calls waiting behind them (a batch of
+                # WRITEs: one pwritev in a thread).
+                if candidate.ring is not None and (
+                    candidate.batch is None or self._order.alone(candidate)
+                ):
+                    inRing.append(candidate)
+                else:
+                    self._ready.append(candidate)
+            if len(self._ready) > self._between:
+                wake = self._wakeOne()
+            self._done.append(job)
+        if wake is not None:
+            _signal(wake)
+        for candidate in inRing:
+            self._startInRing(candidate)
+        if not self._collecting:
+            self._collect()
 
     def _wakeHeld(self) -> None:
         # Wake-ups were held back (holdWakeups): wake a thread if the calls
@@ -566,6 +679,13 @@ class Workers:
         calls take much longer than that (a slow disk), it does not wait at
         all: the reactor is not held up call after call.
         """
+        ring = self.ring
+        if ring is not None and self._inRing and not (self._ready or self._calling):
+            # Only calls in the kernel: poll for their completion (no
+            # thread needs the GIL meanwhile).
+            if ring.spin(self.WAIT, monotonic):
+                ring.reap()
+            return
         if self._lastCall > 4 * self.WAIT:
             return
         if not (self._ready or self._calling or self._done):
