@@ -377,24 +377,11 @@ class Ring:
     def write(self, fd: int, data: Any, offset: int, callback: Completion) -> bool:
         """
         pwrite(C{fd}, C{data}, C{offset}): the count written or -errno.
-        C{data} (bytes, or a writable buffer) is not copied; do not change
-        it until the completion.
+        C{data} (any contiguous buffer) is not copied; do not change it
+        until the completion.
         """
-        if isinstance(data, bytes):
-            address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-            keep: object = data
-            length = len(data)
-        else:
-            view = memoryview(data).cast("B")
-            length = view.nbytes
-            if view.readonly:
-                keep = bytes(view)
-                address = ctypes.cast(ctypes.c_char_p(keep), ctypes.c_void_p).value or 0  # type: ignore[arg-type]
-            else:
-                array = (ctypes.c_char * length).from_buffer(view)
-                address = ctypes.addressof(array)
-                keep = (array, view)
-        return self._submit(OP_WRITE, fd, address, length, offset, 0, callback, keep)
+        address, length = _address(data)
+        return self._submit(OP_WRITE, fd, address, length, offset, 0, callback, data)
 
     def close(self) -> None:
         """
@@ -419,6 +406,49 @@ class Ring:
 
 
 _AT_EMPTY_PATH = 0x1000
+
+
+class _PyBuffer(ctypes.Structure):
+    # Py_buffer (Include/pybuffer.h), enough of it to read buf and len.
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_getBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_getBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_getBuffer.restype = ctypes.c_int
+_releaseBuffer = ctypes.pythonapi.PyBuffer_Release
+_releaseBuffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_releaseBuffer.restype = None
+
+
+def _address(data: Any) -> tuple[int, int]:
+    """
+    Where C{data}'s bytes are, and how many: read-only buffers (C{bytes}, a
+    view of them) included, which C{ctypes} alone only copies.  The memory
+    stays put while C{data} lives: C{bytes} never move, and a
+    C{memoryview} holds its base's buffer (a C{bytearray} cannot be
+    resized under it).
+    """
+    buffer = _PyBuffer()
+    if _getBuffer(data, ctypes.byref(buffer), 0) != 0:  # PyBUF_SIMPLE: contiguous
+        raise BufferError("Not a contiguous buffer")
+    try:
+        return buffer.buf or 0, buffer.len
+    finally:
+        _releaseBuffer(ctypes.byref(buffer))
+
 
 # Whether io_uring is usable here: probed once (None: not yet).
 _usable: bool | None = None
