@@ -836,12 +836,15 @@ class _RingWrite(RingCall):
     WRITE at an offset (not in append mode), continued after a short write.
     """
 
-    def __init__(self, fd: int, offset: int, data: Any) -> None:
-        self.fd = fd
+    def __init__(self, confined: ConfinedFile, offset: int, data: Any) -> None:
+        self.confined = confined
         self.offset = offset
         self.data = data
 
     def start(self, ring: Any, report: Callable[[Any], None]) -> bool:
+        if self.confined.closed:
+            return False  # the thread's write fails as it should (EBADF)
+        self.fd = self.confined._fd
         self.ring = ring
         self.report = report
         return bool(ring.write(self.fd, self.data, self.offset, self._wrote))
@@ -1005,7 +1008,7 @@ class ConfinedFile:
         """
         if self.append or self.closed:
             return None
-        return _RingWrite(self._fd, offset, data)
+        return _RingWrite(self, offset, data)
 
     def ringClose(self) -> RingCall:
         """

@@ -386,11 +386,14 @@ class Ring:
     def close(self) -> None:
         """
         Stop using the ring; operations in flight are abandoned (their
-        callbacks never run).  Idempotent.
+        callbacks never run; what they point to is kept for the life of
+        the process).  Idempotent.
         """
         self.closed = True
         if getattr(self, "_pending", None):
-            self._pending.clear()
+            # The kernel may still read or write what they point to.
+            _abandoned.append(self._pending)
+            self._pending = {}
         if self._eventfd >= 0:
             os.close(self._eventfd)
             self._eventfd = -1
@@ -406,6 +409,9 @@ class Ring:
 
 
 _AT_EMPTY_PATH = 0x1000
+
+# What the operations of closed rings pointed to.
+_abandoned: list[dict[int, tuple[Completion, object]]] = []
 
 
 class _PyBuffer(ctypes.Structure):
