@@ -26,6 +26,13 @@ also takes the calls waiting right behind it on its key that the batch
 accepts (the WRITEs of one file at consecutive offsets: one C{pwritev}
 instead of one call, one wake-up and one hand-over each).  They start and
 end together, each with its own result.
+
+With a ring (L{conchshare.uring}), a call made with a L{RingCall} whose
+keys are free starts in the kernel instead, from the reactor thread, and
+ends there (its completion is delivered by the reactor); the calls it
+releases start there too when they can.  A call the kernel cannot finish
+as asked reports L{FALLBACK} and runs in a thread, still holding its keys,
+so the order per key is the same either way.
 """
 
 from __future__ import annotations
