@@ -165,6 +165,13 @@ class ThrowawaySSHD:
             "PrintMotd no",
             "LogLevel VERBOSE",
             f"Subsystem sftp {SFTP_SERVER}",
+            # Commands run without the account's ~/.bashrc: bash sources it
+            # for sshd only as a top-level shell.  A developer's .bashrc
+            # must not slow the remote host's commands down: pyenv's init
+            # runs `pyenv rehash`, which waits 60 s on the lock a session
+            # killed mid-rehash leaves behind (seen here: every test that
+            # runs a command timed out).
+            "SetEnv SHLVL=1",
         ]
         with open(configPath, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -15,9 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conchshare.confined import ConfinedFile
 from conchshare.sftp.workers import (
+    FALLBACK,
     Batch,
     Job,
     KeyOrder,
+    RingCall,
     Workers,
     afterDelivery,
     holdWakeups,
@@ -315,6 +317,169 @@ class WorkersTests(TestCase):
         workers = self.workers()
         workers.stop()
         self.assertRaises(RuntimeError, workers.run, [b"k"], lambda: None)
+
+
+class _Later(RingCall):
+    """
+    A call "in the kernel" that reports C{outcome} from the reactor a
+    little later (or raises, or is refused), noting when it started.
+    """
+
+    def __init__(self, log: list[str], name: str, outcome: Any, *, refuse: bool = False) -> None:
+        self.log = log
+        self.name = name
+        self.outcome = outcome
+        self.refuse = refuse
+
+    def start(self, ring: Any, report: Any) -> bool:
+        from twisted.internet import reactor
+
+        if self.outcome is RuntimeError:
+            raise RuntimeError("cannot start")
+        if self.refuse:
+            return False
+        self.log.append(f"ring {self.name}")
+        reactor.callLater(0.01, report, self.outcome)  # type: ignore[attr-defined]
+        return True
+
+
+class _All(Batch):
+    # Takes every call waiting behind the first; notes when it runs them.
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        return True
+
+    def call(self, jobs: list[Job]) -> None:
+        self.log.append("together")
+        for one in jobs:
+            one.call()
+
+
+class RingCallTests(TestCase):
+    """
+    Calls made with a L{RingCall} on L{Workers} that have a ring: they
+    start there when their keys are free, keep their order with the calls
+    around them, and run in a thread when the ring cannot take them.
+    """
+
+    def workers(self) -> Workers:
+        from twisted.internet import reactor
+
+        workers = Workers(reactor, 2, ring=object())
+        self.addCleanup(workers.stop)
+        return workers
+
+    def threaded(self, log: list[str], name: str) -> Any:
+        def call() -> str:
+            log.append(f"thread {name}")
+            return f"{name} in a thread"
+
+        return call
+
+    def test_inRing(self) -> Deferred[Any]:
+        """
+        A call whose key is free starts in the ring, and its result is
+        what the ring reported; no thread is started.  The call made next
+        on the same key waits for it, and starts in the ring once it ends.
+        """
+        workers = self.workers()
+        log: list[str] = []
+        first = workers.run(
+            [b"k"], self.threaded(log, "a"), ring=_Later(log, "a", (True, "a in the ring"))
+        )
+        second = workers.run(
+            [b"k"], self.threaded(log, "b"), ring=_Later(log, "b", (True, "b in the ring"))
+        )
+        self.assertEqual(log, ["ring a"])
+
+        def check(results: list[str]) -> None:
+            self.assertEqual(results, ["a in the ring", "b in the ring"])
+            self.assertEqual(log, ["ring a", "ring b"])
+            self.assertEqual(workers.threads, 0)
+
+        return gatherResults([first, second]).addCallback(check)
+
+    def test_failure(self) -> Deferred[Any]:
+        """
+        An exception the ring reports fails the call.
+        """
+        workers = self.workers()
+        d = workers.run(
+            [b"k"], lambda: None, ring=_Later([], "a", (False, FileNotFoundError(2, "No")))
+        )
+        return self.assertFailure(d, FileNotFoundError)
+
+    def test_fallback(self) -> Deferred[Any]:
+        """
+        A call the ring hands back (L{FALLBACK}) runs in a thread, still
+        before the calls made after it on its key.
+        """
+        workers = self.workers()
+        log: list[str] = []
+        first = workers.run([b"k"], self.threaded(log, "a"), ring=_Later(log, "a", FALLBACK))
+        second = workers.run([b"k"], self.threaded(log, "b"))
+
+        def check(results: list[str]) -> None:
+            self.assertEqual(results, ["a in a thread", "b in a thread"])
+            self.assertEqual(log, ["ring a", "thread a", "thread b"])
+
+        return gatherResults([first, second]).addCallback(check)
+
+    def test_refused(self) -> Deferred[Any]:
+        """
+        A call the ring does not take (full) runs in a thread.
+        """
+        workers = self.workers()
+        log: list[str] = []
+        d = workers.run([b"k"], self.threaded(log, "a"), ring=_Later(log, "a", None, refuse=True))
+
+        def check(result: str) -> None:
+            self.assertEqual(result, "a in a thread")
+            self.assertEqual(log, ["thread a"])
+
+        return d.addCallback(check)
+
+    def test_startFails(self) -> Deferred[Any]:
+        """
+        A call whose start in the ring raises runs in a thread; the error
+        is logged, not raised to the caller.
+        """
+        workers = self.workers()
+        log: list[str] = []
+        d = workers.run([b"k"], self.threaded(log, "a"), ring=_Later(log, "a", RuntimeError))
+
+        def check(result: str) -> None:
+            self.assertEqual(result, "a in a thread")
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+        return d.addCallback(check)
+
+    def test_batchWaitingStaysInThreads(self) -> Deferred[Any]:
+        """
+        Calls released by a call in the ring start in the ring, except
+        calls of a batch with more of the batch waiting behind them: those
+        run in a thread, together.
+        """
+        workers = self.workers()
+        log: list[str] = []
+        batch = _All(log)
+        first = workers.run(
+            [b"k"], self.threaded(log, "a"), ring=_Later(log, "a", (True, "a in the ring"))
+        )
+        rest = [
+            workers.run(
+                [b"k"], self.threaded(log, name), batch=batch, ring=_Later(log, name, (True, name))
+            )
+            for name in ("b", "c")
+        ]
+
+        def check(results: list[str]) -> None:
+            self.assertEqual(results, ["a in the ring", "b in a thread", "c in a thread"])
+            self.assertEqual(log, ["ring a", "together", "thread b", "thread c"])
+
+        return gatherResults([first, *rest]).addCallback(check)
 
 
 class ReadCachedTests(SynchronousTestCase):

@@ -512,10 +512,11 @@ class Workers:
         started = False
         try:
             started = job.ring.start(self.ring, partial(self._ringReported, job))
-        finally:
-            if not started:
-                self._inRing -= 1
-                self._toThread(job)
+        except Exception:
+            _log.failure("Starting a call in the kernel; it runs in a thread")
+        if not started:
+            self._inRing -= 1
+            self._toThread(job)
 
     def _readied(self, job: Job) -> threading.Lock | None:
         # Lock held: job may start; queue it for a thread.  Returns the
