@@ -323,7 +323,8 @@ class Ring:
 
     def doRead(self) -> None:
         """
-        The eventfd is readable: clear it and deliver the completions.
+        The eventfd is readable: clear it, then deliver the completions (in
+        that order: one posted in between signals it again).
         """
         try:
             os.eventfd_read(self._eventfd)

@@ -692,7 +692,7 @@ class Workers:
             # Only calls in the kernel: poll for their completion (no
             # thread needs the GIL meanwhile).
             if ring.spin(self.WAIT, monotonic):
-                ring.reap()
+                ring.doRead()  # its eventfd too: no wake-up for nothing
             return
         if self._lastCall > 4 * self.WAIT:
             return
