@@ -147,7 +147,19 @@ class ThrowawaySSHD:
         configPath = os.path.join(directory, "sshd_config")
         logPath = os.path.join(directory, "sshd.log")
         user = getpass.getuser()
-        lines = list(extraConfig) + [
+        # Commands run without the account's ~/.bashrc: bash sources it for
+        # sshd only as a top-level shell.  A developer's .bashrc must not
+        # slow the remote host's commands down: pyenv's init runs `pyenv
+        # rehash`, which waits 60 s on the lock a session killed mid-rehash
+        # leaves behind (seen here: every test that runs a command timed
+        # out).  sshd takes the first SetEnv line only: added to it.
+        extra = list(extraConfig)
+        setEnv = [i for i, line in enumerate(extra) if line.split(None, 1)[:1] == ["SetEnv"]]
+        if setEnv:
+            extra[setEnv[0]] += " SHLVL=1"
+        else:
+            extra.append("SetEnv SHLVL=1")
+        lines = extra + [
             f"ListenAddress {host}:{port}" if ":" not in host else f"ListenAddress [{host}]:{port}",
             f"HostKey {hostKeyPath}",
             f"AuthorizedKeysFile {authorizedKeysPath}",
@@ -165,13 +177,6 @@ class ThrowawaySSHD:
             "PrintMotd no",
             "LogLevel VERBOSE",
             f"Subsystem sftp {SFTP_SERVER}",
-            # Commands run without the account's ~/.bashrc: bash sources it
-            # for sshd only as a top-level shell.  A developer's .bashrc
-            # must not slow the remote host's commands down: pyenv's init
-            # runs `pyenv rehash`, which waits 60 s on the lock a session
-            # killed mid-rehash leaves behind (seen here: every test that
-            # runs a command timed out).
-            "SetEnv SHLVL=1",
         ]
         with open(configPath, "w") as f:
             f.write("\n".join(lines) + "\n")
