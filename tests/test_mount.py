@@ -28,6 +28,7 @@ from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
 from tests.sshd import ThrowawaySSHD, available
+from tests.workload import readFile, writeFile
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
 
@@ -152,16 +153,6 @@ def inThread(f: Any, *args: Any) -> defer.Deferred[Any]:
     Run blocking file work on the mount in a thread, with a timeout.
     """
     return threads.deferToThread(f, *args).addTimeout(30, reactor)
-
-
-def readFile(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def writeFile(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 class MountTestsMixin:

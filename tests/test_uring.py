@@ -35,6 +35,7 @@ from conchshare.sftp.workers import FALLBACK, RingCall
 from conchshare.shares import ShareSet
 from conchshare.uring import OpenHow, Ring, ringFor
 from tests.test_spin import epollReactor
+from tests.workload import readFile, writeFile
 
 #: Why the tests that need io_uring are skipped (L{None}: they run).
 UNUSABLE = (
@@ -57,16 +58,6 @@ def currentUmask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def readFile(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def writeFile(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def delivered(case: SynchronousTestCase, ring: Ring, results: list[Any], count: int = 1) -> None:

@@ -85,7 +85,7 @@ def makeTree(
             os.makedirs(os.path.join(root, directory), exist_ok=True)
         relative = os.path.join(directory, f"f{i:05d}.dat")
         path = os.path.join(root, relative)
-        _write(path, rng.randbytes(rng.randrange(0, maxSize + 1)))
+        writeFile(path, rng.randbytes(rng.randrange(0, maxSize + 1)))
         os.chmod(path, (0o644, 0o600, 0o755, 0o640)[i % 4])
         made.append(relative)
         if withSymlink and i % perDirectory == 0:
@@ -236,12 +236,12 @@ def run(argv: Sequence[str], what: str, *, timeout: float = 120, **kwargs: objec
     return out
 
 
-def _read(path: str) -> bytes:
+def readFile(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
 
-def _write(path: str, data: bytes) -> None:
+def writeFile(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
 
@@ -536,11 +536,11 @@ def _workload(
 
     # Rename over an existing file.
     target, incoming = os.path.join(remote, "target.txt"), os.path.join(remote, "incoming.txt")
-    _write(target, b"old content\n")
-    _write(incoming, b"new content\n")
+    writeFile(target, b"old content\n")
+    writeFile(incoming, b"new content\n")
     os.rename(incoming, target)
     _expect(
-        _read(os.path.join(local, "target.txt")) == b"new content\n",
+        readFile(os.path.join(local, "target.txt")) == b"new content\n",
         "rename over an existing file: old content remains",
     )
     _expect(
@@ -556,7 +556,7 @@ def _workload(
         f"hard link through sshfs: not the same inode locally (nlink {a.st_nlink})",
     )
     _expect(
-        _read(os.path.join(remote, "hard.txt")) == b"new content\n",
+        readFile(os.path.join(remote, "hard.txt")) == b"new content\n",
         "reading a hard link through sshfs",
     )
 
@@ -572,31 +572,31 @@ def _workload(
         "readlink through sshfs: wrong target",
     )
     _expect(
-        _read(os.path.join(remote, "sym.txt")) == b"new content\n",
+        readFile(os.path.join(remote, "sym.txt")) == b"new content\n",
         "reading through a symlink in the share",
     )
 
     # Truncate shorter and longer; append; chmod.
     cut = os.path.join(remote, "big.bin")
     os.truncate(cut, 1000)
-    head = _read(bigLocal)[:1000]
+    head = readFile(bigLocal)[:1000]
     _expect(
-        _read(os.path.join(local, "big.bin")) == head,
+        readFile(os.path.join(local, "big.bin")) == head,
         "truncate to 1000 bytes through sshfs: local content differs",
     )
     os.truncate(cut, 5000)
     _expect(
-        _read(os.path.join(local, "big.bin")) == head + b"\0" * 4000,
+        readFile(os.path.join(local, "big.bin")) == head + b"\0" * 4000,
         "extending truncate through sshfs: local content differs",
     )
     with open(cut, "ab") as appending:
         appending.write(b"appended")
     _expect(
-        _read(os.path.join(local, "big.bin")) == head + b"\0" * 4000 + b"appended",
+        readFile(os.path.join(local, "big.bin")) == head + b"\0" * 4000 + b"appended",
         "append through sshfs: local content differs",
     )
     _expect(
-        _read(cut) == head + b"\0" * 4000 + b"appended",
+        readFile(cut) == head + b"\0" * 4000 + b"appended",
         "read back after append through sshfs differs",
     )
     os.chmod(cut, 0o600)
