@@ -402,10 +402,24 @@ def _openat2() -> Callable[[int, bytes], int] | None:
 
 _openat2Function = _openat2()
 
-# The open_how of each (flags, mode) asked of _openEntry (few: a handful of
-# flag sets, and the modes clients create files with).
-_hows: dict[tuple[int, int], tuple[int, Any]] = {}
+# The open_how of each (flags, mode) opened below a share, by _openEntry or
+# the ring (few: a handful of flag sets, and the modes clients create files
+# with).  Whoever gets one keeps it while the kernel reads it.
+_hows: dict[tuple[int, int], OpenHow] = {}
 _HOWS_KEPT = 256
+
+
+def _openHow(flags: int, mode: int) -> OpenHow:
+    """
+    The open_how of an entry opened with C{flags} (plus O_NOFOLLOW) and
+    C{mode}, refusing every symlink on the way and leaving the share.
+    """
+    how = _hows.get((flags, mode))
+    if how is None:
+        if len(_hows) >= _HOWS_KEPT:
+            _hows.clear()
+        how = _hows[flags, mode] = OpenHow(flags | os.O_NOFOLLOW, mode, _RESOLVE)
+    return how
 
 
 def _openEntry(directory: int, path: bytes, flags: int, mode: int = 0) -> int:
@@ -418,27 +432,8 @@ def _openEntry(directory: int, path: bytes, flags: int, mode: int = 0) -> int:
     """
     syscall = _openat2SyscallFunction
     assert syscall is not None
-    found = _hows.get((flags, mode))
-    if found is None:
-        how = OpenHow(flags | os.O_NOFOLLOW, mode, _RESOLVE)
-        if len(_hows) >= _HOWS_KEPT:
-            _hows.clear()
-        found = _hows[flags, mode] = (ctypes.addressof(how), how)
-    return int(syscall(_SYS_OPENAT2, directory, path, found[0], ctypes.sizeof(OpenHow)))
-
-
-# The open_how of each (flags, mode) opened through the ring (kept: the
-# kernel reads it during the call).
-_ringHows: dict[tuple[int, int], OpenHow] = {}
-
-
-def _ringHow(flags: int, mode: int) -> OpenHow:
-    how = _ringHows.get((flags, mode))
-    if how is None:
-        if len(_ringHows) >= _HOWS_KEPT:
-            _ringHows.clear()
-        how = _ringHows[flags, mode] = OpenHow(flags, mode, _RESOLVE)
-    return how
+    how = _openHow(flags, mode)
+    return int(syscall(_SYS_OPENAT2, directory, path, ctypes.addressof(how), ctypes.sizeof(how)))
 
 
 # Answering STAT, LSTAT and FSTAT in the reactor thread, only where the
@@ -779,7 +774,7 @@ class _RingStat(RingCall):
     def _opened(self, result: int) -> None:
         if result < 0:
             if result == -errno.ENOENT:
-                self.report((False, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))))
+                self.report((False, _errorOf(result)))  # a FileNotFoundError
             else:
                 self.report(FALLBACK)
             return
@@ -826,7 +821,7 @@ class _RingCreate(RingCall):
         if result >= 0:
             self.report((True, self.made(result)))
         elif result == -errno.EEXIST and self.exclusive:
-            self.report((False, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))))
+            self.report((False, _errorOf(result)))  # a FileExistsError
         else:
             self.report(FALLBACK)
 
@@ -1679,7 +1674,7 @@ class ConfinedFilesystem:
             return None
         share, root, relative = found
         osFlags = self._osFlags(flags) & ~os.O_NONBLOCK
-        how = _ringHow(osFlags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, mode)
+        how = _openHow(osFlags | os.O_CREAT | os.O_EXCL | _CLOEXEC, mode)
         append = bool(flags & FXF_APPEND)
         virtualPath = share.virtualPath + b"/" + relative
 
