@@ -622,7 +622,12 @@ class ShareService(Service):
         self._connection = None
         self._forwards = []
         if self._setupError is None:
-            self._lastReason = str(asConchShareError(reason))
+            # The transport's own sentence when it ended the connection (a
+            # dead peer: keep-alives unanswered), not how the socket closed.
+            failure = getattr(protocol, "failure", None)
+            self._lastReason = str(
+                failure if isinstance(failure, ConchShareError) else asConchShareError(reason)
+            )
 
     def _connectionMade(self, protocol: Any) -> None:
         """
