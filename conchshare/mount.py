@@ -31,6 +31,7 @@ C{message} when sshfs ended on its own.
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,6 +64,15 @@ UNMOUNT_PAUSE = 0.2
 #: Seconds we wait for sshfs to exit after the unmount before closing its
 #: channel.
 EXIT_TIMEOUT = 3.0
+#: An sshfs that ends while the mount is wanted is mounted again, up to
+#: REMOUNT_LIMIT times within REMOUNT_WINDOW seconds; then it is given up.
+REMOUNT_LIMIT = 3
+REMOUNT_WINDOW = 60.0
+
+#: The line the sshfs command prints on stderr before it becomes sshfs: its
+#: process id (also its process group's: sshd starts every command in a
+#: session of its own).
+_PID_MARK = "conchshare-sshfs-pid="
 
 _INSTALL_HINT = {
     "sshfs": "install it (apt-get install sshfs)",
@@ -127,8 +137,18 @@ def _words(data: bytes) -> dict[str, str]:
 
 def _lastLine(data: bytes) -> str:
     lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not line.startswith(_PID_MARK)]
     return lines[-1] if lines else ""
+
+
+def _sshfsPid(stderr: bytes) -> int | None:
+    """
+    The process id the sshfs command printed on its stderr, if it did.
+    """
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.startswith(_PID_MARK) and line[len(_PID_MARK) :].strip().isdigit():
+            return int(line[len(_PID_MARK) :])
+    return None
 
 
 # Shell functions shared by our scripts.  ismnt: is $1 a mount point?
@@ -155,6 +175,17 @@ if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
 if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
 if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
 rec fusermount "$fm"
+if [ -n "$oldpid" ] && [ -r "/proc/$oldpid/environ" ] &&
+   tr '\0' '\n' <"/proc/$oldpid/environ" | grep -qxF -e "CONCHSHARE_MOUNT=$token"; then
+  # The sshfs of the old connection still runs (its sshd may be stopped):
+  # it must be dead before a new mount takes the path, or its exit would
+  # unmount the path, new mount and all.  Killed, it unmounts nothing.
+  kill -KILL "-$oldpid" 2>/dev/null || kill -KILL "$oldpid" 2>/dev/null
+  i=0
+  while [ -e "/proc/$oldpid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$oldpid/status" 2>/dev/null; do
+    i=$((i+1)); [ "$i" -ge 50 ] && break; sleep 0.1
+  done
+fi
 if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
 if [ -e "$d" ] || [ -L "$d" ]; then
   if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi
@@ -307,6 +338,12 @@ class RemoteMount:
         self._authorizedKeys = list(authorizedKeys)
         self._mountWaiters: list[defer.Deferred[None]] = []
         self._unmountWaiters: list[defer.Deferred[None]] = []
+        #: In the environment of our sshfs processes (see L{_marked}).
+        self._token = secrets.token_hex(8)
+        #: The process id of the current (or last) sshfs, once known.
+        self._sshfsPid: int | None = None
+        #: When sshfs ended on its own and was mounted again (seconds).
+        self._endings: list[float] = []
 
     # -- events ------------------------------------------------------------
 
@@ -392,10 +429,21 @@ class RemoteMount:
                 "UNIX-CONNECT:" + _socatEscape(listener.socketPath),
                 script,
             ]
-            return _shellCommand(" ".join(_quoteAssignment(w) for w in words))
+            return _shellCommand(self._marked(" ".join(_quoteAssignment(w) for w in words)))
         else:
             raise MountFailed(f"--via {self.via} is not available")
-        return _shellCommand(" ".join(shlex.quote(w) for w in words))
+        return _shellCommand(self._marked(" ".join(shlex.quote(w) for w in words)))
+
+    def _marked(self, command: str) -> str:
+        """
+        C{command}, made to print its process id on stderr first and to
+        carry this mount's token in its environment: a later remount can
+        then tell this sshfs from any other process and kill it.
+        """
+        return (
+            f"printf '{_PID_MARK}%s\\n' \"$$\" >&2; export CONCHSHARE_MOUNT={self._token}; "
+            + command
+        )
 
     # -- mounting ----------------------------------------------------------
 
@@ -449,8 +497,11 @@ class RemoteMount:
         if connection is not None:
             self.connection = connection
         if self.state == "mounted":
-            # The old connection is gone: its channel is dead.
+            # The old connection is gone: its channel is dead, though its
+            # sshfs may still run (L{_mount} kills it before mounting).
             self.state = "idle"
+            if self._sshfs is not None and self._sshfsPid is None:
+                self._sshfsPid = _sshfsPid(self._sshfs.stderr)
             self._sshfs = None
         # Forwards went with the old connection; the session key files are
         # left to the old connection's clean-ups.
@@ -468,6 +519,8 @@ class RemoteMount:
                     extra=shlex.quote(extra),
                     passive="1" if self.via in ("passive", "socket") else "''",
                     stale="1" if self._wasMounted else "''",
+                    oldpid=str(self._sshfsPid or "''"),
+                    token=self._token,
                 )
             )
         except Exception as e:
@@ -506,12 +559,15 @@ class RemoteMount:
         if "created" in records and self._created is None:
             self._created = records["created"]
         self.remotePath = records["path"]
+        self._sshfsPid = None
         try:
             await self._startSSHFS()
             await self._waitMounted()
         except BaseException:
             await self._cleanUp(quick=True)
             raise
+        if self._sshfs is not None:
+            self._sshfsPid = _sshfsPid(self._sshfs.stderr)
         return self.remotePath
 
     async def _startSSHFS(self) -> None:
@@ -542,13 +598,27 @@ class RemoteMount:
     def _sshfsEnded(self, channel: Any) -> None:
         """
         sshfs ended while mounted and the connection is up: it failed, or
-        someone unmounted it on the remote host.  Clean up and report.
+        the mount went away on the remote host.  The mount is still wanted:
+        mount again (L{REMOUNT_LIMIT} times within L{REMOUNT_WINDOW}
+        seconds at most); if that fails, or it keeps ending, clean up and
+        report C{unmounted}.
         """
         if channel is not self._sshfs or self.state != "mounted" or not self._connected():
             return
-        self.state = "unmounting"
         why = _lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
         path = self.remotePath
+        now = self._reactor.seconds()
+        self._endings = [t for t in self._endings if now - t < REMOUNT_WINDOW] + [now]
+        if len(self._endings) <= REMOUNT_LIMIT:
+            self._log.warn(
+                "sshfs ended on the remote host ({why}); mounting {path} again",
+                why=why,
+                path=path,
+            )
+            self.state = "mounting"
+            defer.ensureDeferred(self._mountAgain(why))
+            return
+        self.state = "unmounting"
 
         def done(_: object) -> None:
             self._emit(
@@ -561,6 +631,30 @@ class RemoteMount:
         defer.ensureDeferred(self._cleanUp(quick=True)).addErrback(
             lambda f: self._log.failure("cleaning up after sshfs failed", f)
         ).addBoth(done)
+
+    async def _mountAgain(self, why: str) -> None:
+        """
+        Mount again on the same connection after sshfs ended on its own
+        (the state is C{mounting}); C{mounted} when it answers, else
+        C{unmounted} saying why.
+        """
+        path = self.remotePath
+        try:
+            await self._cleanUp(quick=True)
+            await self._mountAndReport()
+        except Exception as e:
+            if self.state == "mounting":
+                self.state = "idle"
+                self._mountSettled()
+            self._wasMounted = False
+            self._emit(
+                "unmounted",
+                remote_path=path,
+                message=(
+                    f"sshfs ended on the remote host ({why}) and mounting again failed"
+                    f" ({_reason(e)}); {path} is no longer mounted"
+                ),
+            )
 
     async def _forward(self, avatar: object) -> Any:
         """

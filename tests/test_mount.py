@@ -23,6 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from conchshare import mount as mountModule
 from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
@@ -420,9 +421,35 @@ class PassiveMountTests(MountTestsMixin, unittest.TestCase):
     def test_unmountedOnTheRemoteSide(self) -> Any:
         """
         When the mount goes away on the remote host (someone ran fusermount
-        -u there), an C{unmounted} event says so and the mount point this
+        -u there) while it is still wanted, sshfs is started again: a
+        second C{mounted} event, and the mount works.
+        """
+        connection = yield self.setUpSSHD()
+        local = self.share("s", {"f.txt": b"back"})
+        mountPoint = os.path.join(self.base, "external")
+        mount = self.remoteMount(connection, [local], mountPoint)
+        yield mount.mount()
+        subprocess.run([FUSERMOUNT, "-u", "--", mountPoint], check=True)
+        for _ in range(200):
+            if len(self.events) == 2 and mount.state == "mounted":
+                break
+            yield deferLater(reactor, 0.05)
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "mounted"])
+        self.assertTrue(isMounted(mountPoint))
+        data = yield inThread(readFile, os.path.join(mountPoint, "f.txt"))
+        self.assertEqual(data, b"back")
+        yield mount.unmount()
+        self.assertEqual([e["event"] for e in self.events], ["mounted", "mounted", "unmounted"])
+        self.assertFalse(os.path.exists(mountPoint))
+
+    @defer.inlineCallbacks
+    def test_unmountedOnTheRemoteSideTooOften(self) -> Any:
+        """
+        An sshfs that keeps ending is given up after L{REMOUNT_LIMIT}
+        remounts: an C{unmounted} event says so and the mount point this
         mount created is removed.
         """
+        self.patch(mountModule, "REMOUNT_LIMIT", 0)
         connection = yield self.setUpSSHD()
         local = self.share("s", {})
         mountPoint = os.path.join(self.base, "external")

@@ -7,32 +7,43 @@ coming back.
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import socket
 import struct
 import subprocess
+import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.test_command_e2e import WAIT, _Base
+from tests.sshd import ThrowawaySSHD
+from tests.test_command_e2e import WAIT, Running, _Base, reap
+from tests.test_command_mount_e2e import (
+    _MountBase,
+    forceUnmount,
+    isMounted,
+    readRemote,
+)
 
 #: Keep-alives every second, two unanswered ones end the connection.
 FAST_KEEPALIVE = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"]
 
 
-def sessionPids(sshd: object) -> list[int]:
+def sessionPids(sshd: ThrowawaySSHD) -> list[int]:
     """
     The per-connection sshd children of C{sshd} (one per connection).
     """
-    process = sshd.process  # type: ignore[attr-defined]
+    process = sshd.process
+    assert process is not None
     out = subprocess.run(
         ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, timeout=WAIT
     ).stdout
     return [int(pid) for pid in out.split()]
 
 
-def stopSessions(testCase: _Base) -> list[int]:
+def stopSessions(testCase: _Base | _MountBase) -> list[int]:
     """
     SIGSTOP every connection's sshd child (a peer that stops answering
     without closing anything); they are continued at cleanup at the latest.
@@ -170,3 +181,51 @@ class FullDiskTests(_Base):
             self.assertEqual((code, message), (4, b"No space left on device"))
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)
+
+
+class MountComesBackTests(_MountBase):
+    def test_peerComesBack(self) -> None:
+        """
+        A file held open in the mount; the connection's sshd child stops
+        answering (SIGSTOP): keep-alives notice, conchshare reconnects and
+        remounts.  When the old child is continued (its sshfs ends at
+        last), the new mount stays: no C{unmounted} event, the mount point
+        still lists and reads, and nothing was mounted twice there.
+        """
+        at = os.path.join(self.tmp, "mnt")
+        self.addCleanup(forceUnmount, at)
+        running = Running(self, self.mountArgs(at)[:1] + FAST_KEEPALIVE + self.mountArgs(at)[1:])
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        holder = subprocess.Popen(
+            ["sh", "-c", 'exec 3<"$1"; echo ready; exec sleep 60', "sh"]
+            + [os.path.join(at, "hello.txt")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(reap, holder)
+        assert holder.stdout is not None
+        self.assertEqual(holder.stdout.readline(), "ready\n")
+
+        stopped = stopSessions(self)
+        reconnecting = running.event("reconnecting")
+        self.assertIn("keep-alives unanswered", reconnecting["reason"])
+        self.assertEqual(running.event("mounted")["remote_path"], at)
+        self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
+
+        continueSessions(stopped)
+        deadline = time.monotonic() + 6
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = running._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self.fail(f"conchshare ended: {running.stderr}")
+            event = json.loads(line)
+            running.events.append(event)
+            self.assertNotEqual(event["event"], "unmounted", event)
+        self.assertTrue(isMounted(at))
+        self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
+        self.stopped(running, at)
+        self.assertFalse(isMounted(at))
