@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from conchshare.budget import MIN_WINDOW, MemoryBudget
 from conchshare.tunnel.channels import (
     MAX_PACKET,
     OUTPUT_HIGH,
@@ -31,7 +32,7 @@ from conchshare.tunnel.channels import (
     ChannelGroup,
     ForwardedChannel,
 )
-from conchshare.tunnel.connection import Listener, ShareConnection
+from conchshare.tunnel.connection import Listener, ShareConnection, _TransportPressure
 
 
 class RecordingProtocol(Protocol):
@@ -66,7 +67,7 @@ class Harness:
 
     def __init__(self, protocolFactory: Any = RecordingProtocol) -> None:
         self.clock = Clock()
-        self.conn = ShareConnection(reactor=self.clock)
+        self.conn = ShareConnection(reactor=self.clock, budget=MemoryBudget())
         self.transport = FakeSSHTransport()
         self.conn.transport = self.transport
         self.protocols: list[Any] = []
@@ -194,6 +195,25 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         h.conn.resume()
         self.assertEqual(h.sent(), b"twothreefour")
         self.assertEqual(channel.bytesOut, len(b"onetwothreefour"))
+
+    def test_writesHeldWhileTheTransportIsFull(self) -> None:
+        """
+        While the TCP send buffer is full, writes wait in the channel (where
+        they count as pending output) instead of piling up in the socket's
+        buffer; they are sent, in order, once it drains.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        pressure = _TransportPressure(h.conn.group)
+        pressure.pauseProducing()
+        channel.write(b"one")
+        channel.write(b"x" * (OUTPUT_HIGH + 1))
+        self.assertEqual(h.sent(), b"")
+        self.assertEqual(channel.pendingOutput, 3 + OUTPUT_HIGH + 1)
+        self.assertTrue(channel.paused)
+        pressure.resumeProducing()
+        self.assertEqual(h.sent(), b"one" + b"x" * (OUTPUT_HIGH + 1))
 
     def test_writesPackedIntoFullPackets(self) -> None:
         """
@@ -382,6 +402,70 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(h.transport.take(MSG_CHANNEL_CLOSE), [])
         channel.abort()
         self.assertEqual(len(h.transport.take(MSG_CHANNEL_CLOSE)), 1)
+
+
+class BudgetWindowTests(unittest.SynchronousTestCase):
+    """
+    The receive windows of all channels come from one budget.
+    """
+
+    def test_oneChannelGetsTheFullWindow(self) -> None:
+        """
+        A channel alone gets L{WINDOW_SIZE} and has it restored as it is
+        consumed: one channel is as fast as before.
+        """
+        h = Harness()
+        channel = h.open()
+        assert channel is not None
+        self.assertEqual(channel.localWindowSize, WINDOW_SIZE)
+        h.send(channel, b"a" * (WINDOW_SIZE // 2))
+        self.assertEqual(h.credit(), WINDOW_SIZE // 2)
+
+    def test_windowsShareTheBudget(self) -> None:
+        """
+        Many channels, each sent as much as it may: the bytes the peer may
+        have in flight toward us (window left plus kept) stay within the
+        budget, never below L{MIN_WINDOW} a channel; a channel that closes
+        gives its share back to the others.
+        """
+        h = Harness()
+        budget = h.conn.budget
+        channels = [h.open() for _ in range(16)]
+        for channel in channels:
+            assert channel is not None
+            channel.pause("test")
+        self.assertLessEqual(
+            sum(c.localWindowSize for c in channels if c is not None),
+            budget.receive + 16 * MIN_WINDOW,
+        )
+        # Each fills what it was given, then is resumed and consumes it.
+        for channel in channels:
+            assert channel is not None
+            h.send(channel, b"x" * channel.localWindowLeft)
+            channel.resume("test")
+            h.clock.advance(0)
+        h.credit()
+        outstanding = sum(c.localWindowLeft + c.keptBytes for c in channels if c is not None)
+        self.assertLessEqual(outstanding, budget.receive)
+        for channel in channels:
+            assert channel is not None
+            self.assertGreaterEqual(channel.localWindowSize, MIN_WINDOW)
+            self.assertLessEqual(channel.localWindowLeft, budget.receive // 16)
+        for channel in channels[1:]:
+            assert channel is not None
+            channel.closed()
+        first = channels[0]
+        assert first is not None
+        h.send(first, b"y" * first.localWindowLeft)
+        self.assertEqual(first.localWindowSize, WINDOW_SIZE)
+        self.assertGreater(first.localWindowLeft, WINDOW_SIZE // 2)
+
+    def test_floor(self) -> None:
+        """
+        However many channels there are, a new one can take two packets.
+        """
+        budget = MemoryBudget(receive=1024)
+        self.assertEqual(budget.window(), MIN_WINDOW)
 
 
 class ChannelGroupTests(unittest.SynchronousTestCase):

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from conchshare.budget import MemoryBudget, processBudget
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
 from conchshare.sftp.workers import Workers
 
@@ -34,7 +35,9 @@ class SFTPServerProtocol(Protocol):
     Serves SFTP v3 from an avatar to the peer of its transport.
 
     Backpressure goes both ways: past C{maxInFlight} requests in flight it
-    pauses its transport (stops reading); and it registers as a streaming
+    pauses its transport (stops reading) -- fewer when many servers share
+    the process's L{MemoryBudget}, so that the replies in flight stay
+    within it whatever the number of clients; and it registers as a streaming
     producer with the transport, so when the transport's write buffer is
     full it dispatches nothing new and stops reading too.
 
@@ -55,6 +58,7 @@ class SFTPServerProtocol(Protocol):
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
+        budget: MemoryBudget | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} (and, for OpenSSH's extensions,
@@ -63,6 +67,8 @@ class SFTPServerProtocol(Protocol):
         @param maxInFlight: requests in flight before reading pauses.
         @param maxOpenHandles: open handles allowed per connection.
         @param logRequests: log every request at debug level.
+        @param budget: the budget whose reply share bounds the requests in
+            flight (default: the process's, L{processBudget}).
         """
         self.avatar = avatar
         self._maxInFlight = maxInFlight
@@ -73,6 +79,7 @@ class SFTPServerProtocol(Protocol):
         self._workers = workers if isinstance(workers, Workers) else None
         self._finished = False
         self._producing = False
+        self._budget = budget if budget is not None else processBudget()
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -89,6 +96,7 @@ class SFTPServerProtocol(Protocol):
             maxOpenHandles=self._maxOpenHandles,
             logRequests=self._logRequests,
         )
+        self._budget.addServer(self)
         if IConsumer.providedBy(transport):
             transport.registerProducer(self, True)
             self._producing = True
@@ -124,7 +132,24 @@ class SFTPServerProtocol(Protocol):
         transport: Any = self.transport
         transport.loseConnection()
 
+    def setMaxInFlight(self, limit: int) -> None:
+        """
+        Keep at most C{limit} requests in flight from now on (never more
+        than the C{maxInFlight} this server was made with); called by the
+        budget as servers come and go.  Requests already in flight are
+        answered; reading resumes at half the bound.
+        """
+        core = self.core
+        if core is None:
+            return
+        limit = max(1, min(limit, self._maxInFlight))
+        # The core's bound (see its state rules); it reads it at every
+        # dispatch, so a change takes effect with the next packet.
+        core._maxInFlight = limit
+        core._resumeAt = limit // 2
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._budget.removeServer(self)
         if self._producing:
             self._producing = False
             transport: Any = self.transport

@@ -10,8 +10,9 @@ State rules (the whole module follows them):
   - While paused, received bytes are kept in order, not handed to the
     protocol, and no window credit is granted: the peer can send at most one
     window more.  Credit is sent only for bytes the protocol has consumed.
-  - Only the C{"group"} reason holds our writes; they are kept in order and
-    sent on resume.  Writes are never sent beyond the peer's window either.
+  - The C{"group"} and C{"transport"} reasons hold our writes; they are
+    kept in order and sent on resume (more than L{OUTPUT_HIGH} of them
+    pause the protocol's output: no new request is dispatched).  Writes are never sent beyond the peer's window either.
   - Resume hands over the kept bytes, in order, then grants the credit.
 
 Conch's L{SSHConnection} re-opens the receive window before C{dataReceived}
@@ -42,8 +43,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-#: Receive window of our channels (OpenSSH uses the same; 8 MiB is slower).
-WINDOW_SIZE = 2 * 1024 * 1024
+from conchshare.budget import WINDOW_SIZE as _WINDOW_SIZE
+from conchshare.budget import MemoryBudget, processBudget
+
+#: Receive window of a channel alone (OpenSSH uses the same; 8 MiB is
+#: slower).  With more channels open, each gets its share of the process's
+#: L{MemoryBudget} (see L{conchshare.budget}).
+WINDOW_SIZE = _WINDOW_SIZE
 #: Largest data packet we accept.
 MAX_PACKET = 32768
 #: Pending output above which the channel stops taking input ("output" pause).
@@ -59,6 +65,10 @@ GROUP = "group"
 PROTOCOL = "protocol"
 OUTPUT = "output"
 TRANSPORT = "transport"
+#: The reasons that hold our writes too: a paused group, and a full TCP
+#: send buffer (what would go there waits here, where it counts as
+#: pending output and stops the protocol from making more).
+_HOLDING = frozenset((GROUP, TRANSPORT))
 
 
 class ChannelServingMixin:
@@ -180,14 +190,21 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self,
         protocol: interfaces.IProtocol | None = None,
         *,
-        localWindow: int = WINDOW_SIZE,
+        localWindow: int | None = None,
         localMaxPacket: int = MAX_PACKET,
         remoteWindow: int = 0,
         remoteMaxPacket: int = 0,
         conn: SSHConnection | None = None,
         data: bytes | None = None,
         avatar: Any = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
+        if budget is None:
+            budget = getattr(conn, "budget", None) or processBudget()
+        self._budget = budget
+        if localWindow is None:
+            localWindow = budget.window()
+        budget.addChannel(self)
         super().__init__(
             localWindow=localWindow,
             localMaxPacket=localMaxPacket,
@@ -277,6 +294,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
+        self._budget.touch()
         self._kept.append(data)
         self._keptBytes += len(data)
         self._deliver()
@@ -308,15 +326,20 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
     def _maybeGrant(self) -> None:
         """
         Send window credit for the bytes the protocol has consumed, once
-        they amount to half a window, and only while not paused.
+        they amount to half a window, and only while not paused.  The
+        window is this channel's share of the budget now: it shrinks as
+        channels open (credit already granted is never taken back) and
+        grows as they close.
         """
         if self._reasons or self.localClosed or self.conn is None:
             return
         if self.id is None or self not in self.conn.channelsToRemoteChannel:
             return
-        consumed = self.localWindowSize - self.localWindowLeft - self._keptBytes
-        if consumed >= self.localWindowSize // 2:
-            SSHConnection.adjustWindow(self.conn, self, consumed)
+        window = self._budget.window(self)
+        grant = window - self.localWindowLeft - self._keptBytes
+        if grant >= window // 2:
+            self.localWindowSize = window
+            SSHConnection.adjustWindow(self.conn, self, grant)
 
     # -- pausing -----------------------------------------------------------
 
@@ -343,7 +366,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         if reason not in self._reasons:
             return False
         self._reasons.discard(reason)
-        if reason == GROUP:
+        if reason in _HOLDING:
             self._flush()
         if not (self._reasons & {GROUP, OUTPUT, TRANSPORT}):
             self._resumeProducer()
@@ -435,7 +458,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self._outgoing.append(bytes(data))
         self._outgoingBytes += n
         self._flush(final=n < (self.remoteMaxPacket or MAX_PACKET))
-        if self._outgoing and self._flushCall is None and GROUP not in self._reasons:
+        if self._outgoing and self._flushCall is None and not self._reasons & _HOLDING:
             self._flushCall = self._reactor().callLater(0, self._scheduledFlush)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
@@ -478,7 +501,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         Send queued bytes within the peer's window, in full packets; with
         C{final}, the last partial packet too.
         """
-        if GROUP in self._reasons or self.conn is None or self.localClosed:
+        if self._reasons & _HOLDING or self.conn is None or self.localClosed:
             return
         if self.id is None or self not in self.conn.channelsToRemoteChannel:
             return
@@ -539,6 +562,8 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         if self._isClosed:
             return
         self._isClosed = True
+        self._budget.removeChannel(self)
+        self._budget.touch()  # what it held is freed now: give it back soon
         for call in (self._deliveryCall, self._flushCall):
             if call is not None and call.active():
                 call.cancel()
@@ -623,3 +648,5 @@ class ChannelGroup:
                 c.pause(reason)
             else:
                 c.resume(reason)
+            if (reason in self._extraReasons) != on:
+                break  # set again meanwhile (a resumed channel filled the buffer)

@@ -1,0 +1,239 @@
+"""
+One process-wide bound on the bytes conchshare buffers for its peers, so
+that memory does not grow with the number of channels, and memory given
+back to the system once a load is over.
+
+Two shares of one L{MemoryBudget}:
+  - C{receive}: the receive windows of every open channel together.  A
+    channel's window is C{receive} divided by the number of open channels,
+    at most L{WINDOW_SIZE} (what one channel needs for full speed) and at
+    least L{MIN_WINDOW}.  Credit is granted only for bytes the protocol has
+    taken, so received-but-not-processed bytes stay within the windows.
+  - C{replies}: the SFTP requests in flight (READ replies being made,
+    WRITE data being written), counted as L{LARGEST_REQUEST} each (what
+    OpenSSH's sftp asks for once the server announces its limits).  A
+    server alone keeps its own bound (C{maxInFlight}, 64): one client is
+    served as before.  With several, each may have C{replies} divided by
+    the number of servers, over L{LARGEST_REQUEST}, requests in flight, at
+    least L{MIN_IN_FLIGHT}.
+
+Channels and servers join when they start and leave when they end (weakly
+held: one that is dropped without ending leaves too).
+
+Once no channel has received anything for about L{TRIM_AFTER} seconds
+after a load, the C allocator is asked to give its free memory back
+(C{malloc_trim} on glibc; nothing elsewhere): the allocator keeps what a
+load freed otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import weakref
+from typing import Any
+
+__all__ = [
+    "MIN_IN_FLIGHT",
+    "MIN_WINDOW",
+    "MemoryBudget",
+    "TRIM_AFTER",
+    "LARGEST_REQUEST",
+    "WINDOW_SIZE",
+    "processBudget",
+    "trimMemory",
+]
+
+#: The receive window one channel alone gets (OpenSSH uses the same).
+WINDOW_SIZE = 2 * 1024 * 1024
+#: The smallest window a channel gets, however many there are (two packets).
+MIN_WINDOW = 64 * 1024
+#: The receive share of the process's budget (one channel alone still gets
+#: L{WINDOW_SIZE}).
+RECEIVE_BUDGET = 4 * 1024 * 1024
+#: The reply share: SFTP READ replies in flight, every server together.
+REPLY_BUDGET = 4 * 1024 * 1024
+#: What one SFTP request in flight may hold: a READ reply or WRITE data of
+#: the largest size the server announces.
+LARGEST_REQUEST = 256 * 1024
+#: Requests in flight an SFTP server keeps however many there are.
+MIN_IN_FLIGHT = 1
+#: Seconds without traffic after which free memory is given back.
+TRIM_AFTER = 1.0
+
+
+def _mallocTrim() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _mallocTrim()
+
+
+def trimMemory() -> bool:
+    """
+    Ask the C allocator to return its free memory to the system.
+
+    @return: whether it could be asked (glibc only).
+    """
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+class MemoryBudget:
+    """
+    The process's bound on buffered bytes (see the module docstring).
+
+    @ivar receive: bytes of receive window shared by every channel.
+    @ivar replies: bytes of SFTP replies in flight shared by every server.
+    """
+
+    def __init__(
+        self,
+        receive: int = RECEIVE_BUDGET,
+        replies: int = REPLY_BUDGET,
+        *,
+        maxInFlight: int = 64,
+        trim: Any = trimMemory,
+        trimAfter: float = TRIM_AFTER,
+    ) -> None:
+        self.receive = receive
+        self.replies = replies
+        self._maxInFlight = maxInFlight
+        self._trim = trim
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.trimAfter = trimAfter
+        self._moved = 0
+        self._seen = 0
+        self._trimmedAt = 0
+        self._watcher: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # -- receive windows -----------------------------------------------------
+
+    def window(self, channel: Any = None) -> int:
+        """
+        The receive window of C{channel} now, or of one more channel (none
+        given): its share of the budget, grown no further than what the
+        other channels' windows leave of it (credit already granted is not
+        taken back), between L{MIN_WINDOW} and L{WINDOW_SIZE}.
+        """
+        joining = channel is None or channel not in self._channels
+        count = len(self._channels) + joining
+        window = min(WINDOW_SIZE, self.receive // max(1, count))
+        current = 0 if joining else channel.localWindowSize
+        if window > current:
+            held = sum(c.localWindowSize for c in list(self._channels))
+            window = min(window, current + self.receive - held)
+        return max(MIN_WINDOW, window)
+
+    def addChannel(self, channel: Any) -> None:
+        """
+        C{channel} is open and holds a window.
+        """
+        self._channels.add(channel)
+
+    def removeChannel(self, channel: Any) -> None:
+        """
+        C{channel} ended.
+        """
+        self._channels.discard(channel)
+
+    @property
+    def channels(self) -> int:
+        """
+        How many channels share the receive budget.
+        """
+        return len(self._channels)
+
+    # -- SFTP requests in flight --------------------------------------------
+
+    def inFlight(self) -> int:
+        """
+        How many requests each SFTP server may have in flight now.
+        """
+        count = len(self._servers)
+        if count <= 1:
+            return self._maxInFlight
+        share = self.replies // (count * LARGEST_REQUEST)
+        return max(MIN_IN_FLIGHT, min(self._maxInFlight, share))
+
+    def addServer(self, server: Any) -> None:
+        """
+        C{server} (with a C{setMaxInFlight(n)} method) serves requests; every
+        server's bound is updated.
+        """
+        self._servers.add(server)
+        self._updateServers()
+
+    def removeServer(self, server: Any) -> None:
+        """
+        C{server} ended; the others may have more in flight.
+        """
+        self._servers.discard(server)
+        self._updateServers()
+
+    def _updateServers(self) -> None:
+        limit = self.inFlight()
+        for server in list(self._servers):
+            server.setMaxInFlight(limit)
+
+    # -- giving memory back -------------------------------------------------
+
+    def touch(self) -> None:
+        """
+        Bytes moved: once nothing moves for L{TRIM_AFTER} seconds, free
+        memory is given back (checked by a daemon thread, started on the
+        first call, so that no timer of the reactor is involved).
+        """
+        self._moved += 1
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name="conchshare-trim", daemon=True
+            )
+            self._watcher.start()
+
+    def checkIdle(self) -> bool:
+        """
+        One check of the watcher: if bytes moved before the previous check
+        and none since, give memory back.
+
+        @return: whether memory was given back now.
+        """
+        moved = self._moved
+        trim = moved == self._seen and moved != self._trimmedAt
+        self._seen = moved
+        if trim:
+            self._trimmedAt = moved
+            self._trim()
+        return trim
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self.trimAfter):
+            self.checkIdle()
+
+    def stop(self) -> None:
+        """
+        End the watcher thread, if it runs.
+        """
+        self._stopped.set()
+
+
+_processBudget = MemoryBudget()
+
+
+def processBudget() -> MemoryBudget:
+    """
+    The budget every channel and SFTP server of this process shares unless
+    given another.
+    """
+    return _processBudget
