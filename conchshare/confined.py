@@ -1236,14 +1236,69 @@ class _Placed:
             os.close(fd)
 
 
-def _closeAll(roots: dict[str, tuple[int, int, int, float]], retired: list[int]) -> None:
-    for fd in [entry[0] for entry in roots.values()] + retired:
+def _closeAll(roots: dict[str, tuple[int, int, int, float]]) -> None:
+    for fd in [entry[0] for entry in roots.values()]:
         try:
             os.close(fd)
         except OSError:
             pass
     roots.clear()
-    retired.clear()
+
+
+# A share's folder by its absolute path, with no symlink anywhere on the
+# way (the folder itself included): RESOLVE_NO_SYMLINKS from "/".
+_HOW_FOLDER = OpenHow(_ROOT | os.O_NOFOLLOW, 0, 0x02 | 0x04)  # NO_MAGICLINKS | NO_SYMLINKS
+
+
+def _openFolder(path: str) -> int:
+    """
+    An C{O_PATH} descriptor of the directory at the absolute C{path},
+    reached without following any symlink (one C{openat2} with
+    C{RESOLVE_NO_SYMLINKS}, else an C{O_NOFOLLOW} open per component from
+    C{/}).  Never waits for anything but the filesystem: call it in a worker.
+
+    @raise OSError: the path is missing, not a directory, or has a symlink
+        on the way (C{ELOOP} or C{ENOTDIR}).
+    """
+    encoded = os.fsencode(path)
+    syscall = _openat2SyscallFunction
+    if syscall is not None and _openat2Function is not None:
+        fd = int(
+            syscall(
+                _SYS_OPENAT2,
+                _AT_FDCWD,
+                encoded,
+                ctypes.addressof(_HOW_FOLDER),
+                ctypes.sizeof(_HOW_FOLDER),
+            )
+        )
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+    fd = os.open("/", _ROOT)
+    try:
+        for component in splitPath(encoded):
+            if component == b"..":
+                raise OSError(errno.EINVAL, "A share's path is absolute and canonical", path)
+            following = os.open(component, _WALK, dir_fd=fd)
+            os.close(fd)
+            fd = following
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def movedMessage(share: Share) -> str:
+    """
+    The sentence that says C{share}'s folder is no longer at its path.
+    """
+    return (
+        f"The folder of the share {os.fsdecode(share.name)!r} is no longer at "
+        f"{share.path}: its files are not served until that folder is back there "
+        "(a folder deleted and made again, or remounted, needs a restart)."
+    )
 
 
 class ConfinedFilesystem:
@@ -1273,27 +1328,38 @@ class ConfinedFilesystem:
                 if mount is not None:
                     self._localMounts[share.path] = mount
         # A descriptor of each share's folder, by its path, with the
-        # folder's identity and when its path last led there: requests
-        # resolve below it instead of opening the folder each time.  The
-        # path is checked again every ROOT_RECHECK seconds, so a share
-        # folder renamed away, or a path re-pointed, is noticed then.
+        # folder's identity (st_dev, st_ino) and when its path last led
+        # there: requests resolve below it instead of opening the folder
+        # each time.  The path is checked again every ROOT_RECHECK seconds
+        # without following any symlink; while it leads anywhere else the
+        # share serves nothing (ENOENT), and the folder served never
+        # changes: the one opened first, kept open (so its inode number
+        # cannot be reused).
         self._roots: dict[str, tuple[int, int, int, float]] = {}
-        self._retired: list[int] = []  # replaced (maybe still in use)
         self._rootLock = threading.Lock()
+        # The paths of the shares whose folder is not there (reported).
+        self._moved: set[str] = set()
+        #: Called (in whatever thread noticed it) once each time a share's
+        #: path stops leading to its folder, with the share and a sentence
+        #: saying so; L{None}: nobody is told.
+        self.shareMoved: Callable[[Share, str], None] | None = None
         for share in shares.shares:
             try:
                 self._root(share)
             except OSError:
                 pass  # each request fails until the folder is there
-        weakref.finalize(self, _closeAll, self._roots, self._retired)
+        weakref.finalize(self, _closeAll, self._roots)
 
     # -- walking --------------------------------------------------------
 
     def _root(self, share: Share) -> int:
         """
         The descriptor of C{share}'s folder (owned here: never close it).
+        May wait for the filesystem every L{ROOT_RECHECK} seconds: never on
+        the reactor thread.
 
-        @raise OSError: the share's path leads nowhere.
+        @raise FileNotFoundError: the share's path leads nowhere, or not to
+            the folder it led to first (a symlink on the way included).
         """
         entry = self._roots.get(share.path)
         now = time.monotonic()
@@ -1301,17 +1367,38 @@ class ConfinedFilesystem:
             return entry[0]
         with self._rootLock:
             entry = self._roots.get(share.path)
-            found = os.stat(share.path)
-            if entry is not None and (found.st_dev, found.st_ino) == entry[1:3]:
-                self._roots[share.path] = (*entry[:3], now)
-                return entry[0]
-            fd = os.open(share.path, _ROOT)
-            found = os.fstat(fd)
-            self._roots[share.path] = (fd, found.st_dev, found.st_ino, now)
-            if entry is not None:
-                # Other threads may still resolve below it: closed at the end.
-                self._retired.append(entry[0])
-            return fd
+            try:
+                fd = _openFolder(share.path)
+            except OSError:
+                if entry is not None:
+                    self._lost(share)
+                raise FileNotFoundError(
+                    errno.ENOENT, "The share's folder is not at its path"
+                ) from None
+            try:
+                found = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if entry is None:
+                self._roots[share.path] = (fd, found.st_dev, found.st_ino, now)
+                return fd
+            os.close(fd)
+            if (found.st_dev, found.st_ino) != entry[1:3]:
+                self._lost(share)
+                raise FileNotFoundError(errno.ENOENT, "The share's folder is not at its path")
+            self._roots[share.path] = (*entry[:3], now)
+            self._moved.discard(share.path)
+            return entry[0]
+
+    def _lost(self, share: Share) -> None:
+        # Once per loss: again only after the folder was back.
+        if share.path in self._moved:
+            return
+        self._moved.add(share.path)
+        report = self.shareMoved
+        if report is not None:
+            report(share, movedMessage(share))
 
     def _inMemory(self, share: Share) -> tuple[MountKey, int] | None:
         """
@@ -1821,16 +1908,14 @@ class ConfinedFilesystem:
                     for s in self.shares.shares
                     if s.components[: len(found.components)] == found.components
                 )
-                fd = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-                readOnly = True
-            else:
-                # Any kind of entry (statvfs of a file is fine); a symlink
-                # is opened itself, never followed.
-                flags = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
-                fd = os.open(found.name, flags | os.O_NOFOLLOW | _CLOEXEC, dir_fd=found.parent)
-                readOnly = found.share.readOnly
+                # The folder served (its path may lead elsewhere by now).
+                return _statvfs(self._root(share), True)
+            # Any kind of entry (statvfs of a file is fine); a symlink is
+            # opened itself, never followed.
+            flags = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(found.name, flags | os.O_NOFOLLOW | _CLOEXEC, dir_fd=found.parent)
             try:
-                return _statvfs(fd, readOnly)
+                return _statvfs(fd, found.share.readOnly)
             finally:
                 os.close(fd)
 

@@ -304,6 +304,50 @@ class ShareCommandTests(_Base):
         self.assertFalse(portOpen(port))
         self.assertNotIn("Traceback", running.stderr)
 
+    def test_shareFolderSwappedForSymlink(self) -> None:
+        """
+        A share folder renamed away and replaced by a symlink to C{/}:
+        below that share C{sftp} finds nothing (not the root's files), the
+        share is still listed, the other share is served, and one C{error}
+        event says so however many requests fail; the process keeps
+        running and stops cleanly.
+        """
+        other = os.path.join(self.tmp, "other")
+        os.mkdir(other)
+        with open(os.path.join(other, "o.txt"), "w") as f:
+            f.write("other\n")
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += ["--mode", "raw", self.sshd.destination(), self.share, other]
+        running = Running(self, args)
+        port = running.event("forwarding")["port"]
+        result = rawSftp(port, "ls /docs\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        os.rename(self.share, self.share + "-away")
+        os.symlink("/", self.share)
+        # Past the share path's re-check interval (50 ms): the next request
+        # checks it.
+        time.sleep(0.2)
+        got = os.path.join(self.tmp, "got.txt")
+        for _ in range(2):
+            result = rawSftp(port, "get /docs/etc/passwd " + got + "\n")
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("not found", result.stderr)
+        self.assertFalse(os.path.exists(got))
+        result = rawSftp(port, f"ls -1 /\nget /other/o.txt {got}\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("docs", result.stdout)
+        with open(got) as f:
+            self.assertEqual(f.read(), "other\n")
+        error = running.event("error")
+        self.assertIn("'docs' is no longer at", error["message"])
+        self.assertIsNone(running.process.poll())
+        running.signal(signal.SIGTERM)
+        lines = running.rest()
+        names = [json.loads(line)["event"] for line in lines]
+        self.assertNotIn("error", names)
+        self.assertEqual(names[-1], "stopped")
+        self.assertEqual(running.wait(), 0)
+
     def test_sshModeSessionKey(self) -> None:
         """
         The default mode is C{ssh} with a session key: the C{session-key}

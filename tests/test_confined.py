@@ -26,7 +26,6 @@ from conchshare.confined import (
     FXF_TRUNC,
     FXF_WRITE,
     MAX_READ,
-    ROOT_RECHECK,
     ConfinedFilesystem,
     longname,
 )
@@ -482,29 +481,93 @@ class VirtualTreeTests(ConfinedTestCase):
 
     def test_missingShareFolderListed(self) -> None:
         """
-        A share whose folder is renamed away is still listed, and within
-        L{ROOT_RECHECK} seconds its content is no longer reachable.
+        A share whose folder is renamed away is still listed, and once its
+        path is checked again its content is no longer reachable.
         """
         self.fs.stat(b"/two/t")
         os.rename(self.path("two"), self.path("two-gone"))
-        time.sleep(ROOT_RECHECK * 2)
+        self.patch(confined, "ROOT_RECHECK", 0.0)
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
         self.assertIsNone(self.fs.statCached(b"/two/t"))
 
-    def test_replacedShareFolderServed(self) -> None:
+    def test_replacedShareFolderNotServed(self) -> None:
         """
-        A share's path that comes to lead to another folder serves that
-        folder within L{ROOT_RECHECK} seconds.
+        A share's path that comes to lead to another folder (deleted and
+        made again) serves nothing: C{ENOENT} below the share, which stays
+        listed; the share is served again once its own folder is back.
         """
         self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"two"))
         os.rename(self.path("two"), self.path("two-old"))
         os.mkdir(self.path("two"))
-        with open(self.path("two", "t"), "wb") as f:
-            f.write(b"replaced")
-        time.sleep(ROOT_RECHECK * 2)
-        self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"replaced"))
-        self.assertEqual(self.readAll(b"/two/t"), b"replaced")
+        write(self.path("two", "t"), b"replaced")
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/t", FXF_READ, {})
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/n", FXF_WRITE | FXF_CREAT, {})
+        self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
+        self.assertEqual(self.fs.statVFS(b"/")["flag"] & 1, 1)
+        os.rename(self.path("two"), self.path("two-new"))
+        os.rename(self.path("two-old"), self.path("two"))
+        self.assertEqual(self.readAll(b"/two/t"), b"two")
+
+    def test_shareFolderBehindSymlinkNotServed(self) -> None:
+        """
+        A share's path is checked without following symlinks: a symlink
+        put in its folder's place is not followed, even to that very folder.
+        """
+        self.fs.stat(b"/two/t")
+        os.rename(self.path("two"), self.path("two-old"))
+        os.symlink("two-old", self.path("two"))
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+        os.unlink(self.path("two"))
+        os.rename(self.path("two-old"), self.path("two"))
+        self.assertEqual(self.readAll(b"/two/t"), b"two")
+
+    def test_nestedShareSwappedForSymlink(self) -> None:
+        """
+        With one share inside another (C{top} and C{top/share} as C{sub}),
+        a client of C{top} that renames the inner folder away and puts a
+        symlink to C{/} in its place reaches nothing through C{sub} (the
+        issue's attack), also read-only; C{shareMoved} is told once per
+        loss.
+        """
+        os.makedirs(self.path("top", "share"))
+        write(self.path("top", "share", "s"), b"sub")
+        shares = ShareSet.fromSpecs(["top", "sub=top/share", "subro=top/share:ro"], cwd=self.base)
+        fs = ConfinedFilesystem(shares)
+        moved: list[tuple[bytes, str]] = []
+        fs.shareMoved = lambda share, message: moved.append((share.name, message))
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertEqual(fs.stat(b"/sub/s")["size"], 3)
+        fs.rename(b"/top/share", b"/top/away", overwrite=False)
+        fs.makeLink(b"/top/share", b"/")
+        for name in (b"sub", b"subro"):
+            for path in (b"/etc/passwd", b"/" + os.fsencode(self.base)[1:] + b"/outside/secret"):
+                self.assertErrno(errno.ENOENT, fs.stat, b"/" + name + path)
+                self.assertErrno(errno.ENOENT, fs.openFile, b"/" + name + path, FXF_READ, {})
+            self.assertErrno(errno.ENOENT, fs.openDirectory, b"/" + name)
+            # (Read-only may be refused first.)
+            codes = (errno.ENOENT, errno.EACCES) if name == b"subro" else (errno.ENOENT,)
+            with self.assertRaises(OSError) as raised:
+                fs.makeDirectory(b"/" + name + b"/made", {})
+            self.assertIn(raised.exception.errno, codes)
+            with self.assertRaises(OSError) as raised:
+                fs.openFile(b"/" + name + b"/made", FXF_WRITE | FXF_CREAT, {})
+            self.assertIn(raised.exception.errno, codes)
+        self.assertErrno(errno.EACCES, fs.stat, b"/top/share/etc/passwd")
+        self.assertFalse(os.path.exists(self.path("made")))
+        self.assertEqual([name for name, _ in moved], [b"sub"])
+        self.assertIn("'sub' is no longer at", moved[0][1])
+        self.assertIn("restart", moved[0][1])
+        # Back: served again, and a second loss is told again.
+        fs.removeFile(b"/top/share")
+        fs.rename(b"/top/away", b"/top/share", overwrite=False)
+        self.assertEqual(fs.stat(b"/sub/s")["size"], 3)
+        fs.rename(b"/top/share", b"/top/away", overwrite=False)
+        self.assertErrno(errno.ENOENT, fs.stat, b"/sub/s")
+        self.assertEqual([name for name, _ in moved], [b"sub", b"sub"])
 
     def test_virtualDirectoriesReadOnly(self) -> None:
         attrs = self.fs.stat(b"/home")

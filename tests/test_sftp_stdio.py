@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +121,42 @@ class ProcessTests(TestCase):
         (version, refused) = packets(result.stdout)
         self.assertEqual(refused[4:13], b"\x65" + u32(1) + u32(3))
         self.assertTrue(os.path.exists(os.path.join(self.folder, "a.txt")))
+
+    def test_shareFolderSwapLogged(self) -> None:
+        """
+        OpenSSH's C{sftp} on C{sftp-server -l ERROR}: once the share's
+        folder is renamed away and a symlink to C{/} put in its place,
+        nothing below the share is found, and the loss is logged once, at
+        error level.
+        """
+        if shutil.which("sftp") is None:
+            raise SkipTest("OpenSSH's sftp is not installed")
+        folder = os.path.join(self.folder, "docs")
+        os.mkdir(folder)
+        got = os.path.join(self.folder, "got")
+        server = shlex.join(
+            [sys.executable, "-m", "conchshare.sftp.stdio", "-l", "ERROR", "docs=" + folder]
+        )
+        batch = (
+            "ls /docs\n"
+            f"!mv {folder} {folder}-away && ln -s / {folder} && sleep 0.2\n"
+            f"-get /docs/etc/passwd {got}\n"
+            "-ls /docs/etc\n"
+        )
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", server],
+            input=batch,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(got))
+        self.assertEqual(result.stderr.count("'docs' is no longer at"), 1, result.stderr)
+        self.assertIn("[conchshare.sftp-server#error]", result.stderr)
+        self.assertEqual(result.stderr.count("not found"), 2, result.stderr)
 
     def test_bulkUpload(self) -> None:
         """

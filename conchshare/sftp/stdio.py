@@ -17,6 +17,7 @@ from typing import TextIO
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogBeginner,
@@ -154,6 +155,12 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
         return _fail(stderr, str(e))
 
     startLogging(level, stderr)
+    log = Logger(namespace="conchshare.sftp-server")
+
+    def moved(share: object, message: str) -> None:
+        log.error("{message}", message=message)
+
+    server.filesystem.shareMoved = moved
     keepFreedMemory()
     for fd in (0, 1):
         _widenPipe(fd)
