@@ -1012,13 +1012,32 @@ class ConfinedFile:
         return _RingClose(self)
 
 
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def _permissions(attrs: Mapping[str, object], fd: int) -> int:
+    """
+    The permissions a SETSTAT, FSETSTAT or lsetstat applies to the file
+    open as C{fd}: what the client asked for, but never the set-user-id
+    bit, and the set-group-id bit on a directory only (there it only makes
+    new entries take the directory's group), so that a client cannot leave
+    a set-id program on this machine.
+    """
+    mode = _number(attrs, "permissions") & 0o7777
+    if mode & _SET_ID:
+        mode &= ~stat.S_ISUID
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            mode &= ~stat.S_ISGID
+    return mode
+
+
 def _setAttrsOnFd(fd: int, attrs: Mapping[str, object]) -> None:
     if "size" in attrs:
         os.ftruncate(fd, _number(attrs, "size"))
     if "uid" in attrs or "gid" in attrs:
         os.chown(fd, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
     if "permissions" in attrs:
-        os.chmod(fd, _number(attrs, "permissions") & 0o7777)
+        os.chmod(fd, _permissions(attrs, fd))
     if "atime" in attrs and "mtime" in attrs:
         os.utime(fd, (_number(attrs, "atime"), _number(attrs, "mtime")))
 
@@ -1892,7 +1911,7 @@ class ConfinedFilesystem:
         if "uid" in attrs or "gid" in attrs:
             os.chown(proc, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
         if "permissions" in attrs:
-            os.chmod(proc, _number(attrs, "permissions") & 0o7777)
+            os.chmod(proc, _permissions(attrs, fd))
         if "atime" in attrs and "mtime" in attrs:
             os.utime(proc, (_number(attrs, "atime"), _number(attrs, "mtime")))
 
@@ -2038,7 +2057,8 @@ class ConfinedFilesystem:
         """
         MKDIR with the requested permissions (default 0777) minus the umask.
         """
-        mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask
+        # Never set-user-id (set-group-id is fine on a directory).
+        mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask & ~stat.S_ISUID
         with self.place(path, follow=False, creating=True) as found:
             place = self._entry(found)
             os.mkdir(place.name, mode, dir_fd=place.parent)

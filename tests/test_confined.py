@@ -877,6 +877,55 @@ class UmaskTests(ConfinedTestCase):
         self.check(0o002, 0o664, 0o775)
 
 
+class SetIdTests(ConfinedTestCase):
+    """
+    A client never leaves a set-id program: SETSTAT, FSETSTAT, lsetstat,
+    MKDIR and OPEN apply the rest of the mode but never set-user-id, nor
+    set-group-id on anything but a directory.
+    """
+
+    def mode(self, *parts: str) -> int:
+        return stat.S_IMODE(os.lstat(self.path(*parts)).st_mode)
+
+    def test_setStat(self) -> None:
+        self.fs.setAttrs(b"/one/f", {"permissions": 0o6755})
+        self.assertEqual(self.mode("one", "f"), 0o755)
+        self.fs.setAttrs(b"/one/f", {"permissions": 0o4700}, follow=False)
+        self.assertEqual(self.mode("one", "f"), 0o700)
+        # Through a symlink inside the share (the walk, not one openat2).
+        self.fs.setAttrs(b"/one/in_rel/g", {"permissions": 0o7751})
+        self.assertEqual(self.mode("one", "sub", "g"), 0o1751)
+
+    def test_setStatDirectory(self) -> None:
+        """
+        On a directory set-group-id stays (new entries take its group).
+        """
+        self.fs.setAttrs(b"/one/sub", {"permissions": 0o6775})
+        self.assertEqual(self.mode("one", "sub"), 0o2775)
+
+    def test_fsetStat(self) -> None:
+        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        try:
+            f.setAttrs({"permissions": 0o6711})
+        finally:
+            f.close()
+        self.assertEqual(self.mode("one", "f"), 0o711)
+
+    def test_makeDirectory(self) -> None:
+        """
+        Also when the mode is applied after the mkdir (a umask looser than
+        the process's).
+        """
+        for name, fs in (("d", self.fs), ("e", ConfinedFilesystem(self.shares, umask=0))):
+            fs.makeDirectory(b"/one/" + name.encode(), {"permissions": 0o4775})
+            self.assertEqual(self.mode("one", name) & stat.S_ISUID, 0)
+            self.assertEqual(self.mode("one", name) & 0o777, 0o755 if fs is self.fs else 0o775)
+
+    def test_open(self) -> None:
+        self.fs.openFile(b"/one/n", FXF_WRITE | FXF_CREAT, {"permissions": 0o6755}).close()
+        self.assertEqual(self.mode("one", "n"), 0o755)
+
+
 class _ComponentWalk:
     """
     Mixin: the walk goes component by component (no C{openat2}), as on a
@@ -886,6 +935,10 @@ class _ComponentWalk:
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
+
+
+class SetIdTestsWithoutOpenat2(_ComponentWalk, SetIdTests):
+    pass
 
 
 class PathTestsWithoutOpenat2(_ComponentWalk, PathTests):

@@ -158,6 +158,30 @@ class ProcessTests(TestCase):
         self.assertIn("[conchshare.sftp-server#error]", result.stderr)
         self.assertEqual(result.stderr.count("not found"), 2, result.stderr)
 
+    def test_noSetIdBits(self) -> None:
+        """
+        OpenSSH's C{sftp} C{chmod 6755} on a file succeeds and applies
+        0755: no set-id program is left; on a directory set-group-id stays.
+        """
+        if shutil.which("sftp") is None:
+            raise SkipTest("OpenSSH's sftp is not installed")
+        os.mkdir(os.path.join(self.folder, "d"))
+        server = shlex.join([sys.executable, "-m", "conchshare.sftp.stdio", "docs=" + self.folder])
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", server],
+            input="chmod 6755 /docs/a.txt\nchmod 6775 /docs/d\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        mode = os.stat(os.path.join(self.folder, "a.txt")).st_mode
+        self.assertEqual(oct(mode & 0o7777), oct(0o755))
+        mode = os.stat(os.path.join(self.folder, "d")).st_mode
+        self.assertEqual(oct(mode & 0o7777), oct(0o2775))
+
     def test_bulkUpload(self) -> None:
         """
         Large WRITEs sent in a stream of odd-sized pieces (each packet's
