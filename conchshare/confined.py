@@ -73,6 +73,9 @@ _ROOT = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC
 ROOT_RECHECK = 0.05
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _MAX_HOPS = 40
+#: The most components one walk goes through, those of symlink targets
+#: included (Linux's PATH_MAX, in components): past it, ELOOP.
+MAX_WALKED = 4096
 _RENAME_NOREPLACE = 1
 _BATCH = 100
 
@@ -1493,11 +1496,17 @@ class ConfinedFilesystem:
             place = self._fastWalk(share, root, components, follow, fds)
             if place is not None:
                 return place
+        # stack[1:] are the descriptors at the end of fds (those the fast
+        # path left come first): a directory left by ".." or an absolute
+        # link is closed at once, so one walk holds at most one descriptor
+        # per component of the directory it is in.
         stack = [root]
+        first = len(fds)
         names: list[bytes] = []
         # Never empty or "." (normalised, and filtered from link targets).
         pending = list(components)
         hops = _MAX_HOPS
+        walked = 0
 
         # Lenient mode (realPath): the state before the first symlink, so
         # that a link out of the share is reported by its own name.
@@ -1512,11 +1521,15 @@ class ConfinedFilesystem:
 
         while pending:
             component = pending.pop(0)
+            walked += 1
+            if walked > MAX_WALKED:
+                raise fail(OSError(errno.ELOOP, "Too many path components"), component)
             if component == b"..":
                 if not names:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 names.pop()
-                stack.pop()  # its fd stays in fds, closed at the end
+                stack.pop()
+                os.close(fds.pop())
                 continue
             last = not pending
             parent = stack[-1]
@@ -1566,6 +1579,9 @@ class ConfinedFilesystem:
                 if parts[: len(rootParts)] != rootParts:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 del stack[1:]
+                for fd in fds[first:]:
+                    os.close(fd)
+                del fds[first:]
                 names.clear()
                 pending[:0] = parts[len(rootParts) :]
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import stat
 import struct
 import threading
@@ -877,6 +878,71 @@ class UmaskTests(ConfinedTestCase):
         self.check(0o002, 0o664, 0o775)
 
 
+class WalkTests(ConfinedTestCase):
+    """
+    The walk closes descriptors as it goes and stops (ELOOP) past 40
+    symlinks or L{confined.MAX_WALKED} components.
+    """
+
+    def lowFileLimit(self, spare: int = 64) -> None:
+        """
+        Lower this process's soft C{RLIMIT_NOFILE} to what is open now plus
+        C{spare}, for the rest of the test: a walk that keeps more
+        descriptors open fails with C{EMFILE}.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+
+    def test_dotDotClosedAtOnce(self) -> None:
+        """
+        A symlink whose target goes 800 times into a directory and back
+        resolves with a few descriptors.
+        """
+        os.mkdir(self.path("one", "a"))
+        os.symlink("a/../" * 800 + "f", self.path("one", "updown"))
+        self.lowFileLimit()
+        self.assertEqual(self.fs.stat(b"/one/updown")["size"], len(b"inside"))
+        self.assertEqual(self.readAll(b"/one/sub/../updown"), b"inside")
+        self.assertEqual(self.fs.realPath(b"/one/updown"), b"/one/f")
+
+    def test_symlinkChain(self) -> None:
+        """
+        The issue's chain: 40 symlinks, each C{a/../} 818 times then the
+        next; one STAT fails (ELOOP, too many components) with few
+        descriptors open, and none left open after it.
+        """
+        os.mkdir(self.path("one", "a"))
+        for i in range(40):
+            target = "a/../" * 818 + (f"l{i + 1}" if i < 39 else "f")
+            os.symlink(target, self.path("one", f"l{i}"))
+        before = sorted(os.listdir("/proc/self/fd"))
+        self.lowFileLimit()
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/l0")
+        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/l0", FXF_READ, {})
+        self.assertTrue(self.fs.realPath(b"/one/l0").startswith(b"/one/"))
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+
+    def test_fortySymlinks(self) -> None:
+        """
+        40 symlinks on the way are followed, 41 are too many (ELOOP).
+        """
+        for i in range(41):
+            os.symlink(f"s{i + 1}" if i < 40 else "f", self.path("one", f"s{i}"))
+        self.assertEqual(self.fs.stat(b"/one/s1")["size"], len(b"inside"))
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/s0")
+
+    def test_manyComponents(self) -> None:
+        """
+        More than L{confined.MAX_WALKED} components in all (a path and the
+        targets of its symlinks): ELOOP.
+        """
+        os.mkdir(self.path("one", "a"))
+        os.symlink("a/../" * 600, self.path("one", "w"))
+        self.assertEqual(self.fs.stat(b"/one/w/w/w/f")["size"], len(b"inside"))
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/w/w/w/w/f")
+
+
 class SetIdTests(ConfinedTestCase):
     """
     A client never leaves a set-id program: SETSTAT, FSETSTAT, lsetstat,
@@ -935,6 +1001,10 @@ class _ComponentWalk:
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
+
+
+class WalkTestsWithoutOpenat2(_ComponentWalk, WalkTests):
+    pass
 
 
 class SetIdTestsWithoutOpenat2(_ComponentWalk, SetIdTests):
