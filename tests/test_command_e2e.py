@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,62 @@ def fingerprint(publicKeyPath: str) -> str:
     return out.split()[1]
 
 
+class RawSFTPClient:
+    """
+    An SFTP client speaking the protocol itself over a raw TCP forward, to
+    send many requests at once and hold what they open.
+    """
+
+    def __init__(self, testCase: TestCase, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        testCase.addCleanup(self.sock.close)
+        self.buffer = b""
+        self.sock.sendall(sftpPacket(1, struct.pack(">I", 3)))
+        self.replies(1)
+
+    def replies(self, count: int) -> list[bytes]:
+        """
+        The next C{count} reply packets (type byte first).
+        """
+        result = []
+        while len(result) < count:
+            if len(self.buffer) >= 4:
+                (length,) = struct.unpack(">I", self.buffer[:4])
+                if len(self.buffer) >= 4 + length:
+                    result.append(self.buffer[4 : 4 + length])
+                    self.buffer = self.buffer[4 + length :]
+                    continue
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("the server closed the connection")
+            self.buffer += data
+        return result
+
+    def openMany(self, path: bytes, count: int) -> list[bytes]:
+        """
+        Send C{count} OPENs (read) of C{path} at once; their replies.
+        """
+        body = struct.pack(">I", len(path)) + path + struct.pack(">II", 1, 0)
+        self.sock.sendall(
+            b"".join(sftpPacket(3, struct.pack(">I", i) + body) for i in range(count))
+        )
+        return self.replies(count)
+
+    def limits(self) -> tuple[int, ...]:
+        """
+        limits@openssh.com: max packet, read, write lengths, open handles.
+        """
+        name = b"limits@openssh.com"
+        body = struct.pack(">I", 7) + struct.pack(">I", len(name)) + name
+        self.sock.sendall(sftpPacket(200, body))
+        (reply,) = self.replies(1)
+        return struct.unpack(">QQQQ", reply[5:37])
+
+
+def sftpPacket(kind: int, body: bytes) -> bytes:
+    return struct.pack(">IB", len(body) + 1, kind) + body
+
+
 class _Base(TestCase):
     timeout = 90
     sshdConfig: list[str] = []
@@ -346,6 +403,54 @@ class ShareCommandTests(_Base):
         names = [json.loads(line)["event"] for line in lines]
         self.assertNotIn("error", names)
         self.assertEqual(names[-1], "stopped")
+        self.assertEqual(running.wait(), 0)
+
+    def limitedShare(self, limits: str, *extra: str) -> Running:
+        """
+        C{share --mode raw} started by a shell that ran C{ulimit} C{limits}.
+        """
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += ["--mode", "raw", *extra, self.sshd.destination(), self.share]
+        command = ["/bin/sh", "-c", f'{limits} && exec "$0" "$@"', sys.executable]
+        return Running(self, args, command=[*command, "-m", "conchshare"])
+
+    def test_clientAtItsMaxCannotStarveOthers(self) -> None:
+        """
+        With 256 descriptors (soft and hard): one client that opens 300
+        handles gets 96 (half the budget, 256 - 64), not every descriptor;
+        another connection then opens 64 files, and limits@openssh.com
+        announces 96.
+        """
+        running = self.limitedShare("ulimit -n 256")
+        port = running.event("forwarding")["port"]
+        greedy = RawSFTPClient(self, port)
+        replies = greedy.openMany(b"/docs/hello.txt", 300)
+        self.assertEqual(sum(r[0] == 102 for r in replies), 96)
+        self.assertEqual(sum(b"Too many open handles" in r for r in replies), 300 - 96)
+        other = RawSFTPClient(self, port)
+        self.assertEqual(other.limits()[3], 96)
+        replies = other.openMany(b"/docs/hello.txt", 64)
+        self.assertEqual([r[0] for r in replies], [102] * 64)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertNotIn("Traceback", running.stderr)
+
+    def test_fileLimitRaised(self) -> None:
+        """
+        The command raises its soft descriptor limit to the hard one (the
+        budget: 1024 - 64, half per client, as limits@openssh.com says); a
+        ProxyCommand runs with the limit the command started with.
+        """
+        seen = os.path.join(self.tmp, "proxy-limit")
+        proxy = f"ulimit -S -n > {seen}; exec socat STDIO TCP:127.0.0.1:%p"
+        running = self.limitedShare(
+            "ulimit -S -n 256 && ulimit -H -n 1024", "-o", f"ProxyCommand={proxy}"
+        )
+        port = running.event("forwarding")["port"]
+        self.assertEqual(RawSFTPClient(self, port).limits()[3], 480)
+        with open(seen) as f:
+            self.assertEqual(f.read().strip(), "256")
+        running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)
 
     def test_sshModeSessionKey(self) -> None:

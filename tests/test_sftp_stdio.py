@@ -15,7 +15,7 @@ import sys
 from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.sftp.stdio import main
-from tests.test_sftp_core import INIT, name1, ok, packets, request, s, u32, u64
+from tests.test_sftp_core import INIT, extended, name1, ok, packets, request, s, u32, u64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,6 +181,32 @@ class ProcessTests(TestCase):
         self.assertEqual(oct(mode & 0o7777), oct(0o755))
         mode = os.stat(os.path.join(self.folder, "d")).st_mode
         self.assertEqual(oct(mode & 0o7777), oct(0o2775))
+
+    def test_fileLimitRaised(self) -> None:
+        """
+        sftp-server raises its soft descriptor limit to the hard one: the
+        handle budget is 1024 - 64, half of it per client, as
+        limits@openssh.com announces.
+        """
+        result = subprocess.run(
+            [
+                "/bin/sh",
+                "-c",
+                'ulimit -S -n 256 && ulimit -H -n 1024 && exec "$0" "$@"',
+                sys.executable,
+                "-m",
+                "conchshare.sftp.stdio",
+                "docs=" + self.folder,
+            ],
+            input=INIT + extended(1, b"limits@openssh.com"),
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        (version, limits) = packets(result.stdout)
+        self.assertEqual(limits[-8:], u64(480))
 
     def test_bulkUpload(self) -> None:
         """

@@ -135,10 +135,13 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
 
     # Imported here: a bad command line must not pay for the filesystem code.
+    from conchshare.fdlimit import raiseFileLimit
     from conchshare.sftp.avatar import ShareSFTPServer
     from conchshare.sftp.threaded import ThreadedServer
     from conchshare.shares import ShareError
 
+    # As many SFTP handles as the system allows (before any is opened).
+    raiseFileLimit()
     level = LEVELS[options["log-level"]]
     # A pipe to one client: served by threads that answer the requests they
     # read (see conchshare.sftp.threaded), not by a reactor.
