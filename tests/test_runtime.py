@@ -1,0 +1,334 @@
+"""
+Tests for what runs where: name lookups in workers, copy-data in steps, a
+stop with calls in flight.  Each holds a call in a blocking fake (a real
+implementation that waits for the test) so that what must not wait for it
+is seen not to, every time.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from conchshare.sftp import avatar as avatarModule
+from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
+from conchshare.shares import ShareSet
+from tests.test_confined import makeTree, read, write
+from tests.test_sftp_core import Harness, extended, packets, request, s, u32, u64
+
+READ, WRITE, CREAT = 1, 2, 8
+NO_ATTRS = u32(0)
+
+
+def handleOf(reply: bytes) -> bytes:
+    """
+    The handle of a HANDLE reply.
+    """
+    assert reply[4] == 102, reply
+    (length,) = struct.unpack(">I", reply[9:13])
+    return reply[13 : 13 + length]
+
+
+def statusCode(reply: bytes) -> int:
+    """
+    The code of a STATUS reply.
+    """
+    assert reply[4] == 101, reply
+    return int(struct.unpack(">I", reply[9:13])[0])
+
+
+def requestId(reply: bytes) -> int:
+    return int(struct.unpack(">I", reply[5:9])[0])
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """
+    Let the reactor run until C{condition()} is true (failing after ten
+    seconds).
+    """
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out waiting for {what}")
+        await deferLater(reactor, 0.002, lambda: None)
+
+
+class Client:
+    """
+    One SFTP connection (a core on the avatar) and the replies it got.
+    """
+
+    def __init__(self, avatar: ShareSFTPServer) -> None:
+        self.harness = Harness(avatar)
+        self.harness.init()
+        self.replies: dict[int, bytes] = {}
+
+    def send(self, data: bytes) -> None:
+        self.harness.feed(data)
+
+    def collect(self) -> dict[int, bytes]:
+        for reply in packets(self.harness.take()):
+            self.replies[requestId(reply)] = reply
+        return self.replies
+
+    async def reply(self, rid: int) -> bytes:
+        await until(lambda: rid in self.collect(), f"reply {rid}")
+        return self.replies[rid]
+
+
+class HeldLookup:
+    """
+    A name lookup (uid or gid to name) that waits until released: the
+    blocking fake of a slow name service.  Called in the reactor thread,
+    it does not wait (that would hang the test) but records it.
+    """
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        self.inReactorThread = 0
+
+    def __call__(self, number: int) -> bytes:
+        if threading.current_thread() is threading.main_thread():
+            self.inReactorThread += 1
+            return b"inline%d" % number
+        self.entered.set()
+        self.released.wait(10)
+        return b"name%d" % number
+
+
+def usersGroups(rid: int, uids: list[int], gids: list[int]) -> bytes:
+    packed = b"".join(u32(i) for i in uids), b"".join(u32(i) for i in gids)
+    return extended(rid, b"users-groups-by-id@openssh.com", s(packed[0]) + s(packed[1]))
+
+
+class _Base(TestCase):
+    def setUp(self) -> None:
+        self.base = os.path.realpath(self.mktemp())
+        makeTree(self.base)
+        self.shares = ShareSet.fromSpecs(["one", "two"], cwd=self.base)
+        self.lookup = HeldLookup()
+        self.addCleanup(self.lookup.released.set)
+
+    def avatar(self, threads: int = 2, ring: bool = True) -> ShareSFTPServer:
+        avatar = ShareSFTPServer(
+            self.shares,
+            reactor=reactor,
+            threads=threads,
+            ring=ring,
+            lookUpUser=self.lookup,
+            lookUpGroup=self.lookup,
+        )
+        assert avatar.workers is not None
+        self.addCleanup(avatar.workers.stop)
+        return avatar
+
+
+class NameLookupTests(_Base):
+    """
+    users-groups-by-id@openssh.com looks names up in a worker: a slow name
+    service (LDAP, NIS) holds up no other request.
+    """
+
+    async def _otherConnectionAnswered(self) -> None:
+        avatar = self.avatar()
+        slow, other = Client(avatar), Client(avatar)
+        slow.send(usersGroups(1, [1000, 1001], [1000]))
+        other.send(request(17, 2, s(b"/one/f")))  # STAT
+        stat = await other.reply(2)
+        self.assertEqual(stat[4], 105)  # ATTRS
+        self.assertEqual(self.lookup.inReactorThread, 0)
+        self.assertEqual(slow.collect(), {})  # nothing yet
+        await until(self.lookup.entered.is_set, "the lookup")
+        self.lookup.released.set()
+        names = await slow.reply(1)
+        self.assertEqual(
+            names[9:],
+            s(s(b"name1000") + s(b"name1001")) + s(s(b"name1000")),
+        )
+
+    def test_otherConnectionAnswered(self) -> Deferred[None]:
+        """
+        While a lookup is held, another connection's STAT is answered; the
+        names come once the lookup ends.
+        """
+        return Deferred.fromCoroutine(self._otherConnectionAnswered())
+
+
+class NameLookupLimitTests(SynchronousTestCase):
+    def test_firstIdsOnly(self) -> None:
+        """
+        Past the first L{MAX_NAME_LOOKUPS} ids of a list, names are empty
+        without a lookup.
+        """
+        looked: list[int] = []
+
+        def lookUp(number: int) -> bytes:
+            looked.append(number)
+            return b"n%d" % number
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "one"))
+        avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["one"], cwd=base),
+            runner=synchronousRunner,
+            lookUpUser=lookUp,
+            lookUpGroup=lookUp,
+        )
+        count = MAX_NAME_LOOKUPS + 500
+        users, groups = self.successResultOf(avatar.usersGroupsById(list(range(count)), [7, 8]))
+        self.assertEqual(MAX_NAME_LOOKUPS, 1024)
+        self.assertEqual(len(users), count)
+        self.assertEqual(users[:MAX_NAME_LOOKUPS], [b"n%d" % i for i in range(MAX_NAME_LOOKUPS)])
+        self.assertEqual(users[MAX_NAME_LOOKUPS:], [b""] * 500)
+        self.assertEqual(groups, [b"n7", b"n8"])
+        self.assertEqual(len(looked), MAX_NAME_LOOKUPS + 2)
+
+
+class StopTests(_Base):
+    """
+    A stop of the workers (the reactor's shutdown) with calls in flight:
+    they end and are answered, later requests too, and the files are
+    closed; nothing is logged as an error.
+    """
+
+    async def _stopWithCallsInFlight(self) -> None:
+        avatar = self.avatar()
+        assert avatar.workers is not None
+        client = Client(avatar)
+        client.send(request(3, 1, s(b"/one/new") + u32(WRITE | CREAT) + NO_ATTRS))
+        client.send(request(3, 2, s(b"/one/f") + u32(READ) + NO_ATTRS))
+        written, kept = handleOf(await client.reply(1)), handleOf(await client.reply(2))
+        client.send(usersGroups(3, [0], []))
+        await until(self.lookup.entered.is_set, "the held call")
+        avatar.workers.stop()
+        client.send(request(6, 4, s(written) + u64(0) + s(b"data")))  # WRITE
+        client.send(request(4, 5, s(written)))  # CLOSE
+        client.send(request(5, 6, s(kept) + u64(0) + u32(100)))  # READ
+        self.lookup.released.set()
+        for rid in (4, 5):
+            self.assertEqual(statusCode(await client.reply(rid)), 0)
+        self.assertEqual((await client.reply(6))[4], 103)  # DATA
+        self.assertEqual((await client.reply(3))[4], 201)
+        await client.harness.core.connectionLost()  # closes the READ handle
+        self.assertEqual(read(os.path.join(self.base, "one", "new")), b"data")
+
+    def test_stopWithCallsInFlight(self) -> Deferred[None]:
+        """
+        Requests made after the stop, while a call is held in a worker, are
+        answered with success once it ends; the connection's end closes
+        the files left open.
+        """
+        return Deferred.fromCoroutine(self._stopWithCallsInFlight())
+
+
+class HeldCopy:
+    """
+    The filesystem's copy-data, each step held until the test releases
+    it: the first step by C{first}, the others by C{rest}.
+    """
+
+    def __init__(self, copy: Callable[..., int]) -> None:
+        self.copy = copy
+        self.first = threading.Event()
+        self.rest = threading.Event()
+        self.entered: list[int] = []
+        self.copied: list[int] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.append(len(self.entered))
+        (self.rest if len(self.entered) > 1 else self.first).wait(10)
+        result = self.copy(*args, **kwargs)
+        self.copied.append(result if result is not None else -1)
+        return result
+
+
+class CopyDataTests(_Base):
+    """
+    copy-data runs in steps of at most L{avatarModule.COPY_STEP} bytes:
+    other connections' calls run between them, and later requests on the
+    destination wait for the last one.
+    """
+
+    async def _otherCallsBetweenSteps(self) -> None:
+        self.patch(avatarModule, "COPY_STEP", 64 * 1024)
+        source = os.urandom(3 * 64 * 1024 + 100)
+        write(os.path.join(self.base, "one", "source"), source)
+        # Every worker busy copying; the STAT goes to a worker too (not
+        # answered from the kernel's caches, nor by io_uring).
+        avatar = self.avatar(threads=1, ring=False)
+        assert avatar.workers is not None
+        avatar.workers.inlineReads = False
+        held = HeldCopy(avatar.filesystem.copyData)
+        self.addCleanup(held.rest.set)
+        self.addCleanup(held.first.set)
+        avatar.filesystem.copyData = held  # type: ignore[method-assign]
+        copier, other = Client(avatar), Client(avatar)
+        copier.send(request(3, 1, s(b"/one/source") + u32(READ) + NO_ATTRS))
+        copier.send(request(3, 2, s(b"/two/copy") + u32(WRITE | CREAT) + NO_ATTRS))
+        sourceHandle, copyHandle = handleOf(await copier.reply(1)), handleOf(await copier.reply(2))
+        copier.send(
+            extended(3, b"copy-data", s(sourceHandle) + u64(0) + u64(0) + s(copyHandle) + u64(0))
+        )
+        await until(lambda: held.entered, "the first step")
+        other.send(request(17, 4, s(b"/one/f")))  # STAT, waiting for the worker
+        copier.send(request(6, 5, s(copyHandle) + u64(0) + s(b"ZZ")))  # after the copy
+        held.first.set()
+        stat = await other.reply(4)
+        self.assertEqual(stat[4], 105)
+        # The STAT ran after the first step, before the second ended.
+        self.assertEqual(held.copied, [64 * 1024])
+        self.assertEqual(sorted(copier.collect()), [1, 2])
+        held.rest.set()
+        self.assertEqual(statusCode(await copier.reply(3)), 0)
+        self.assertEqual(statusCode(await copier.reply(5)), 0)
+        self.assertEqual(held.copied, [64 * 1024] * 3 + [100])
+        copier.send(request(4, 6, s(copyHandle)))
+        self.assertEqual(statusCode(await copier.reply(6)), 0)
+        self.assertEqual(read(os.path.join(self.base, "two", "copy")), b"ZZ" + source[2:])
+
+    def test_otherCallsBetweenSteps(self) -> Deferred[None]:
+        """
+        With the only worker copying, another connection's STAT runs after
+        the copy's first step, before its next; a WRITE on the destination
+        made meanwhile applies after the last step.
+        """
+        return Deferred.fromCoroutine(self._otherCallsBetweenSteps())
+
+
+class CopyDataStepsTests(SynchronousTestCase):
+    def test_stepsOfAtMostEightMiB(self) -> None:
+        """
+        A copy of 20 MiB (to the end, and by length) is made in calls of
+        8 MiB at most, with a runner that answers at once (no recursion).
+        """
+        self.assertEqual(avatarModule.COPY_STEP, 8 * 1024 * 1024)
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "one"))
+        data = os.urandom(1024) * (20 * 1024)
+        write(os.path.join(base, "one", "source"), data)
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["one"], cwd=base), runner=synchronousRunner)
+        held = HeldCopy(avatar.filesystem.copyData)
+        held.first.set()
+        held.rest.set()
+        avatar.filesystem.copyData = held  # type: ignore[method-assign]
+        source = self.successResultOf(avatar.openFile(b"/one/source", READ, {}))
+        copy = self.successResultOf(avatar.openFile(b"/one/copy", WRITE | CREAT, {}))
+        self.successResultOf(avatar.copyData(source, 0, 0, copy, 0))
+        step = 8 * 1024 * 1024
+        self.assertEqual(held.copied, [step, step, 4 * 1024 * 1024])
+        del held.copied[:]
+        self.successResultOf(avatar.copyData(source, 1, 2 * step, copy, 1))
+        self.assertEqual(held.copied, [step, step])
+        self.successResultOf(copy.close())
+        self.successResultOf(source.close())
+        self.assertEqual(read(os.path.join(base, "one", "copy")), data)
