@@ -8,7 +8,9 @@ is seen not to, every time.
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ from conchshare.sftp import avatar as avatarModule
 from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
 from conchshare.shares import ShareSet
 from tests.test_confined import makeTree, read, write
-from tests.test_sftp_core import Harness, extended, packets, request, s, u32, u64
+from tests.test_sftp_core import INIT, Harness, extended, packets, request, s, u32, u64
 
 READ, WRITE, CREAT = 1, 2, 8
 NO_ATTRS = u32(0)
@@ -332,3 +334,71 @@ class CopyDataStepsTests(SynchronousTestCase):
         self.successResultOf(copy.close())
         self.successResultOf(source.close())
         self.assertEqual(read(os.path.join(base, "one", "copy")), data)
+
+
+#: Runs conchshare (the arguments after the first two) with a blocking fake
+#: name service: looking up uid HELD_UID creates the file named by the
+#: second argument, then waits until the one named by the first exists.
+HELD_UID = 4242421
+_HELD_COMMAND = f"""
+import os, pwd, sys, time
+latch, entered = sys.argv.pop(1), sys.argv.pop(1)
+real = pwd.getpwuid
+def held(uid):
+    if uid == {HELD_UID}:
+        open(entered, "w").close()
+        while not os.path.exists(latch):
+            time.sleep(0.01)
+    return real(uid)
+pwd.getpwuid = held
+from conchshare.cli import run
+run()
+"""
+
+
+class StopEndToEndTests(TestCase):
+    """
+    C{conchshare share} stopped by SIGTERM while a request's call is held
+    in a worker: a clean stop, exit 0, no traceback.
+    """
+
+    timeout = 90
+
+    def test_sigtermWithCallInFlight(self) -> None:
+        """
+        SIGTERM while users-groups-by-id waits for the name service (and
+        while it ends during the stop): C{stopped}, exit 0, nothing on
+        stderr but what a clean stop prints.
+        """
+        import socket
+
+        from tests.sshd import startForTest
+        from tests.test_command_e2e import Running, shortTempDir, sshArgs
+
+        sshd = startForTest(self, needs=("socat",))
+        tmp = shortTempDir(self)
+        share = os.path.join(tmp, "docs")
+        os.mkdir(share)
+        latch, entered = os.path.join(tmp, "latch"), os.path.join(tmp, "entered")
+        args = ["share", *sshArgs(sshd), "--control", os.path.join(tmp, "ctl.sock"), "--json"]
+        running = Running(
+            self,
+            args + ["--mode", "raw", sshd.destination(), share],
+            command=[sys.executable, "-c", _HELD_COMMAND, latch, entered],
+        )
+        port = running.event("forwarding")["port"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(INIT)
+            client.recv(65536)  # VERSION
+            client.sendall(usersGroups(1, [HELD_UID], [0]) + request(17, 2, s(b"/")))
+            deadline = time.monotonic() + 30
+            while not os.path.exists(entered):
+                self.assertLess(time.monotonic(), deadline, "the lookup was never made")
+                time.sleep(0.01)
+            running.signal(signal.SIGTERM)
+            write(latch, b"")  # the call ends during the stop
+            stopped = running.event("stopped")
+        self.assertIn("SIGTERM", stopped["reason"])
+        self.assertEqual(running.wait(), 0)
+        self.assertNotIn("Traceback", running.stderr)
+        self.assertNotIn("stopped", running.stderr.lower())
