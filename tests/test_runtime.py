@@ -402,3 +402,35 @@ class StopEndToEndTests(TestCase):
         self.assertEqual(running.wait(), 0)
         self.assertNotIn("Traceback", running.stderr)
         self.assertNotIn("stopped", running.stderr.lower())
+
+
+class DirectoryCloseTests(SynchronousTestCase):
+    """
+    A directory's descriptor is closed in the reactor thread only if it was
+    opened there (a local filesystem, from the kernel's caches): another
+    filesystem's close may wait for its server.
+    """
+
+    def test_openedInWorkerClosedInWorker(self) -> None:
+        """
+        A directory opened by a worker (through a symlink: not from the
+        kernel's caches) is closed by a worker too.
+        """
+        from tests.test_avatar import ManualRunner
+
+        base = os.path.realpath(self.mktemp())
+        makeTree(base)
+        runner = ManualRunner()
+        avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["one"], cwd=base), runner=runner, inlineCalls=True
+        )
+        opened = avatar.openDirectory(b"/one/in_rel")
+        assert isinstance(opened, Deferred)
+        runner.runNext()
+        directory = self.successResultOf(opened)
+        closed = directory.close()
+        self.assertNoResult(closed)
+        self.assertEqual(len(runner.calls), 1)
+        runner.runNext()
+        self.assertIsNone(self.successResultOf(closed))
+        self.assertIsNone(directory.confined._fd)

@@ -410,6 +410,12 @@ class ShareDirectory:
 
     _opened = 0
 
+    #: Whether its descriptor may be closed in the reactor thread: set for
+    #: directories opened there, on a local filesystem (see
+    #: L{ConfinedFilesystem.openDirectoryCached}).  Elsewhere closing may
+    #: wait for a server (CIFS sends its close request and waits).
+    closesInline = False
+
     def __init__(self, confined: ConfinedDirectory, executor: Executor | Runner) -> None:
         self.confined = confined
         if not isinstance(executor, Workers | PathOrder):
@@ -462,9 +468,13 @@ class ShareDirectory:
         """
         @return: a Deferred firing with L{None} once the directory is closed.
         """
-        if self._executor.inlineReads and self._executor.sharedFree(self._keys[0]):
-            # Closing a directory descriptor waits for no I/O (there is
-            # nothing to flush): done here, without a round trip.
+        if (
+            self.closesInline
+            and self._executor.inlineReads
+            and self._executor.sharedFree(self._keys[0])
+        ):
+            # Closing a directory descriptor of a local filesystem waits
+            # for no I/O (nothing to flush): done here, without a round trip.
             try:
                 self.confined.close()
             except OSError:
@@ -666,6 +676,7 @@ class ShareSFTPServer:
             confined = self.filesystem.openDirectoryCached(key)
             if confined is not None:
                 directory = ShareDirectory(confined, order)
+                directory.closesInline = True
                 directory.readAhead(_PREFETCH)
                 return directory
         d = self._onPaths([path], self._openDirectory, shared=True)
