@@ -332,6 +332,29 @@ class ShareCommandTests(_Base):
         self.assertFalse(os.path.exists(event["key"]))
         self.assertFalse(os.path.exists(os.path.dirname(event["key"])))
 
+    def test_noDependencyWarnings(self) -> None:
+        """
+        A session (connect, host key, session key, an sftp client through the
+        nested SSH server, stop) shows no warning of a dependency on the
+        terminal: with cryptography >= 51 Conch's key code warned "DSA is
+        deprecated" for every Ed25519 key.
+        """
+        running = self.share_()
+        argv = shlex.split(running.event("session-key")["sftp"])
+        result = subprocess.run(
+            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        running.signal(signal.SIGINT)
+        self.assertEqual(running.wait(), 0)
+        running.close()
+        self.assertNotIn("Warning", running.stderr)
+        self.assertNotIn(".py:", running.stderr)
+
     def test_pauseResumeSignals(self) -> None:
         """
         SIGUSR1 during a download pauses it (C{paused} event, no progress);
