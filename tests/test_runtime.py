@@ -434,3 +434,55 @@ class DirectoryCloseTests(SynchronousTestCase):
         runner.runNext()
         self.assertIsNone(self.successResultOf(closed))
         self.assertIsNone(directory.confined._fd)
+
+
+class IdentityFileTests(TestCase):
+    """
+    Identity files are read in a thread: a home directory that makes reads
+    wait (NFS) does not stop the reactor.
+    """
+
+    async def _readInThread(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from twisted.conch.ssh.connection import SSHConnection
+        from twisted.conch.ssh.keys import Key
+
+        from conchshare.tunnel import auth
+        from conchshare.tunnel.sshconfig import ConnectOptions
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(base)
+        path = os.path.join(base, "id_ed25519")
+        public = Key(Ed25519PrivateKey.generate()).public()
+        write(path + ".pub", public.toString("openssh") + b"\n")
+        reactorRan = threading.Event()
+        inReactorThread: list[str] = []
+        realLoad = auth._loadPublicKey
+
+        def heldLoad(keyPath: str) -> Any:
+            # The blocking fake of a slow read: it ends once the reactor ran.
+            if threading.current_thread() is threading.main_thread():
+                inReactorThread.append(keyPath)
+            else:
+                reactorRan.wait(10)
+            return realLoad(keyPath)
+
+        self.patch(auth, "_loadPublicKey", heldLoad)
+        reactor.callLater(0, reactorRan.set)
+        client = auth.ShareUserAuthClient(
+            ConnectOptions(host="h.example", user="alice", identityFiles=[path], useAgent=False),
+            SSHConnection(),
+            reactor=reactor,
+            terminal=lambda: False,
+        )
+        await client._prepare()
+        self.assertEqual(inReactorThread, [])
+        self.assertTrue(reactorRan.is_set())
+        assert client._candidates is not None
+        self.assertEqual([c.publicKey for c in client._candidates], [public])
+
+    def test_readInThread(self) -> Deferred[None]:
+        """
+        While an identity file is read, the reactor runs.
+        """
+        return Deferred.fromCoroutine(self._readInThread())
