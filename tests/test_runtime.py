@@ -486,3 +486,58 @@ class IdentityFileTests(TestCase):
         While an identity file is read, the reactor runs.
         """
         return Deferred.fromCoroutine(self._readInThread())
+
+
+class HostKeyQuestionTests(TestCase):
+    """
+    The question about an unknown host key, asked on the terminal, is asked
+    in a thread: the reactor runs while a person answers (signals, the
+    control socket).
+    """
+
+    async def _askedInThread(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from twisted.conch.ssh.keys import Key
+
+        from conchshare.tunnel import auth
+        from conchshare.tunnel.knownhosts import HostKeyVerifier
+        from conchshare.tunnel.sshconfig import ConnectOptions
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(base)
+        knownHosts = os.path.join(base, "known_hosts")
+        reactorRan = threading.Event()
+        inReactorThread: list[str] = []
+
+        def heldPrompt(text: str, echo: bool) -> str:
+            # A person who answers once the reactor ran.
+            if threading.current_thread() is threading.main_thread():
+                inReactorThread.append(text)
+            else:
+                reactorRan.wait(10)
+            return "yes"
+
+        self.patch(auth, "terminalPrompt", heldPrompt)
+        verifier = HostKeyVerifier(
+            ConnectOptions(
+                host="h.example",
+                user="alice",
+                userKnownHostsFiles=[knownHosts],
+                strictHostKeyChecking="ask",
+            ),
+            terminal=lambda: True,
+            reactor=reactor,
+        )
+        reactor.callLater(0, reactorRan.set)
+        hostKey = Key(Ed25519PrivateKey.generate()).public()
+        await verifier.verify("h.example", 22, hostKey)
+        self.assertEqual(inReactorThread, [])
+        self.assertTrue(reactorRan.is_set())
+        self.assertIn(b"h.example ssh-ed25519 ", read(knownHosts))
+
+    def test_askedInThread(self) -> Deferred[None]:
+        """
+        While the question waits for its answer, the reactor runs; the key
+        accepted is recorded.
+        """
+        return Deferred.fromCoroutine(self._askedInThread())
