@@ -148,7 +148,7 @@ class Ring:
         self._pending: dict[int, tuple[Completion, object]] = {}
         # The ring's descriptor and its eventfd's: what _release closes.
         self._fds = [fd, -1]
-        self._release = weakref.finalize(self, _release, self._pending, self._fds)
+        self._finalizer = weakref.finalize(self, _release, self._pending, self._fds)
         self.closed = False
         try:
             if params.features & (_FEAT_SINGLE_MMAP | _FEAT_NODROP) != (
@@ -397,7 +397,7 @@ class Ring:
         the process).  Idempotent.
         """
         self.closed = True
-        self._release()
+        self._finalizer()
         self._eventfd = -1
         self._fd = -1
 
