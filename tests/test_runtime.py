@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from conchshare.sftp import avatar as avatarModule
 from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
@@ -541,3 +541,39 @@ class HostKeyQuestionTests(TestCase):
         accepted is recorded.
         """
         return Deferred.fromCoroutine(self._askedInThread())
+
+
+class CopyDataOpenSSHTests(SynchronousTestCase):
+    """
+    OpenSSH's C{sftp} C{cp} (copy-data) of a file of several steps, served
+    by C{conchshare sftp-server}.
+    """
+
+    def test_copyOfThreeSteps(self) -> None:
+        """
+        A copy of 20 MB (three steps of 8 MiB at most) keeps every byte.
+        """
+        import shlex
+        import shutil
+        import subprocess
+
+        sftp = shutil.which("sftp")
+        if sftp is None:
+            raise SkipTest("OpenSSH's sftp client is not installed")
+        base = os.path.realpath(self.mktemp())
+        share = os.path.join(base, "share")
+        os.makedirs(share)
+        data = os.urandom(20_000_000)
+        write(os.path.join(share, "big"), data)
+        server = shlex.join([sys.executable, "-m", "conchshare", "sftp-server", "docs=" + share])
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sftp, "-q", "-b", "-", "-D", server],
+            input="cp /docs/big /docs/copy\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=root),
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(read(os.path.join(share, "copy")), data)
