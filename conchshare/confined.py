@@ -2224,10 +2224,18 @@ class ConfinedFilesystem:
         length: int,
         destination: ConfinedFile,
         writeOffset: int,
-    ) -> None:
+        limit: int | None = None,
+    ) -> int:
         """
         copy-data: C{length} bytes (0: to the end) from C{source} to
-        C{destination}.
+        C{destination}, or their first C{limit} bytes (the rest is copied
+        by calling again with the offsets and length moved on).
+
+        @return: the count copied: less than C{limit} (or no C{limit})
+            means the copy is complete.
+        @raise OSError: the destination's share is read-only, or the
+            ranges overlap within one file (C{EBUSY}), or a read or write
+            failed.
         """
         if destination.share.readOnly:
             raise _readOnly()
@@ -2240,6 +2248,9 @@ class ConfinedFilesystem:
         ):
             raise OSError(errno.EBUSY, "copy-data between overlapping ranges of one file")
         remaining = length if length else None
+        if limit is not None:
+            remaining = limit if remaining is None else min(remaining, limit)
+        copied = 0
         while remaining is None or remaining > 0:
             size = 256 * 1024 if remaining is None else min(remaining, 256 * 1024)
             data = os.pread(source.fd, size, readOffset)
@@ -2248,5 +2259,7 @@ class ConfinedFilesystem:
             destination.write(writeOffset, data)
             readOffset += len(data)
             writeOffset += len(data)
+            copied += len(data)
             if remaining is not None:
                 remaining -= len(data)
+        return copied

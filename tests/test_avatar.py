@@ -199,7 +199,7 @@ class InterfaceTests(AvatarTestCase):
         self.assertEqual(
             self.successResultOf(a.realPath(b"/one/../home/alice/docs/..")), b"/home/alice"
         )
-        users, groups = a.usersGroupsById([0, 2**31 - 7], [0, 2**31 - 7])
+        users, groups = self.successResultOf(a.usersGroupsById([0, 2**31 - 7], [0, 2**31 - 7]))
         self.assertEqual(users, [b"root", b""])
         self.assertEqual(groups, [b"root", b""])
 

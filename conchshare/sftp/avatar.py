@@ -54,7 +54,7 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
-from conchshare.sftp.workers import Batch, Job, KeyOrder, RingCall, Workers, orderedKeys
+from conchshare.sftp.workers import AGAIN, Batch, Job, KeyOrder, RingCall, Workers, orderedKeys
 from conchshare.shares import ShareSet
 from conchshare.uring import ringFor
 
@@ -74,6 +74,11 @@ _KEYS_CACHED = 4096
 
 #: Directory entries read ahead when a directory is opened.
 _PREFETCH = 1000
+
+#: The most ids of one users-groups-by-id request looked up (each of the
+#: two lists); those past it get empty names, the reply's form for unknown
+#: ids.  Each lookup may wait for the name service (LDAP, NIS).
+MAX_NAME_LOOKUPS = 1024
 
 #: Runs a blocking callable somewhere and returns a Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -187,13 +192,26 @@ class PathOrder:
         return job.deferred
 
     def _start(self, job: Job) -> None:
-        try:
-            d = self._runner(job.function, *job.args)
-        except BaseException:
-            d = fail()
-        d.addBoth(self._finished, job)
+        # A call answering AGAIN is made again, still holding its keys: in
+        # this loop when the runner answered at once (no recursion).
+        while True:
+            step = _Step()
+            try:
+                d = self._runner(job.function, *job.args)
+            except BaseException:
+                d = fail()
+            d.addBoth(self._finished, job, step)
+            step.returned = True
+            if not step.again:
+                return
 
-    def _finished(self, result: object, job: Job) -> None:
+    def _finished(self, result: object, job: Job, step: _Step) -> None:
+        if result is AGAIN:
+            if step.returned:
+                self._start(job)
+            else:
+                step.again = True
+            return
         following = self._order.finish(job)
         if isinstance(result, Failure):
             job.deferred.errback(result)
@@ -201,6 +219,16 @@ class PathOrder:
             job.deferred.callback(result)
         for candidate in following:
             self._start(candidate)
+
+
+class _Step:
+    # One step of a call made by PathOrder: whether the runner returned,
+    # and whether the call asked to be made again before that.
+    __slots__ = ("returned", "again")
+
+    def __init__(self) -> None:
+        self.returned = False
+        self.again = False
 
 
 #: What runs the avatar's calls in order: L{Workers} or L{PathOrder}.
@@ -382,6 +410,12 @@ class ShareDirectory:
 
     _opened = 0
 
+    #: Whether its descriptor may be closed in the reactor thread: set for
+    #: directories opened there, on a local filesystem (see
+    #: L{ConfinedFilesystem.openDirectoryCached}).  Elsewhere closing may
+    #: wait for a server (CIFS sends its close request and waits).
+    closesInline = False
+
     def __init__(self, confined: ConfinedDirectory, executor: Executor | Runner) -> None:
         self.confined = confined
         if not isinstance(executor, Workers | PathOrder):
@@ -434,9 +468,13 @@ class ShareDirectory:
         """
         @return: a Deferred firing with L{None} once the directory is closed.
         """
-        if self._executor.inlineReads and self._executor.sharedFree(self._keys[0]):
-            # Closing a directory descriptor waits for no I/O (there is
-            # nothing to flush): done here, without a round trip.
+        if (
+            self.closesInline
+            and self._executor.inlineReads
+            and self._executor.sharedFree(self._keys[0])
+        ):
+            # Closing a directory descriptor of a local filesystem waits
+            # for no I/O (nothing to flush): done here, without a round trip.
             try:
                 self.confined.close()
             except OSError:
@@ -478,6 +516,8 @@ class ShareSFTPServer:
         threads: int = 8,
         inlineCalls: bool = False,
         ring: bool = True,
+        lookUpUser: Callable[[int], bytes] = userName,
+        lookUpGroup: Callable[[int], bytes] = groupName,
     ) -> None:
         """
         @param shares: what is shared.
@@ -497,8 +537,14 @@ class ShareSFTPServer:
             common calls (create, write, close, stat) through io_uring
             where it is usable (see L{conchshare.uring}), instead of a
             worker thread.
+        @param lookUpUser: the login name of a uid (empty when unknown),
+            for users-groups-by-id; called in a worker, never in the
+            reactor thread (it may wait for the name service).
+        @param lookUpGroup: the same for a gid.
         """
         self.shares = shares
+        self._lookUpUser = lookUpUser
+        self._lookUpGroup = lookUpGroup
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
         self.readOnly = shares.readOnly
         order: Executor
@@ -630,6 +676,7 @@ class ShareSFTPServer:
             confined = self.filesystem.openDirectoryCached(key)
             if confined is not None:
                 directory = ShareDirectory(confined, order)
+                directory.closesInline = True
                 directory.readAhead(_PREFETCH)
                 return directory
         d = self._onPaths([path], self._openDirectory, shared=True)
@@ -735,27 +782,99 @@ class ShareSFTPServer:
         self, readFile: object, readOffset: int, length: int, writeFile: object, writeOffset: int
     ) -> Deferred[None]:
         """
+        Copy in steps of at most L{COPY_STEP} bytes, each a call of its
+        own: other requests' calls run between them; the requests on
+        either file made after this one wait for its last step.
+
         @return: a Deferred firing with L{None} once copied, after earlier
-            requests on both files.
+            requests on both files; it fails with L{OSError}.
         """
         source, destination = _shareFile(readFile), _shareFile(writeFile)
         if source._executor is not destination._executor:
             raise OSError(errno.EXDEV, "The files belong to different servers")
-        return source._executor.run(
-            [source.key, destination.key],
-            self.filesystem.copyData,
-            source.confined,
-            readOffset,
-            length,
-            destination.confined,
-            writeOffset,
+        copy = _Copy(
+            self.filesystem, source.confined, readOffset, length, destination.confined, writeOffset
         )
+        d = source._executor.run([source.key, destination.key], copy.step)
+        return d.addCallback(lambda _: None)
 
     def homeDirectory(self, username: bytes) -> bytes:
         return self.shares.home
 
-    def usersGroupsById(self, uids: list[int], gids: list[int]) -> tuple[list[bytes], list[bytes]]:
-        return [userName(uid) for uid in uids], [groupName(gid) for gid in gids]
+    def usersGroupsById(
+        self, uids: list[int], gids: list[int]
+    ) -> Deferred[tuple[list[bytes], list[bytes]]]:
+        """
+        users-groups-by-id@openssh.com, looked up in a worker (name service
+        lookups may wait: LDAP, NIS); it touches no file, so it waits for
+        no other request.  Ids past the first L{MAX_NAME_LOOKUPS} of each
+        list get empty names.
+
+        @return: a Deferred firing with the user names and the group names,
+            in the order asked (empty for an unknown id).
+        """
+        return self._order.run((), self._lookUpNames, uids, gids, shared=True)
+
+    def _lookUpNames(self, uids: list[int], gids: list[int]) -> tuple[list[bytes], list[bytes]]:
+        # In a worker.
+        return _names(self._lookUpUser, uids), _names(self._lookUpGroup, gids)
+
+
+def _names(lookUp: Callable[[int], bytes], ids: list[int]) -> list[bytes]:
+    names = [lookUp(i) for i in ids[:MAX_NAME_LOOKUPS]]
+    names.extend(b"" for _ in ids[MAX_NAME_LOOKUPS:])
+    return names
+
+
+#: The most bytes one step of a copy-data copies (see L{AGAIN}).
+COPY_STEP = 8 * 1024 * 1024
+
+
+class _Copy:
+    """
+    A copy-data in steps (L{ShareSFTPServer.copyData}).
+    """
+
+    def __init__(
+        self,
+        filesystem: ConfinedFilesystem,
+        source: ConfinedFile,
+        readOffset: int,
+        length: int,
+        destination: ConfinedFile,
+        writeOffset: int,
+    ) -> None:
+        self.filesystem = filesystem
+        self.source = source
+        self.readOffset = readOffset
+        self.length = length  # 0: to the end
+        self.destination = destination
+        self.writeOffset = writeOffset
+        self.copied = 0
+
+    def step(self) -> object:
+        """
+        Copy the next L{COPY_STEP} bytes at most (in a worker).
+
+        @return: L{AGAIN} while there may be more to copy, else L{None}.
+        """
+        copied = self.copied
+        if self.length:
+            remaining = self.length - copied
+            if remaining <= 0:
+                return None
+        else:
+            remaining = 0
+        count = self.filesystem.copyData(
+            self.source,
+            self.readOffset + copied,
+            remaining,
+            self.destination,
+            self.writeOffset + copied,
+            limit=COPY_STEP,
+        )
+        self.copied = copied + count
+        return AGAIN if count == COPY_STEP else None
 
 
 def _shareFile(fileObj: object) -> ShareFile:

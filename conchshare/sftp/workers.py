@@ -27,6 +27,11 @@ accepts (the WRITEs of one file at consecutive offsets: one C{pwritev}
 instead of one call, one wake-up and one hand-over each).  They start and
 end together, each with its own result.
 
+A call may run in steps: returning L{AGAIN}, it is made again, still
+holding its keys, once the calls ready at that moment have started (a
+copy-data of gigabytes takes a thread from other clients for one step at
+a time, and the later requests on its files still wait for its end).
+
 With a ring (L{conchshare.uring}), a call made with a L{RingCall} whose
 keys are free starts in the kernel instead, from the reactor thread, and
 ends there (its completion is delivered by the reactor); the calls it
@@ -49,6 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 __all__ = [
+    "AGAIN",
     "FALLBACK",
     "Batch",
     "Job",
@@ -185,6 +191,12 @@ class Job:
             self.deferred.callback(self.value)
         else:
             self.deferred.errback(Failure(self.value))  # type: ignore[no-untyped-call]
+
+
+#: Returned by a call that is not done: it is made again, still holding
+#: its keys, once the calls ready to run when it returned have started
+#: (a long copy-data, in steps: other clients' calls go in between).
+AGAIN = object()
 
 
 #: What L{RingCall.start} is given to report with: C{(True, result)},
@@ -429,7 +441,8 @@ class Workers:
         self._done: list[Job] = []
         self._collecting = False
         self._reactorWaiting = False
-        self._threads: list[threading.Thread] = []
+        self._started = 0  # threads started so far
+        self._live = 0  # of which have not ended
         self._between = 0  # awake threads not in a call: they take ready calls
         self._calling = 0
         self._lastCall = 0.0  # how long the last call took (seconds)
@@ -450,7 +463,7 @@ class Workers:
         """
         The number of threads started so far.
         """
-        return len(self._threads)
+        return self._started
 
     def busy(self) -> bool:
         """
@@ -492,8 +505,6 @@ class Workers:
         job = Job(orderedKeys(keys), shared, function, args, batch, ring)
         wake = None
         with self._lock:
-            if self._stopped:
-                raise RuntimeError("The workers are stopped")
             if not self._order.add(job):
                 return job.deferred
             if ring is None or self.ring is None:
@@ -582,8 +593,12 @@ class Workers:
 
     def stop(self) -> None:
         """
-        Let the threads end once idle; queued calls still run.  Calls made
-        afterwards fail with L{RuntimeError}.
+        Let the threads end once idle; calls in flight and queued calls
+        still run and deliver their results.  Calls made afterwards still
+        run too (in a thread started for them, which ends once idle): a
+        reactor shutting down (this is its C{during shutdown} trigger) may
+        still deliver replies and close the clients' files; a call never
+        fails because of the stop.
         """
         with self._lock:
             self._stopped = True
@@ -599,7 +614,7 @@ class Workers:
         if self._idleWakes:
             self._between += 1
             return self._idleWakes.pop()
-        if len(self._threads) < self._max:
+        if self._live < self._max:
             if not self._shutdownTrigger:
                 self._shutdownTrigger = True
                 addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
@@ -607,9 +622,10 @@ class Workers:
                     addTrigger("during", "shutdown", self.stop)
             self._between += 1
             thread = threading.Thread(
-                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+                target=self._work, name=f"{self._name}-{self._started}", daemon=True
             )
-            self._threads.append(thread)
+            self._started += 1
+            self._live += 1
             thread.start()
         return None
 
@@ -624,6 +640,7 @@ class Workers:
                 if not ready:
                     self._between -= 1
                     if self._stopped:
+                        self._live -= 1
                         return
                     # Whoever takes our wake from the list counts us as
                     # between calls again.
@@ -656,6 +673,11 @@ class Workers:
                     lock.acquire()
                 self._calling -= 1
                 self._between += 1
+                if jobs is None and job.ok and job.value is AGAIN:
+                    # Not done: its next step queues behind the calls
+                    # ready now, keeping its keys.
+                    ready.append(job)
+                    continue
                 following = self._order.finish(job)
                 if following:
                     ready.extendleft(reversed(following))

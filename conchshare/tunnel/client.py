@@ -523,7 +523,7 @@ class SSHClientFactory(ClientFactory):
         self.connectionFactory = connectionFactory
         self.reactor = _defaultReactor(reactor)
         self.prompt = prompt
-        self.verifier = HostKeyVerifier(options, prompt=prompt)
+        self.verifier = HostKeyVerifier(options, prompt=prompt, reactor=self.reactor)
         # Passphrases are asked once per factory, not once per reconnect.
         self.keyCache: dict[str, keys.Key] = {}
         self.lastProtocol: SSHClientTransport | None = None

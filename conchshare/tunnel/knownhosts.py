@@ -28,9 +28,11 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
@@ -265,16 +267,21 @@ class HostKeyVerifier:
         *,
         prompt: Prompt | None = None,
         terminal: Callable[[], bool] = isTerminal,
+        reactor: Any = None,
     ) -> None:
         """
         @param prompt: asks a person (C{prompt(text, echo)}); L{None} means
             asking is possible only on a terminal, through
             L{conchshare.tunnel.auth.terminalPrompt}.
         @param terminal: whether a terminal is there to ask on.
+        @param reactor: whose thread pool asks on the terminal, so that the
+            reactor runs while a person answers (L{None}, or a reactor
+            without a thread pool: asked in the calling thread).
         """
         self.options = options
         self.prompt = prompt
         self.terminal = terminal
+        self.reactor = reactor
         self.warnings: list[str] = []
 
     def _warn(self, text: str) -> None:
@@ -289,7 +296,15 @@ class HostKeyVerifier:
         if self.terminal():
             from conchshare.tunnel.auth import terminalPrompt
 
-            return terminalPrompt
+            getThreadPool = getattr(self.reactor, "getThreadPool", None)
+            if getThreadPool is None:
+                return terminalPrompt
+            reactor = self.reactor
+
+            def inThread(text: str, echo: bool) -> Deferred[str]:
+                return deferToThreadPool(reactor, getThreadPool(), terminalPrompt, text, echo)
+
+            return inThread
         return None
 
     def verify(self, hostname: str, port: int, hostKey: Key) -> Deferred[None]:
