@@ -33,14 +33,14 @@ trap 'rm -rf "$work"' EXIT
 
 # freshVenv NAME PIP-INSTALL-ARGS...: a new venv with the package installed.
 freshVenv() {
-    local venv="$work/$1"
+    local name=$1 venv="$work/$1"
     shift
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/python" -m pip install -q "$@"
     "$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
         | grep -iE '^(twisted|cryptography|pyasn1|bcrypt)==' | tr '\n' ' '
-    echo "($1)"
+    echo "($name)"
 }
 
 freshVenv newest '.[test]'
