@@ -692,6 +692,52 @@ class ShareCommandErrorTests(_Base):
         self.assertEqual(running.wait(), 5)
         self.assertNotIn("Traceback", running.stderr)
 
+    def test_hostKeyOfAnotherType(self) -> None:
+        """
+        known_hosts holds the host's Ed25519 key and the host presents only
+        an ECDSA key: a changed key, refused even with C{--accept-new}: exit
+        5, one sentence with both fingerprints, the known key's file and
+        line and the way out; known_hosts is left alone.
+        """
+        keys = shortTempDir(self)
+        ecdsa = os.path.join(keys, "host_ecdsa")
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", ecdsa],
+            check=True,
+            capture_output=True,
+        )
+        sshd = startForTest(
+            self, [f"HostKey {ecdsa}", "HostKeyAlgorithms ecdsa-sha2-nistp256"], needs=("sftp",)
+        )
+        with open(sshd.knownHostsPath) as f:
+            before = f.read()
+        self.assertIn("ssh-ed25519", before)
+        args = ["share", *sshArgs(sshd), "--accept-new", "--control", self.control]
+        # First with --json: the first event is the error (not "connected").
+        running = Running(self, args + ["--json", sshd.destination(), self.share])
+        first = running.line()
+        assert first is not None, running.stderr
+        self.assertEqual(json.loads(first)["event"], "error", first)
+        self.assertEqual(running.wait(), 5)
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *args, sshd.destination(), self.share],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 5, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("HAS CHANGED", result.stderr)
+        self.assertIn(f"ECDSA key {fingerprint(ecdsa + '.pub')}", result.stderr)
+        known = fingerprint(sshd.hostKeyPath + ".pub")
+        self.assertIn(f"ED25519 key {known} ({sshd.knownHostsPath} line 1)", result.stderr)
+        self.assertIn(
+            f"ssh-keygen -R '{sshd.hostField()}' -f '{sshd.knownHostsPath}'", result.stderr
+        )
+        self.assertIn("--accept-new", result.stderr)
+        with open(sshd.knownHostsPath) as f:
+            self.assertEqual(f.read(), before)
+
     def test_authenticationFailed(self) -> None:
         """
         A key the server does not accept: exit 4, one sentence naming the
