@@ -355,6 +355,71 @@ class ShareCommandTests(_Base):
         self.assertNotIn("Warning", running.stderr)
         self.assertNotIn(".py:", running.stderr)
 
+    def test_controlDirectoryOfAStranger(self) -> None:
+        """
+        Without C{XDG_RUNTIME_DIR}, a C{/tmp/conchshare-UID} another local
+        user made first does not stop C{share}: its socket goes to
+        C{$HOME/.cache/conchshare}, where C{ctl} finds it.  With C{--control
+        PATH}, nothing is made in C{/tmp/conchshare-UID}.  Run in a mount
+        namespace of its own with a private C{/tmp}.
+        """
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            raise SkipTest("needs root and unshare for a private /tmp")
+        share = os.path.abspath(self.mktemp())
+        os.mkdir(share)
+        args = ["share", *sshArgs(self.sshd), "--mode", "raw", self.sshd.destination(), share]
+        script = f"""
+import json, os, signal, subprocess, sys
+args = {args!r}
+uid = os.getuid()
+usual = f"/tmp/conchshare-{{uid}}"
+os.mkdir(usual, 0o700)
+os.chown(usual, 4242, 4242)
+os.mkdir("/tmp/home")
+env = dict(os.environ, HOME="/tmp/home")
+env.pop("XDG_RUNTIME_DIR", None)
+conchshare = [sys.executable, "-m", "conchshare"]
+result = {{}}
+
+def run(extra):
+    process = subprocess.Popen(
+        conchshare + args[:1] + extra + args[1:], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    line = process.stdout.readline()
+    status = subprocess.run(
+        conchshare + ["ctl", "--json", "status"], env=env, capture_output=True, text=True,
+        timeout=30,
+    )
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    return line, status.returncode, process.returncode, err
+
+result["line"], result["ctl"], result["exit"], result["stderr"] = run([])
+os.rmdir(usual)
+os.mkdir("/tmp/mine", 0o700)
+result["explicit"] = run(["--control", "/tmp/mine/ctl.sock"])[0]
+result["created"] = os.path.exists(usual)
+print(json.dumps(result))
+"""
+        completed = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+            + ['mount -t tmpfs tmpfs /tmp && exec "$0" "$@"', sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=3 * WAIT,
+        )
+        if completed.returncode != 0 and "mount" in completed.stderr[:200]:
+            raise SkipTest(f"no private /tmp: {completed.stderr.strip()}")
+        self.assertEqual(completed.returncode, 0, completed.stderr)
+        result = json.loads(completed.stdout.splitlines()[-1])
+        self.assertTrue(
+            result["line"].startswith("Control socket: /tmp/home/.cache/conchshare/"), result
+        )
+        self.assertEqual((result["ctl"], result["exit"]), (0, 0), result)
+        self.assertTrue(result["explicit"].startswith("Control socket: /tmp/mine/ctl.sock"), result)
+        self.assertFalse(result["created"], result)
+
     def test_pauseResumeSignals(self) -> None:
         """
         SIGUSR1 during a download pauses it (C{paused} event, no progress);
