@@ -44,7 +44,7 @@ freshVenv() {
 }
 
 freshVenv newest '.[test]'
-freshVenv lowest -c tests/constraints-lowest.txt .
+freshVenv lowest -c tests/constraints-lowest.txt '.[test]'
 
 # tally LOG: "passed failed skipped" from trial's summary line,
 # "PASSED (skips=1, successes=120)" or "FAILED (failures=1, errors=2, ...)".

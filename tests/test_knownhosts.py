@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from twisted.conch.ssh.common import NS
 from twisted.conch.ssh.keys import Key
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
 from conchshare.tunnel import auth
@@ -40,12 +40,13 @@ def dsaPublicLine(directory: str) -> tuple[str, str]:
     fingerprint as ssh-keygen prints it: never parsed by Conch here.
     """
     path = os.path.join(directory, "dsa")
-    subprocess.run(
+    made = subprocess.run(
         ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", path],
-        check=True,
         stdin=subprocess.DEVNULL,
         capture_output=True,
     )
+    if made.returncode != 0:
+        raise SkipTest("this ssh-keygen makes no DSA keys (OpenSSH 10 dropped them)")
     listed = subprocess.run(
         ["ssh-keygen", "-l", "-f", path + ".pub"], check=True, capture_output=True, text=True
     )
