@@ -20,12 +20,12 @@ $SUDO apt-get install -y -q --no-install-recommends \
 # The tests that start no sshd and no sshfs: quick, and what the lowest
 # dependency versions are checked with.
 FAST_TESTS=(
-    tests.test_audit tests.test_avatar tests.test_channels tests.test_cli tests.test_client_auth
-    tests.test_command tests.test_confined tests.test_control tests.test_destination
-    tests.test_events tests.test_fuzz_sftp tests.test_knownhosts tests.test_nested
-    tests.test_service tests.test_sftp_core tests.test_sftp_protocol
-    tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares tests.test_spin
-    tests.test_sshconfig tests.test_uring tests.test_workers
+    tests.test_audit tests.test_avatar tests.test_channels tests.test_cli
+    tests.test_client_auth tests.test_command tests.test_confined tests.test_control
+    tests.test_depwarnings tests.test_destination tests.test_events tests.test_fuzz_sftp
+    tests.test_knownhosts tests.test_nested tests.test_service tests.test_sftp_core
+    tests.test_sftp_protocol tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares
+    tests.test_spin tests.test_sshconfig tests.test_uring tests.test_workers
 )
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/conchshare-ci.XXXXXX")
