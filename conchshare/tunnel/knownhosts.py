@@ -2,8 +2,10 @@
 Host key verification against OpenSSH known_hosts files.
 
 Read: plain entries (comma-separated patterns with C{*}, C{?} and C{!}),
-hashed entries (C{|1|salt|hash}), the C{[host]:port} form for ports other than 22, C{@revoked} lines; C{@cert-
-authority} lines are skipped (no certificates here).
+hashed entries (C{|1|salt|hash}), the C{[host]:port} form for ports other
+than 22, C{@revoked} lines; C{@cert-authority} lines are skipped (no
+certificates here).  Lines are matched as text; only the keys Conch
+parses are parsed (never C{ssh-dss}: see L{TEXT_ONLY_KEY_TYPES}).
 
 Policy (C{StrictHostKeyChecking}):
   - a known key: accepted;
