@@ -360,65 +360,66 @@ class ShareCommandTests(_Base):
         Without C{XDG_RUNTIME_DIR}, a C{/tmp/conchshare-UID} another local
         user made first does not stop C{share}: its socket goes to
         C{$HOME/.cache/conchshare}, where C{ctl} finds it.  With C{--control
-        PATH}, nothing is made in C{/tmp/conchshare-UID}.  Run in a mount
-        namespace of its own with a private C{/tmp}.
+        PATH}, nothing is made in C{/tmp/conchshare-UID}.  conchshare runs
+        in a user namespace as a user id of its own (so the real
+        C{/tmp/conchshare-0} of other tests is not in the way); the
+        directory of "another user" is made by root outside.
         """
         if os.geteuid() != 0 or not shutil.which("unshare"):
-            raise SkipTest("needs root and unshare for a private /tmp")
+            raise SkipTest("needs root and unshare(1)")
+        uid = 50000 + os.getpid() % 10000
+        usual = f"/tmp/conchshare-{uid}"
+        self.addCleanup(shutil.rmtree, usual, True)
+        home = shortTempDir(self)
         share = os.path.abspath(self.mktemp())
         os.mkdir(share)
-        args = ["share", *sshArgs(self.sshd), "--mode", "raw", self.sshd.destination(), share]
+        args = [*sshArgs(self.sshd), "--mode", "raw", self.sshd.destination(), share]
         script = f"""
 import json, os, signal, subprocess, sys
-args = {args!r}
-uid = os.getuid()
-usual = f"/tmp/conchshare-{{uid}}"
-os.mkdir(usual, 0o700)
-os.chown(usual, 4242, 4242)
-os.mkdir("/tmp/home")
-env = dict(os.environ, HOME="/tmp/home")
+assert os.getuid() == {uid}
+# This user id has no passwd entry: the local user name comes from LOGNAME.
+env = dict(os.environ, HOME={home!r}, LOGNAME="stranger-test")
 env.pop("XDG_RUNTIME_DIR", None)
 conchshare = [sys.executable, "-m", "conchshare"]
-result = {{}}
-
-def run(extra):
-    process = subprocess.Popen(
-        conchshare + args[:1] + extra + args[1:], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-    )
-    line = process.stdout.readline()
-    status = subprocess.run(
-        conchshare + ["ctl", "--json", "status"], env=env, capture_output=True, text=True,
-        timeout=30,
-    )
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
-    return line, status.returncode, process.returncode, err
-
-result["line"], result["ctl"], result["exit"], result["stderr"] = run([])
-os.rmdir(usual)
-os.mkdir("/tmp/mine", 0o700)
-result["explicit"] = run(["--control", "/tmp/mine/ctl.sock"])[0]
-result["created"] = os.path.exists(usual)
-print(json.dumps(result))
+process = subprocess.Popen(
+    conchshare + ["share"] + sys.argv[1:] + {args!r}, env=env, text=True,
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+)
+line = process.stdout.readline()
+status = subprocess.run(
+    conchshare + ["ctl", "status"], env=env, capture_output=True, text=True, timeout=30
+)
+process.send_signal(signal.SIGTERM)
+out, err = process.communicate(timeout=30)
+print(json.dumps([line, status.returncode, status.stdout, process.returncode, err]))
 """
-        completed = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
-            + ['mount -t tmpfs tmpfs /tmp && exec "$0" "$@"', sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=3 * WAIT,
-        )
-        if completed.returncode != 0 and "mount" in completed.stderr[:200]:
-            raise SkipTest(f"no private /tmp: {completed.stderr.strip()}")
-        self.assertEqual(completed.returncode, 0, completed.stderr)
-        result = json.loads(completed.stdout.splitlines()[-1])
-        self.assertTrue(
-            result["line"].startswith("Control socket: /tmp/home/.cache/conchshare/"), result
-        )
-        self.assertEqual((result["ctl"], result["exit"]), (0, 0), result)
-        self.assertTrue(result["explicit"].startswith("Control socket: /tmp/mine/ctl.sock"), result)
-        self.assertFalse(result["created"], result)
+
+        def run(*extra: str) -> list[Any]:
+            completed = subprocess.run(
+                ["unshare", "--user", f"--map-user={uid}", f"--map-group={uid}"]
+                + [sys.executable, "-c", script, *extra],
+                capture_output=True,
+                text=True,
+                timeout=3 * WAIT,
+            )
+            if completed.returncode != 0 and "unshare" in completed.stderr:
+                raise SkipTest(f"no user namespace: {completed.stderr.strip()}")
+            self.assertEqual(completed.returncode, 0, completed.stderr)
+            result: list[Any] = json.loads(completed.stdout.splitlines()[-1])
+            return result
+
+        os.mkdir(usual, 0o700)
+        os.chown(usual, 4242, 4242)
+        line, ctl, ctlOut, code, stderr = run()
+        cache = os.path.join(home, ".cache", "conchshare")
+        self.assertTrue(line.startswith(f"Control socket: {cache}/"), (line, stderr))
+        self.assertEqual((ctl, code), (0, 0), (ctlOut, stderr))
+        self.assertEqual(os.lstat(usual).st_uid, 4242)
+        os.rmdir(usual)
+        mine = os.path.join(shortTempDir(self), "ctl.sock")
+        line, ctl, ctlOut, code, stderr = run("--control", mine)
+        self.assertTrue(line.startswith(f"Control socket: {mine} "), (line, stderr))
+        self.assertFalse(os.path.lexists(usual))
 
     def test_pauseResumeSignals(self) -> None:
         """
