@@ -20,12 +20,12 @@ $SUDO apt-get install -y -q --no-install-recommends \
 # The tests that start no sshd and no sshfs: quick, and what the lowest
 # dependency versions are checked with.
 FAST_TESTS=(
-    tests.test_avatar tests.test_channels tests.test_cli tests.test_client_auth
-    tests.test_command tests.test_confined tests.test_control tests.test_destination
-    tests.test_events tests.test_fuzz_sftp tests.test_knownhosts tests.test_nested
-    tests.test_service tests.test_sftp_core tests.test_sftp_protocol
-    tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares tests.test_spin
-    tests.test_sshconfig tests.test_uring tests.test_workers
+    tests.test_audit tests.test_avatar tests.test_channels tests.test_cli
+    tests.test_client_auth tests.test_command tests.test_confined tests.test_control
+    tests.test_depwarnings tests.test_destination tests.test_events tests.test_fuzz_sftp
+    tests.test_knownhosts tests.test_nested tests.test_service tests.test_sftp_core
+    tests.test_sftp_protocol tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares
+    tests.test_spin tests.test_sshconfig tests.test_uring tests.test_workers
 )
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/conchshare-ci.XXXXXX")
@@ -33,18 +33,18 @@ trap 'rm -rf "$work"' EXIT
 
 # freshVenv NAME PIP-INSTALL-ARGS...: a new venv with the package installed.
 freshVenv() {
-    local venv="$work/$1"
+    local name=$1 venv="$work/$1"
     shift
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     "$venv/bin/python" -m pip install -q "$@"
     "$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
         | grep -iE '^(twisted|cryptography|pyasn1|bcrypt)==' | tr '\n' ' '
-    echo "($1)"
+    echo "($name)"
 }
 
 freshVenv newest '.[test]'
-freshVenv lowest -c tests/constraints-lowest.txt .
+freshVenv lowest -c tests/constraints-lowest.txt '.[test]'
 
 # tally LOG: "passed failed skipped" from trial's summary line,
 # "PASSED (skips=1, successes=120)" or "FAILED (failures=1, errors=2, ...)".

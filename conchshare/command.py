@@ -237,7 +237,8 @@ def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--control",
         metavar="PATH",
-        help="the control socket (default: in $XDG_RUNTIME_DIR/conchshare or /tmp/conchshare-UID)",
+        help="the control socket (default: in the first private directory of"
+        " $XDG_RUNTIME_DIR/conchshare, /tmp/conchshare-UID, ~/.cache/conchshare)",
     )
     return parser
 

@@ -314,12 +314,13 @@ class AgentTests(ClientTestMixin, TestCase):
     async def _agentDSA(self) -> None:
         sshd = self.startSSHD()
         dsaKey = os.path.join(sshd.directory, "dsa")
-        subprocess.run(
+        made = subprocess.run(
             ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", dsaKey],
-            check=True,
             stdin=subprocess.DEVNULL,
             capture_output=True,
         )
+        if made.returncode != 0:
+            raise SkipTest("this ssh-keygen makes no DSA keys (OpenSSH 10 dropped them)")
         sock = self.startAgent(dsaKey)
         options = self.optionsFor(sshd, identityFiles=[], identityAgent=sock, useAgent=True)
         error = await self.connectFails(options)

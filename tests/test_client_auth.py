@@ -16,7 +16,7 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.keys import Key
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.sshconfig import ConnectOptions
@@ -239,12 +239,14 @@ class AuthTests(SynchronousTestCase):
             ("pem", "", False),
         ]:
             path = os.path.abspath(self.mktemp())
-            subprocess.run(
+            made = subprocess.run(
                 ["ssh-keygen", "-q", "-t", "dsa", "-N", passphrase, "-f", path]
                 + (["-m", "PEM"] if name == "pem" else []),
-                check=True,
                 stdin=subprocess.DEVNULL,
+                capture_output=True,
             )
+            if made.returncode != 0:
+                raise SkipTest("this ssh-keygen makes no DSA keys (OpenSSH 10 dropped them)")
             if not keepPublic:
                 os.remove(path + ".pub")
             paths.append(path)

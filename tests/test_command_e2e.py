@@ -504,6 +504,72 @@ class ShareCommandTests(_Base):
         self.assertNotIn("Warning", running.stderr)
         self.assertNotIn(".py:", running.stderr)
 
+    def test_controlDirectoryOfAStranger(self) -> None:
+        """
+        Without C{XDG_RUNTIME_DIR}, a C{/tmp/conchshare-UID} another local
+        user made first does not stop C{share}: its socket goes to
+        C{$HOME/.cache/conchshare}, where C{ctl} finds it.  With C{--control
+        PATH}, nothing is made in C{/tmp/conchshare-UID}.  conchshare runs
+        in a user namespace as a user id of its own (so the real
+        C{/tmp/conchshare-0} of other tests is not in the way); the
+        directory of "another user" is made by root outside.
+        """
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            raise SkipTest("needs root and unshare(1)")
+        uid = 50000 + os.getpid() % 10000
+        usual = f"/tmp/conchshare-{uid}"
+        self.addCleanup(shutil.rmtree, usual, True)
+        home = shortTempDir(self)
+        share = os.path.abspath(self.mktemp())
+        os.mkdir(share)
+        args = [*sshArgs(self.sshd), "--mode", "raw", self.sshd.destination(), share]
+        script = f"""
+import json, os, signal, subprocess, sys
+assert os.getuid() == {uid}
+# This user id has no passwd entry: the local user name comes from LOGNAME.
+env = dict(os.environ, HOME={home!r}, LOGNAME="stranger-test")
+env.pop("XDG_RUNTIME_DIR", None)
+conchshare = [sys.executable, "-m", "conchshare"]
+process = subprocess.Popen(
+    conchshare + ["share"] + sys.argv[1:] + {args!r}, env=env, text=True,
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+)
+line = process.stdout.readline()
+status = subprocess.run(
+    conchshare + ["ctl", "status"], env=env, capture_output=True, text=True, timeout=30
+)
+process.send_signal(signal.SIGTERM)
+out, err = process.communicate(timeout=30)
+print(json.dumps([line, status.returncode, status.stdout, process.returncode, err]))
+"""
+
+        def run(*extra: str) -> list[Any]:
+            completed = subprocess.run(
+                ["unshare", "--user", f"--map-user={uid}", f"--map-group={uid}"]
+                + [sys.executable, "-c", script, *extra],
+                capture_output=True,
+                text=True,
+                timeout=3 * WAIT,
+            )
+            if completed.returncode != 0 and "unshare" in completed.stderr:
+                raise SkipTest(f"no user namespace: {completed.stderr.strip()}")
+            self.assertEqual(completed.returncode, 0, completed.stderr)
+            result: list[Any] = json.loads(completed.stdout.splitlines()[-1])
+            return result
+
+        os.mkdir(usual, 0o700)
+        os.chown(usual, 4242, 4242)
+        line, ctl, ctlOut, code, stderr = run()
+        cache = os.path.join(home, ".cache", "conchshare")
+        self.assertTrue(line.startswith(f"Control socket: {cache}/"), (line, stderr))
+        self.assertEqual((ctl, code), (0, 0), (ctlOut, stderr))
+        self.assertEqual(os.lstat(usual).st_uid, 4242)
+        os.rmdir(usual)
+        mine = os.path.join(shortTempDir(self), "ctl.sock")
+        line, ctl, ctlOut, code, stderr = run("--control", mine)
+        self.assertTrue(line.startswith(f"Control socket: {mine} "), (line, stderr))
+        self.assertFalse(os.path.lexists(usual))
+
     def test_pauseResumeSignals(self) -> None:
         """
         SIGUSR1 during a download pauses it (C{paused} event, no progress);
@@ -840,6 +906,52 @@ class ShareCommandErrorTests(_Base):
         running.event("stopped")
         self.assertEqual(running.wait(), 5)
         self.assertNotIn("Traceback", running.stderr)
+
+    def test_hostKeyOfAnotherType(self) -> None:
+        """
+        known_hosts holds the host's Ed25519 key and the host presents only
+        an ECDSA key: a changed key, refused even with C{--accept-new}: exit
+        5, one sentence with both fingerprints, the known key's file and
+        line and the way out; known_hosts is left alone.
+        """
+        keys = shortTempDir(self)
+        ecdsa = os.path.join(keys, "host_ecdsa")
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", ecdsa],
+            check=True,
+            capture_output=True,
+        )
+        sshd = startForTest(
+            self, [f"HostKey {ecdsa}", "HostKeyAlgorithms ecdsa-sha2-nistp256"], needs=("sftp",)
+        )
+        with open(sshd.knownHostsPath) as f:
+            before = f.read()
+        self.assertIn("ssh-ed25519", before)
+        args = ["share", *sshArgs(sshd), "--accept-new", "--control", self.control]
+        # First with --json: the first event is the error (not "connected").
+        running = Running(self, args + ["--json", sshd.destination(), self.share])
+        first = running.line()
+        assert first is not None, running.stderr
+        self.assertEqual(json.loads(first)["event"], "error", first)
+        self.assertEqual(running.wait(), 5)
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *args, sshd.destination(), self.share],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 5, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("HAS CHANGED", result.stderr)
+        self.assertIn(f"ECDSA key {fingerprint(ecdsa + '.pub')}", result.stderr)
+        known = fingerprint(sshd.hostKeyPath + ".pub")
+        self.assertIn(f"ED25519 key {known} ({sshd.knownHostsPath} line 1)", result.stderr)
+        self.assertIn(
+            f"ssh-keygen -R '{sshd.hostField()}' -f '{sshd.knownHostsPath}'", result.stderr
+        )
+        self.assertIn("--accept-new", result.stderr)
+        with open(sshd.knownHostsPath) as f:
+            self.assertEqual(f.read(), before)
 
     def test_authenticationFailed(self) -> None:
         """

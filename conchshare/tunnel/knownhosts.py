@@ -2,15 +2,19 @@
 Host key verification against OpenSSH known_hosts files.
 
 Read: plain entries (comma-separated patterns with C{*}, C{?} and C{!}),
-hashed entries (C{|1|salt|hash}), the
-C{[host]:port} form for ports other than 22, C{@revoked} lines; C{@cert-
-authority} lines are skipped (no certificates here).
+hashed entries (C{|1|salt|hash}), the C{[host]:port} form for ports other
+than 22, C{@revoked} lines; C{@cert-authority} lines are skipped (no
+certificates here).  Lines are matched as text; only the keys Conch
+parses are parsed (never C{ssh-dss}: see L{TEXT_ONLY_KEY_TYPES}).
 
 Policy (C{StrictHostKeyChecking}):
   - a known key: accepted;
-  - a changed key (the host is known with another key of the same type):
-    refused under I{every} setting, with both fingerprints
-    (L{HostKeyChanged}) -- stricter than OpenSSH on purpose;
+  - a changed key (the host is known, by any key of any type, and none of
+    its keys matches): refused under I{every} setting, the prompt included,
+    with both fingerprints, the known keys and the way out
+    (L{HostKeyChanged}) -- stricter than OpenSSH on purpose.  A line of a
+    type conchshare does not parse (C{ssh-dss}, C{sk-*}) makes its host
+    known all the same;
   - a revoked key: refused (L{HostKeyError});
   - an unknown key: C{accept-new} and C{no} record it (C{no} warns),
     C{ask} asks on a terminal (or the injected prompt) unless C{BatchMode},
@@ -343,20 +347,8 @@ class HostKeyVerifier:
         current = [e for e in entries if not e.revoked]
         if any(e.blob == blob for e in current):
             return succeed(None)
-        sameType = [e for e in current if e.keyType == hostKey.sshType()]
-        if sameType:
-            old = sameType[0]
-            known = old.fingerprint
-            raise HostKeyChanged(
-                f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
-                f" eavesdropping on you right now: the server sent {typeName} key {presented},"
-                f" but {old.path} line {old.line} records {known}; refusing to connect"
-                f" (if the change is expected, remove the old key with"
-                f" ssh-keygen -R '{name}' and connect again).",
-                fingerprint=presented,
-                knownFingerprint=known,
-            )
-        otherTypes = sorted({e.typeName for e in current})
+        if current:
+            raise self._changed(name, shown, hostKey, current)
         mode = options.strictHostKeyChecking
         if mode in ("accept-new", "no"):
             self._record(name, shown, hostKey)
@@ -368,9 +360,7 @@ class HostKeyVerifier:
             return succeed(None)
         unknown = HostKeyUnknown(
             f"The authenticity of host {shown} can't be established: its {typeName} key"
-            f" {presented} is not in known_hosts"
-            + (f" (it is known with {', '.join(otherTypes)} keys)" if otherTypes else "")
-            + "; check the fingerprint, then connect with --accept-new"
+            f" {presented} is not in known_hosts; check the fingerprint, then connect with --accept-new"
             " (-o StrictHostKeyChecking=accept-new) or add the key to"
             f" {options.userKnownHostsFiles[0] if options.userKnownHostsFiles else 'known_hosts'}.",
             fingerprint=presented,
@@ -393,6 +383,37 @@ class HostKeyVerifier:
             raise unknown
 
         return callPrompt(prompt, question, True).addCallback(answered)
+
+    def _changed(
+        self, name: str, shown: str, hostKey: Key, known: list[KnownHostEntry]
+    ) -> HostKeyChanged:
+        """
+        The refusal of a host known by other keys than C{hostKey}: one
+        sentence with both fingerprints, every known key (type, file, line)
+        and the way out.
+        """
+        presented = fingerprint(hostKey)
+        sameType = [e for e in known if e.keyType == hostKey.sshType()]
+        first = (sameType or known)[0]
+        records = ", ".join(
+            f"{e.typeName} key {e.fingerprint} ({e.path} line {e.line})" for e in known
+        )
+        default = os.path.expanduser("~/.ssh/known_hosts")
+        files = list(dict.fromkeys(e.path for e in known))
+        removes = " and ".join(
+            f"ssh-keygen -R '{name}'" + ("" if path == default else f" -f '{path}'")
+            for path in files
+        )
+        return HostKeyChanged(
+            f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
+            f" eavesdropping on you right now: the server sent {keyTypeName(hostKey)} key"
+            f" {presented}, but known_hosts records {records}; refusing to connect"
+            f" (if the change is expected, remove the old {'keys' if len(known) > 1 else 'key'}"
+            f" with {removes}, then connect with --accept-new"
+            " (-o StrictHostKeyChecking=accept-new)).",
+            fingerprint=presented,
+            knownFingerprint=first.fingerprint,
+        )
 
     def _record(self, name: str, shown: str, hostKey: Key) -> None:
         files = self.options.userKnownHostsFiles
