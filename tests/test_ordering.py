@@ -17,6 +17,7 @@ avatar's L{PathOrder}, with a runner that holds the latched call).
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 from collections import deque
@@ -634,3 +635,33 @@ class KeyOrderTests(SynchronousTestCase):
         self.assertEqual(order.finish(first), [stat])
         self.assertEqual(order.finish(stat), [last])
         self.assertEqual(order.joining(last), [last])
+
+
+class ConnectionsTests(SynchronousTestCase):
+    """
+    Each connection has its own order (L{ShareSFTPServer.forConnection}).
+    """
+
+    def test_otherConnectionNotHeld(self) -> None:
+        """
+        A writer held on one connection holds back that connection's later
+        requests, not another connection's of the same avatar.
+        """
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        runner = LatchRunner()
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=runner)
+        one, other = avatar.forConnection(), avatar.forConnection()
+        self.assertIs(one.filesystem, other.filesystem)
+        held = Held(avatar.filesystem.makeDirectory, blocking=False)
+        avatar.filesystem.makeDirectory = held  # type: ignore[method-assign]
+        held.arm()
+        made = one.makeDirectory(b"/s/d", {})
+        sameConnection = one.getAttrs(b"/s/d", False)
+        otherConnection = other.getAttrs(b"/s", False)
+        self.assertNoResult(made)
+        self.assertNoResult(sameConnection)
+        self.successResultOf(maybeDeferred(lambda: otherConnection))
+        runner.release()
+        self.successResultOf(made)
+        self.assertTrue(stat.S_ISDIR(self.successResultOf(sameConnection)["permissions"]))
