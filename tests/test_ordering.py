@@ -665,3 +665,25 @@ class ConnectionsTests(SynchronousTestCase):
         runner.release()
         self.successResultOf(made)
         self.assertTrue(stat.S_ISDIR(self.successResultOf(sameConnection)["permissions"]))
+
+    def test_serviceSessionsHaveTheirOwnOrder(self) -> None:
+        """
+        L{ShareService} serves each SFTP session with its own view of the
+        one avatar: the same filesystem and workers, its own order.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from conchshare.service import ShareService
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(base)
+        service = ShareService(
+            "me@example.org", [base], reactor=MemoryReactorClock(), configFile="none", mode="raw"
+        )
+        service._avatar = service._makeAvatar()
+        factory = service._protocolFactory()
+        one, other = factory().avatar, factory().avatar
+        self.assertIsNot(one, other)
+        self.assertIs(one.filesystem, other.filesystem)
+        self.assertIs(one.workers, other.workers)
+        self.assertNotEqual(one._connection.key, other._connection.key)
