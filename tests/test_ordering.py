@@ -11,7 +11,8 @@ replies, matched by request id, must equal those of the same requests sent
 one at a time.  Both engines are driven through the SFTP core, bytes in and
 replies out: the reactor engine (the avatar's L{Workers}, with a fake
 reactor whose thread is the test's) and the engine of C{sftp-server} (the
-avatar's L{PathOrder}, with a runner that holds the latched call).
+avatar's L{PathOrder}, with a runner that holds the latched call; and the
+real L{ThreadedServer} on pipes).
 """
 
 from __future__ import annotations
@@ -194,17 +195,21 @@ class Engine:
             if deadline < 0:
                 raise AssertionError(f"No reply to {ids} in time")
 
+    def feed(self, data: bytes) -> None:
+        self.core.dataReceived(data)
+
     def call(self, data: bytes, rid: int) -> tuple[int, bytes]:
         """
         Send one request and wait for its reply.
         """
-        self.core.dataReceived(data)
+        self.feed(data)
         self.await_([rid])
         return self.replies[rid]
 
-    def quiet(self) -> bool:
+    def quiet(self, waiting: int) -> bool:
         """
-        Whether nothing but the held call runs or is about to be delivered.
+        Whether nothing but the held call runs or is about to be delivered,
+        C{waiting} requests being unanswered.
         """
         return True
 
@@ -215,12 +220,12 @@ class Engine:
         waits; then release it and wait for every reply.
         """
         held.arm()
-        self.core.dataReceived(data)
+        self.feed(data)
         if not held.entered.wait(TIMEOUT):
             raise AssertionError("The first request's call was never made")
         later = ids[1:]
         deadline = TIMEOUT
-        while not all(rid in self.replies for rid in later) and not self.quiet():
+        while not all(rid in self.replies for rid in later) and not self.quiet(len(ids)):
             self.turn(0.001)
             deadline -= 0.001
             if deadline < 0:
@@ -272,7 +277,7 @@ class WorkersEngine(Engine):
         self.reactor.runCalls(wait)
         self.collect()
 
-    def quiet(self) -> bool:
+    def quiet(self, waiting: int) -> bool:
         workers = self.workers
         with workers._lock:
             idle = not workers._ready and workers._calling == 1 and not workers._done
@@ -292,6 +297,47 @@ class PathOrderEngine(Engine):
 
     def releaseRunner(self) -> None:
         self.runner.release()
+
+
+class ThreadedEngine(Engine):
+    """
+    The engine of C{sftp-server} itself: L{ThreadedServer} on pipes, its
+    threads running the calls (the share also holds C{f}, ten bytes).
+    """
+
+    blocking = True
+
+    def __init__(self, base: str) -> None:
+        from tests.test_sftp_threaded import Served
+
+        self.served = Served(base)
+        self.avatar = self.served.avatar
+        self.replies = {}
+        core = self.served.engine.core
+        assert core is not None
+        self.core = core
+
+    def stop(self) -> None:
+        self.served.stop()
+
+    def feed(self, data: bytes) -> None:
+        self.served.send(data)
+
+    def collect(self) -> None:
+        pass
+
+    def turn(self, wait: float) -> None:
+        try:
+            kind, body = self.served.receive(timeout=wait)
+        except AssertionError:
+            return
+        (rid,) = struct.unpack(">I", body[:4])
+        self.replies[rid] = (kind, body[4:])
+
+    def quiet(self, waiting: int) -> bool:
+        engine = self.served.engine
+        with engine._lock:
+            return self.core.inFlight == waiting and not engine._ready and len(engine._running) == 1
 
 
 def normalised(reply: tuple[int, bytes]) -> Reply:
@@ -557,6 +603,10 @@ class PathOrderOrderingTests(OrderingMixin, SynchronousTestCase):
     engine = PathOrderEngine
 
 
+class ThreadedOrderingTests(OrderingMixin, SynchronousTestCase):
+    engine = ThreadedEngine
+
+
 def _job(keys: tuple[bytes, ...], shared: bool, solo: tuple[bytes, ...] = ()) -> Job:
     return Job(keys, shared, lambda: None, (), solo=solo)
 
@@ -664,7 +714,10 @@ class ConnectionsTests(SynchronousTestCase):
         self.successResultOf(maybeDeferred(lambda: otherConnection))
         runner.release()
         self.successResultOf(made)
-        self.assertTrue(stat.S_ISDIR(self.successResultOf(sameConnection)["permissions"]))
+        assert isinstance(sameConnection, Deferred)
+        mode = self.successResultOf(sameConnection)["permissions"]
+        assert isinstance(mode, int)
+        self.assertTrue(stat.S_ISDIR(mode))
 
     def test_serviceSessionsHaveTheirOwnOrder(self) -> None:
         """
