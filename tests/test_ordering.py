@@ -740,3 +740,55 @@ class ConnectionsTests(SynchronousTestCase):
         self.assertIs(one.filesystem, other.filesystem)
         self.assertIs(one.workers, other.workers)
         self.assertNotEqual(one._connection.key, other._connection.key)
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    CLOSE is ordered by its handle alone.
+    """
+
+    def setUp(self) -> None:
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        self.runner = LatchRunner()
+        self.avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=self.runner)
+
+    def test_closeNotHeldByWriter(self) -> None:
+        """
+        A CLOSE made after a writer on another name runs at once; a
+        request on the closed handle's file made after the CLOSE (a READ)
+        waits for the CLOSE, and fails.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        held = Held(self.avatar.filesystem.makeDirectory, blocking=False)
+        self.avatar.filesystem.makeDirectory = held  # type: ignore[method-assign]
+        held.arm()
+        made = self.avatar.makeDirectory(b"/s/d", {})
+        closed = f.close()
+        self.successResultOf(closed)
+        self.assertNoResult(made)
+        self.runner.release()
+        self.successResultOf(made)
+
+    def test_closeAfterReads(self) -> None:
+        """
+        A CLOSE waits for the READs of its file made before it, and the
+        READs made after it fail.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        self.successResultOf(f.writeChunk(0, b"data"))
+        held = Held(f.confined.read, blocking=False)
+        f.confined.read = held  # type: ignore[method-assign]
+        held.arm()
+        read = f.readChunk(0, 10)
+        closed = f.close()
+        after = f.readChunk(0, 10)
+        self.assertNoResult(read)
+        self.assertNoResult(closed)
+        self.assertNoResult(after)
+        self.runner.release()
+        self.assertEqual(self.successResultOf(read), b"data")
+        self.successResultOf(closed)
+        self.failureResultOf(after, OSError)

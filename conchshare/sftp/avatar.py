@@ -379,11 +379,11 @@ class ShareFile:
             on this file is done and the file is closed.
         """
         executor = self._executor
+        # Only its handle's key: closing changes nothing another request
+        # sees (see conchshare.sftp.ordering).
         return executor.run(
-            self._keys,
+            (self.key,),
             self.confined.close,
-            shared=True,
-            solo=(self.key,),
             ring=self.confined.ringClose() if executor.ring is not None else None,
         )
 
@@ -489,7 +489,7 @@ class ShareDirectory:
         @return: a Deferred firing with L{None} once the directory is closed.
         """
         executor = self._executor
-        if executor.inlineReads and executor.sharedFree(*self._keys):
+        if executor.inlineReads and executor.sharedFree(self.key):
             # Closing a directory descriptor waits for no I/O (there is
             # nothing to flush): done here, without a round trip.
             try:
@@ -497,7 +497,8 @@ class ShareDirectory:
             except OSError:
                 return fail()
             return succeed(None)
-        return executor.run(self._keys, self.confined.close, shared=True, solo=self._solo)
+        # Only its handle's key, as a file's CLOSE.
+        return executor.run(self._solo, self.confined.close)
 
     def __iter__(self) -> ShareDirectory:
         return self

@@ -10,9 +10,9 @@ same as if it had sent the requests one at a time"):
   of the file system (its I{connection key}), plus a key per open handle.
 
   - I{Readers} change nothing another request can observe: READ, FSTAT,
-    STAT, LSTAT, READLINK, REALPATH, OPENDIR, READDIR, CLOSE, statvfs,
-    fstatvfs, fsync, expand-path, and an OPEN that can neither create nor
-    truncate.  They hold the connection key shared: readers run together.
+    STAT, LSTAT, READLINK, REALPATH, OPENDIR, READDIR, statvfs, fstatvfs,
+    fsync, expand-path, and an OPEN that can neither create nor truncate.
+    They hold the connection key shared: readers run together.
   - I{Writers} are every other request (WRITE, an OPEN that may create or
     truncate, SETSTAT, FSETSTAT, REMOVE, RENAME, MKDIR, RMDIR, SYMLINK and
     the extensions that change something).  They hold the connection key
@@ -22,9 +22,14 @@ same as if it had sent the requests one at a time"):
     order, whatever names (hard links, symlinks, renamed folders) the
     requests use: readers commute with each other.
   - Handle keys cover what the connection key does not: READ and FSTAT
-    share their file's key, CLOSE holds it exclusive (a close never races
-    a read of the same descriptor), and READDIR holds its directory's key
+    share their file's key, and READDIR holds its directory's key
     exclusive (the listing advances).
+  - CLOSE holds its handle's key exclusive (it never races a request on
+    the same descriptor), and not the connection key: closing changes
+    nothing another request can observe (the data written is in the file
+    already), so it commutes with every request on other handles and
+    names.  (sshfs sends a file's CLOSE without waiting for it, then
+    creates the next file: that OPEN need not wait for the CLOSE.)
   - An answer the reactor thread gives at once from what the kernel has in
     memory (a cached STAT, READ, OPENDIR, ...) is allowed only while no
     earlier writer waits or runs (L{KeyOrder.sharedFree}).
