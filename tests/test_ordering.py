@@ -792,3 +792,27 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(read), b"data")
         self.successResultOf(closed)
         self.failureResultOf(after, OSError)
+
+    def test_removeWaitsForClose(self) -> None:
+        """
+        A REMOVE made after a CLOSE waits for it (removing the name of a
+        file still open renames it on NFS or FUSE), and a CLOSE made after
+        a REMOVE waits for the REMOVE.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        d = self.avatar.openFile(b"/s/g", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        g = self.successResultOf(d)
+        held = Held(f.confined.close, blocking=False)
+        f.confined.close = held  # type: ignore[method-assign]
+        held.arm()
+        closed = f.close()
+        removed = self.avatar.removeFile(b"/s/f")
+        closedAfter = g.close()
+        self.assertNoResult(closed)
+        self.assertNoResult(removed)
+        self.assertNoResult(closedAfter)
+        self.runner.release()
+        self.successResultOf(closed)
+        self.successResultOf(removed)
+        self.successResultOf(closedAfter)

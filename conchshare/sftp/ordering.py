@@ -26,10 +26,14 @@ same as if it had sent the requests one at a time"):
     exclusive (the listing advances).
   - CLOSE holds its handle's key exclusive (it never races a request on
     the same descriptor), and not the connection key: closing changes
-    nothing another request can observe (the data written is in the file
-    already), so it commutes with every request on other handles and
-    names.  (sshfs sends a file's CLOSE without waiting for it, then
-    creates the next file: that OPEN need not wait for the CLOSE.)
+    nothing another request can observe, except what removing a name of
+    a file still open does on some file systems (NFS, FUSE: the file is
+    renamed to a hidden name, so its folder is not empty).  So CLOSE holds
+    the connection's I{close key} shared, and the requests that remove or
+    replace a name (REMOVE, RMDIR, RENAME, posix-rename) hold it exclusive
+    besides the connection key: they wait for earlier CLOSEs, and later
+    CLOSEs wait for them.  (sshfs sends a file's CLOSE without waiting for
+    it, then creates the next file: that OPEN need not wait.)
   - An answer the reactor thread gives at once from what the kernel has in
     memory (a cached STAT, READ, OPENDIR, ...) is allowed only while no
     earlier writer waits or runs (L{KeyOrder.sharedFree}).
@@ -69,9 +73,13 @@ class ConnectionOrder:
     """
 
     def __init__(self) -> None:
+        number = next(_connections)
         #: The key of the connection's view of the file system.
-        self.key = b"\0connection %d" % next(_connections)
-        #: How many writers were made so far (see L{changed}).
+        self.key = b"\0connection %d" % number
+        #: The key of its CLOSEs (shared) and of the requests that remove
+        #: or replace a name (exclusive).
+        self.closeKey = b"\0closes %d" % number
+        #: How many writers were made so far.
         self.changes = 0
 
     def handleKey(self) -> bytes:
@@ -89,6 +97,16 @@ class ConnectionOrder:
         """
         self.changes += 1
         return self.key
+
+    def remover(self) -> tuple[bytes, bytes]:
+        """
+        Count a writer that removes or replaces a name, made now.
+
+        @return: the connection key and the close key, for the writer to
+            hold exclusive.
+        """
+        self.changes += 1
+        return (self.key, self.closeKey)
 
 
 class _Key:
