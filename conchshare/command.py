@@ -325,11 +325,14 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
 
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
+    from conchshare.fdlimit import raiseFileLimit
     from conchshare.spin import spinBeforeSleeping
 
     reactor: Any = globalReactor
     try:
         args = parseArguments(kind, argv)
+        # As many SFTP handles as the system allows (before any is opened).
+        raiseFileLimit()
         service = buildService(args, reactor)
         control = ControlService(service, args.control, reactor=reactor)
         control.listen()

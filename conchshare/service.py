@@ -544,7 +544,16 @@ class ShareService(Service):
         """
         from conchshare.sftp.avatar import ShareSFTPServer
 
-        return ShareSFTPServer(self.shares, umask=self.options.umask, reactor=self._getReactor())
+        reactor = self._getReactor()
+        avatar = ShareSFTPServer(self.shares, umask=self.options.umask, reactor=reactor)
+
+        def moved(share: Any, message: str) -> None:
+            # Noticed in a worker thread: the event is emitted in the
+            # reactor's; the service goes on serving the other shares.
+            reactor.callFromThread(self._emit, "error", message=message)
+
+        avatar.filesystem.shareMoved = moved
+        return avatar
 
     def _protocolFactory(self) -> Any:
         """

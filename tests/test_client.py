@@ -311,6 +311,28 @@ class AgentTests(ClientTestMixin, TestCase):
         """
         return defer.ensureDeferred(self._agentEmpty())
 
+    async def _agentDSA(self) -> None:
+        sshd = self.startSSHD()
+        dsaKey = os.path.join(sshd.directory, "dsa")
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", dsaKey],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        sock = self.startAgent(dsaKey)
+        options = self.optionsFor(sshd, identityFiles=[], identityAgent=sock, useAgent=True)
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, AuthenticationFailed)
+        self.assertIn("agent (no keys)", str(error))
+
+    def test_agentDSAKeyNotOffered(self) -> Deferred[None]:
+        """
+        An agent's DSA key is not offered (nor parsed): for conchshare the
+        agent holds no keys.
+        """
+        return defer.ensureDeferred(self._agentDSA())
+
 
 class HostKeyTests(ClientTestMixin, TestCase):
     """

@@ -225,3 +225,34 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(len(self.asked), 3)
         assert auth.failure is not None
         self.assertIn("(wrong passphrase)", str(auth.failure))
+
+    def test_dsaKeyFilesNotLoaded(self) -> None:
+        """
+        DSA identity files are neither offered nor loaded (with or without
+        their .pub, encrypted or not): the failure says so.
+        """
+        paths = []
+        for name, passphrase, keepPublic in [
+            ("plain", "", True),
+            ("nopub", "", False),
+            ("encrypted", "secret", False),
+            ("pem", "", False),
+        ]:
+            path = os.path.abspath(self.mktemp())
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "dsa", "-N", passphrase, "-f", path]
+                + (["-m", "PEM"] if name == "pem" else []),
+                check=True,
+                stdin=subprocess.DEVNULL,
+            )
+            if not keepPublic:
+                os.remove(path + ".pub")
+            paths.append(path)
+        self.answers = ["secret"] * 3
+        auth, transport = self.client(identityFiles=paths)
+        auth.ssh_USERAUTH_FAILURE(failure(b"publickey"))
+        self.assertEqual(self.asked, [])
+        methods = [parseRequest(payload)[2] for _, payload in transport.packets]
+        self.assertEqual(methods, [b"none"])
+        assert auth.failure is not None
+        self.assertEqual(str(auth.failure).count("(DSA keys are not supported)"), 4)

@@ -13,7 +13,7 @@ from twisted.conch.ssh.keys import Key
 from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
-from conchshare.tunnel.knownhosts import HostKeyVerifier, fingerprint, formatEntry
+from conchshare.tunnel.knownhosts import HostKeyVerifier, fingerprint, formatEntry, readEntries
 from conchshare.tunnel.sshconfig import ConnectOptions
 
 
@@ -23,6 +23,26 @@ def ed25519Key() -> Key:
 
 def ecdsaKey() -> Key:
     return Key(ec.generate_private_key(ec.SECP256R1())).public()
+
+
+def dsaPublicLine(directory: str) -> tuple[str, str]:
+    """
+    A DSA public key (C{ssh-dss AAAA...}) made by ssh-keygen, and its
+    fingerprint as ssh-keygen prints it: never parsed by Conch here.
+    """
+    path = os.path.join(directory, "dsa")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", path],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", path + ".pub"], check=True, capture_output=True, text=True
+    )
+    with open(path + ".pub") as f:
+        keyType, blob = f.read().split()[:2]
+    return f"{keyType} {blob}", listed.stdout.split()[1]
 
 
 def line(hostField: str, key: Key) -> str:
@@ -186,3 +206,57 @@ class VerifierTests(SynchronousTestCase):
         self.verify(self.verifier("accept-new"))
         self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(os.path.dirname(self.path)).st_mode & 0o777, 0o700)
+
+
+class DSALineTests(SynchronousTestCase):
+    """
+    known_hosts lines of type ssh-dss are read as text, never handed to
+    Conch (so cryptography never warns about DSA), and still make the host
+    known.
+    """
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "known_hosts")
+        self.dsa, self.dsaFingerprint = dsaPublicLine(self.directory)
+
+    def test_plainLine(self) -> None:
+        with open(self.path, "w") as f:
+            f.write(f"[server.example]:2222 {self.dsa} comment\n")
+        [entry] = readEntries(self.path, "[server.example]:2222")
+        self.assertEqual(
+            (entry.keyType, entry.key, entry.fingerprint, entry.typeName, entry.line),
+            (b"ssh-dss", None, self.dsaFingerprint, "DSA", 1),
+        )
+
+    def test_hashedLine(self) -> None:
+        hashed = formatEntry("[server.example]:2222", ed25519Key(), hashed=True).split()[0]
+        with open(self.path, "w") as f:
+            f.write(f"{hashed} {self.dsa}\n")
+        [entry] = readEntries(self.path, "[server.example]:2222")
+        self.assertEqual((entry.keyType, entry.key), (b"ssh-dss", None))
+        self.assertEqual(readEntries(self.path, "server.example"), [])
+
+    def test_hostKnownOnlyByDSA(self) -> None:
+        """
+        A host known only by a DSA key is known by it: the refusal names the
+        DSA key.
+        """
+        with open(self.path, "w") as f:
+            f.write(f"[server.example]:2222 {self.dsa}\n")
+        verifier = HostKeyVerifier(
+            ConnectOptions(
+                host="server.example",
+                port=2222,
+                userKnownHostsFiles=[self.path],
+                globalKnownHostsFiles=[],
+                strictHostKeyChecking="yes",
+            ),
+            terminal=lambda: False,
+        )
+        self.assertEqual(verifier.preferredKeyTypes("server.example", 2222), [b"ssh-dss"])
+        error = self.failureResultOf(verifier.verify("server.example", 2222, ed25519Key()))
+        self.assertIn("DSA", str(error.value))
+        with open(self.path) as f:
+            self.assertEqual(f.read(), f"[server.example]:2222 {self.dsa}\n")

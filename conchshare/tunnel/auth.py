@@ -19,6 +19,7 @@ Interop fixes over Conch's L{SSHUserAuthClient}:
 
 from __future__ import annotations
 
+import base64
 import getpass
 import os
 import struct
@@ -112,8 +113,57 @@ class _Candidate:
     privateKey: keys.Key | None = None
 
 
+#: The key type conchshare neither offers nor loads (OpenSSH dropped it too).
+DSA_KEY_TYPE = b"ssh-dss"
+
+
+def _blobType(blob: bytes) -> bytes:
+    """
+    The key type named at the start of an SSH public key blob (C{b""} if
+    the blob is too short to name one).
+    """
+    if len(blob) < 4:
+        return b""
+    (size,) = struct.unpack(">L", blob[:4])
+    return blob[4 : 4 + size]
+
+
+def isDSAKeyFile(path: str) -> bool:
+    """
+    Whether C{path} holds a DSA key, public (C{ssh-dss AAAA...}) or private
+    (PEM C{DSA PRIVATE KEY} or an OpenSSH private key whose public part is
+    C{ssh-dss}), judged from its text without parsing the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return False
+    text = head.strip()
+    if text.startswith(DSA_KEY_TYPE + b" ") or b"-----BEGIN DSA PRIVATE KEY-----" in text:
+        return True
+    begin, end = b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----END OPENSSH PRIVATE KEY-----"
+    if not text.startswith(begin) or end not in text:
+        return False
+    try:
+        data = base64.b64decode(b"".join(text[len(begin) : text.index(end)].split()))
+        magic = b"openssh-key-v1\x00"
+        if not data.startswith(magic):
+            return False
+        rest = data[len(magic) :]
+        for _ in range(3):  # cipher name, KDF name, KDF options
+            _, rest = getNS(rest)
+        rest = rest[4:]  # the number of keys
+        publicBlob, _ = getNS(rest)
+    except Exception:
+        return False
+    return _blobType(publicBlob) == DSA_KEY_TYPE
+
+
 def _loadPublicKey(path: str) -> keys.Key | None:
     for candidate in (path + ".pub", path):
+        if isDSAKeyFile(candidate):
+            return None
         try:
             key = keys.Key.fromFile(candidate)
         except Exception:
@@ -235,6 +285,8 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
                 for blob, comment in identities:
                     if self.options.identitiesOnly and blob not in fileBlobs:
                         continue
+                    if _blobType(blob) == DSA_KEY_TYPE:
+                        continue  # not offered: see DSA_KEY_TYPE
                     try:
                         key = keys.Key.fromString(blob)
                     except Exception:
@@ -247,6 +299,9 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
                     self.tried.append("agent (no keys)")
         for path, key in fileKeys:
             if key is not None and key.blob() in seen:
+                continue
+            if key is None and (isDSAKeyFile(path) or isDSAKeyFile(path + ".pub")):
+                self.tried.append(f"{_shortPath(path)} (DSA keys are not supported)")
                 continue
             if key is None and not os.path.exists(path):
                 _log.debug("identity file {path} does not exist", path=path)

@@ -55,6 +55,7 @@ from conchshare.errors import (
     ConnectionFailed,
     HostKeyError,
 )
+from conchshare.fdlimit import childLimitCommand
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.fastpath import FastTransportMixin, fastCiphers, fastMACs
 from conchshare.tunnel.knownhosts import HostKeyVerifier, Prompt, fingerprint
@@ -604,7 +605,8 @@ def sshEndpoint(
         endpoint = ProcessEndpoint(
             reactor,
             "/bin/sh",
-            ["/bin/sh", "-c", options.proxyCommand],
+            # With the descriptor limit the command started with.
+            ["/bin/sh", "-c", childLimitCommand(options.proxyCommand)],
             env=dict(os.environ),
             errFlag=StandardErrorBehavior.LOG,
         )

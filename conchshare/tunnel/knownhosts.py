@@ -2,7 +2,7 @@
 Host key verification against OpenSSH known_hosts files.
 
 Read: plain entries (comma-separated patterns with C{*}, C{?} and C{!}),
-hashed entries (C{|1|salt|hash}, via Conch's L{HashedEntry}), the
+hashed entries (C{|1|salt|hash}), the
 C{[host]:port} form for ports other than 22, C{@revoked} lines; C{@cert-
 authority} lines are skipped (no certificates here).
 
@@ -29,7 +29,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.conch.client.knownhosts import HashedEntry
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -62,8 +61,7 @@ def fingerprint(key: Key) -> str:
     """
     The OpenSSH C{SHA256:...} fingerprint of a public key.
     """
-    digest = hashlib.sha256(key.blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return _blobFingerprint(key.blob())
 
 
 def keyTypeName(key: Key) -> str:
@@ -82,22 +80,95 @@ def knownHostsName(hostname: str, port: int) -> str:
     return hostname if port == 22 else f"[{hostname}]:{port}"
 
 
+#: Key types whose known_hosts lines are read as text only, never given to
+#: Conch: DSA (conchshare neither offers nor checks it; cryptography warns on
+#: every DSA key).  Lines Conch cannot parse (C{sk-*}, certificates) are
+#: read as text too.
+TEXT_ONLY_KEY_TYPES = frozenset({b"ssh-dss"})
+
+
 @dataclass
 class KnownHostEntry:
     """
     One key line of a known_hosts file that applies to a host.
+
+    @ivar keyType: the line's key type field, e.g. C{b"ssh-ed25519"}.
+    @ivar blob: the key blob the line records.
+    @ivar key: the parsed key, or L{None} for a type conchshare cannot (or
+        does not) parse: such a line still makes the host known.
     """
 
-    key: Key
+    keyType: bytes
+    blob: bytes
+    key: Key | None
     path: str
     line: int
     revoked: bool
 
+    @property
+    def fingerprint(self) -> str:
+        """
+        The OpenSSH C{SHA256:...} fingerprint of the recorded key.
+        """
+        return _blobFingerprint(self.blob)
 
-def _entryMatches(hostField: str, name: str) -> bool:
-    if hostField.startswith("|1|"):
-        return False  # handled by the caller through HashedEntry
-    return _matchPatternList(name, hostField.split(","))
+    @property
+    def typeName(self) -> str:
+        """
+        The key type as C{ssh-keygen -l} names it (C{ED25519}, C{DSA}, ...).
+        """
+        return sshTypeName(self.keyType)
+
+
+def _blobFingerprint(blob: bytes) -> str:
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def sshTypeName(keyType: bytes) -> str:
+    """
+    The name C{ssh-keygen -l} gives an SSH key type: C{ssh-ed25519} is
+    C{ED25519}, C{ecdsa-sha2-*} C{ECDSA}, C{ssh-rsa} C{RSA}, C{ssh-dss}
+    C{DSA}, C{sk-ssh-ed25519@openssh.com} C{ED25519-SK}.
+    """
+    text = keyType.decode("ascii", "replace")
+    sk = text.startswith("sk-")
+    base = text.removeprefix("sk-").split("@", 1)[0]
+    if base.startswith("ecdsa-sha2-"):
+        name = "ECDSA"
+    else:
+        name = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA", "ssh-dss": "DSA"}.get(base, text)
+    return name + "-SK" if sk else name
+
+
+def _hostMatches(hostField: bytes, name: str) -> bool:
+    if hostField.startswith(b"|1|"):
+        # A hashed entry: |1|base64(salt)|base64(HMAC-SHA1(salt, name)).
+        try:
+            salt64, digest64 = hostField[3:].split(b"|")
+            salt, digest = base64.b64decode(salt64), base64.b64decode(digest64)
+        except ValueError:
+            return False
+        mine = hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest()
+        return hmac.compare_digest(mine, digest)
+    return _matchPatternList(name, hostField.decode("utf-8", "replace").split(","))
+
+
+def _parseKey(keyType: bytes, blob: bytes) -> Key | None:
+    """
+    The key of a line, or L{None} when it is read as text only.
+
+    @raise ValueError: the blob does not hold a key of type C{keyType}.
+    """
+    if len(blob) < 4 or blob[4 : 4 + int.from_bytes(blob[:4], "big")] != keyType:
+        raise ValueError("the key blob does not match the key type")
+    if keyType in TEXT_ONLY_KEY_TYPES:
+        return None
+    try:
+        key: Key = Key.fromString(blob)
+        return key
+    except Exception:
+        return None  # a type Conch does not know (sk-*, certificates)
 
 
 def readEntries(path: str, name: str) -> list[KnownHostEntry]:
@@ -127,22 +198,21 @@ def readEntries(path: str, name: str) -> list[KnownHostEntry]:
         fields = line.split(None, 3)
         if len(fields) < 3:
             continue
-        hostField = fields[0]
+        hostField, keyType = fields[0], fields[1]
+        if not _hostMatches(hostField, name):
+            continue
         try:
-            if hostField.startswith(HashedEntry.MAGIC):
-                entry = HashedEntry.fromString(line)
-                if not entry.matchesHost(name.encode("utf-8")):
-                    continue
-                key = entry.publicKey
-            else:
-                if not _entryMatches(hostField.decode("utf-8", "replace"), name):
-                    continue
-                key = Key.fromString(base64.b64decode(fields[2]))
+            blob = base64.b64decode(fields[2], validate=True)
+            key = _parseKey(keyType, blob)
         except Exception as e:
             # A corrupt line must not stop the check of the others.
             _log.debug("skipping bad known_hosts line {path}:{n}: {e}", path=path, n=number, e=e)
             continue
-        found.append(KnownHostEntry(key=key, path=path, line=number, revoked=revoked))
+        found.append(
+            KnownHostEntry(
+                keyType=keyType, blob=blob, key=key, path=path, line=number, revoked=revoked
+            )
+        )
     return found
 
 
@@ -249,18 +319,19 @@ class HostKeyVerifier:
             entries.extend(readEntries(path, name))
         presented = fingerprint(hostKey)
         typeName = keyTypeName(hostKey)
-        if any(e.revoked and e.key == hostKey for e in entries):
+        blob = hostKey.blob()
+        if any(e.revoked and e.blob == blob for e in entries):
             raise HostKeyError(
                 f"The {typeName} host key of {shown} ({presented}) is marked as revoked;"
                 " refusing to connect."
             )
         current = [e for e in entries if not e.revoked]
-        if any(e.key == hostKey for e in current):
+        if any(e.blob == blob for e in current):
             return succeed(None)
-        sameType = [e for e in current if e.key.sshType() == hostKey.sshType()]
+        sameType = [e for e in current if e.keyType == hostKey.sshType()]
         if sameType:
             old = sameType[0]
-            known = fingerprint(old.key)
+            known = old.fingerprint
             raise HostKeyChanged(
                 f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
                 f" eavesdropping on you right now: the server sent {typeName} key {presented},"
@@ -270,7 +341,7 @@ class HostKeyVerifier:
                 fingerprint=presented,
                 knownFingerprint=known,
             )
-        otherTypes = sorted({keyTypeName(e.key) for e in current})
+        otherTypes = sorted({e.typeName for e in current})
         mode = options.strictHostKeyChecking
         if mode in ("accept-new", "no"):
             self._record(name, shown, hostKey)
@@ -330,7 +401,7 @@ class HostKeyVerifier:
         types: list[bytes] = []
         for path in self.options.userKnownHostsFiles + self.options.globalKnownHostsFiles:
             for entry in readEntries(path, name):
-                t = entry.key.sshType()
+                t = entry.keyType
                 if not entry.revoked and t not in types:
                     types.append(t)
         return types
