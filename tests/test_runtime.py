@@ -143,7 +143,7 @@ class NameLookupTests(_Base):
 
     async def _otherConnectionAnswered(self) -> None:
         avatar = self.avatar()
-        slow, other = Client(avatar), Client(avatar)
+        slow, other = Client(avatar.forConnection()), Client(avatar.forConnection())
         slow.send(usersGroups(1, [1000, 1001], [1000]))
         other.send(request(17, 2, s(b"/one/f")))  # STAT
         stat = await other.reply(2)
@@ -274,7 +274,7 @@ class CopyDataTests(_Base):
         self.addCleanup(held.rest.set)
         self.addCleanup(held.first.set)
         avatar.filesystem.copyData = held  # type: ignore[method-assign]
-        copier, other = Client(avatar), Client(avatar)
+        copier, other = Client(avatar.forConnection()), Client(avatar.forConnection())
         copier.send(request(3, 1, s(b"/one/source") + u32(READ) + NO_ATTRS))
         copier.send(request(3, 2, s(b"/two/copy") + u32(WRITE | CREAT) + NO_ATTRS))
         sourceHandle, copyHandle = handleOf(await copier.reply(1)), handleOf(await copier.reply(2))
