@@ -14,27 +14,30 @@ OpenSSH sshd (the remote host is this machine):
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import socket
 import struct
 import subprocess
+import sys
 from typing import Any
 
 from twisted.conch.ssh import channel, common, connection, keys, transport, userauth
 from twisted.internet import defer, protocol, reactor, threads
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.trial.unittest import SkipTest
 
 from conchshare.mount import RemoteMount
 from conchshare.shares import ShareSet
 from tests import sshd as sshdmodule
 from tests.sshd import ThrowawaySSHD
-from tests.test_command_e2e import shortTempDir
+from tests.test_command_e2e import WAIT, Running, shortTempDir, sshArgs
+from tests.test_command_mount_e2e import FUSERMOUNT, _MountBase, forceUnmount, listRemote, remote
 from tests.test_tunnel_e2e import _SSH_OPTIONS
 from tests.test_tunnel_e2e import _Base as _TunnelBase
 from tests.tunnelhelpers import connect, run
-
-FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
 
 
 def _mountSkipReason() -> str | None:
@@ -58,7 +61,7 @@ def _isMounted(path: str) -> bool:
 
 def _forceUnmount(path: str) -> None:
     if os.path.lexists(path) and _isMounted(path):
-        subprocess.run([FUSERMOUNT, "-u", "-z", "--", path], capture_output=True, timeout=30)
+        forceUnmount(path)
 
 
 def _listdir(path: str) -> list[str]:
@@ -696,3 +699,112 @@ class RemoteCommandInjectionTests(unittest.TestCase):
         self.assertLessEqual(set(_EVERY_VIA), set(PAYLOADS))
         for via in ("socket", "ssh", "raw-tcp"):
             await self.check(self.payloads(_EVERY_VIA), via=via)
+
+
+class CommandInjectionTests(_MountBase):
+    """
+    The same through the commands a user runs: C{conchshare mount} with a
+    payload in C{--at} and in the share's name; C{conchshare share}'s
+    printed C{sshfs} command line for a share with a payload name.  The
+    remote sessions start in a home directory of the test's own, where a
+    payload's C{touch pwned} would create the marker.
+    """
+
+    timeout = 120
+
+    def configure(self) -> list[str]:
+        self.home = os.path.join(self.tmp, "home")
+        os.mkdir(self.home)
+        bashEnv = os.path.join(self.tmp, "bash_env")
+        with open(bashEnv, "w") as f:
+            f.write('cd "$HOME" || exit 1\n')
+        return [f"SetEnv HOME={self.home} BASH_ENV={bashEnv}"]
+
+    def assertNothingRan(self) -> None:
+        for where in (self.home, self.tmp):
+            self.assertFalse(os.path.lexists(os.path.join(where, "pwned")), where)
+
+    def test_mountCommand(self) -> None:
+        """
+        C{--at} relative, starting with C{-}, with a command substitution,
+        a byte that is not UTF-8 and a trailing newline; a share name full
+        of quotes and substitutions: the C{mounted} event names the literal
+        path below the remote home, the share is there, SIGTERM unmounts
+        and removes it; nothing ran.
+        """
+        if not _bashLogin():
+            raise SkipTest("the remote sessions need bash as the login shell here")
+        at = "-rf; $(touch pwned) \udcff\n"
+        name = 'it\'s "$(touch pwned)" `touch pwned`; touch pwned\n'
+        args = ["mount", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += [self.sshd.destination(), f"{name}={self.share}", f"--at={at}"]
+        path = os.path.join(self.home, at)
+        self.addCleanup(forceUnmount, path)
+        running = Running(self, args)
+        self.assertEqual(running.event("mounted")["remote_path"], path)
+        self.assertEqual(listRemote(path), ["hello.txt"])
+        self.stopped(running, path)
+        self.assertEqual(os.listdir(self.home), [])
+        self.assertNothingRan()
+
+    def test_mountRefusedInOneSentence(self) -> None:
+        """
+        A payload mount point that cannot be used (it is a file, or a file
+        is in its way): exit 7 and one sentence naming the literal path on
+        standard error, nothing created, nothing ran.
+        """
+        blocker = os.path.join(self.home, "x; touch pwned; $(touch pwned) `touch pwned`")
+        with open(blocker, "w"):
+            pass
+
+        def mount(at: str) -> subprocess.CompletedProcess[str]:
+            self.addCleanup(forceUnmount, at)
+            return subprocess.run(
+                [sys.executable, "-m", "conchshare", *self.mountArgs(at, json_=False)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="surrogateescape",
+                timeout=WAIT,
+            )
+
+        result = mount(blocker)
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertEqual(
+            result.stderr, f"The remote mount point {blocker} exists and is not a directory.\n"
+        )
+        at = os.path.join(blocker, "sub")
+        result = mount(at)
+        self.assertEqual(result.returncode, 7, result.stderr)
+        self.assertTrue(
+            result.stderr.startswith(f"Could not create the remote mount point {at}: mkdir: "),
+            result.stderr,
+        )
+        self.assertTrue(result.stderr.endswith("Not a directory.\n"), result.stderr)
+        self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+        self.assertEqual(os.listdir(self.home), [os.path.basename(blocker)])
+        self.assertNothingRan()
+
+    def test_shareSessionKeyCommand(self) -> None:
+        """
+        C{share}'s C{session-key} event prints an C{sshfs} command line
+        for a share whose name is a payload; run by a shell on the remote
+        host (with the mount point put in), it mounts the share and runs
+        nothing else.
+        """
+        name = 'it\'s "$(touch pwned)" `touch pwned`; touch pwned & $HOME'
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        running = Running(self, args + [self.sshd.destination(), f"{name}={self.share}"])
+        command = running.event("session-key")["sshfs"]
+        self.assertTrue(command.endswith(" MOUNTPOINT"), command)
+        mnt = os.path.join(self.tmp, "mnt")
+        os.mkdir(mnt)
+        self.addCleanup(forceUnmount, mnt)
+        line = command[: -len("MOUNTPOINT")] + shlex.quote(mnt) + " -o BatchMode=yes"
+        result = remote("sh", "-c", line)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(listRemote(mnt), ["hello.txt"])
+        self.assertEqual(remote(FUSERMOUNT, "-u", "--", mnt).returncode, 0)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0, running.stderr)
+        self.assertNothingRan()
