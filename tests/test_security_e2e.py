@@ -808,3 +808,30 @@ class CommandInjectionTests(_MountBase):
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0, running.stderr)
         self.assertNothingRan()
+
+    def test_remoteSocketPath(self) -> None:
+        """
+        C{share --remote-socket PATH} with a payload path, where a stale
+        socket is left: the stale one is removed, the forward listens at
+        the literal path and serves the share, stopping removes it; the
+        commands that removed it ran nothing else.
+        """
+        directory = os.path.join(self.tmp, "s")
+        os.mkdir(directory)
+        path = os.path.join(directory, "$(touch pwned)'; touch pwned `touch pwned`.sock")
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(path)
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += ["--mode", "raw", "--remote-socket", path, self.sshd.destination(), self.share]
+        running = Running(self, args)
+        self.assertEqual(running.event("forwarding")["socket"], path)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(WAIT)
+            client.connect(path)
+            client.sendall(struct.pack(">LBL", 5, 1, 3))  # SSH_FXP_INIT, version 3
+            self.assertEqual(client.recv(5)[4:], b"\2")  # SSH_FXP_VERSION
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0, running.stderr)
+        self.assertFalse(os.path.lexists(path))
+        self.assertEqual(os.listdir(directory), [])
+        self.assertNothingRan()
