@@ -159,8 +159,9 @@ if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
 if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
 if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
 rec fusermount "$fm"
-# A relative path starting with "-" is no option, and cd's "-" no $OLDPWD.
-case $d in /*) ;; *) d=./$d ;; esac
+# A relative path starting with "-" is no option, and cd's "-" no $OLDPWD
+# (an empty one stays empty: mkdir refuses it).
+case $d in /* | '') ;; *) d=./$d ;; esac
 if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
 if [ -e "$d" ] || [ -L "$d" ]; then
   if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi

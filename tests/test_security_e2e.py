@@ -31,12 +31,20 @@ from twisted.internet import defer, protocol, reactor, threads
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount
 from conchshare.shares import ShareSet
 from tests import sshd as sshdmodule
 from tests.sshd import ThrowawaySSHD
 from tests.test_command_e2e import WAIT, Running, shortTempDir, sshArgs
-from tests.test_command_mount_e2e import FUSERMOUNT, _MountBase, forceUnmount, listRemote, remote
+from tests.test_command_mount_e2e import (
+    FUSERMOUNT,
+    _MountBase,
+    forceUnmount,
+    listRemote,
+    mountedPaths,
+    remote,
+)
 from tests.test_tunnel_e2e import _SSH_OPTIONS
 from tests.test_tunnel_e2e import _Base as _TunnelBase
 from tests.tunnelhelpers import connect, run
@@ -680,6 +688,20 @@ class RemoteCommandInjectionTests(unittest.TestCase):
             raise unittest.SkipTest("the remote sessions need bash as the login shell here")
         self.assertLessEqual(set(_RELATIVE), set(PAYLOADS))
         await self.check(self.payloads(_RELATIVE), relative=True)
+
+    async def test_emptyMountPoint(self) -> None:
+        """
+        An empty C{--at} is refused in one sentence; the home directory is
+        not mounted over.
+        """
+        mount = RemoteMount(self.connection, ShareSet.fromSpecs([self.folder]), "")
+        self.addCleanup(forceUnmount, self.home)
+        with self.assertRaises(MountFailed) as caught:
+            await mount.mount()
+        self.assertTrue(str(caught.exception).startswith("could not create the remote mount point"))
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertEqual(mount.state, "idle")
+        self.assertNotIn(self.home, mountedPaths())
 
     async def test_everyTransport(self) -> None:
         """
