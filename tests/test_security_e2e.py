@@ -47,7 +47,7 @@ from tests.test_command_mount_e2e import (
 )
 from tests.test_tunnel_e2e import _SSH_OPTIONS
 from tests.test_tunnel_e2e import _Base as _TunnelBase
-from tests.tunnelhelpers import connect, run
+from tests.tunnelhelpers import connect, run, spawn, waitFor
 
 
 def _mountSkipReason() -> str | None:
@@ -215,6 +215,27 @@ class _ProbeChannel(channel.SSHChannel):  # type: ignore[misc]
         self.opened.callback(False)
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _sendAndRead(port: int) -> bytes:
+    """
+    Connect to C{port}, send a line, return what comes back until the
+    other side closes (or resets) the connection.
+    """
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        try:
+            s.sendall(b"hello\n")
+            while chunk := s.recv(4096):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    return received
+
+
 def _hostPort(host: bytes, port: int) -> bytes:
     return common.NS(host) + struct.pack(">L", port)
 
@@ -369,6 +390,12 @@ class NestedServerRefusalTests(_TunnelBase):
             self.assertNotEqual(code, 0, (argv, err))
             self.assertIn(message, err, (argv, err))
             self.assertNothingRan()
+        # -L: what arrives on the local port is closed, unforwarded.
+        localPort = sshdmodule.freePort()
+        spawn(self, self.ssh("-N", "-L", f"{localPort}:{target}", who))
+        await waitFor(lambda: _listening(localPort))
+        self.assertEqual(await threads.deferToThread(_sendAndRead, localPort), b"")
+        self.assertNothingRan()
         code, out, err = await self.nestedSftp(self.installed, "ls /\n")
         self.assertEqual(code, 0, err)
 
