@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from conchshare.depwarnings import ignoreConchDSANames
 from conchshare.errors import (
     AuthenticationFailed,
     ConchShareError,
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from conchshare.service import ShareOptions, ShareService
 
 __version__ = "0.1.0"
+
+# Before any Conch key is made: see conchshare.depwarnings.
+ignoreConchDSANames()
 
 __all__ = [
     "AuthenticationFailed",

@@ -41,7 +41,7 @@ __all__ = [
     "TRIM_AFTER",
     "LARGEST_REQUEST",
     "WINDOW_SIZE",
-    "processBudget",
+    "processMemoryBudget",
     "trimMemory",
 ]
 
@@ -228,12 +228,12 @@ class MemoryBudget:
         self._stopped.set()
 
 
-_processBudget = MemoryBudget()
+_processMemoryBudget = MemoryBudget()
 
 
-def processBudget() -> MemoryBudget:
+def processMemoryBudget() -> MemoryBudget:
     """
     The budget every channel and SFTP server of this process shares unless
     given another.
     """
-    return _processBudget
+    return _processMemoryBudget

@@ -237,7 +237,8 @@ def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--control",
         metavar="PATH",
-        help="the control socket (default: in $XDG_RUNTIME_DIR/conchshare or /tmp/conchshare-UID)",
+        help="the control socket (default: in the first private directory of"
+        " $XDG_RUNTIME_DIR/conchshare, /tmp/conchshare-UID, ~/.cache/conchshare)",
     )
     return parser
 
@@ -325,11 +326,14 @@ def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> in
 
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
+    from conchshare.fdlimit import raiseFileLimit
     from conchshare.spin import spinBeforeSleeping
 
     reactor: Any = globalReactor
     try:
         args = parseArguments(kind, argv)
+        # As many SFTP handles as the system allows (before any is opened).
+        raiseFileLimit()
         service = buildService(args, reactor)
         control = ControlService(service, args.control, reactor=reactor)
         control.listen()

@@ -73,6 +73,9 @@ _ROOT = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | _CLOEXEC
 ROOT_RECHECK = 0.05
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 _MAX_HOPS = 40
+#: The most components one walk goes through, those of symlink targets
+#: included (Linux's PATH_MAX, in components): past it, ELOOP.
+MAX_WALKED = 4096
 _RENAME_NOREPLACE = 1
 _BATCH = 100
 
@@ -1012,13 +1015,32 @@ class ConfinedFile:
         return _RingClose(self)
 
 
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+def _permissions(attrs: Mapping[str, object], fd: int) -> int:
+    """
+    The permissions a SETSTAT, FSETSTAT or lsetstat applies to the file
+    open as C{fd}: what the client asked for, but never the set-user-id
+    bit, and the set-group-id bit on a directory only (there it only makes
+    new entries take the directory's group), so that a client cannot leave
+    a set-id program on this machine.
+    """
+    mode = _number(attrs, "permissions") & 0o7777
+    if mode & _SET_ID:
+        mode &= ~stat.S_ISUID
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            mode &= ~stat.S_ISGID
+    return mode
+
+
 def _setAttrsOnFd(fd: int, attrs: Mapping[str, object]) -> None:
     if "size" in attrs:
         os.ftruncate(fd, _number(attrs, "size"))
     if "uid" in attrs or "gid" in attrs:
         os.chown(fd, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
     if "permissions" in attrs:
-        os.chmod(fd, _number(attrs, "permissions") & 0o7777)
+        os.chmod(fd, _permissions(attrs, fd))
     if "atime" in attrs and "mtime" in attrs:
         os.utime(fd, (_number(attrs, "atime"), _number(attrs, "mtime")))
 
@@ -1086,6 +1108,21 @@ class ConfinedDirectory:
                 self._prefetched = self.readEncoded(maximum)
         except (OSError, EOFError):
             pass
+
+    def restart(self) -> None:
+        """
+        Forget what was read ahead and list a real directory again from its
+        start, as it is now (call it before any entry was returned).  A
+        virtual directory's listing stays as it was read.
+        """
+        if self._fd is None:
+            return
+        self._prefetched = []
+        if self._scan is not None:
+            self._scan.close()  # type: ignore[attr-defined]
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._scan = os.scandir(self._fd)
+        self.exhausted = False
 
     def takePrefetched(self, maximum: int = _BATCH) -> list[Entry]:
         """
@@ -1236,14 +1273,69 @@ class _Placed:
             os.close(fd)
 
 
-def _closeAll(roots: dict[str, tuple[int, int, int, float]], retired: list[int]) -> None:
-    for fd in [entry[0] for entry in roots.values()] + retired:
+def _closeAll(roots: dict[str, tuple[int, int, int, float]]) -> None:
+    for fd in [entry[0] for entry in roots.values()]:
         try:
             os.close(fd)
         except OSError:
             pass
     roots.clear()
-    retired.clear()
+
+
+# A share's folder by its absolute path, with no symlink anywhere on the
+# way (the folder itself included): RESOLVE_NO_SYMLINKS from "/".
+_HOW_FOLDER = OpenHow(_ROOT | os.O_NOFOLLOW, 0, 0x02 | 0x04)  # NO_MAGICLINKS | NO_SYMLINKS
+
+
+def _openFolder(path: str) -> int:
+    """
+    An C{O_PATH} descriptor of the directory at the absolute C{path},
+    reached without following any symlink (one C{openat2} with
+    C{RESOLVE_NO_SYMLINKS}, else an C{O_NOFOLLOW} open per component from
+    C{/}).  Never waits for anything but the filesystem: call it in a worker.
+
+    @raise OSError: the path is missing, not a directory, or has a symlink
+        on the way (C{ELOOP} or C{ENOTDIR}).
+    """
+    encoded = os.fsencode(path)
+    syscall = _openat2SyscallFunction
+    if syscall is not None and _openat2Function is not None:
+        fd = int(
+            syscall(
+                _SYS_OPENAT2,
+                _AT_FDCWD,
+                encoded,
+                ctypes.addressof(_HOW_FOLDER),
+                ctypes.sizeof(_HOW_FOLDER),
+            )
+        )
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+    fd = os.open("/", _ROOT)
+    try:
+        for component in splitPath(encoded):
+            if component == b"..":
+                raise OSError(errno.EINVAL, "A share's path is absolute and canonical", path)
+            following = os.open(component, _WALK, dir_fd=fd)
+            os.close(fd)
+            fd = following
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def movedMessage(share: Share) -> str:
+    """
+    The sentence that says C{share}'s folder is no longer at its path.
+    """
+    return (
+        f"The folder of the share {os.fsdecode(share.name)!r} is no longer at "
+        f"{share.path}: its files are not served until that folder is back there "
+        "(a folder deleted and made again, or remounted, needs a restart)."
+    )
 
 
 class ConfinedFilesystem:
@@ -1273,27 +1365,38 @@ class ConfinedFilesystem:
                 if mount is not None:
                     self._localMounts[share.path] = mount
         # A descriptor of each share's folder, by its path, with the
-        # folder's identity and when its path last led there: requests
-        # resolve below it instead of opening the folder each time.  The
-        # path is checked again every ROOT_RECHECK seconds, so a share
-        # folder renamed away, or a path re-pointed, is noticed then.
+        # folder's identity (st_dev, st_ino) and when its path last led
+        # there: requests resolve below it instead of opening the folder
+        # each time.  The path is checked again every ROOT_RECHECK seconds
+        # without following any symlink; while it leads anywhere else the
+        # share serves nothing (ENOENT), and the folder served never
+        # changes: the one opened first, kept open (so its inode number
+        # cannot be reused).
         self._roots: dict[str, tuple[int, int, int, float]] = {}
-        self._retired: list[int] = []  # replaced (maybe still in use)
         self._rootLock = threading.Lock()
+        # The paths of the shares whose folder is not there (reported).
+        self._moved: set[str] = set()
+        #: Called (in whatever thread noticed it) once each time a share's
+        #: path stops leading to its folder, with the share and a sentence
+        #: saying so; L{None}: nobody is told.
+        self.shareMoved: Callable[[Share, str], None] | None = None
         for share in shares.shares:
             try:
                 self._root(share)
             except OSError:
                 pass  # each request fails until the folder is there
-        weakref.finalize(self, _closeAll, self._roots, self._retired)
+        weakref.finalize(self, _closeAll, self._roots)
 
     # -- walking --------------------------------------------------------
 
     def _root(self, share: Share) -> int:
         """
         The descriptor of C{share}'s folder (owned here: never close it).
+        May wait for the filesystem every L{ROOT_RECHECK} seconds: never on
+        the reactor thread.
 
-        @raise OSError: the share's path leads nowhere.
+        @raise FileNotFoundError: the share's path leads nowhere, or not to
+            the folder it led to first (a symlink on the way included).
         """
         entry = self._roots.get(share.path)
         now = time.monotonic()
@@ -1301,17 +1404,38 @@ class ConfinedFilesystem:
             return entry[0]
         with self._rootLock:
             entry = self._roots.get(share.path)
-            found = os.stat(share.path)
-            if entry is not None and (found.st_dev, found.st_ino) == entry[1:3]:
-                self._roots[share.path] = (*entry[:3], now)
-                return entry[0]
-            fd = os.open(share.path, _ROOT)
-            found = os.fstat(fd)
-            self._roots[share.path] = (fd, found.st_dev, found.st_ino, now)
-            if entry is not None:
-                # Other threads may still resolve below it: closed at the end.
-                self._retired.append(entry[0])
-            return fd
+            try:
+                fd = _openFolder(share.path)
+            except OSError:
+                if entry is not None:
+                    self._lost(share)
+                raise FileNotFoundError(
+                    errno.ENOENT, "The share's folder is not at its path"
+                ) from None
+            try:
+                found = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if entry is None:
+                self._roots[share.path] = (fd, found.st_dev, found.st_ino, now)
+                return fd
+            os.close(fd)
+            if (found.st_dev, found.st_ino) != entry[1:3]:
+                self._lost(share)
+                raise FileNotFoundError(errno.ENOENT, "The share's folder is not at its path")
+            self._roots[share.path] = (*entry[:3], now)
+            self._moved.discard(share.path)
+            return entry[0]
+
+    def _lost(self, share: Share) -> None:
+        # Once per loss: again only after the folder was back.
+        if share.path in self._moved:
+            return
+        self._moved.add(share.path)
+        report = self.shareMoved
+        if report is not None:
+            report(share, movedMessage(share))
 
     def _inMemory(self, share: Share) -> tuple[MountKey, int] | None:
         """
@@ -1387,11 +1511,17 @@ class ConfinedFilesystem:
             place = self._fastWalk(share, root, components, follow, fds)
             if place is not None:
                 return place
+        # stack[1:] are the descriptors at the end of fds (those the fast
+        # path left come first): a directory left by ".." or an absolute
+        # link is closed at once, so one walk holds at most one descriptor
+        # per component of the directory it is in.
         stack = [root]
+        first = len(fds)
         names: list[bytes] = []
         # Never empty or "." (normalised, and filtered from link targets).
         pending = list(components)
         hops = _MAX_HOPS
+        walked = 0
 
         # Lenient mode (realPath): the state before the first symlink, so
         # that a link out of the share is reported by its own name.
@@ -1406,11 +1536,15 @@ class ConfinedFilesystem:
 
         while pending:
             component = pending.pop(0)
+            walked += 1
+            if walked > MAX_WALKED:
+                raise fail(OSError(errno.ELOOP, "Too many path components"), component)
             if component == b"..":
                 if not names:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 names.pop()
-                stack.pop()  # its fd stays in fds, closed at the end
+                stack.pop()
+                os.close(fds.pop())
                 continue
             last = not pending
             parent = stack[-1]
@@ -1460,6 +1594,9 @@ class ConfinedFilesystem:
                 if parts[: len(rootParts)] != rootParts:
                     raise fail(_denied("A symlink leads out of the share"), component)
                 del stack[1:]
+                for fd in fds[first:]:
+                    os.close(fd)
+                del fds[first:]
                 names.clear()
                 pending[:0] = parts[len(rootParts) :]
             else:
@@ -1805,7 +1942,7 @@ class ConfinedFilesystem:
         if "uid" in attrs or "gid" in attrs:
             os.chown(proc, _number(attrs, "uid", -1), _number(attrs, "gid", -1))
         if "permissions" in attrs:
-            os.chmod(proc, _number(attrs, "permissions") & 0o7777)
+            os.chmod(proc, _permissions(attrs, fd))
         if "atime" in attrs and "mtime" in attrs:
             os.utime(proc, (_number(attrs, "atime"), _number(attrs, "mtime")))
 
@@ -1821,16 +1958,14 @@ class ConfinedFilesystem:
                     for s in self.shares.shares
                     if s.components[: len(found.components)] == found.components
                 )
-                fd = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-                readOnly = True
-            else:
-                # Any kind of entry (statvfs of a file is fine); a symlink
-                # is opened itself, never followed.
-                flags = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
-                fd = os.open(found.name, flags | os.O_NOFOLLOW | _CLOEXEC, dir_fd=found.parent)
-                readOnly = found.share.readOnly
+                # The folder served (its path may lead elsewhere by now).
+                return _statvfs(self._root(share), True)
+            # Any kind of entry (statvfs of a file is fine); a symlink is
+            # opened itself, never followed.
+            flags = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK)
+            fd = os.open(found.name, flags | os.O_NOFOLLOW | _CLOEXEC, dir_fd=found.parent)
             try:
-                return _statvfs(fd, readOnly)
+                return _statvfs(fd, found.share.readOnly)
             finally:
                 os.close(fd)
 
@@ -1953,7 +2088,8 @@ class ConfinedFilesystem:
         """
         MKDIR with the requested permissions (default 0777) minus the umask.
         """
-        mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask
+        # Never set-user-id (set-group-id is fine on a directory).
+        mode = _number(attrs, "permissions", 0o777) & 0o7777 & ~self.umask & ~stat.S_ISUID
         with self.place(path, follow=False, creating=True) as found:
             place = self._entry(found)
             os.mkdir(place.name, mode, dir_fd=place.parent)
@@ -2103,10 +2239,18 @@ class ConfinedFilesystem:
         length: int,
         destination: ConfinedFile,
         writeOffset: int,
-    ) -> None:
+        limit: int | None = None,
+    ) -> int:
         """
         copy-data: C{length} bytes (0: to the end) from C{source} to
-        C{destination}.
+        C{destination}, or their first C{limit} bytes (the rest is copied
+        by calling again with the offsets and length moved on).
+
+        @return: the count copied: less than C{limit} (or no C{limit})
+            means the copy is complete.
+        @raise OSError: the destination's share is read-only, or the
+            ranges overlap within one file (C{EBUSY}), or a read or write
+            failed.
         """
         if destination.share.readOnly:
             raise _readOnly()
@@ -2119,6 +2263,9 @@ class ConfinedFilesystem:
         ):
             raise OSError(errno.EBUSY, "copy-data between overlapping ranges of one file")
         remaining = length if length else None
+        if limit is not None:
+            remaining = limit if remaining is None else min(remaining, limit)
+        copied = 0
         while remaining is None or remaining > 0:
             size = 256 * 1024 if remaining is None else min(remaining, 256 * 1024)
             data = os.pread(source.fd, size, readOffset)
@@ -2127,5 +2274,7 @@ class ConfinedFilesystem:
             destination.write(writeOffset, data)
             readOffset += len(data)
             writeOffset += len(data)
+            copied += len(data)
             if remaining is not None:
                 remaining -= len(data)
+        return copied

@@ -3,8 +3,11 @@ The control socket: pause, resume and query a running conchshare from
 outside (C{conchshare ctl}), for the command and for twistd alike.
 
 A Unix-domain stream socket, mode 0600, in a directory only its owner can
-enter (0700): C{$XDG_RUNTIME_DIR/conchshare/PID.sock}, or
-C{/tmp/conchshare-UID/PID.sock} without C{XDG_RUNTIME_DIR}.
+enter (0700): by default C{PID.sock} in the first private directory of
+C{$XDG_RUNTIME_DIR/conchshare}, C{/tmp/conchshare-UID},
+C{$HOME/.cache/conchshare}, else in a fresh C{/tmp/conchshare-UID-XXXXXXXX}
+(L{chooseControlPath}); a directory another local user made there is
+skipped, not trusted.
 
 The protocol is line based.  A client sends one request per line, a JSON
 object C{{"command": "pause"}} (or just the word C{pause}); the server
@@ -24,6 +27,7 @@ import os
 import socket
 import stat
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Protocol
 
@@ -41,10 +45,13 @@ __all__ = [
     "ControlService",
     "Controllable",
     "MAX_SOCKET_PATH",
+    "chooseControlPath",
+    "controlDirectories",
     "ctlMain",
     "defaultControlDirectory",
     "defaultControlPath",
     "findControlSocket",
+    "isPrivateDirectory",
     "request",
 ]
 
@@ -72,25 +79,111 @@ class ControlError(ConchShareError):
     """
 
 
-def defaultControlDirectory(environ: Mapping[str, str] | None = None) -> str:
+def _tmpDirectory(uid: int, tmp: str) -> str:
+    return os.path.join(tmp, f"conchshare-{uid}")
+
+
+def controlDirectories(
+    environ: Mapping[str, str] | None = None, *, tmp: str = "/tmp", uid: int | None = None
+) -> list[str]:
     """
-    The directory of the default control sockets of this user:
-    C{$XDG_RUNTIME_DIR/conchshare}, or C{/tmp/conchshare-UID}.
+    Where this user's control sockets go, in the order they are tried:
+    C{$XDG_RUNTIME_DIR/conchshare} (if C{XDG_RUNTIME_DIR} is a directory),
+    C{/tmp/conchshare-UID}, C{$HOME/.cache/conchshare} (if C{HOME} is set).
+    A directory is used only if it is private (L{isPrivateDirectory}); when
+    none is, a fresh C{/tmp/conchshare-UID-XXXXXXXX} (L{tempfile.mkdtemp}).
     """
     environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    places = []
     runtime = environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return os.path.join(runtime, "conchshare")
-    return os.path.join("/tmp", f"conchshare-{os.getuid()}")
+        places.append(os.path.join(runtime, "conchshare"))
+    places.append(_tmpDirectory(uid, tmp))
+    home = environ.get("HOME")
+    if home and os.path.isabs(home):
+        places.append(os.path.join(home, ".cache", "conchshare"))
+    return places
+
+
+def defaultControlDirectory(environ: Mapping[str, str] | None = None) -> str:
+    """
+    The first place of L{controlDirectories}: C{$XDG_RUNTIME_DIR/conchshare},
+    or C{/tmp/conchshare-UID}.  Nothing is created or checked.
+    """
+    return controlDirectories(environ)[0]
 
 
 def defaultControlPath(pid: int | None = None, environ: Mapping[str, str] | None = None) -> str:
     """
-    The default control socket path of the process C{pid} (this one by
-    default).
+    The control socket path of the process C{pid} (this one by default)
+    in L{defaultControlDirectory}; L{ControlService} may choose a later
+    place when listening (L{chooseControlPath}).
     """
     pid = os.getpid() if pid is None else pid
     return os.path.join(defaultControlDirectory(environ), f"{pid}.sock")
+
+
+def isPrivateDirectory(path: str, uid: int | None = None) -> bool:
+    """
+    Whether C{path} itself (not a symlink to it) is a directory owned by
+    C{uid} (this user) with mode 0700: one no other local user can have
+    made, entered or filled.
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == uid and stat.S_IMODE(info.st_mode) == 0o700
+
+
+def chooseControlPath(
+    pid: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    tmp: str = "/tmp",
+    uid: int | None = None,
+) -> str:
+    """
+    The default control socket path, C{PID.sock} in the first of
+    L{controlDirectories} that is private (created 0700 if missing) and
+    short enough for a Unix socket path; else in a fresh private temporary
+    directory.  A directory another local user made (or a symlink there)
+    is skipped, so it cannot stop conchshare from starting.
+
+    @raise ControlError: not even a temporary directory could be made.
+    """
+    pid = os.getpid() if pid is None else pid
+    uid = os.getuid() if uid is None else uid
+    name = f"{pid}.sock"
+    for directory in controlDirectories(environ, tmp=tmp, uid=uid):
+        path = os.path.join(directory, name)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            continue
+        try:
+            # Only the last component is ours to create: the parents (the
+            # runtime directory, /tmp, $HOME) must exist, except ~/.cache.
+            if directory.endswith(os.path.join(".cache", "conchshare")):
+                os.makedirs(os.path.dirname(directory), mode=0o700, exist_ok=True)
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            _log.debug("control directory {d} not usable: {e}", d=directory, e=e)
+            continue
+        if isPrivateDirectory(directory, uid):
+            return path
+        _log.warn(
+            "Not using {directory} for the control socket: it is not a private directory"
+            " of this user.",
+            directory=directory,
+        )
+    try:
+        directory = tempfile.mkdtemp(prefix=f"conchshare-{uid}-", dir=tmp)
+    except OSError as e:
+        raise ControlError(f"Cannot create a private directory for the control socket: {e}.")
+    return os.path.join(directory, name)
 
 
 def _privateDirectory(path: str) -> None:
@@ -212,10 +305,12 @@ class ControlService(Service):
     def __init__(self, target: Controllable, path: str | None = None, *, reactor: Any = None):
         """
         @param target: what the requests act on.
-        @param path: the socket path; L{defaultControlPath} if L{None}.
+        @param path: the socket path; if L{None}, L{chooseControlPath}
+            chooses it when listening (until then, L{defaultControlPath}).
         @param reactor: an C{IReactorUNIX}; the global reactor if L{None}.
         """
         self.target = target
+        self._chosen = path is None
         self.path = os.path.abspath(path) if path is not None else defaultControlPath()
         self._reactor = reactor
         self._port: IListeningPort | None = None
@@ -229,13 +324,19 @@ class ControlService(Service):
         """
         if self._port is not None:
             return
+        if self._chosen:
+            # Checked private and short enough; an explicit path's directory
+            # is left alone (nothing is created in the default places).
+            self.path = chooseControlPath()
         _checkLength(self.path)
         if self._reactor is None:
             from twisted.internet import reactor as globalReactor
 
             self._reactor = globalReactor
         directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory) or directory == defaultControlDirectory():
+        if not self._chosen and (
+            not os.path.isdir(directory) or directory == defaultControlDirectory()
+        ):
             _privateDirectory(directory)
         if os.path.exists(self.path):
             if _alive(self.path):
@@ -277,20 +378,36 @@ class ControlService(Service):
         return d.addBoth(removed)
 
 
-def findControlSocket(environ: Mapping[str, str] | None = None) -> str:
+def findControlSocket(
+    environ: Mapping[str, str] | None = None, *, tmp: str = "/tmp", uid: int | None = None
+) -> str:
     """
-    The control socket of the one running conchshare of this user.
+    The control socket of the one running conchshare of this user: searched
+    in the places L{chooseControlPath} uses, in its order (the fresh
+    temporary directories last), skipping every directory that is not
+    private (L{isPrivateDirectory}).
 
     @raise ControlError: none, or several, are running.
     """
-    directory = defaultControlDirectory(environ)
+    uid = os.getuid() if uid is None else uid
+    places = controlDirectories(environ, tmp=tmp, uid=uid)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".sock"))
+        prefix = f"conchshare-{uid}-"
+        places += sorted(os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith(prefix))
     except OSError:
-        names = []
-    live = [os.path.join(directory, n) for n in names if _alive(os.path.join(directory, n))]
+        pass
+    live = []
+    for directory in places:
+        if not isPrivateDirectory(directory, uid):
+            continue
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith(".sock"))
+        except OSError:
+            continue
+        live += [os.path.join(directory, n) for n in names if _alive(os.path.join(directory, n))]
     if not live:
-        raise ControlError(f"No running conchshare found in {directory}; give --control PATH.")
+        searched = ", ".join(places[:3])
+        raise ControlError(f"No running conchshare found in {searched}; give --control PATH.")
     if len(live) > 1:
         raise ControlError(
             f"Several conchshare processes are running ({', '.join(live)}); choose one with --control PATH."
@@ -356,7 +473,9 @@ def ctlMain(
     parser.add_argument(
         "--control",
         metavar="PATH",
-        help=f"the control socket (default: the only one in {defaultControlDirectory()})",
+        help="the control socket (default: the only live one in the private directories"
+        " among $XDG_RUNTIME_DIR/conchshare, /tmp/conchshare-UID, ~/.cache/conchshare,"
+        " /tmp/conchshare-UID-*)",
     )
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.add_argument("command", choices=COMMANDS, metavar="pause|resume|status")

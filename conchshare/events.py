@@ -329,7 +329,9 @@ class ConsoleRenderer:
         name = event.get("event")
         if name == "connected" and self._armed:
             self._startLoop()
-        if name in ("stopped", "error"):
+        if name == "stopped":
+            # (An error that stops the service is followed by "stopped"; one
+            # that does not, a share's folder gone, leaves the line on.)
             self.stop()
         elif self._loop is not None:
             self.refresh()

@@ -159,6 +159,10 @@ ismnt() {
   else [ "$(stat -c %d -- "$1" 2>/dev/null)" != "$(stat -c %d -- "$1/.." 2>/dev/null)" ]; fi
 }
 rec() { printf '\0%s=%s\0' "$1" "$2"; }
+# $(...) drops the trailing newlines of what it captures, and a path may end
+# with one: these keep them, answering in $r.
+absdir() { r=$(cd -- "$1" && pwd && echo .) && r=${r%??}; }
+parentdir() { r=$(dirname -- "$1" && echo .) && r=${r%??}; }
 unset CDPATH
 """
 
@@ -175,6 +179,9 @@ if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
 if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
 if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
 rec fusermount "$fm"
+# A relative path starting with "-" is no option, and cd's "-" no $OLDPWD
+# (an empty one stays empty: mkdir refuses it).
+case $d in /* | '') ;; *) d=./$d ;; esac
 if [ -n "$oldpid" ] && [ -r "/proc/$oldpid/environ" ] &&
    tr '\0' '\n' <"/proc/$oldpid/environ" | grep -qxF -e "CONCHSHARE_MOUNT=$token"; then
   # The sshfs of the old connection still runs (its sshd may be stopped):
@@ -190,13 +197,14 @@ if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
 if [ -e "$d" ] || [ -L "$d" ]; then
   if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi
 else
-  top=$d; p=$(dirname -- "$d")
-  while [ ! -e "$p" ] && [ ! -L "$p" ]; do top=$p; p=$(dirname -- "$p"); done
+  top=$d; parentdir "$d"; p=$r
+  while [ ! -e "$p" ] && [ ! -L "$p" ]; do top=$p; parentdir "$p"; p=$r; done
   if ! err=$(mkdir -p -- "$d" 2>&1); then rec mkdir "$err"; exit 0; fi
-  rec created "$(cd -- "$top" && pwd)"
+  absdir "$top" && rec created "$r"
 fi
-if ismnt "$d"; then rec mounted "$(cd -- "$d" && pwd)"; exit 0; fi
-rec path "$(cd -- "$d" && pwd)"
+if ismnt "$d"; then absdir "$d" || r=$d; rec mounted "$r"; exit 0; fi
+absdir "$d" || exit 0
+rec path "$r"
 """
 
 # Answers (exit 0) once $d is a mount point that lists.
@@ -226,7 +234,7 @@ if [ -n "$created" ]; then
   p=$d
   while rmdir -- "$p" 2>/dev/null; do
     [ "$p" = "$created" ] && break
-    p=$(dirname -- "$p")
+    parentdir "$p"; p=$r
   done
 fi
 """

@@ -544,7 +544,16 @@ class ShareService(Service):
         """
         from conchshare.sftp.avatar import ShareSFTPServer
 
-        return ShareSFTPServer(self.shares, umask=self.options.umask, reactor=self._getReactor())
+        reactor = self._getReactor()
+        avatar = ShareSFTPServer(self.shares, umask=self.options.umask, reactor=reactor)
+
+        def moved(share: Any, message: str) -> None:
+            # Noticed in a worker thread: the event is emitted in the
+            # reactor's; the service goes on serving the other shares.
+            reactor.callFromThread(self._emit, "error", message=message)
+
+        avatar.filesystem.shareMoved = moved
+        return avatar
 
     def _protocolFactory(self) -> Any:
         """
@@ -559,9 +568,11 @@ class ShareService(Service):
 
     def _sessionAvatar(self, avatar: Any) -> Any:
         """
-        The avatar one SFTP session uses: with C{verbose}, one that logs
-        every request (L{AuditingAvatar}).
+        The avatar one SFTP session uses: the shared avatar's view for one
+        connection (its requests are ordered among themselves only); with
+        C{verbose}, one that logs every request (L{AuditingAvatar}).
         """
+        avatar = avatar.forConnection()
         if not self.options.verbose:
             return avatar
         self._sessions += 1
@@ -942,13 +953,46 @@ _AUDITED = frozenset(
 
 _audit = Logger(namespace="conchshare.audit")
 
+#: Characters a client could use to forge or hide audit lines: C1 controls
+#: and the Unicode line and paragraph separators (str.splitlines() breaks
+#: lines at them).
+_AUDIT_ESCAPED_UNICODE = frozenset(chr(c) for c in range(0x80, 0xA0)) | {"\u2028", "\u2029"}
+
+
+def auditText(value: bytes | str) -> str:
+    """
+    A client-supplied string as the audit log shows it: on one line and
+    unambiguous.  C{\\}, bytes below 0x20, 0x7f, bytes that are not UTF-8,
+    C1 controls and U+2028/U+2029 are written as C{\\xNN} (one per byte
+    of their UTF-8 form); everything else is kept.
+    """
+    if isinstance(value, bytes):
+        raw = value
+    else:
+        # Undecodable bytes come back as they were (surrogateescape); any
+        # other lone surrogate as its (invalid) UTF-8 bytes.
+        raw = b"".join(
+            c.encode("utf-8", "surrogateescape" if "\udc80" <= c <= "\udcff" else "surrogatepass")
+            for c in value
+        )
+    out = []
+    for char in raw.decode("utf-8", "surrogateescape"):
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "\\" or code < 0x20 or code == 0x7F or char in _AUDIT_ESCAPED_UNICODE:
+            out.append("".join(f"\\x{b:02x}" for b in char.encode("utf-8")))
+        else:
+            out.append(char)
+    return "".join(out)
+
 
 class AuditingAvatar:
     """
     Wraps a share avatar and logs each request that names a path (the
     audit trail of C{-v}), at info level in the C{conchshare.audit}
     namespace: session, operation, virtual paths, result.  File contents
-    are never logged.  It provides the interfaces the avatar provides.
+    are never logged; what the client sent is escaped (L{auditText}).  It provides the interfaces the avatar provides.
     """
 
     def __init__(self, avatar: Any, session: str) -> None:
@@ -962,9 +1006,7 @@ class AuditingAvatar:
             return attribute
 
         def audited(*args: Any, **kwargs: Any) -> Any:
-            paths = " ".join(
-                a.decode("utf-8", "backslashreplace") for a in args if isinstance(a, bytes)
-            )
+            paths = " ".join(auditText(a) for a in args if isinstance(a, bytes))
             d: Deferred[Any] = maybeDeferred(attribute, *args, **kwargs)
 
             def ok(result: object) -> object:
@@ -982,7 +1024,8 @@ class AuditingAvatar:
                     session=self._session,
                     operation=name,
                     paths=paths,
-                    error=f"{type(reason.value).__name__}: {reason.getErrorMessage()}",
+                    # The message may quote the client's path.
+                    error=f"{type(reason.value).__name__}: {auditText(reason.getErrorMessage())}",
                 )
                 return reason
 

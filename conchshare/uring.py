@@ -128,7 +128,10 @@ class Ring:
     ring's eventfd, L{fileno}, is readable; L{spin} waits for a while).
 
     Everything an operation points to (path, C{open_how}, buffers) is kept
-    alive until its completion is delivered.
+    alive until its completion is delivered.  A ring dropped without
+    L{close} is closed when collected (a C{weakref.finalize} holding its
+    operations and descriptors, not the ring): what its operations in
+    flight point to is kept for the life of the process all the same.
     """
 
     def __init__(self, entries: int = 128) -> None:
@@ -142,6 +145,11 @@ class Ring:
             raise OSError(ctypes.get_errno(), "io_uring_setup failed")
         self._fd = fd
         self._eventfd = -1
+        self._pending: dict[int, tuple[Completion, object]] = {}
+        # The ring's descriptor and its eventfd's: what _release closes.
+        self._fds = [fd, -1]
+        self._finalizer = weakref.finalize(self, _release, self._pending, self._fds)
+        self.closed = False
         try:
             if params.features & (_FEAT_SINGLE_MMAP | _FEAT_NODROP) != (
                 _FEAT_SINGLE_MMAP | _FEAT_NODROP
@@ -172,7 +180,7 @@ class Ring:
             #: queue's size, so that it never overflows.
             self.capacity = int(params.cqEntries)
             self._probe()
-            self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._eventfd = self._fds[1] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             value = ctypes.c_int32(self._eventfd)
             if self._syscall(_SYS_REGISTER, fd, _REGISTER_EVENTFD, ctypes.byref(value), 1) < 0:
                 raise OSError(ctypes.get_errno(), "Cannot register the eventfd")
@@ -180,8 +188,6 @@ class Ring:
             self.close()
             raise
         self._next = 1
-        self._pending: dict[int, tuple[Completion, object]] = {}
-        self.closed = False
 
     def _probe(self) -> None:
         # struct io_uring_probe with room for 256 ops.
@@ -391,16 +397,9 @@ class Ring:
         the process).  Idempotent.
         """
         self.closed = True
-        if getattr(self, "_pending", None):
-            # The kernel may still read or write what they point to.
-            _abandoned.append(self._pending)
-            self._pending = {}
-        if self._eventfd >= 0:
-            os.close(self._eventfd)
-            self._eventfd = -1
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._finalizer()
+        self._eventfd = -1
+        self._fd = -1
 
     def closeFile(self, fd: int, callback: Completion) -> bool:
         """
@@ -413,6 +412,22 @@ _AT_EMPTY_PATH = 0x1000
 
 # What the operations of closed rings pointed to.
 _abandoned: list[dict[int, tuple[Completion, object]]] = []
+
+
+def _release(pending: dict[int, tuple[Completion, object]], fds: list[int]) -> None:
+    """
+    Close a ring (by L{Ring.close}, or when it is collected): keep what its
+    operations in flight point to for the life of the process (the kernel
+    may still read or write it), then close its descriptors.  Must not
+    refer to the ring itself.
+    """
+    if pending:
+        _abandoned.append(dict(pending))
+        pending.clear()
+    for index, fd in enumerate(fds):
+        if fd >= 0:
+            fds[index] = -1
+            os.close(fd)
 
 
 class _PyBuffer(ctypes.Structure):

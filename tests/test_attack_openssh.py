@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -302,6 +303,113 @@ class AttackTests(TestCase):
         for name in ("stolen", "hard", "hard2"):
             self.assertFalse(os.path.lexists(os.path.join(self.share, name)), name)
         self.assertNothingLeaked(out, err)
+
+    def test_doubleSlashesAndSymlinksAtDepth(self) -> None:
+        """
+        C{//} anywhere in a path, and symlinks out of the share several
+        directories down (relative, absolute, to C{/}, and chains through
+        links that stay inside first), lead nowhere outside.
+        """
+        deep = os.path.join(self.share, "d", "e", "f")
+        os.makedirs(deep)
+        os.symlink("../../../../../../outside", os.path.join(deep, "up"))
+        os.symlink(self.outside, os.path.join(deep, "abs"))
+        os.symlink("/", os.path.join(deep, "root"))
+        os.symlink("e/f", os.path.join(self.share, "d", "in"))
+        os.symlink("../d/in/up", os.path.join(self.share, "d", "e", "chain"))
+        out, err = self.sftp(
+            [
+                "get //etc//passwd p1",
+                "get //s//..//..//outside//secret p2",
+                "get /s//d//e//f//up//secret p3",
+                "get /s/d/e/f/abs/secret p4",
+                "get /s/d/e/f/root/etc/passwd p5",
+                "get /s/d/in/up/secret p6",
+                "get /s/d/e/chain/secret p7",
+                "ls //s//d//e//f//up",
+                "ls /s/d/in/root/etc",
+                "put l.txt /s/d/e/f/up/planted",
+                "put l.txt /s/d/e/chain/planted",
+                "mkdir /s/d/in/abs/newdir",
+                "ls //s//d//in",
+            ]
+        )
+        self.assertNotIn("passwd", out)
+        self.assertNotIn("secret", out)
+        self.assertShown(
+            err,
+            [
+                "//etc//passwd",
+                "//s//..//..//outside//secret",
+                "/s//d//e//f//up//secret",
+                "/s/d/e/f/abs/secret",
+                "/s/d/e/f/root/etc/passwd",
+                "/s/d/in/up/secret",
+                "/s/d/e/chain/secret",
+                "/s/d/in/root/etc",
+                "/s/d/e/f/up/planted",
+                "/s/d/e/chain/planted",
+                "/s/d/in/abs/newdir",
+            ],
+        )
+        # The links inside are followed: the listing shows the deep folder.
+        self.assertIn("abs", out)
+        self.assertNothingLeaked(out, err)
+
+    def test_swapRace(self) -> None:
+        """
+        While a thread keeps swapping a directory of the share for a
+        symlink to the outside folder or to C{/}, 1,000 gets through it
+        (and listings) never fetch anything but the share's own files.
+        """
+        sw = os.path.join(self.share, "sw")
+        os.makedirs(os.path.join(sw, "etc"))
+        self.write(os.path.join(sw, "secret"), b"inside\n")
+        self.write(os.path.join(sw, "etc", "passwd"), b"inside\n")
+        links = [os.path.join(self.share, "lo"), os.path.join(self.share, "lr")]
+        os.symlink(self.outside, links[0])
+        os.symlink("/", links[1])
+        with open("/etc/passwd", "rb") as f:
+            passwd = f.read()
+        stop = threading.Event()
+        swaps = [0]
+
+        def swapper() -> None:
+            saved = os.path.join(self.share, "saved")
+            while not stop.is_set():
+                link = links[swaps[0] % 2]
+                os.rename(sw, saved)
+                os.rename(link, sw)
+                os.rename(sw, link)
+                os.rename(saved, sw)
+                swaps[0] += 1
+
+        batch = []
+        for i in range(500):
+            batch += [f"get /s/sw/secret g{i}", f"get /s/sw/etc/passwd h{i}"]
+            if i % 50 == 0:
+                batch.append("ls -l /s/sw/etc")
+        thread = threading.Thread(target=swapper)
+        thread.start()
+        try:
+            out, err = self.sftp(batch)
+        finally:
+            stop.set()
+            thread.join()
+        self.assertGreater(swaps[0], 100)
+        fetched = os.listdir(self.local)
+        self.assertGreater(len(fetched), 1)
+        for name in fetched:
+            if name == "l.txt":
+                continue
+            with open(os.path.join(self.local, name), "rb") as f:
+                data = f.read()
+            self.assertNotEqual(data, passwd)
+            self.assertEqual(data, b"inside\n", name)
+        self.assertNotIn("shadow", out)
+        self.assertNotIn("secret", out)
+        created = tuple(name for name in fetched if name != "l.txt")
+        self.assertNothingLeaked(out, err, created=created)
 
     def test_readOnlyShare(self) -> None:
         """

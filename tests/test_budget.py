@@ -20,7 +20,7 @@ class InFlightTests(unittest.SynchronousTestCase):
         before.
         """
         budget = MemoryBudget(replies=4 * LARGEST_REQUEST)
-        server = SFTPServerProtocol(FakeSFTPServer(), budget=budget)
+        server = SFTPServerProtocol(FakeSFTPServer(), memoryBudget=budget)
         server.makeConnection(StringTransport())
         assert server.core is not None
         self.assertEqual(server.core._maxInFlight, 64)
@@ -31,7 +31,7 @@ class InFlightTests(unittest.SynchronousTestCase):
         when they end, the others get their share back.
         """
         budget = MemoryBudget(replies=4 * LARGEST_REQUEST)
-        servers = [SFTPServerProtocol(FakeSFTPServer(), budget=budget) for _ in range(8)]
+        servers = [SFTPServerProtocol(FakeSFTPServer(), memoryBudget=budget) for _ in range(8)]
         for server in servers:
             server.makeConnection(StringTransport())
         limits = {server.core._maxInFlight for server in servers if server.core}
@@ -49,7 +49,7 @@ class InFlightTests(unittest.SynchronousTestCase):
         A server made with a lower C{maxInFlight} keeps it.
         """
         budget = MemoryBudget()
-        server = SFTPServerProtocol(FakeSFTPServer(), maxInFlight=4, budget=budget)
+        server = SFTPServerProtocol(FakeSFTPServer(), maxInFlight=4, memoryBudget=budget)
         server.makeConnection(StringTransport())
         assert server.core is not None
         self.assertEqual(server.core._maxInFlight, 4)

@@ -67,7 +67,7 @@ class Harness:
 
     def __init__(self, protocolFactory: Any = RecordingProtocol) -> None:
         self.clock = Clock()
-        self.conn = ShareConnection(reactor=self.clock, budget=MemoryBudget())
+        self.conn = ShareConnection(reactor=self.clock, memoryBudget=MemoryBudget())
         self.transport = FakeSSHTransport()
         self.conn.transport = self.transport
         self.protocols: list[Any] = []
@@ -429,7 +429,7 @@ class BudgetWindowTests(unittest.SynchronousTestCase):
         gives its share back to the others.
         """
         h = Harness()
-        budget = h.conn.budget
+        budget = h.conn.memoryBudget
         channels = [h.open() for _ in range(16)]
         for channel in channels:
             assert channel is not None

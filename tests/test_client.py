@@ -311,6 +311,29 @@ class AgentTests(ClientTestMixin, TestCase):
         """
         return defer.ensureDeferred(self._agentEmpty())
 
+    async def _agentDSA(self) -> None:
+        sshd = self.startSSHD()
+        dsaKey = os.path.join(sshd.directory, "dsa")
+        made = subprocess.run(
+            ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", dsaKey],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        if made.returncode != 0:
+            raise SkipTest("this ssh-keygen makes no DSA keys (OpenSSH 10 dropped them)")
+        sock = self.startAgent(dsaKey)
+        options = self.optionsFor(sshd, identityFiles=[], identityAgent=sock, useAgent=True)
+        error = await self.connectFails(options)
+        self.assertIsInstance(error, AuthenticationFailed)
+        self.assertIn("agent (no keys)", str(error))
+
+    def test_agentDSAKeyNotOffered(self) -> Deferred[None]:
+        """
+        An agent's DSA key is not offered (nor parsed): for conchshare the
+        agent holds no keys.
+        """
+        return defer.ensureDeferred(self._agentDSA())
+
 
 class HostKeyTests(ClientTestMixin, TestCase):
     """

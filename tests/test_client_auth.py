@@ -16,7 +16,7 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.keys import Key
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.sshconfig import ConnectOptions
@@ -225,3 +225,36 @@ class AuthTests(SynchronousTestCase):
         self.assertEqual(len(self.asked), 3)
         assert auth.failure is not None
         self.assertIn("(wrong passphrase)", str(auth.failure))
+
+    def test_dsaKeyFilesNotLoaded(self) -> None:
+        """
+        DSA identity files are neither offered nor loaded (with or without
+        their .pub, encrypted or not): the failure says so.
+        """
+        paths = []
+        for name, passphrase, keepPublic in [
+            ("plain", "", True),
+            ("nopub", "", False),
+            ("encrypted", "secret", False),
+            ("pem", "", False),
+        ]:
+            path = os.path.abspath(self.mktemp())
+            made = subprocess.run(
+                ["ssh-keygen", "-q", "-t", "dsa", "-N", passphrase, "-f", path]
+                + (["-m", "PEM"] if name == "pem" else []),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+            if made.returncode != 0:
+                raise SkipTest("this ssh-keygen makes no DSA keys (OpenSSH 10 dropped them)")
+            if not keepPublic:
+                os.remove(path + ".pub")
+            paths.append(path)
+        self.answers = ["secret"] * 3
+        auth, transport = self.client(identityFiles=paths)
+        auth.ssh_USERAUTH_FAILURE(failure(b"publickey"))
+        self.assertEqual(self.asked, [])
+        methods = [parseRequest(payload)[2] for _, payload in transport.packets]
+        self.assertEqual(methods, [b"none"])
+        assert auth.failure is not None
+        self.assertEqual(str(auth.failure).count("(DSA keys are not supported)"), 4)

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -239,6 +240,62 @@ def fingerprint(publicKeyPath: str) -> str:
     return out.split()[1]
 
 
+class RawSFTPClient:
+    """
+    An SFTP client speaking the protocol itself over a raw TCP forward, to
+    send many requests at once and hold what they open.
+    """
+
+    def __init__(self, testCase: TestCase, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        testCase.addCleanup(self.sock.close)
+        self.buffer = b""
+        self.sock.sendall(sftpPacket(1, struct.pack(">I", 3)))
+        self.replies(1)
+
+    def replies(self, count: int) -> list[bytes]:
+        """
+        The next C{count} reply packets (type byte first).
+        """
+        result = []
+        while len(result) < count:
+            if len(self.buffer) >= 4:
+                (length,) = struct.unpack(">I", self.buffer[:4])
+                if len(self.buffer) >= 4 + length:
+                    result.append(self.buffer[4 : 4 + length])
+                    self.buffer = self.buffer[4 + length :]
+                    continue
+            data = self.sock.recv(65536)
+            if not data:
+                raise AssertionError("the server closed the connection")
+            self.buffer += data
+        return result
+
+    def openMany(self, path: bytes, count: int) -> list[bytes]:
+        """
+        Send C{count} OPENs (read) of C{path} at once; their replies.
+        """
+        body = struct.pack(">I", len(path)) + path + struct.pack(">II", 1, 0)
+        self.sock.sendall(
+            b"".join(sftpPacket(3, struct.pack(">I", i) + body) for i in range(count))
+        )
+        return self.replies(count)
+
+    def limits(self) -> tuple[int, ...]:
+        """
+        limits@openssh.com: max packet, read, write lengths, open handles.
+        """
+        name = b"limits@openssh.com"
+        body = struct.pack(">I", 7) + struct.pack(">I", len(name)) + name
+        self.sock.sendall(sftpPacket(200, body))
+        (reply,) = self.replies(1)
+        return struct.unpack(">QQQQ", reply[5:37])
+
+
+def sftpPacket(kind: int, body: bytes) -> bytes:
+    return struct.pack(">IB", len(body) + 1, kind) + body
+
+
 class _Base(TestCase):
     timeout = 90
     sshdConfig: list[str] = []
@@ -304,6 +361,98 @@ class ShareCommandTests(_Base):
         self.assertFalse(portOpen(port))
         self.assertNotIn("Traceback", running.stderr)
 
+    def test_shareFolderSwappedForSymlink(self) -> None:
+        """
+        A share folder renamed away and replaced by a symlink to C{/}:
+        below that share C{sftp} finds nothing (not the root's files), the
+        share is still listed, the other share is served, and one C{error}
+        event says so however many requests fail; the process keeps
+        running and stops cleanly.
+        """
+        other = os.path.join(self.tmp, "other")
+        os.mkdir(other)
+        with open(os.path.join(other, "o.txt"), "w") as f:
+            f.write("other\n")
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += ["--mode", "raw", self.sshd.destination(), self.share, other]
+        running = Running(self, args)
+        port = running.event("forwarding")["port"]
+        result = rawSftp(port, "ls /docs\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        os.rename(self.share, self.share + "-away")
+        os.symlink("/", self.share)
+        # Past the share path's re-check interval (50 ms): the next request
+        # checks it.
+        time.sleep(0.2)
+        got = os.path.join(self.tmp, "got.txt")
+        for _ in range(2):
+            result = rawSftp(port, "get /docs/etc/passwd " + got + "\n")
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn("not found", result.stderr)
+        self.assertFalse(os.path.exists(got))
+        result = rawSftp(port, f"ls -1 /\nget /other/o.txt {got}\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("docs", result.stdout)
+        with open(got) as f:
+            self.assertEqual(f.read(), "other\n")
+        error = running.event("error")
+        self.assertIn("'docs' is no longer at", error["message"])
+        self.assertIsNone(running.process.poll())
+        running.signal(signal.SIGTERM)
+        lines = running.rest()
+        names = [json.loads(line)["event"] for line in lines]
+        self.assertNotIn("error", names)
+        self.assertEqual(names[-1], "stopped")
+        self.assertEqual(running.wait(), 0)
+
+    def limitedShare(self, limits: str, *extra: str) -> Running:
+        """
+        C{share --mode raw} started by a shell that ran C{ulimit} C{limits}.
+        """
+        args = ["share", *sshArgs(self.sshd), "--control", self.control, "--json"]
+        args += ["--mode", "raw", *extra, self.sshd.destination(), self.share]
+        command = ["/bin/sh", "-c", f'{limits} && exec "$0" "$@"', sys.executable]
+        return Running(self, args, command=[*command, "-m", "conchshare"])
+
+    def test_clientAtItsMaxCannotStarveOthers(self) -> None:
+        """
+        With 256 descriptors (soft and hard): one client that opens 300
+        handles gets 96 (half the budget, 256 - 64), not every descriptor;
+        another connection then opens 64 files, and limits@openssh.com
+        announces 96.
+        """
+        running = self.limitedShare("ulimit -n 256")
+        port = running.event("forwarding")["port"]
+        greedy = RawSFTPClient(self, port)
+        replies = greedy.openMany(b"/docs/hello.txt", 300)
+        self.assertEqual(sum(r[0] == 102 for r in replies), 96)
+        self.assertEqual(sum(b"Too many open handles" in r for r in replies), 300 - 96)
+        other = RawSFTPClient(self, port)
+        self.assertEqual(other.limits()[3], 96)
+        replies = other.openMany(b"/docs/hello.txt", 64)
+        self.assertEqual([r[0] for r in replies], [102] * 64)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+        self.assertNotIn("Traceback", running.stderr)
+
+    def test_fileLimitRaised(self) -> None:
+        """
+        The command raises its soft descriptor limit to the hard one (the
+        budget: 1024 - 64, half per client, as limits@openssh.com says); a
+        ProxyCommand runs with the limit the command started with.
+        """
+        seen = os.path.join(self.tmp, "proxy-limit")
+        proxy = f"ulimit -S -n > {seen}; exec socat STDIO TCP:127.0.0.1:%p"
+        running = self.limitedShare(
+            "ulimit -S -n 256 && ulimit -H -n 1024", "-o", f"ProxyCommand={proxy}"
+        )
+        port = running.event("forwarding")["port"]
+        self.assertEqual(RawSFTPClient(self, port).limits()[3], 480)
+        with open(seen) as f:
+            self.assertEqual(f.read().strip(), "256")
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0)
+
     def test_sshModeSessionKey(self) -> None:
         """
         The default mode is C{ssh} with a session key: the C{session-key}
@@ -331,6 +480,95 @@ class ShareCommandTests(_Base):
         self.assertEqual(running.wait(), 0)
         self.assertFalse(os.path.exists(event["key"]))
         self.assertFalse(os.path.exists(os.path.dirname(event["key"])))
+
+    def test_noDependencyWarnings(self) -> None:
+        """
+        A session (connect, host key, session key, an sftp client through the
+        nested SSH server, stop) shows no warning of a dependency on the
+        terminal: with cryptography >= 51 Conch's key code warned "DSA is
+        deprecated" for every Ed25519 key.
+        """
+        running = self.share_()
+        argv = shlex.split(running.event("session-key")["sftp"])
+        result = subprocess.run(
+            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        running.signal(signal.SIGINT)
+        self.assertEqual(running.wait(), 0)
+        running.close()
+        self.assertNotIn("Warning", running.stderr)
+        self.assertNotIn(".py:", running.stderr)
+
+    def test_controlDirectoryOfAStranger(self) -> None:
+        """
+        Without C{XDG_RUNTIME_DIR}, a C{/tmp/conchshare-UID} another local
+        user made first does not stop C{share}: its socket goes to
+        C{$HOME/.cache/conchshare}, where C{ctl} finds it.  With C{--control
+        PATH}, nothing is made in C{/tmp/conchshare-UID}.  conchshare runs
+        in a user namespace as a user id of its own (so the real
+        C{/tmp/conchshare-0} of other tests is not in the way); the
+        directory of "another user" is made by root outside.
+        """
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            raise SkipTest("needs root and unshare(1)")
+        uid = 50000 + os.getpid() % 10000
+        usual = f"/tmp/conchshare-{uid}"
+        self.addCleanup(shutil.rmtree, usual, True)
+        home = shortTempDir(self)
+        share = os.path.abspath(self.mktemp())
+        os.mkdir(share)
+        args = [*sshArgs(self.sshd), "--mode", "raw", self.sshd.destination(), share]
+        script = f"""
+import json, os, signal, subprocess, sys
+assert os.getuid() == {uid}
+# This user id has no passwd entry: the local user name comes from LOGNAME.
+env = dict(os.environ, HOME={home!r}, LOGNAME="stranger-test")
+env.pop("XDG_RUNTIME_DIR", None)
+conchshare = [sys.executable, "-m", "conchshare"]
+process = subprocess.Popen(
+    conchshare + ["share"] + sys.argv[1:] + {args!r}, env=env, text=True,
+    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+)
+line = process.stdout.readline()
+status = subprocess.run(
+    conchshare + ["ctl", "status"], env=env, capture_output=True, text=True, timeout=30
+)
+process.send_signal(signal.SIGTERM)
+out, err = process.communicate(timeout=30)
+print(json.dumps([line, status.returncode, status.stdout, process.returncode, err]))
+"""
+
+        def run(*extra: str) -> list[Any]:
+            completed = subprocess.run(
+                ["unshare", "--user", f"--map-user={uid}", f"--map-group={uid}"]
+                + [sys.executable, "-c", script, *extra],
+                capture_output=True,
+                text=True,
+                timeout=3 * WAIT,
+            )
+            if completed.returncode != 0 and "unshare" in completed.stderr:
+                raise SkipTest(f"no user namespace: {completed.stderr.strip()}")
+            self.assertEqual(completed.returncode, 0, completed.stderr)
+            result: list[Any] = json.loads(completed.stdout.splitlines()[-1])
+            return result
+
+        os.mkdir(usual, 0o700)
+        os.chown(usual, 4242, 4242)
+        line, ctl, ctlOut, code, stderr = run()
+        cache = os.path.join(home, ".cache", "conchshare")
+        self.assertTrue(line.startswith(f"Control socket: {cache}/"), (line, stderr))
+        self.assertEqual((ctl, code), (0, 0), (ctlOut, stderr))
+        self.assertEqual(os.lstat(usual).st_uid, 4242)
+        os.rmdir(usual)
+        mine = os.path.join(shortTempDir(self), "ctl.sock")
+        line, ctl, ctlOut, code, stderr = run("--control", mine)
+        self.assertTrue(line.startswith(f"Control socket: {mine} "), (line, stderr))
+        self.assertFalse(os.path.lexists(usual))
 
     def test_pauseResumeSignals(self) -> None:
         """
@@ -668,6 +906,52 @@ class ShareCommandErrorTests(_Base):
         running.event("stopped")
         self.assertEqual(running.wait(), 5)
         self.assertNotIn("Traceback", running.stderr)
+
+    def test_hostKeyOfAnotherType(self) -> None:
+        """
+        known_hosts holds the host's Ed25519 key and the host presents only
+        an ECDSA key: a changed key, refused even with C{--accept-new}: exit
+        5, one sentence with both fingerprints, the known key's file and
+        line and the way out; known_hosts is left alone.
+        """
+        keys = shortTempDir(self)
+        ecdsa = os.path.join(keys, "host_ecdsa")
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", ecdsa],
+            check=True,
+            capture_output=True,
+        )
+        sshd = startForTest(
+            self, [f"HostKey {ecdsa}", "HostKeyAlgorithms ecdsa-sha2-nistp256"], needs=("sftp",)
+        )
+        with open(sshd.knownHostsPath) as f:
+            before = f.read()
+        self.assertIn("ssh-ed25519", before)
+        args = ["share", *sshArgs(sshd), "--accept-new", "--control", self.control]
+        # First with --json: the first event is the error (not "connected").
+        running = Running(self, args + ["--json", sshd.destination(), self.share])
+        first = running.line()
+        assert first is not None, running.stderr
+        self.assertEqual(json.loads(first)["event"], "error", first)
+        self.assertEqual(running.wait(), 5)
+        result = subprocess.run(
+            [sys.executable, "-m", "conchshare", *args, sshd.destination(), self.share],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 5, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("HAS CHANGED", result.stderr)
+        self.assertIn(f"ECDSA key {fingerprint(ecdsa + '.pub')}", result.stderr)
+        known = fingerprint(sshd.hostKeyPath + ".pub")
+        self.assertIn(f"ED25519 key {known} ({sshd.knownHostsPath} line 1)", result.stderr)
+        self.assertIn(
+            f"ssh-keygen -R '{sshd.hostField()}' -f '{sshd.knownHostsPath}'", result.stderr
+        )
+        self.assertIn("--accept-new", result.stderr)
+        with open(sshd.knownHostsPath) as f:
+            self.assertEqual(f.read(), before)
 
     def test_authenticationFailed(self) -> None:
         """

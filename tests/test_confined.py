@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import stat
 import struct
 import threading
@@ -26,7 +27,6 @@ from conchshare.confined import (
     FXF_TRUNC,
     FXF_WRITE,
     MAX_READ,
-    ROOT_RECHECK,
     ConfinedFilesystem,
     longname,
 )
@@ -482,29 +482,93 @@ class VirtualTreeTests(ConfinedTestCase):
 
     def test_missingShareFolderListed(self) -> None:
         """
-        A share whose folder is renamed away is still listed, and within
-        L{ROOT_RECHECK} seconds its content is no longer reachable.
+        A share whose folder is renamed away is still listed, and once its
+        path is checked again its content is no longer reachable.
         """
         self.fs.stat(b"/two/t")
         os.rename(self.path("two"), self.path("two-gone"))
-        time.sleep(ROOT_RECHECK * 2)
+        self.patch(confined, "ROOT_RECHECK", 0.0)
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
         self.assertIsNone(self.fs.statCached(b"/two/t"))
 
-    def test_replacedShareFolderServed(self) -> None:
+    def test_replacedShareFolderNotServed(self) -> None:
         """
-        A share's path that comes to lead to another folder serves that
-        folder within L{ROOT_RECHECK} seconds.
+        A share's path that comes to lead to another folder (deleted and
+        made again) serves nothing: C{ENOENT} below the share, which stays
+        listed; the share is served again once its own folder is back.
         """
         self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"two"))
         os.rename(self.path("two"), self.path("two-old"))
         os.mkdir(self.path("two"))
-        with open(self.path("two", "t"), "wb") as f:
-            f.write(b"replaced")
-        time.sleep(ROOT_RECHECK * 2)
-        self.assertEqual(self.fs.stat(b"/two/t")["size"], len(b"replaced"))
-        self.assertEqual(self.readAll(b"/two/t"), b"replaced")
+        write(self.path("two", "t"), b"replaced")
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/t", FXF_READ, {})
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/n", FXF_WRITE | FXF_CREAT, {})
+        self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
+        self.assertEqual(self.fs.statVFS(b"/")["flag"] & 1, 1)
+        os.rename(self.path("two"), self.path("two-new"))
+        os.rename(self.path("two-old"), self.path("two"))
+        self.assertEqual(self.readAll(b"/two/t"), b"two")
+
+    def test_shareFolderBehindSymlinkNotServed(self) -> None:
+        """
+        A share's path is checked without following symlinks: a symlink
+        put in its folder's place is not followed, even to that very folder.
+        """
+        self.fs.stat(b"/two/t")
+        os.rename(self.path("two"), self.path("two-old"))
+        os.symlink("two-old", self.path("two"))
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
+        os.unlink(self.path("two"))
+        os.rename(self.path("two-old"), self.path("two"))
+        self.assertEqual(self.readAll(b"/two/t"), b"two")
+
+    def test_nestedShareSwappedForSymlink(self) -> None:
+        """
+        With one share inside another (C{top} and C{top/share} as C{sub}),
+        a client of C{top} that renames the inner folder away and puts a
+        symlink to C{/} in its place reaches nothing through C{sub} (the
+        issue's attack), also read-only; C{shareMoved} is told once per
+        loss.
+        """
+        os.makedirs(self.path("top", "share"))
+        write(self.path("top", "share", "s"), b"sub")
+        shares = ShareSet.fromSpecs(["top", "sub=top/share", "subro=top/share:ro"], cwd=self.base)
+        fs = ConfinedFilesystem(shares)
+        moved: list[tuple[bytes, str]] = []
+        fs.shareMoved = lambda share, message: moved.append((share.name, message))
+        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.assertEqual(fs.stat(b"/sub/s")["size"], 3)
+        fs.rename(b"/top/share", b"/top/away", overwrite=False)
+        fs.makeLink(b"/top/share", b"/")
+        for name in (b"sub", b"subro"):
+            for path in (b"/etc/passwd", b"/" + os.fsencode(self.base)[1:] + b"/outside/secret"):
+                self.assertErrno(errno.ENOENT, fs.stat, b"/" + name + path)
+                self.assertErrno(errno.ENOENT, fs.openFile, b"/" + name + path, FXF_READ, {})
+            self.assertErrno(errno.ENOENT, fs.openDirectory, b"/" + name)
+            # (Read-only may be refused first.)
+            codes = (errno.ENOENT, errno.EACCES) if name == b"subro" else (errno.ENOENT,)
+            with self.assertRaises(OSError) as raised:
+                fs.makeDirectory(b"/" + name + b"/made", {})
+            self.assertIn(raised.exception.errno, codes)
+            with self.assertRaises(OSError) as raised:
+                fs.openFile(b"/" + name + b"/made", FXF_WRITE | FXF_CREAT, {})
+            self.assertIn(raised.exception.errno, codes)
+        self.assertErrno(errno.EACCES, fs.stat, b"/top/share/etc/passwd")
+        self.assertFalse(os.path.exists(self.path("made")))
+        self.assertEqual([name for name, _ in moved], [b"sub"])
+        self.assertIn("'sub' is no longer at", moved[0][1])
+        self.assertIn("restart", moved[0][1])
+        # Back: served again, and a second loss is told again.
+        fs.removeFile(b"/top/share")
+        fs.rename(b"/top/away", b"/top/share", overwrite=False)
+        self.assertEqual(fs.stat(b"/sub/s")["size"], 3)
+        fs.rename(b"/top/share", b"/top/away", overwrite=False)
+        self.assertErrno(errno.ENOENT, fs.stat, b"/sub/s")
+        self.assertEqual([name for name, _ in moved], [b"sub", b"sub"])
 
     def test_virtualDirectoriesReadOnly(self) -> None:
         attrs = self.fs.stat(b"/home")
@@ -814,6 +878,120 @@ class UmaskTests(ConfinedTestCase):
         self.check(0o002, 0o664, 0o775)
 
 
+class WalkTests(ConfinedTestCase):
+    """
+    The walk closes descriptors as it goes and stops (ELOOP) past 40
+    symlinks or L{confined.MAX_WALKED} components.
+    """
+
+    def lowFileLimit(self, spare: int = 64) -> None:
+        """
+        Lower this process's soft C{RLIMIT_NOFILE} to what is open now plus
+        C{spare}, for the rest of the test: a walk that keeps more
+        descriptors open fails with C{EMFILE}.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+
+    def test_dotDotClosedAtOnce(self) -> None:
+        """
+        A symlink whose target goes 800 times into a directory and back
+        resolves with a few descriptors.
+        """
+        os.mkdir(self.path("one", "a"))
+        os.symlink("a/../" * 800 + "f", self.path("one", "updown"))
+        self.lowFileLimit()
+        self.assertEqual(self.fs.stat(b"/one/updown")["size"], len(b"inside"))
+        self.assertEqual(self.readAll(b"/one/sub/../updown"), b"inside")
+        self.assertEqual(self.fs.realPath(b"/one/updown"), b"/one/f")
+
+    def test_symlinkChain(self) -> None:
+        """
+        The issue's chain: 40 symlinks, each C{a/../} 818 times then the
+        next; one STAT fails (ELOOP, too many components) with few
+        descriptors open, and none left open after it.
+        """
+        os.mkdir(self.path("one", "a"))
+        for i in range(40):
+            target = "a/../" * 818 + (f"l{i + 1}" if i < 39 else "f")
+            os.symlink(target, self.path("one", f"l{i}"))
+        before = sorted(os.listdir("/proc/self/fd"))
+        self.lowFileLimit()
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/l0")
+        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/l0", FXF_READ, {})
+        self.assertTrue(self.fs.realPath(b"/one/l0").startswith(b"/one/"))
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+
+    def test_fortySymlinks(self) -> None:
+        """
+        40 symlinks on the way are followed, 41 are too many (ELOOP).
+        """
+        for i in range(41):
+            os.symlink(f"s{i + 1}" if i < 40 else "f", self.path("one", f"s{i}"))
+        self.assertEqual(self.fs.stat(b"/one/s1")["size"], len(b"inside"))
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/s0")
+
+    def test_manyComponents(self) -> None:
+        """
+        More than L{confined.MAX_WALKED} components in all (a path and the
+        targets of its symlinks): ELOOP.
+        """
+        os.mkdir(self.path("one", "a"))
+        os.symlink("a/../" * 600, self.path("one", "w"))
+        self.assertEqual(self.fs.stat(b"/one/w/w/w/f")["size"], len(b"inside"))
+        self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/w/w/w/w/f")
+
+
+class SetIdTests(ConfinedTestCase):
+    """
+    A client never leaves a set-id program: SETSTAT, FSETSTAT, lsetstat,
+    MKDIR and OPEN apply the rest of the mode but never set-user-id, nor
+    set-group-id on anything but a directory.
+    """
+
+    def mode(self, *parts: str) -> int:
+        return stat.S_IMODE(os.lstat(self.path(*parts)).st_mode)
+
+    def test_setStat(self) -> None:
+        self.fs.setAttrs(b"/one/f", {"permissions": 0o6755})
+        self.assertEqual(self.mode("one", "f"), 0o755)
+        self.fs.setAttrs(b"/one/f", {"permissions": 0o4700}, follow=False)
+        self.assertEqual(self.mode("one", "f"), 0o700)
+        # Through a symlink inside the share (the walk, not one openat2).
+        self.fs.setAttrs(b"/one/in_rel/g", {"permissions": 0o7751})
+        self.assertEqual(self.mode("one", "sub", "g"), 0o1751)
+
+    def test_setStatDirectory(self) -> None:
+        """
+        On a directory set-group-id stays (new entries take its group).
+        """
+        self.fs.setAttrs(b"/one/sub", {"permissions": 0o6775})
+        self.assertEqual(self.mode("one", "sub"), 0o2775)
+
+    def test_fsetStat(self) -> None:
+        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        try:
+            f.setAttrs({"permissions": 0o6711})
+        finally:
+            f.close()
+        self.assertEqual(self.mode("one", "f"), 0o711)
+
+    def test_makeDirectory(self) -> None:
+        """
+        Also when the mode is applied after the mkdir (a umask looser than
+        the process's).
+        """
+        for name, fs in (("d", self.fs), ("e", ConfinedFilesystem(self.shares, umask=0))):
+            fs.makeDirectory(b"/one/" + name.encode(), {"permissions": 0o4775})
+            self.assertEqual(self.mode("one", name) & stat.S_ISUID, 0)
+            self.assertEqual(self.mode("one", name) & 0o777, 0o755 if fs is self.fs else 0o775)
+
+    def test_open(self) -> None:
+        self.fs.openFile(b"/one/n", FXF_WRITE | FXF_CREAT, {"permissions": 0o6755}).close()
+        self.assertEqual(self.mode("one", "n"), 0o755)
+
+
 class _ComponentWalk:
     """
     Mixin: the walk goes component by component (no C{openat2}), as on a
@@ -823,6 +1001,14 @@ class _ComponentWalk:
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
         self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
+
+
+class WalkTestsWithoutOpenat2(_ComponentWalk, WalkTests):
+    pass
+
+
+class SetIdTestsWithoutOpenat2(_ComponentWalk, SetIdTests):
+    pass
 
 
 class PathTestsWithoutOpenat2(_ComponentWalk, PathTests):

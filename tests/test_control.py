@@ -15,11 +15,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from conchshare.control import (
     ControlError,
     ControlService,
+    chooseControlPath,
     ctlMain,
     defaultControlDirectory,
     defaultControlPath,
@@ -73,6 +74,108 @@ class DefaultPathTests(SynchronousTestCase):
         self.assertEqual(
             defaultControlDirectory({}), os.path.join("/tmp", f"conchshare-{os.getuid()}")
         )
+
+
+#: A user id that is not ours, for directories another local user made.
+STRANGER = 4242
+
+
+class ControlDirectoryTests(SynchronousTestCase):
+    """
+    Without C{XDG_RUNTIME_DIR}, what another local user puts at
+    C{/tmp/conchshare-UID} first cannot stop conchshare from starting, nor
+    make C{ctl} talk to someone else's socket.
+    """
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("making a directory of another user needs root")
+        self.tmp = shortDir(self)
+        self.home = os.path.join(shortDir(self), "home")
+        os.mkdir(self.home)
+        self.environ = {"HOME": self.home}
+        self.uid = os.getuid()
+        self.usual = os.path.join(self.tmp, f"conchshare-{self.uid}")
+        self.cache = os.path.join(self.home, ".cache", "conchshare")
+
+    def choose(self) -> str:
+        return chooseControlPath(77, self.environ, tmp=self.tmp, uid=self.uid)
+
+    def assertPrivate(self, path: str) -> None:
+        info = os.lstat(path)
+        self.assertTrue(stat.S_ISDIR(info.st_mode))
+        self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)), (self.uid, 0o700))
+
+    def test_usualPlace(self) -> None:
+        self.assertEqual(self.choose(), os.path.join(self.usual, "77.sock"))
+        self.assertPrivate(self.usual)
+
+    def test_strangersDirectory(self) -> None:
+        """
+        A directory another user made: skipped (left alone) for
+        C{$HOME/.cache/conchshare}, made 0700.
+        """
+        os.mkdir(self.usual, 0o700)
+        os.chown(self.usual, STRANGER, STRANGER)
+        self.assertEqual(self.choose(), os.path.join(self.cache, "77.sock"))
+        self.assertPrivate(self.cache)
+        self.assertEqual(os.lstat(self.usual).st_uid, STRANGER)
+
+    def test_symlink(self) -> None:
+        """
+        A symlink, even to a private directory of ours: skipped.
+        """
+        target = shortDir(self)
+        os.chmod(target, 0o700)
+        os.symlink(target, self.usual)
+        self.assertEqual(self.choose(), os.path.join(self.cache, "77.sock"))
+
+    def test_openDirectory(self) -> None:
+        """
+        Our own directory, open to others (0777): skipped, not repaired
+        (another user may have put a socket in it).
+        """
+        os.mkdir(self.usual)
+        os.chmod(self.usual, 0o777)
+        self.assertEqual(self.choose(), os.path.join(self.cache, "77.sock"))
+        self.assertEqual(stat.S_IMODE(os.lstat(self.usual).st_mode), 0o777)
+
+    def test_freshTemporaryDirectory(self) -> None:
+        """
+        No usable place (the cache cannot be made, or its socket path would
+        be too long): a fresh private temporary directory.
+        """
+        os.mkdir(self.usual, 0o700)
+        os.chown(self.usual, STRANGER, STRANGER)
+        for home in [os.path.join(self.home, "x" * 100), os.path.join(self.home, "file")]:
+            self.environ["HOME"] = home
+            if home.endswith("file"):
+                open(home, "w").close()
+            path = self.choose()
+            directory = os.path.dirname(path)
+            self.assertEqual(os.path.basename(path), "77.sock")
+            self.assertEqual(os.path.dirname(directory), self.tmp)
+            self.assertTrue(os.path.basename(directory).startswith(f"conchshare-{self.uid}-"))
+            self.assertPrivate(directory)
+
+    def test_ctlSkipsStrangers(self) -> None:
+        """
+        C{ctl} searches the same places in the same order and never uses a
+        socket in a directory that fails the check.
+        """
+        os.mkdir(self.usual, 0o700)
+        with socket.socket(socket.AF_UNIX) as planted, socket.socket(socket.AF_UNIX) as ours:
+            planted.bind(os.path.join(self.usual, "1.sock"))
+            planted.listen()
+            os.chown(self.usual, STRANGER, STRANGER)
+            self.assertRaises(
+                ControlError, findControlSocket, self.environ, tmp=self.tmp, uid=self.uid
+            )
+            path = self.choose()
+            ours.bind(path)
+            ours.listen()
+            found = findControlSocket(self.environ, tmp=self.tmp, uid=self.uid)
+            self.assertEqual(found, path)
 
 
 class ControlServiceTests(TestCase):
@@ -195,18 +298,19 @@ class FindControlSocketTests(TestCase):
         """
         runtime = shortDir(self)
         environ = {"XDG_RUNTIME_DIR": runtime}
-        self.assertRaises(ControlError, findControlSocket, environ)
+        tmp = shortDir(self)
+        self.assertRaises(ControlError, findControlSocket, environ, tmp=tmp)
         first = ControlService(Target(), defaultControlPath(1, environ), reactor=reactor)
         first.startService()
         self.addCleanup(first.stopService)
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(first.path)).st_mode), 0o700)
-        found = await deferToThread(findControlSocket, environ)
+        found = await deferToThread(findControlSocket, environ, tmp=tmp)
         self.assertEqual(found, first.path)
         second = ControlService(Target(), defaultControlPath(2, environ), reactor=reactor)
         second.startService()
         self.addCleanup(second.stopService)
         error = await deferToThread(
-            lambda: self.assertRaises(ControlError, findControlSocket, environ)
+            lambda: self.assertRaises(ControlError, findControlSocket, environ, tmp=tmp)
         )
         self.assertIn("--control", str(error))
 

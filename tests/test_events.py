@@ -219,6 +219,25 @@ class ConsoleRendererTests(SynchronousTestCase):
         clock.advance(5)
         self.assertEqual(out.getvalue(), before)
 
+    def test_statusLineAfterError(self) -> None:
+        """
+        An C{error} that does not stop the service (a share's folder gone)
+        goes to the error stream and the status line goes on.
+        """
+        out, err = _Terminal(), io.StringIO()
+        clock = Clock()
+        render = ConsoleRenderer(out, err, status=lambda: {"state": "forwarding"}, clock=clock)
+        render.start()
+        render({"event": "connected", "host": "h", "port": 22, "user": "u", "host_key": "k"})
+        render({"event": "error", "message": "The folder of the share 'a' is gone."})
+        self.assertEqual(err.getvalue(), "The folder of the share 'a' is gone.\n")
+        before = out.getvalue()
+        clock.advance(1.0)
+        self.assertEqual(
+            out.getvalue()[len(before) :],
+            "\r\x1b[Kforwarding | 0 channels | in 0 B (0 B/s) | out 0 B (0 B/s)",
+        )
+
     def test_reconnectingStatus(self) -> None:
         self.assertTrue(
             statusLine({"state": "reconnecting", "retry_in": 4.2}).startswith("reconnecting in 4 s")

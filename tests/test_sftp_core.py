@@ -24,6 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from conchshare.sftp import wire
+from conchshare.sftp.budget import HandleBudget, budgetFor
 from conchshare.sftp.core import EXTENSIONS, SFTPServerCore
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from tests.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
@@ -487,6 +488,75 @@ class FileTests(CoreTestCase):
         self.assertEqual(
             h.take(), handle(1, b"1") + handle(2, b"2") + status(3, 4, b"Too many open handles")
         )
+
+
+class BudgetTests(SynchronousTestCase):
+    """
+    The open-handle budget shared by every client of a process.
+    """
+
+    def client(self, budget: HandleBudget) -> Harness:
+        h = Harness(budget=budget, maxOpenHandles=100000)  # type: ignore[arg-type]
+        h.init()
+        h.avatar.create(b"/f")
+        return h
+
+    def test_clientAtItsMaxCannotStarveOthers(self) -> None:
+        """
+        One client gets at most half the budget; a second greedy one stops
+        short of the last 64; a new client can still open 64.
+        """
+        budget = HandleBudget(300)
+        greedy, second, late = self.client(budget), self.client(budget), self.client(budget)
+        self.assertEqual(self.opened(greedy, 400), 150)
+        self.assertEqual(self.opened(second, 400), 300 - 150 - 64)
+        self.assertEqual(self.opened(late, 64), 64)
+        self.assertEqual(self.opened(late, 1), 0)
+        self.assertEqual(self.opened(greedy, 1), 0)
+        # A handle closed goes back to the reserve: for a client holding
+        # fewer than 64, not for the greedy ones.
+        greedy.feed(request(4, 999, s(b"1")))
+        greedy.take()
+        self.assertEqual(self.opened(greedy, 1), 0)
+        self.assertEqual(self.opened(second, 1), 0)
+        self.assertEqual(self.opened(self.client(budget), 2), 1)
+
+    def test_lostClientHoldsNothing(self) -> None:
+        """
+        The handles of a lost connection are free again.
+        """
+        budget = HandleBudget(200)
+        first = self.client(budget)
+        self.assertEqual(self.opened(first, 100), 100)
+        first.core.connectionLost()
+        self.assertEqual(self.opened(self.client(budget), 100), 100)
+
+    def test_limitsReportsPerClientCap(self) -> None:
+        """
+        limits@openssh.com announces the lower of the per-connection bound
+        and half the budget.
+        """
+        for budget, maxOpen, announced in ((300, 1024, 150), (100000, 1024, 1024)):
+            h = Harness(budget=HandleBudget(budget), maxOpenHandles=maxOpen)  # type: ignore[arg-type]
+            h.init()
+            h.feed(extended(7, b"limits@openssh.com"))
+            self.assertEqual(h.take()[-8:], u64(announced))
+
+    def test_budgetFor(self) -> None:
+        """
+        min(limit - 64, 65,536).
+        """
+        self.assertEqual(budgetFor(1024), 960)
+        self.assertEqual(budgetFor(1 << 20), 65536)
+
+    def opened(self, h: Harness, count: int) -> int:
+        """
+        Send C{count} OPENs; return how many got a handle.
+        """
+        before = h.core.openHandles
+        h.feed(b"".join(request(3, i, s(b"/f") + u32(READ) + NO_ATTRS) for i in range(count)))
+        h.take()
+        return h.core.openHandles - before
 
 
 class PathTests(CoreTestCase):

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 
 from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.sftp.stdio import main
-from tests.test_sftp_core import INIT, name1, ok, packets, request, s, u32, u64
+from tests.test_sftp_core import INIT, extended, name1, ok, packets, request, s, u32, u64
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,6 +121,92 @@ class ProcessTests(TestCase):
         (version, refused) = packets(result.stdout)
         self.assertEqual(refused[4:13], b"\x65" + u32(1) + u32(3))
         self.assertTrue(os.path.exists(os.path.join(self.folder, "a.txt")))
+
+    def test_shareFolderSwapLogged(self) -> None:
+        """
+        OpenSSH's C{sftp} on C{sftp-server -l ERROR}: once the share's
+        folder is renamed away and a symlink to C{/} put in its place,
+        nothing below the share is found, and the loss is logged once, at
+        error level.
+        """
+        if shutil.which("sftp") is None:
+            raise SkipTest("OpenSSH's sftp is not installed")
+        folder = os.path.join(self.folder, "docs")
+        os.mkdir(folder)
+        got = os.path.join(self.folder, "got")
+        server = shlex.join(
+            [sys.executable, "-m", "conchshare.sftp.stdio", "-l", "ERROR", "docs=" + folder]
+        )
+        batch = (
+            "ls /docs\n"
+            f"!mv {folder} {folder}-away && ln -s / {folder} && sleep 0.2\n"
+            f"-get /docs/etc/passwd {got}\n"
+            "-ls /docs/etc\n"
+        )
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", server],
+            input=batch,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(got))
+        self.assertEqual(result.stderr.count("'docs' is no longer at"), 1, result.stderr)
+        self.assertIn("[conchshare.sftp-server#error]", result.stderr)
+        self.assertEqual(result.stderr.count("not found"), 2, result.stderr)
+
+    def test_noSetIdBits(self) -> None:
+        """
+        OpenSSH's C{sftp} C{chmod 6755} on a file succeeds and applies
+        0755: no set-id program is left; on a directory set-group-id stays.
+        """
+        if shutil.which("sftp") is None:
+            raise SkipTest("OpenSSH's sftp is not installed")
+        os.mkdir(os.path.join(self.folder, "d"))
+        server = shlex.join([sys.executable, "-m", "conchshare.sftp.stdio", "docs=" + self.folder])
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", server],
+            input="chmod 6755 /docs/a.txt\nchmod 6775 /docs/d\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        mode = os.stat(os.path.join(self.folder, "a.txt")).st_mode
+        self.assertEqual(oct(mode & 0o7777), oct(0o755))
+        mode = os.stat(os.path.join(self.folder, "d")).st_mode
+        self.assertEqual(oct(mode & 0o7777), oct(0o2775))
+
+    def test_fileLimitRaised(self) -> None:
+        """
+        sftp-server raises its soft descriptor limit to the hard one: the
+        handle budget is 1024 - 64, half of it per client, as
+        limits@openssh.com announces.
+        """
+        result = subprocess.run(
+            [
+                "/bin/sh",
+                "-c",
+                'ulimit -S -n 256 && ulimit -H -n 1024 && exec "$0" "$@"',
+                sys.executable,
+                "-m",
+                "conchshare.sftp.stdio",
+                "docs=" + self.folder,
+            ],
+            input=INIT + extended(1, b"limits@openssh.com"),
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            cwd=ROOT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        (version, limits) = packets(result.stdout)
+        self.assertEqual(limits[-8:], u64(480))
 
     def test_bulkUpload(self) -> None:
         """

@@ -8,7 +8,10 @@ the same results whether the ring or a worker thread makes them.
 from __future__ import annotations
 
 import errno
+import fcntl
+import gc
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -781,7 +784,7 @@ class AvatarTestsMixin(_Case):
         stats = [self.attrs(name, True) for name in names]
 
         def write(f: ShareFile) -> Deferred[Any]:
-            data = f.key * 1000
+            data = f.confined.virtualPath * 1000
             return gatherResults([f.writeChunk(0, data), f.close()])
 
         yield gatherResults([d.addCallback(write) for d in opens])
@@ -858,3 +861,47 @@ class AvatarThreadTests(AvatarTestsMixin, TestCase):
     def checkThreads(self) -> None:
         # The assertion of AvatarRingTests tells the two apart.
         self.assertGreater(self.threadsUsed(), 0)
+
+
+class DroppedRingTests(SynchronousTestCase):
+    """
+    A ring dropped without L{Ring.close} does what C{close} does: the kernel
+    never uses memory Python has given back.
+    """
+
+    skip = UNUSABLE
+
+    def test_droppedWithWriteInFlight(self) -> None:
+        """
+        A WRITE blocked on a full pipe, its ring dropped and collected, its
+        data's memory reused: the reader gets the pipe's earlier contents and
+        at most the WRITE's own bytes, never the memory's new contents.
+        """
+        reader, writer = os.pipe()
+        self.addCleanup(os.close, reader)
+        fcntl.fcntl(writer, 1031, 4096)  # F_SETPIPE_SZ: one page
+        filler = b"f" * 4096
+        self.assertEqual(os.write(writer, filler), 4096)
+        ring = Ring(entries=4)
+        size = 64 * 1024
+        data = bytes([ord("w")]) * size  # made here: referenced by the ring only
+        results: list[int] = []
+        self.assertTrue(ring.write(writer, data, 0, results.append))
+        del data
+        self.assertEqual(results, [])
+        del ring
+        gc.collect()
+        # The write end stays open while the kernel may still write to it.
+        os.close(writer)
+        reused = [bytes([ord("R")]) * size for _ in range(64)]
+        received = bytearray()
+        while True:
+            ready, _, _ = select.select([reader], [], [], 10)
+            self.assertTrue(ready, "The pipe's write end was never released")
+            chunk = os.read(reader, 65536)
+            if not chunk:
+                break
+            received += chunk
+        del reused
+        self.assertEqual(bytes(received[:4096]), filler)
+        self.assertEqual(bytes(received[4096:]).strip(b"w"), b"")

@@ -310,13 +310,37 @@ class WorkersTests(TestCase):
         d.addCallback(lambda _: self.assertEqual(groups, [5]))
         return d
 
-    def test_stopped(self) -> None:
+    def test_stopped(self) -> Deferred[Any]:
         """
-        Once stopped, calls are refused.
+        A stop lets the call in flight end and deliver its result; calls
+        made after the stop still run, in order, on a thread started for
+        them.
         """
-        workers = self.workers()
+        workers = self.workers(1)
+        gate = threading.Event()
+        seen: list[str] = []
+        inFlight = workers.run([b"k"], lambda: gate.wait(10) and seen.append("held"))
         workers.stop()
-        self.assertRaises(RuntimeError, workers.run, [b"k"], lambda: None)
+        later = workers.run([b"k"], seen.append, "later")
+        gate.set()
+        d = gatherResults([inFlight, later])
+        d.addCallback(lambda _: self.assertEqual(seen, ["held", "later"]))
+        return d
+
+    def test_stoppedIdle(self) -> Deferred[Any]:
+        """
+        A call made after the idle threads ended on a stop starts a thread.
+        """
+        workers = self.workers(1)
+        d = workers.run([b"k"], lambda: None)
+
+        def stopThenCall(_: object) -> Deferred[Any]:
+            workers.stop()
+            return workers.run([b"k"], lambda: "after")
+
+        d.addCallback(stopThenCall)
+        d.addCallback(self.assertEqual, "after")
+        return d
 
 
 class _Later(RingCall):

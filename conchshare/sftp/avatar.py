@@ -8,14 +8,15 @@ which runs the call at once and returns an already-fired Deferred.  The one
 exception: a READ whose data is in the page cache is copied in the reactor
 thread with C{RWF_NOWAIT}, which never blocks (the kernel refuses instead).
 
-Ordering: requests on one virtual path apply in the order they were made,
-and so do requests on one open file (keyed by the path it was opened by) or
-directory; requests on different paths run concurrently, and so do requests
-that only look (READ, STAT, ...) at the same path (L{KeyOrder}).  Clients rely
-on this: sshfs sends OPEN with CREAT and, without waiting, an LSTAT of the
-same path, expecting the file to exist (as OpenSSH's one-at-a-time server
-guarantees).  The order is kept per path, not per client, so that clients
-sharing the avatar hold each other up only on the same path.
+Ordering: one connection's requests give the results of processing them
+one at a time in arrival order; requests that only look (READ, STAT,
+READDIR, ...) run together, every other request alone (the rule is
+L{conchshare.sftp.ordering}'s).  Clients rely on this: sshfs sends OPEN
+with CREAT and, without waiting, an LSTAT of the same path, expecting the
+file to exist; or a WRITE on a handle and an LSTAT of the name the file
+was just renamed to.  Each connection takes its own view of the avatar
+(L{ShareSFTPServer.forConnection}): requests of different connections are
+not ordered.
 
 The avatar also plugs into stock L{twisted.conch.ssh.filetransfer.FileTransferServer}:
 its directories are plain iterators too (listing synchronously, in the
@@ -24,20 +25,14 @@ reactor thread, since stock Conch cannot iterate over Deferreds).
 
 from __future__ import annotations
 
+import copy
 import errno
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
-from twisted.conch.ssh.filetransfer import (
-    FX_OP_UNSUPPORTED,
-    FXF_APPEND,
-    FXF_CREAT,
-    FXF_TRUNC,
-    FXF_WRITE,
-    SFTPError,
-)
+from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, FXF_CREAT, FXF_TRUNC, SFTPError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -54,7 +49,8 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
-from conchshare.sftp.workers import Batch, Job, KeyOrder, RingCall, Workers, orderedKeys
+from conchshare.sftp.ordering import ConnectionOrder, KeyOrder, orderedKeys
+from conchshare.sftp.workers import AGAIN, Batch, Job, RingCall, Workers
 from conchshare.shares import ShareSet
 from conchshare.uring import ringFor
 
@@ -69,11 +65,13 @@ __all__ = [
     "synchronousRunner",
 ]
 
-#: The most client paths whose keys are remembered.
-_KEYS_CACHED = 4096
-
 #: Directory entries read ahead when a directory is opened.
 _PREFETCH = 1000
+
+#: The most ids of one users-groups-by-id request looked up (each of the
+#: two lists); those past it get empty names, the reply's form for unknown
+#: ids.  Each lookup may wait for the name service (LDAP, NIS).
+MAX_NAME_LOOKUPS = 1024
 
 #: Runs a blocking callable somewhere and returns a Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -136,9 +134,10 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
 
 class PathOrder:
     """
-    Runs calls through a L{Runner} in the order L{KeyOrder} gives, per key
-    (a virtual path), keeping the order in the reactor thread: for a
-    runner other than L{Workers} (tests, a Twisted thread pool).
+    Runs calls through a L{Runner} in the order L{KeyOrder} gives, keeping
+    the order in the calling thread: for a runner other than L{Workers}
+    (C{sftp-server}'s L{conchshare.sftp.threaded.ThreadedServer}, tests, a
+    Twisted thread pool).
     """
 
     #: Reads are never taken out of the runner's hands.
@@ -161,8 +160,11 @@ class PathOrder:
         """
         return len(self._order)
 
-    def sharedFree(self, key: bytes) -> bool:
-        return self._order.sharedFree(key)
+    def sharedFree(self, *keys: bytes) -> bool:
+        """
+        Whether a shared call on C{keys} would start at once.
+        """
+        return self._order.sharedFree(*keys)
 
     def run(
         self,
@@ -172,28 +174,43 @@ class PathOrder:
         shared: bool = False,
         batch: Batch | None = None,
         ring: RingCall | None = None,
+        solo: tuple[bytes, ...] = (),
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} once every earlier call on one of C{keys} is
         done (shared calls run alongside each other).
 
+        @param solo: keys held exclusive although C{shared}.
         @param batch: ignored: calls run one by one.
         @param ring: ignored: calls run in the runner.
         @return: a Deferred firing with C{function}'s result (or failure).
         """
-        job = Job(orderedKeys(keys), shared, function, args)
+        job = Job(orderedKeys(keys), shared, function, args, solo=solo)
         if self._order.add(job):
             self._start(job)
         return job.deferred
 
     def _start(self, job: Job) -> None:
-        try:
-            d = self._runner(job.function, *job.args)
-        except BaseException:
-            d = fail()
-        d.addBoth(self._finished, job)
+        # A call answering AGAIN is made again, still holding its keys: in
+        # this loop when the runner answered at once (no recursion).
+        while True:
+            step = _Step()
+            try:
+                d = self._runner(job.function, *job.args)
+            except BaseException:
+                d = fail()
+            d.addBoth(self._finished, job, step)
+            step.returned = True
+            if not step.again:
+                return
 
-    def _finished(self, result: object, job: Job) -> None:
+    def _finished(self, result: object, job: Job, step: _Step) -> None:
+        if result is AGAIN:
+            if step.returned:
+                self._start(job)
+            else:
+                step.again = True
+            return
         following = self._order.finish(job)
         if isinstance(result, Failure):
             job.deferred.errback(result)
@@ -201,6 +218,16 @@ class PathOrder:
             job.deferred.callback(result)
         for candidate in following:
             self._start(candidate)
+
+
+class _Step:
+    # One step of a call made by PathOrder: whether the runner returned,
+    # and whether the call asked to be made again before that.
+    __slots__ = ("returned", "again")
+
+    def __init__(self) -> None:
+        self.returned = False
+        self.again = False
 
 
 #: What runs the avatar's calls in order: L{Workers} or L{PathOrder}.
@@ -267,9 +294,11 @@ def _after(pieces: list[Any], count: int) -> list[Any]:
 @implementer(ISFTPFile)
 class ShareFile:
     """
-    An open file: an L{ISFTPFile} whose requests apply in order.  Reads
-    (and FSTAT) only share the file: they run in parallel with each other,
-    after the writes made before them and before the writes made after.
+    An open file: an L{ISFTPFile} whose requests apply in the connection's
+    order (see L{conchshare.sftp.ordering}).  Reads (and FSTAT) only share
+    the file: they run in parallel with each other and with the
+    connection's other readers, after the writers made before them and
+    before the writers made after.
     """
 
     def __init__(
@@ -280,25 +309,31 @@ class ShareFile:
         order: Executor | None = None,
         key: bytes | None = None,
         filesystem: ConfinedFilesystem | None = None,
+        connection: ConnectionOrder | None = None,
     ) -> None:
         """
         @param confined: the open file.
         @param executor: what runs its blocking calls in order (or, for
             compatibility, a L{Runner}, then ordered by C{order}).
-        @param order: with a L{Runner}: the avatar's L{PathOrder}, so that
-            requests on this file are ordered with requests on its path
+        @param order: with a L{Runner}: the avatar's L{PathOrder}
             (default: its own).
-        @param key: its key in the order (default: its virtual path).
+        @param key: its handle key in the order (default: a new one).
         @param filesystem: the filesystem it was opened in, to read its
             attributes from memory when it can (L{None}: never).
+        @param connection: the order of the connection that opened it, so
+            that its requests are ordered with the connection's others
+            (default: its own).
         """
         self.confined = confined
         self.filesystem = filesystem
         if not isinstance(executor, Workers | PathOrder):
             executor = order if order is not None else PathOrder(executor)
         self._executor: Executor = executor
-        self.key = key if key is not None else confined.virtualPath
-        self._keys = (self.key,)
+        if connection is None:
+            connection = ConnectionOrder()
+        self._connection = connection
+        self.key = key if key is not None else connection.handleKey()
+        self._keys = (connection.key, self.key)
         self._writes = None if confined.append else _Writes(confined)
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes | bytearray]:
@@ -308,7 +343,7 @@ class ShareFile:
             L{EOFError} at the end of the file, or with L{OSError}.
         """
         executor = self._executor
-        if executor.inlineReads and executor.sharedFree(self.key):
+        if executor.inlineReads and executor.sharedFree(*self._keys):
             # Data in the page cache is copied here, in the reactor thread,
             # without blocking (RWF_NOWAIT): no round trip to a worker.
             data = self.confined.readCached(offset, length)
@@ -326,6 +361,7 @@ class ShareFile:
             L{OSError}.
         """
         executor = self._executor
+        self._connection.writer()
         return executor.run(
             self._keys,
             self.confined.write,
@@ -341,7 +377,11 @@ class ShareFile:
             or a Deferred firing with them.
         """
         executor = self._executor
-        if executor.inlineReads and self.filesystem is not None and executor.sharedFree(self.key):
+        if (
+            executor.inlineReads
+            and self.filesystem is not None
+            and executor.sharedFree(*self._keys)
+        ):
             attrs = self.filesystem.fstatCached(self.confined)
             if attrs is not None:
                 return attrs
@@ -352,13 +392,14 @@ class ShareFile:
         @return: a Deferred firing with L{None}; fails with
             L{PermissionError} in a read-only share.
         """
+        self._connection.writer()
         return self._executor.run(self._keys, self.confined.setAttrs, attrs)
 
     def statVFS(self) -> Deferred[dict[str, int]]:
         return self._executor.run(self._keys, self.confined.statVFS, shared=True)
 
     def fsync(self) -> Deferred[None]:
-        return self._executor.run(self._keys, self.confined.fsync)
+        return self._executor.run(self._keys, self.confined.fsync, shared=True)
 
     def close(self) -> Deferred[None]:
         """
@@ -366,9 +407,13 @@ class ShareFile:
             on this file is done and the file is closed.
         """
         executor = self._executor
+        # Not the connection key: closing changes nothing another request
+        # sees, but a REMOVE (see conchshare.sftp.ordering).
         return executor.run(
-            self._keys,
+            (self._connection.closeKey, self.key),
             self.confined.close,
+            shared=True,
+            solo=(self.key,),
             ring=self.confined.ringClose() if executor.ring is not None else None,
         )
 
@@ -378,18 +423,48 @@ class ShareDirectory:
     """
     An open directory: L{IShareDirectory} for conchshare's core, and an
     iterator of C{(filename, longname, attrs)} for stock Conch.
+
+    Its READDIRs are readers of the connection (see
+    L{conchshare.sftp.ordering}) that hold the directory's own key
+    exclusive: they run one after another.  What was read ahead when it was
+    opened is thrown away if a writer was made since then and before the
+    first READDIR: that READDIR lists the directory from the start.
     """
 
-    _opened = 0
+    #: Whether its descriptor may be closed in the reactor thread: set for
+    #: directories opened there, on a local filesystem (see
+    #: L{ConfinedFilesystem.openDirectoryCached}).  Elsewhere closing may
+    #: wait for a server (CIFS sends its close request and waits).
+    closesInline = False
 
-    def __init__(self, confined: ConfinedDirectory, executor: Executor | Runner) -> None:
+    def __init__(
+        self,
+        confined: ConfinedDirectory,
+        executor: Executor | Runner,
+        connection: ConnectionOrder | None = None,
+        changes: int | None = None,
+    ) -> None:
+        """
+        @param confined: the open directory.
+        @param executor: what runs its blocking calls in order (or, for
+            compatibility, a L{Runner}).
+        @param connection: the order of the connection that opened it
+            (default: its own).
+        @param changes: the connection's L{ConnectionOrder.changes} when
+            the OPENDIR was made (default: now).
+        """
         self.confined = confined
         if not isinstance(executor, Workers | PathOrder):
             executor = PathOrder(executor)
         self._executor: Executor = executor
-        # Its own key: its reads and close run one after another.
-        ShareDirectory._opened += 1
-        self._keys = (b"\0directory %d" % ShareDirectory._opened,)
+        if connection is None:
+            connection = ConnectionOrder()
+        self._connection = connection
+        self._changes = connection.changes if changes is None else changes
+        self._read = False  # a READDIR was made
+        self.key = connection.handleKey()
+        self._keys = (connection.key, self.key)
+        self._solo = (self.key,)
         self._buffer: list[Entry] = []
 
     def readAhead(self, maximum: int) -> None:
@@ -398,7 +473,9 @@ class ShareDirectory:
         READDIR (which runs after it, on the same key).
         """
         try:
-            self._executor.run(self._keys, self.confined.prefetch, maximum)
+            self._executor.run(
+                self._keys, self.confined.prefetch, maximum, shared=True, solo=self._solo
+            )
         except RuntimeError:
             pass  # the workers are stopped: READDIR reads for itself
 
@@ -420,29 +497,45 @@ class ShareDirectory:
     def _batch(
         self, take: Callable[[int], list[Any]], read: Callable[[int], list[Any]], maximum: int
     ) -> Deferred[Any]:
-        if self._executor.sharedFree(self._keys[0]):
-            # Nothing of this directory's runs in a worker: what was read
-            # ahead, or the end, is known here.
+        executor = self._executor
+        if not self._read:
+            self._read = True
+            if self._connection.changes != self._changes:
+                # A writer came between OPENDIR and this first READDIR:
+                # what was read ahead may be stale.
+                return executor.run(
+                    self._keys, self._restarted, read, maximum, shared=True, solo=self._solo
+                )
+        if executor.sharedFree(*self._keys):
+            # Nothing of this directory's runs in a worker, and no writer
+            # waits or runs: what was read ahead, or the end, is known here.
             batch = take(maximum)
             if batch:
                 return succeed(batch)
             if self.confined.exhausted:
                 return fail(EOFError("End of directory"))
-        return self._executor.run(self._keys, read, maximum)
+        return executor.run(self._keys, read, maximum, shared=True, solo=self._solo)
+
+    def _restarted(self, read: Callable[[int], list[Any]], maximum: int) -> list[Any]:
+        self.confined.restart()
+        return read(maximum)
 
     def close(self) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None} once the directory is closed.
         """
-        if self._executor.inlineReads and self._executor.sharedFree(self._keys[0]):
-            # Closing a directory descriptor waits for no I/O (there is
-            # nothing to flush): done here, without a round trip.
+        executor = self._executor
+        keys = (self._connection.closeKey, self.key)
+        if self.closesInline and executor.inlineReads and executor.sharedFree(*keys):
+            # Closing a directory descriptor of a local filesystem waits
+            # for no I/O (nothing to flush): done here, without a round trip.
             try:
                 self.confined.close()
             except OSError:
                 return fail()
             return succeed(None)
-        return self._executor.run(self._keys, self.confined.close)
+        # As a file's CLOSE: not the connection key.
+        return executor.run(keys, self.confined.close, shared=True, solo=self._solo)
 
     def __iter__(self) -> ShareDirectory:
         return self
@@ -478,6 +571,8 @@ class ShareSFTPServer:
         threads: int = 8,
         inlineCalls: bool = False,
         ring: bool = True,
+        lookUpUser: Callable[[int], bytes] = userName,
+        lookUpGroup: Callable[[int], bytes] = groupName,
     ) -> None:
         """
         @param shares: what is shared.
@@ -497,8 +592,14 @@ class ShareSFTPServer:
             common calls (create, write, close, stat) through io_uring
             where it is usable (see L{conchshare.uring}), instead of a
             worker thread.
+        @param lookUpUser: the login name of a uid (empty when unknown),
+            for users-groups-by-id; called in a worker, never in the
+            reactor thread (it may wait for the name service).
+        @param lookUpGroup: the same for a gid.
         """
         self.shares = shares
+        self._lookUpUser = lookUpUser
+        self._lookUpGroup = lookUpGroup
         self.filesystem = ConfinedFilesystem(shares, umask=umask)
         self.readOnly = shares.readOnly
         order: Executor
@@ -514,39 +615,47 @@ class ShareSFTPServer:
         #: The L{Workers} running the calls (L{None} with a runner or pool).
         self.workers = order if isinstance(order, Workers) else None
         fs = self.filesystem
-        # The key of a client path (bounded: cleared when full).
-        self._keyOf: dict[bytes, bytes] = {}
+        #: The order of this connection's requests.
+        self._connection = ConnectionOrder()
         self._stat = partial(fs.stat, follow=True)
         self._lstat = partial(fs.stat, follow=False)
 
-    def _key(self, path: bytes) -> bytes:
-        key = self._keyOf.get(path)
-        if key is None:
-            try:
-                key = b"/" + b"/".join(self.shares.normalize(path))
-            except OSError:
-                return path  # refused later, in the filesystem call
-            if len(self._keyOf) >= _KEYS_CACHED:
-                self._keyOf.clear()
-            self._keyOf[path] = key
-        return key
+    def forConnection(self) -> ShareSFTPServer:
+        """
+        A view of this avatar for one more connection: the same shares,
+        filesystem and workers, and its own order (requests of different
+        connections are not ordered with each other).
+        """
+        view = copy.copy(self)
+        view._connection = ConnectionOrder()
+        return view
 
-    def _onPaths(
-        self,
-        paths: list[bytes],
-        function: Callable[..., Any],
-        *args: Any,
-        shared: bool = False,
-        **kwargs: Any,
-    ) -> Deferred[Any]:
+    def _reader(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
-        Run C{function(*normalisedPaths, *args, **kwargs)} after earlier
-        requests on the same paths (alongside them if all are C{shared}).
+        Run C{function(*args, **kwargs)} as a reader of the connection (see
+        L{conchshare.sftp.ordering}).
         """
-        keys = [self._key(path) for path in paths]
         if kwargs:
             function = partial(function, **kwargs)
-        return self._order.run(keys, function, *keys, *args, shared=shared)
+        return self._order.run((self._connection.key,), function, *args, shared=True)
+
+    def _writer(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{function(*args, **kwargs)} as a writer of the connection: after
+        every earlier request, before every later one.
+        """
+        if kwargs:
+            function = partial(function, **kwargs)
+        return self._order.run((self._connection.writer(),), function, *args)
+
+    def _remover(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{function(*args, **kwargs)} as a writer that removes or
+        replaces a name: also after earlier CLOSEs, before later ones.
+        """
+        if kwargs:
+            function = partial(function, **kwargs)
+        return self._order.run(self._connection.remover(), function, *args)
 
     @classmethod
     def fromSpecs(
@@ -582,38 +691,40 @@ class ShareSFTPServer:
             L{PermissionError} for a write in a read-only share or a symlink
             out of the share, or other L{OSError}.
         """
-        key = self._key(filename)
-        # A plain open for reading changes nothing a later request sees.
-        shared = not flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
+        connection = self._connection
+        # An open that can neither create nor truncate changes nothing a
+        # later request sees: a reader.
+        shared = not flags & (FXF_CREAT | FXF_TRUNC)
+        key = connection.key if shared else connection.writer()
         order = self._order
         d = order.run(
             (key,),
             self.filesystem.openFile,
-            key,
+            filename,
             flags,
             dict(attrs),
             shared=shared,
-            ring=self.filesystem.ringOpenFile(key, flags, attrs)
+            ring=self.filesystem.ringOpenFile(filename, flags, attrs)
             if order.ring is not None
             else None,
         )
-        d.addCallback(ShareFile, self._order, key=key, filesystem=self.filesystem)
+        d.addCallback(ShareFile, order, filesystem=self.filesystem, connection=connection)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
-        return self._onPaths([filename], self.filesystem.removeFile)
+        return self._remover(self.filesystem.removeFile, filename)
 
     def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
         """
         v3 RENAME: fails with L{FileExistsError} if C{newpath} exists.
         """
-        return self._onPaths([oldpath, newpath], self.filesystem.rename, overwrite=False)
+        return self._remover(self.filesystem.rename, oldpath, newpath, overwrite=False)
 
     def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.makeDirectory, dict(attrs))
+        return self._writer(self.filesystem.makeDirectory, path, dict(attrs))
 
     def removeDirectory(self, path: bytes) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.removeDirectory)
+        return self._remover(self.filesystem.removeDirectory, path)
 
     def openDirectory(self, path: bytes) -> Deferred[ShareDirectory] | ShareDirectory:
         """
@@ -624,16 +735,17 @@ class ShareSFTPServer:
             otherwise a worker opens it and reads them before answering.
         @raise OSError: (answered at once) no such path, or an invalid one.
         """
-        key = self._key(path)
         order = self._order
-        if order.inlineReads and order.sharedFree(key):
-            confined = self.filesystem.openDirectoryCached(key)
+        connection = self._connection
+        if order.inlineReads and order.sharedFree(connection.key):
+            confined = self.filesystem.openDirectoryCached(path)
             if confined is not None:
-                directory = ShareDirectory(confined, order)
+                directory = ShareDirectory(confined, order, connection)
+                directory.closesInline = True
                 directory.readAhead(_PREFETCH)
                 return directory
-        d = self._onPaths([path], self._openDirectory, shared=True)
-        d.addCallback(ShareDirectory, self._order)
+        d = self._reader(self._openDirectory, path)
+        d.addCallback(ShareDirectory, order, connection, connection.changes)
         return d
 
     def _openDirectory(self, path: bytes) -> ConfinedDirectory:
@@ -655,13 +767,13 @@ class ShareSFTPServer:
         @raise OSError: (answered at once) no such path, or an invalid one
             (an embedded NUL, too long).
         """
-        key = self._key(path)
+        key = self._connection.key
         order = self._order
         free = order.inlineReads and order.sharedFree(key)
         if free:
             # Attributes the kernel has in memory: read here, in the
             # reactor thread, without a round trip to a worker.
-            attrs = self.filesystem.statCached(key, follow=followLinks)
+            attrs = self.filesystem.statCached(path, follow=followLinks)
             if attrs is not None:
                 return attrs
         call = self._stat if followLinks else self._lstat
@@ -669,27 +781,27 @@ class ShareSFTPServer:
         if order.ring is not None:
             # When its turn comes, the kernel may have the entry in memory
             # (sshfs asks for the attributes of the file it is creating).
-            ring = self.filesystem.ringStat(key, follow=followLinks, cachedFirst=not free)
-        return order.run((key,), call, key, shared=True, ring=ring)
+            ring = self.filesystem.ringStat(path, follow=followLinks, cachedFirst=not free)
+        return order.run((key,), call, path, shared=True, ring=ring)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)
+        return self._writer(self.filesystem.setAttrs, path, dict(attrs), follow=True)
 
     def readLink(self, path: bytes) -> Deferred[bytes]:
-        return self._onPaths([path], self.filesystem.readLink, shared=True)
+        return self._reader(self.filesystem.readLink, path)
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> Deferred[None]:
         """
         Make C{linkPath} a symlink to C{targetPath} (draft argument order;
         the protocol layer swaps OpenSSH's).
         """
-        return self._onPaths([linkPath], self.filesystem.makeLink, targetPath)
+        return self._writer(self.filesystem.makeLink, linkPath, targetPath)
 
     def realPath(self, path: bytes) -> Deferred[bytes]:
         """
         @return: a Deferred firing with the canonical virtual path.
         """
-        return self._onPaths([path], self.filesystem.realPath, shared=True)
+        return self._reader(self.filesystem.realPath, path)
 
     def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> None:
         """
@@ -703,22 +815,22 @@ class ShareSFTPServer:
     # -- IShareSFTPServer -----------------------------------------------
 
     def posixRename(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths([oldPath, newPath], self.filesystem.rename, overwrite=True)
+        return self._remover(self.filesystem.rename, oldPath, newPath, overwrite=True)
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
-        return self._onPaths([path], self.filesystem.statVFS, shared=True)
+        return self._reader(self.filesystem.statVFS, path)
 
     def fstatVFS(self, fileObj: object) -> Deferred[dict[str, int]]:
         return _shareFile(fileObj).statVFS()
 
     def hardLink(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths([oldPath, newPath], self.filesystem.hardLink)
+        return self._writer(self.filesystem.hardLink, oldPath, newPath)
 
     def fsync(self, fileObj: object) -> Deferred[None]:
         return _shareFile(fileObj).fsync()
 
     def lsetStat(self, path: bytes, attrs: dict[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=False)
+        return self._writer(self.filesystem.setAttrs, path, dict(attrs), follow=False)
 
     def expandPath(self, path: bytes) -> Deferred[bytes]:
         """
@@ -735,27 +847,101 @@ class ShareSFTPServer:
         self, readFile: object, readOffset: int, length: int, writeFile: object, writeOffset: int
     ) -> Deferred[None]:
         """
+        Copy in steps of at most L{COPY_STEP} bytes, each a call of its
+        own: other requests' calls run between them; the requests on
+        either file made after this one wait for its last step.
+
         @return: a Deferred firing with L{None} once copied, after earlier
-            requests on both files.
+            requests on both files; it fails with L{OSError}.
         """
         source, destination = _shareFile(readFile), _shareFile(writeFile)
         if source._executor is not destination._executor:
             raise OSError(errno.EXDEV, "The files belong to different servers")
-        return source._executor.run(
-            [source.key, destination.key],
-            self.filesystem.copyData,
-            source.confined,
-            readOffset,
-            length,
-            destination.confined,
-            writeOffset,
+        copy = _Copy(
+            self.filesystem, source.confined, readOffset, length, destination.confined, writeOffset
         )
+        d = source._executor.run(
+            [self._connection.writer(), source.key, destination.key], copy.step
+        )
+        return d.addCallback(lambda _: None)
 
     def homeDirectory(self, username: bytes) -> bytes:
         return self.shares.home
 
-    def usersGroupsById(self, uids: list[int], gids: list[int]) -> tuple[list[bytes], list[bytes]]:
-        return [userName(uid) for uid in uids], [groupName(gid) for gid in gids]
+    def usersGroupsById(
+        self, uids: list[int], gids: list[int]
+    ) -> Deferred[tuple[list[bytes], list[bytes]]]:
+        """
+        users-groups-by-id@openssh.com, looked up in a worker (name service
+        lookups may wait: LDAP, NIS); it touches no file, so it waits for
+        no other request.  Ids past the first L{MAX_NAME_LOOKUPS} of each
+        list get empty names.
+
+        @return: a Deferred firing with the user names and the group names,
+            in the order asked (empty for an unknown id).
+        """
+        return self._order.run((), self._lookUpNames, uids, gids, shared=True)
+
+    def _lookUpNames(self, uids: list[int], gids: list[int]) -> tuple[list[bytes], list[bytes]]:
+        # In a worker.
+        return _names(self._lookUpUser, uids), _names(self._lookUpGroup, gids)
+
+
+def _names(lookUp: Callable[[int], bytes], ids: list[int]) -> list[bytes]:
+    names = [lookUp(i) for i in ids[:MAX_NAME_LOOKUPS]]
+    names.extend(b"" for _ in ids[MAX_NAME_LOOKUPS:])
+    return names
+
+
+#: The most bytes one step of a copy-data copies (see L{AGAIN}).
+COPY_STEP = 8 * 1024 * 1024
+
+
+class _Copy:
+    """
+    A copy-data in steps (L{ShareSFTPServer.copyData}).
+    """
+
+    def __init__(
+        self,
+        filesystem: ConfinedFilesystem,
+        source: ConfinedFile,
+        readOffset: int,
+        length: int,
+        destination: ConfinedFile,
+        writeOffset: int,
+    ) -> None:
+        self.filesystem = filesystem
+        self.source = source
+        self.readOffset = readOffset
+        self.length = length  # 0: to the end
+        self.destination = destination
+        self.writeOffset = writeOffset
+        self.copied = 0
+
+    def step(self) -> object:
+        """
+        Copy the next L{COPY_STEP} bytes at most (in a worker).
+
+        @return: L{AGAIN} while there may be more to copy, else L{None}.
+        """
+        copied = self.copied
+        if self.length:
+            remaining = self.length - copied
+            if remaining <= 0:
+                return None
+        else:
+            remaining = 0
+        count = self.filesystem.copyData(
+            self.source,
+            self.readOffset + copied,
+            remaining,
+            self.destination,
+            self.writeOffset + copied,
+            limit=COPY_STEP,
+        )
+        self.copied = copied + count
+        return AGAIN if count == COPY_STEP else None
 
 
 def _shareFile(fileObj: object) -> ShareFile:

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
+from conchshare.sftp.budget import HandleBudget, processBudget
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareDirectory, IShareSFTPServer
 from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
@@ -55,7 +56,8 @@ from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
 READDIR_BATCH = 100
 #: Default bound on requests in flight per client.
 MAX_IN_FLIGHT = 64
-#: Default bound on open handles, announced in limits@openssh.com.
+#: Default bound on open handles per client (the process-wide budget may
+#: allow fewer: see L{conchshare.sftp.budget}).
 MAX_OPEN_HANDLES = 1024
 # A transport that keeps delivering while paused must not make us buffer
 # without bound.
@@ -333,6 +335,7 @@ class SFTPServerCore:
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
+        budget: HandleBudget | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
@@ -348,9 +351,12 @@ class SFTPServerCore:
         @param disconnect: called once, to close the connection on a
             protocol violation.
         @param maxInFlight: requests in flight before reading is paused.
-        @param maxOpenHandles: open handles allowed, and announced.
+        @param maxOpenHandles: open handles allowed; limits@openssh.com
+            announces this or the budget's per-client cap, the lower.
         @param logRequests: log each request at debug level (costly: off
             unless debug logs are wanted).
+        @param budget: the handles shared with the other clients (default:
+            this process's, L{processBudget}).
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
@@ -392,6 +398,8 @@ class SFTPServerCore:
         self._files: dict[bytes, Any] = {}
         self._dirs: dict[bytes, _OpenDirectory] = {}
         self._pendingCloses = 0
+        self._budget = budget if budget is not None else processBudget()
+        self._budget.join(self)
         self._lostWaiters: list[Deferred[None]] = []
         self._idleWaiters: list[Deferred[None]] = []
 
@@ -562,6 +570,13 @@ class SFTPServerCore:
         The number of open file and directory handles.
         """
         return len(self._files) + len(self._dirs)
+
+    @property
+    def handlesHeld(self) -> int:
+        """
+        The handles this client holds in the budget: open, or being opened.
+        """
+        return len(self._files) + len(self._dirs) + self._opening
 
     @property
     def buffered(self) -> int:
@@ -865,7 +880,7 @@ class SFTPServerCore:
         return fileObj
 
     def _checkHandleRoom(self) -> None:
-        if self.openHandles + self._opening >= self._maxOpenHandles:
+        if self.handlesHeld >= self._maxOpenHandles or not self._budget.mayOpen(self):
             raise _sftpError(wire.FX_FAILURE, "Too many open handles")
 
     def _registered(self, obj: object, requestId: int) -> bytes:
@@ -1120,7 +1135,7 @@ class SFTPServerCore:
             wire.u64(wire.MAX_PACKET_LENGTH),
             wire.u64(wire.MAX_READ_LENGTH),
             wire.u64(wire.MAX_WRITE_LENGTH),
-            wire.u64(self._maxOpenHandles),
+            wire.u64(min(self._maxOpenHandles, self._budget.perClient)),
         )
 
     # Closing everything when the connection is lost

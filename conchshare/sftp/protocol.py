@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchshare.budget import MemoryBudget, processBudget
+from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
 from conchshare.sftp.workers import Workers
 
@@ -58,7 +58,7 @@ class SFTPServerProtocol(Protocol):
         maxInFlight: int = MAX_IN_FLIGHT,
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
-        budget: MemoryBudget | None = None,
+        memoryBudget: MemoryBudget | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} (and, for OpenSSH's extensions,
@@ -67,8 +67,8 @@ class SFTPServerProtocol(Protocol):
         @param maxInFlight: requests in flight before reading pauses.
         @param maxOpenHandles: open handles allowed per connection.
         @param logRequests: log every request at debug level.
-        @param budget: the budget whose reply share bounds the requests in
-            flight (default: the process's, L{processBudget}).
+        @param memoryBudget: the budget whose reply share bounds the requests in
+            flight (default: the process's, L{processMemoryBudget}).
         """
         self.avatar = avatar
         self._maxInFlight = maxInFlight
@@ -79,7 +79,7 @@ class SFTPServerProtocol(Protocol):
         self._workers = workers if isinstance(workers, Workers) else None
         self._finished = False
         self._producing = False
-        self._budget = budget if budget is not None else processBudget()
+        self._memoryBudget = memoryBudget if memoryBudget is not None else processMemoryBudget()
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -96,7 +96,7 @@ class SFTPServerProtocol(Protocol):
             maxOpenHandles=self._maxOpenHandles,
             logRequests=self._logRequests,
         )
-        self._budget.addServer(self)
+        self._memoryBudget.addServer(self)
         if IConsumer.providedBy(transport):
             transport.registerProducer(self, True)
             self._producing = True
@@ -149,7 +149,7 @@ class SFTPServerProtocol(Protocol):
         core._resumeAt = limit // 2
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._budget.removeServer(self)
+        self._memoryBudget.removeServer(self)
         if self._producing:
             self._producing = False
             transport: Any = self.transport

@@ -17,6 +17,7 @@ from typing import TextIO
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogBeginner,
@@ -134,10 +135,13 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
 
     # Imported here: a bad command line must not pay for the filesystem code.
+    from conchshare.fdlimit import raiseFileLimit
     from conchshare.sftp.avatar import ShareSFTPServer
     from conchshare.sftp.threaded import ThreadedServer
     from conchshare.shares import ShareError
 
+    # As many SFTP handles as the system allows (before any is opened).
+    raiseFileLimit()
     level = LEVELS[options["log-level"]]
     # A pipe to one client: served by threads that answer the requests they
     # read (see conchshare.sftp.threaded), not by a reactor.
@@ -154,6 +158,12 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
         return _fail(stderr, str(e))
 
     startLogging(level, stderr)
+    log = Logger(namespace="conchshare.sftp-server")
+
+    def moved(share: object, message: str) -> None:
+        log.error("{message}", message=message)
+
+    server.filesystem.shareMoved = moved
     keepFreedMemory()
     for fd in (0, 1):
         _widenPipe(fd)

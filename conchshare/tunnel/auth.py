@@ -19,6 +19,7 @@ Interop fixes over Conch's L{SSHUserAuthClient}:
 
 from __future__ import annotations
 
+import base64
 import getpass
 import os
 import struct
@@ -112,8 +113,57 @@ class _Candidate:
     privateKey: keys.Key | None = None
 
 
+#: The key type conchshare neither offers nor loads (OpenSSH dropped it too).
+DSA_KEY_TYPE = b"ssh-dss"
+
+
+def _blobType(blob: bytes) -> bytes:
+    """
+    The key type named at the start of an SSH public key blob (C{b""} if
+    the blob is too short to name one).
+    """
+    if len(blob) < 4:
+        return b""
+    (size,) = struct.unpack(">L", blob[:4])
+    return blob[4 : 4 + size]
+
+
+def isDSAKeyFile(path: str) -> bool:
+    """
+    Whether C{path} holds a DSA key, public (C{ssh-dss AAAA...}) or private
+    (PEM C{DSA PRIVATE KEY} or an OpenSSH private key whose public part is
+    C{ssh-dss}), judged from its text without parsing the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return False
+    text = head.strip()
+    if text.startswith(DSA_KEY_TYPE + b" ") or b"-----BEGIN DSA PRIVATE KEY-----" in text:
+        return True
+    begin, end = b"-----BEGIN OPENSSH PRIVATE KEY-----", b"-----END OPENSSH PRIVATE KEY-----"
+    if not text.startswith(begin) or end not in text:
+        return False
+    try:
+        data = base64.b64decode(b"".join(text[len(begin) : text.index(end)].split()))
+        magic = b"openssh-key-v1\x00"
+        if not data.startswith(magic):
+            return False
+        rest = data[len(magic) :]
+        for _ in range(3):  # cipher name, KDF name, KDF options
+            _, rest = getNS(rest)
+        rest = rest[4:]  # the number of keys
+        publicBlob, _ = getNS(rest)
+    except Exception:
+        return False
+    return _blobType(publicBlob) == DSA_KEY_TYPE
+
+
 def _loadPublicKey(path: str) -> keys.Key | None:
     for candidate in (path + ".pub", path):
+        if isDSAKeyFile(candidate):
+            return None
         try:
             key = keys.Key.fromFile(candidate)
         except Exception:
@@ -122,6 +172,21 @@ def _loadPublicKey(path: str) -> keys.Key | None:
         public: keys.Key = key.public()
         return public
     return None
+
+
+def _readIdentityFiles(paths: list[str]) -> list[tuple[str, keys.Key | None, bool, str, bool]]:
+    """
+    For each identity file (in a thread: reading may wait): its path, its
+    public key if readable without a passphrase, whether it exists, its
+    label, and whether it is a DSA key (not offered).
+    """
+    found = []
+    for path in paths:
+        key = _loadPublicKey(path)
+        exists = key is not None or os.path.exists(path)
+        dsa = key is None and (isDSAKeyFile(path) or isDSAKeyFile(path + ".pub"))
+        found.append((path, key, exists, _shortPath(path), dsa))
+    return found
 
 
 def _shortPath(path: str) -> str:
@@ -215,10 +280,26 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
             self._prepared = defer.ensureDeferred(self._collect())
         return self._prepared
 
+    def _inThread(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Call C{function} in the reactor's thread pool: reading key files
+        may wait (a home directory on NFS), and the reactor must not.  With
+        a reactor that has no thread pool (a test's fake), call it here.
+
+        @return: a Deferred firing with its result or failing with its
+            exception.
+        """
+        getThreadPool = getattr(self.reactor, "getThreadPool", None)
+        if getThreadPool is None:
+            return defer.maybeDeferred(function, *args, **kwargs)
+        return threads.deferToThreadPool(self.reactor, getThreadPool(), function, *args, **kwargs)
+
     async def _collect(self) -> None:
         candidates: list[_Candidate] = []
-        fileKeys = [(p, _loadPublicKey(p)) for p in self.options.identityFiles]
-        fileBlobs = {k.blob() for _, k in fileKeys if k is not None}
+        fileKeys: list[tuple[str, keys.Key | None, bool, str, bool]] = await self._inThread(
+            _readIdentityFiles, list(self.options.identityFiles)
+        )
+        fileBlobs = {k.blob() for _, k, _, _, _ in fileKeys if k is not None}
         seen: set[bytes] = set()
         if self.options.useAgent and self.options.identityAgent and self.options.allowPublicKey:
             identities: list[tuple[bytes, bytes]] = []
@@ -235,6 +316,8 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
                 for blob, comment in identities:
                     if self.options.identitiesOnly and blob not in fileBlobs:
                         continue
+                    if _blobType(blob) == DSA_KEY_TYPE:
+                        continue  # not offered: see DSA_KEY_TYPE
                     try:
                         key = keys.Key.fromString(blob)
                     except Exception:
@@ -245,13 +328,16 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
                     candidates.append(_Candidate(f"agent key {label}", key, agentBlob=blob))
                 if not usable:
                     self.tried.append("agent (no keys)")
-        for path, key in fileKeys:
+        for path, key, exists, label, dsa in fileKeys:
             if key is not None and key.blob() in seen:
                 continue
-            if key is None and not os.path.exists(path):
+            if key is None and dsa:
+                self.tried.append(f"{label} (DSA keys are not supported)")
+                continue
+            if key is None and not exists:
                 _log.debug("identity file {path} does not exist", path=path)
                 continue
-            candidates.append(_Candidate(_shortPath(path), key, path=path))
+            candidates.append(_Candidate(label, key, path=path))
         self._candidates = candidates if self.options.allowPublicKey else []
 
     def _connectAgent(self, path: str) -> Deferred[AgentClient]:
@@ -276,13 +362,6 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
         assert path is not None  # only file candidates come here
         if path in self.keyCache:
             return defer.succeed(self.keyCache[path])
-        try:
-            return defer.succeed(keys.Key.fromFile(path))
-        except keys.EncryptedKeyError:
-            pass
-        except Exception as e:
-            candidate.label += " (not readable)"
-            return defer.fail(e)
         tries = 0
 
         def attempt(_: object = None) -> Deferred[keys.Key]:
@@ -290,16 +369,23 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
             tries += 1
             d = self._ask(f"Enter passphrase for key '{path}': ", False)
 
-            def load(passphrase: str) -> keys.Key | Deferred[keys.Key]:
-                try:
-                    key: keys.Key = keys.Key.fromFile(path, passphrase=passphrase.encode("utf-8"))
+            def load(passphrase: str) -> Deferred[keys.Key]:
+                # The key derivation takes a while too (bcrypt).
+                loading = self._inThread(
+                    keys.Key.fromFile, path, passphrase=passphrase.encode("utf-8")
+                )
+
+                def loaded(key: keys.Key) -> keys.Key:
                     self.keyCache[path] = key
                     return key
-                except Exception:
+
+                def wrong(f: Failure) -> Failure | Deferred[keys.Key]:
                     if tries >= NUMBER_OF_PROMPTS:
                         candidate.label += " (wrong passphrase)"
-                        raise
+                        return f
                     return attempt()
+
+                return loading.addCallbacks(loaded, wrong)
 
             def cannotAsk(f: Failure) -> Failure:
                 if f.check(AuthenticationFailed):
@@ -308,7 +394,15 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
 
             return d.addCallbacks(load, cannotAsk)
 
-        return attempt()
+        def unreadable(f: Failure) -> Any:
+            if f.check(keys.EncryptedKeyError):
+                return attempt()
+            candidate.label += " (not readable)"
+            return f
+
+        loading: Deferred[keys.Key] = self._inThread(keys.Key.fromFile, path)
+        loading.addErrback(unreadable)
+        return loading
 
     def _nextCandidate(self) -> Deferred[_Candidate | None]:
         assert self._candidates is not None

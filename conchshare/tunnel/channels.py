@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchshare.budget import WINDOW_SIZE as _WINDOW_SIZE
-from conchshare.budget import MemoryBudget, processBudget
+from conchshare.budget import MemoryBudget, processMemoryBudget
 
 #: Receive window of a channel alone (OpenSSH uses the same; 8 MiB is
 #: slower).  With more channels open, each gets its share of the process's
@@ -200,7 +200,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         budget: MemoryBudget | None = None,
     ) -> None:
         if budget is None:
-            budget = getattr(conn, "budget", None) or processBudget()
+            budget = getattr(conn, "memoryBudget", None) or processMemoryBudget()
         self._budget = budget
         if localWindow is None:
             localWindow = budget.window()

@@ -55,6 +55,7 @@ from conchshare.errors import (
     ConnectionFailed,
     HostKeyError,
 )
+from conchshare.fdlimit import childLimitCommand
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.fastpath import FastTransportMixin, fastCiphers, fastMACs
 from conchshare.tunnel.knownhosts import HostKeyVerifier, Prompt, fingerprint
@@ -522,7 +523,7 @@ class SSHClientFactory(ClientFactory):
         self.connectionFactory = connectionFactory
         self.reactor = _defaultReactor(reactor)
         self.prompt = prompt
-        self.verifier = HostKeyVerifier(options, prompt=prompt)
+        self.verifier = HostKeyVerifier(options, prompt=prompt, reactor=self.reactor)
         # Passphrases are asked once per factory, not once per reconnect.
         self.keyCache: dict[str, keys.Key] = {}
         self.lastProtocol: SSHClientTransport | None = None
@@ -604,7 +605,8 @@ def sshEndpoint(
         endpoint = ProcessEndpoint(
             reactor,
             "/bin/sh",
-            ["/bin/sh", "-c", options.proxyCommand],
+            # With the descriptor limit the command started with.
+            ["/bin/sh", "-c", childLimitCommand(options.proxyCommand)],
             env=dict(os.environ),
             errFlag=StandardErrorBehavior.LOG,
         )

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchshare.budget import MemoryBudget, processBudget
+from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.errors import ConnectionFailed, ForwardRefused
 from conchshare.tunnel.channels import (
     TRANSPORT,
@@ -144,16 +144,16 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
     @ivar group: every channel we serve, paused and resumed together.
     @ivar listeners: the granted forwards, in the order they were granted.
     @ivar stopping: whether L{stop} was called (a loss is then expected).
-    @ivar budget: the L{MemoryBudget} our channels' windows come from.
+    @ivar memoryBudget: the L{MemoryBudget} our channels' windows come from.
     """
 
     _log = Logger()
 
-    def __init__(self, *, reactor: Any = None, budget: MemoryBudget | None = None) -> None:
+    def __init__(self, *, reactor: Any = None, memoryBudget: MemoryBudget | None = None) -> None:
         """
         @param reactor: the reactor (default: the global one).
-        @param budget: what the receive windows of our channels share
-            (default: the process's, L{processBudget}).
+        @param memoryBudget: what the receive windows of our channels share
+            (default: the process's, L{processMemoryBudget}).
         """
         super().__init__()
         if reactor is None:
@@ -161,7 +161,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
 
             reactor = _reactor
         self._reactor = reactor
-        self.budget = budget if budget is not None else processBudget()
+        self.memoryBudget = memoryBudget if memoryBudget is not None else processMemoryBudget()
         self.group = ChannelGroup()
         self.listeners: list[Listener] = []
         self._routes: dict[tuple[str, ...], Listener] = {}

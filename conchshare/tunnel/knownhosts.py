@@ -2,15 +2,19 @@
 Host key verification against OpenSSH known_hosts files.
 
 Read: plain entries (comma-separated patterns with C{*}, C{?} and C{!}),
-hashed entries (C{|1|salt|hash}, via Conch's L{HashedEntry}), the
-C{[host]:port} form for ports other than 22, C{@revoked} lines; C{@cert-
-authority} lines are skipped (no certificates here).
+hashed entries (C{|1|salt|hash}), the C{[host]:port} form for ports other
+than 22, C{@revoked} lines; C{@cert-authority} lines are skipped (no
+certificates here).  Lines are matched as text; only the keys Conch
+parses are parsed (never C{ssh-dss}: see L{TEXT_ONLY_KEY_TYPES}).
 
 Policy (C{StrictHostKeyChecking}):
   - a known key: accepted;
-  - a changed key (the host is known with another key of the same type):
-    refused under I{every} setting, with both fingerprints
-    (L{HostKeyChanged}) -- stricter than OpenSSH on purpose;
+  - a changed key (the host is known, by any key of any type, and none of
+    its keys matches): refused under I{every} setting, the prompt included,
+    with both fingerprints, the known keys and the way out
+    (L{HostKeyChanged}) -- stricter than OpenSSH on purpose.  A line of a
+    type conchshare does not parse (C{ssh-dss}, C{sk-*}) makes its host
+    known all the same;
   - a revoked key: refused (L{HostKeyError});
   - an unknown key: C{accept-new} and C{no} record it (C{no} warns),
     C{ask} asks on a terminal (or the injected prompt) unless C{BatchMode},
@@ -28,10 +32,11 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from twisted.conch.client.knownhosts import HashedEntry
 from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
@@ -62,8 +67,7 @@ def fingerprint(key: Key) -> str:
     """
     The OpenSSH C{SHA256:...} fingerprint of a public key.
     """
-    digest = hashlib.sha256(key.blob()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+    return _blobFingerprint(key.blob())
 
 
 def keyTypeName(key: Key) -> str:
@@ -82,22 +86,95 @@ def knownHostsName(hostname: str, port: int) -> str:
     return hostname if port == 22 else f"[{hostname}]:{port}"
 
 
+#: Key types whose known_hosts lines are read as text only, never given to
+#: Conch: DSA (conchshare neither offers nor checks it; cryptography warns on
+#: every DSA key).  Lines Conch cannot parse (C{sk-*}, certificates) are
+#: read as text too.
+TEXT_ONLY_KEY_TYPES = frozenset({b"ssh-dss"})
+
+
 @dataclass
 class KnownHostEntry:
     """
     One key line of a known_hosts file that applies to a host.
+
+    @ivar keyType: the line's key type field, e.g. C{b"ssh-ed25519"}.
+    @ivar blob: the key blob the line records.
+    @ivar key: the parsed key, or L{None} for a type conchshare cannot (or
+        does not) parse: such a line still makes the host known.
     """
 
-    key: Key
+    keyType: bytes
+    blob: bytes
+    key: Key | None
     path: str
     line: int
     revoked: bool
 
+    @property
+    def fingerprint(self) -> str:
+        """
+        The OpenSSH C{SHA256:...} fingerprint of the recorded key.
+        """
+        return _blobFingerprint(self.blob)
 
-def _entryMatches(hostField: str, name: str) -> bool:
-    if hostField.startswith("|1|"):
-        return False  # handled by the caller through HashedEntry
-    return _matchPatternList(name, hostField.split(","))
+    @property
+    def typeName(self) -> str:
+        """
+        The key type as C{ssh-keygen -l} names it (C{ED25519}, C{DSA}, ...).
+        """
+        return sshTypeName(self.keyType)
+
+
+def _blobFingerprint(blob: bytes) -> str:
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def sshTypeName(keyType: bytes) -> str:
+    """
+    The name C{ssh-keygen -l} gives an SSH key type: C{ssh-ed25519} is
+    C{ED25519}, C{ecdsa-sha2-*} C{ECDSA}, C{ssh-rsa} C{RSA}, C{ssh-dss}
+    C{DSA}, C{sk-ssh-ed25519@openssh.com} C{ED25519-SK}.
+    """
+    text = keyType.decode("ascii", "replace")
+    sk = text.startswith("sk-")
+    base = text.removeprefix("sk-").split("@", 1)[0]
+    if base.startswith("ecdsa-sha2-"):
+        name = "ECDSA"
+    else:
+        name = {"ssh-ed25519": "ED25519", "ssh-rsa": "RSA", "ssh-dss": "DSA"}.get(base, text)
+    return name + "-SK" if sk else name
+
+
+def _hostMatches(hostField: bytes, name: str) -> bool:
+    if hostField.startswith(b"|1|"):
+        # A hashed entry: |1|base64(salt)|base64(HMAC-SHA1(salt, name)).
+        try:
+            salt64, digest64 = hostField[3:].split(b"|")
+            salt, digest = base64.b64decode(salt64), base64.b64decode(digest64)
+        except ValueError:
+            return False
+        mine = hmac.new(salt, name.encode("utf-8"), hashlib.sha1).digest()
+        return hmac.compare_digest(mine, digest)
+    return _matchPatternList(name, hostField.decode("utf-8", "replace").split(","))
+
+
+def _parseKey(keyType: bytes, blob: bytes) -> Key | None:
+    """
+    The key of a line, or L{None} when it is read as text only.
+
+    @raise ValueError: the blob does not hold a key of type C{keyType}.
+    """
+    if len(blob) < 4 or blob[4 : 4 + int.from_bytes(blob[:4], "big")] != keyType:
+        raise ValueError("the key blob does not match the key type")
+    if keyType in TEXT_ONLY_KEY_TYPES:
+        return None
+    try:
+        key: Key = Key.fromString(blob)
+        return key
+    except Exception:
+        return None  # a type Conch does not know (sk-*, certificates)
 
 
 def readEntries(path: str, name: str) -> list[KnownHostEntry]:
@@ -127,22 +204,21 @@ def readEntries(path: str, name: str) -> list[KnownHostEntry]:
         fields = line.split(None, 3)
         if len(fields) < 3:
             continue
-        hostField = fields[0]
+        hostField, keyType = fields[0], fields[1]
+        if not _hostMatches(hostField, name):
+            continue
         try:
-            if hostField.startswith(HashedEntry.MAGIC):
-                entry = HashedEntry.fromString(line)
-                if not entry.matchesHost(name.encode("utf-8")):
-                    continue
-                key = entry.publicKey
-            else:
-                if not _entryMatches(hostField.decode("utf-8", "replace"), name):
-                    continue
-                key = Key.fromString(base64.b64decode(fields[2]))
+            blob = base64.b64decode(fields[2], validate=True)
+            key = _parseKey(keyType, blob)
         except Exception as e:
             # A corrupt line must not stop the check of the others.
             _log.debug("skipping bad known_hosts line {path}:{n}: {e}", path=path, n=number, e=e)
             continue
-        found.append(KnownHostEntry(key=key, path=path, line=number, revoked=revoked))
+        found.append(
+            KnownHostEntry(
+                keyType=keyType, blob=blob, key=key, path=path, line=number, revoked=revoked
+            )
+        )
     return found
 
 
@@ -195,16 +271,21 @@ class HostKeyVerifier:
         *,
         prompt: Prompt | None = None,
         terminal: Callable[[], bool] = isTerminal,
+        reactor: Any = None,
     ) -> None:
         """
         @param prompt: asks a person (C{prompt(text, echo)}); L{None} means
             asking is possible only on a terminal, through
             L{conchshare.tunnel.auth.terminalPrompt}.
         @param terminal: whether a terminal is there to ask on.
+        @param reactor: whose thread pool asks on the terminal, so that the
+            reactor runs while a person answers (L{None}, or a reactor
+            without a thread pool: asked in the calling thread).
         """
         self.options = options
         self.prompt = prompt
         self.terminal = terminal
+        self.reactor = reactor
         self.warnings: list[str] = []
 
     def _warn(self, text: str) -> None:
@@ -219,7 +300,15 @@ class HostKeyVerifier:
         if self.terminal():
             from conchshare.tunnel.auth import terminalPrompt
 
-            return terminalPrompt
+            getThreadPool = getattr(self.reactor, "getThreadPool", None)
+            if getThreadPool is None:
+                return terminalPrompt
+            reactor = self.reactor
+
+            def inThread(text: str, echo: bool) -> Deferred[str]:
+                return deferToThreadPool(reactor, getThreadPool(), terminalPrompt, text, echo)
+
+            return inThread
         return None
 
     def verify(self, hostname: str, port: int, hostKey: Key) -> Deferred[None]:
@@ -249,28 +338,17 @@ class HostKeyVerifier:
             entries.extend(readEntries(path, name))
         presented = fingerprint(hostKey)
         typeName = keyTypeName(hostKey)
-        if any(e.revoked and e.key == hostKey for e in entries):
+        blob = hostKey.blob()
+        if any(e.revoked and e.blob == blob for e in entries):
             raise HostKeyError(
                 f"The {typeName} host key of {shown} ({presented}) is marked as revoked;"
                 " refusing to connect."
             )
         current = [e for e in entries if not e.revoked]
-        if any(e.key == hostKey for e in current):
+        if any(e.blob == blob for e in current):
             return succeed(None)
-        sameType = [e for e in current if e.key.sshType() == hostKey.sshType()]
-        if sameType:
-            old = sameType[0]
-            known = fingerprint(old.key)
-            raise HostKeyChanged(
-                f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
-                f" eavesdropping on you right now: the server sent {typeName} key {presented},"
-                f" but {old.path} line {old.line} records {known}; refusing to connect"
-                f" (if the change is expected, remove the old key with"
-                f" ssh-keygen -R '{name}' and connect again).",
-                fingerprint=presented,
-                knownFingerprint=known,
-            )
-        otherTypes = sorted({keyTypeName(e.key) for e in current})
+        if current:
+            raise self._changed(name, shown, hostKey, current)
         mode = options.strictHostKeyChecking
         if mode in ("accept-new", "no"):
             self._record(name, shown, hostKey)
@@ -282,9 +360,7 @@ class HostKeyVerifier:
             return succeed(None)
         unknown = HostKeyUnknown(
             f"The authenticity of host {shown} can't be established: its {typeName} key"
-            f" {presented} is not in known_hosts"
-            + (f" (it is known with {', '.join(otherTypes)} keys)" if otherTypes else "")
-            + "; check the fingerprint, then connect with --accept-new"
+            f" {presented} is not in known_hosts; check the fingerprint, then connect with --accept-new"
             " (-o StrictHostKeyChecking=accept-new) or add the key to"
             f" {options.userKnownHostsFiles[0] if options.userKnownHostsFiles else 'known_hosts'}.",
             fingerprint=presented,
@@ -308,6 +384,37 @@ class HostKeyVerifier:
 
         return callPrompt(prompt, question, True).addCallback(answered)
 
+    def _changed(
+        self, name: str, shown: str, hostKey: Key, known: list[KnownHostEntry]
+    ) -> HostKeyChanged:
+        """
+        The refusal of a host known by other keys than C{hostKey}: one
+        sentence with both fingerprints, every known key (type, file, line)
+        and the way out.
+        """
+        presented = fingerprint(hostKey)
+        sameType = [e for e in known if e.keyType == hostKey.sshType()]
+        first = (sameType or known)[0]
+        records = ", ".join(
+            f"{e.typeName} key {e.fingerprint} ({e.path} line {e.line})" for e in known
+        )
+        default = os.path.expanduser("~/.ssh/known_hosts")
+        files = list(dict.fromkeys(e.path for e in known))
+        removes = " and ".join(
+            f"ssh-keygen -R '{name}'" + ("" if path == default else f" -f '{path}'")
+            for path in files
+        )
+        return HostKeyChanged(
+            f"WARNING: THE HOST KEY OF {shown} HAS CHANGED -- someone could be"
+            f" eavesdropping on you right now: the server sent {keyTypeName(hostKey)} key"
+            f" {presented}, but known_hosts records {records}; refusing to connect"
+            f" (if the change is expected, remove the old {'keys' if len(known) > 1 else 'key'}"
+            f" with {removes}, then connect with --accept-new"
+            " (-o StrictHostKeyChecking=accept-new)).",
+            fingerprint=presented,
+            knownFingerprint=first.fingerprint,
+        )
+
     def _record(self, name: str, shown: str, hostKey: Key) -> None:
         files = self.options.userKnownHostsFiles
         if not files:
@@ -330,7 +437,7 @@ class HostKeyVerifier:
         types: list[bytes] = []
         for path in self.options.userKnownHostsFiles + self.options.globalKnownHostsFiles:
             for entry in readEntries(path, name):
-                t = entry.key.sshType()
+                t = entry.keyType
                 if not entry.revoked and t not in types:
                     types.append(t)
         return types
