@@ -754,7 +754,7 @@ class ShareService(Service):
             from conchshare.tunnel.remote import quote, runRemote
 
             try:
-                await runRemote(connection, b"rm -rf " + quote(previous.directory).encode())
+                await runRemote(connection, b"rm -rf -- " + quote(previous.directory).encode())
             except Exception:
                 pass
         home = self.shares.home.decode("utf-8", "surrogateescape")

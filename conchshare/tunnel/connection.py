@@ -355,14 +355,14 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
                 granted.socketDirectory = await self._makeRemoteDirectory()
                 if _tooLong(granted.socketDirectory + "/sftp.sock"):
                     # A long $TMPDIR on the remote host: /tmp is short.
-                    await self._runQuietly(b"rm -rf " + quote(granted.socketDirectory).encode())
+                    await self._runQuietly(b"rm -rf -- " + quote(granted.socketDirectory).encode())
                     granted.socketDirectory = await self._makeRemoteDirectory("/tmp")
                 granted.socketPath = granted.socketDirectory + "/sftp.sock"
             else:
                 # sshd leaves a stale socket behind; a new forward on the
                 # path fails until it is gone.
                 await self._runQuietly(
-                    b"[ -S %s ] && rm -f %s"
+                    b"[ -S %s ] && rm -f -- %s"
                     % (quote(granted.socketPath).encode(), quote(granted.socketPath).encode())
                 )
             request = b"streamlocal-forward@openssh.com"
@@ -382,16 +382,16 @@ class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
             reply = await self.sendGlobalRequest(request, data, wantReply=True)
         except ConchError:
             if granted.socketDirectory:
-                await self._runQuietly(b"rm -rf " + quote(granted.socketDirectory).encode())
+                await self._runQuietly(b"rm -rf -- " + quote(granted.socketDirectory).encode())
             raise ForwardRefused(f"The server refused to forward {what} ({hint}).")
         if not granted.isUnix and granted.port == 0:
             if len(reply) < 4:
                 raise ForwardRefused(f"The server did not say which port it allocated for {what}.")
             (granted.port,) = struct.unpack(">L", reply[:4])
         if granted.socketDirectory:
-            self._remoteCleanups.append(b"rm -rf " + quote(granted.socketDirectory).encode())
+            self._remoteCleanups.append(b"rm -rf -- " + quote(granted.socketDirectory).encode())
         elif granted.isUnix:
-            self._remoteCleanups.append(b"rm -f " + quote(granted.socketPath or "").encode())
+            self._remoteCleanups.append(b"rm -f -- " + quote(granted.socketPath or "").encode())
         self.listeners.append(granted)
         self._routes[granted.routeKey()] = granted
         self.emit("forwarding", **granted.event())
