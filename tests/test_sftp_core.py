@@ -495,9 +495,11 @@ class FileTests(CoreTestCase):
 
     def test_otherUnknownHandles(self) -> None:
         """
-        CLOSE, FSTAT, FSETSTAT and READDIR on unknown handles are statuses.
+        CLOSE, FSTAT, FSETSTAT and READDIR on unknown handles are statuses:
+        NO_SUCH_FILE for CLOSE, FAILURE for the others, as OpenSSH's
+        sftp-server answers.
         """
-        self.exchange(request(4, 1, s(b"x")), status(1, 4, NO_SUCH_HANDLE))
+        self.exchange(request(4, 1, s(b"x")), status(1, 2, NO_SUCH_HANDLE))
         self.exchange(request(8, 2, s(b"x")), status(2, 4, NO_SUCH_HANDLE))
         self.exchange(request(10, 3, s(b"x") + NO_ATTRS), status(3, 4, NO_SUCH_HANDLE))
         self.exchange(request(12, 4, s(b"x")), status(4, 4, NO_SUCH_HANDLE))

@@ -913,7 +913,9 @@ class SFTPServerCore:
         elif handle in self._dirs:
             result = self._dirs.pop(handle).close()
         else:
-            raise _noSuchHandle()
+            # OpenSSH's sftp-server: ENOENT here (FAILURE for the other
+            # requests on an unknown handle).
+            raise _sftpError(wire.FX_NO_SUCH_FILE, "No such handle")
         return _then(result, _okReply, requestId)
 
     def _read(self, requestId: int, r: wire.Reader) -> Any:
