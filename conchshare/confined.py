@@ -1098,6 +1098,21 @@ class ConfinedDirectory:
         except (OSError, EOFError):
             pass
 
+    def restart(self) -> None:
+        """
+        Forget what was read ahead and list a real directory again from its
+        start, as it is now (call it before any entry was returned).  A
+        virtual directory's listing stays as it was read.
+        """
+        if self._fd is None:
+            return
+        self._prefetched = []
+        if self._scan is not None:
+            self._scan.close()  # type: ignore[attr-defined]
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._scan = os.scandir(self._fd)
+        self.exhausted = False
+
     def takePrefetched(self, maximum: int = _BATCH) -> list[Entry]:
         """
         Up to C{maximum} entries read ahead by L{prefetch}, without any

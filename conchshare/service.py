@@ -559,9 +559,11 @@ class ShareService(Service):
 
     def _sessionAvatar(self, avatar: Any) -> Any:
         """
-        The avatar one SFTP session uses: with C{verbose}, one that logs
-        every request (L{AuditingAvatar}).
+        The avatar one SFTP session uses: the shared avatar's view for one
+        connection (its requests are ordered among themselves only); with
+        C{verbose}, one that logs every request (L{AuditingAvatar}).
         """
+        avatar = avatar.forConnection()
         if not self.options.verbose:
             return avatar
         self._sessions += 1

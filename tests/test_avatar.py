@@ -323,36 +323,45 @@ class OrderingTests(SynchronousTestCase):
         self.runner.runNext()
         self.successResultOf(last)
 
-    def test_handlesIndependent(self) -> None:
+    def test_readersOfHandlesTogether(self) -> None:
         """
-        A slow request on one file does not hold back another file's.
+        A slow read of one file does not hold back another file's; a write
+        of another file waits for both (a writer runs alone: the files may
+        be one under two names).
         """
         a = self.openFile(b"a")
         b = self.openFile(b"b")
-        slow = a.writeChunk(0, b"slow")
-        fast = b.writeChunk(0, b"fast")
+        slow = a.readChunk(0, 10)
+        fast = b.getAttrs()
+        write = b.writeChunk(0, b"late")
         self.assertEqual(len(self.runner.calls), 2)
         self.runner.calls.reverse()
         self.runner.runNext()
-        self.successResultOf(fast)
+        self.assertEqual(self.successResultOf(fast)["size"], 0)
         self.assertNoResult(slow)
+        self.assertEqual(len(self.runner.calls), 1)
         self.runner.runNext()
-        self.successResultOf(slow)
+        self.failureResultOf(slow, EOFError)
+        self.assertEqual(len(self.runner.calls), 1)
+        self.runner.runNext()
+        self.successResultOf(write)
 
     def test_samePathInOrder(self) -> None:
         """
-        A request on a path starts after earlier requests on that path (as
-        sshfs expects when it sends OPEN with CREAT and LSTAT together), but
-        a request on another path does not wait.
+        A request starts after an earlier one that changes something (as
+        sshfs expects when it sends OPEN with CREAT and LSTAT together),
+        whatever path it names; requests that only look then run together.
         """
         opened = self.avatar.openFile(b"new", FXF_WRITE | FXF_CREAT, {})
         stat = self.avatar.getAttrs(b"/one/new", False)
         other = self.avatar.getAttrs(b"/one/f", False)
-        self.assertEqual(len(self.runner.calls), 2)
+        self.assertEqual(len(self.runner.calls), 1)
         self.runner.runNext()
+        self.assertEqual(len(self.runner.calls), 2)
+        self.runner.calls.reverse()
         self.runner.runNext()
         self.assertEqual(self.successResultOf(other)["size"], 6)
-        self.assertEqual(len(self.runner.calls), 1)
+        self.assertNoResult(stat)
         self.runner.runNext()
         self.assertEqual(self.successResultOf(stat)["size"], 0)
         f = self.successResultOf(opened)

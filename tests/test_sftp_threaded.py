@@ -97,17 +97,25 @@ class Served:
         Make every MKDIR wait (a slow disk) until the returned event is set
         (at most L{TIMEOUT}).  L{held} is set once one waits.
         """
+        return self.hold("makeDirectory")
+
+    def hold(self, name: str) -> threading.Event:
+        """
+        Make every call of the filesystem's method C{name} wait (a slow
+        disk) until the returned event is set (at most L{TIMEOUT}).
+        L{held} is set once one waits.
+        """
         release = threading.Event()
         self.held = threading.Event()
         filesystem = self.avatar.filesystem
-        makeDirectory = filesystem.makeDirectory
+        method = getattr(filesystem, name)
 
-        def slow(*args: object) -> None:
+        def slow(*args: object, **kwargs: object) -> object:
             self.held.set()
             release.wait(TIMEOUT)
-            makeDirectory(*args)  # type: ignore[arg-type]
+            return method(*args, **kwargs)
 
-        filesystem.makeDirectory = slow  # type: ignore[method-assign]
+        setattr(filesystem, name, slow)
         return release
 
     def stop(self) -> bool:
@@ -178,33 +186,35 @@ class ThreadedServerTests(SynchronousTestCase):
 
     def test_slowCallDoesNotStallOthers(self) -> None:
         """
-        While one call is held up (a slow disk), other requests are still
-        read and answered: sent after it, or together with it.
+        While one call is held up (a slow disk), other requests that only
+        look are still read and answered: sent after it, or together with
+        it.  (A request that changes something waits for it: see
+        L{conchshare.sftp.ordering}.)
         """
         served = self.served
         served.settle()
-        release = served.holdMakeDirectory()
+        release = served.hold("realPath")
         try:
-            served.send(request(14, 1, s(b"/s/d") + NO_ATTRS))
-            # Sent once the MKDIR is held up, in the thread that read it.
+            served.send(request(16, 1, s(b"/s/f")))
+            # Sent once the REALPATH is held up, in the thread that read it.
             self.assertTrue(served.held.wait(TIMEOUT))
             served.send(request(17, 2, s(b"/s/f")))
             kind, body = served.receive(timeout=1)
             self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 2))
-            served.send(request(14, 3, s(b"/s/e") + NO_ATTRS) + request(17, 4, s(b"/s/f")))
+            served.send(request(16, 3, s(b"/s/f")) + request(17, 4, s(b"/s/f")))
             kind, body = served.receive(timeout=1)
             self.assertEqual((kind, rid(body)), (wire.FXP_ATTRS, 4))
         finally:
             release.set()
         replies = sorted(rid(body) for _, body in (served.receive(), served.receive()))
         self.assertEqual(replies, [1, 3])
-        self.assertTrue(os.path.isdir(os.path.join(served.avatar.shares.shares[0].path, "d")))
 
     def test_heldWriteKeepsItsData(self) -> None:
         """
         A WRITE's data waits in the buffer it was read into while the
         write is held up (a slow disk); the requests read meanwhile go to
-        another buffer, and each file gets exactly its data.
+        another buffer (the next WRITE waits for the first: a writer), and
+        each file gets exactly its data.
         """
         served = self.served
         served.settle()
@@ -230,13 +240,18 @@ class ThreadedServerTests(SynchronousTestCase):
         try:
             served.send(request(6, 3, s(handles[0]) + struct.pack(">Q", 0) + s(first)))
             self.assertTrue(held.wait(TIMEOUT))
-            served.send(request(6, 4, s(handles[1]) + struct.pack(">Q", 0) + s(second)))
+            # Then a request the core answers itself: once answered, the
+            # second WRITE was read too.
+            served.send(
+                request(6, 4, s(handles[1]) + struct.pack(">Q", 0) + s(second))
+                + request(200, 5, s(b"limits@openssh.com"))
+            )
             kind, body = served.receive()
-            self.assertEqual((kind, rid(body)), (wire.FXP_STATUS, 4))
+            self.assertEqual((kind, rid(body)), (wire.FXP_EXTENDED_REPLY, 5))
         finally:
             release.set()
-        kind, body = served.receive()
-        self.assertEqual((kind, rid(body)), (wire.FXP_STATUS, 3))
+        replies = sorted(rid(body) for _, body in (served.receive(), served.receive()))
+        self.assertEqual(replies, [3, 4])
         base = served.avatar.shares.shares[0].path
         for name, data in (("a", first), ("b", second)):
             with open(os.path.join(base, name), "rb") as f:

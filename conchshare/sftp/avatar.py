@@ -8,14 +8,15 @@ which runs the call at once and returns an already-fired Deferred.  The one
 exception: a READ whose data is in the page cache is copied in the reactor
 thread with C{RWF_NOWAIT}, which never blocks (the kernel refuses instead).
 
-Ordering: requests on one virtual path apply in the order they were made,
-and so do requests on one open file (keyed by the path it was opened by) or
-directory; requests on different paths run concurrently, and so do requests
-that only look (READ, STAT, ...) at the same path (L{KeyOrder}).  Clients rely
-on this: sshfs sends OPEN with CREAT and, without waiting, an LSTAT of the
-same path, expecting the file to exist (as OpenSSH's one-at-a-time server
-guarantees).  The order is kept per path, not per client, so that clients
-sharing the avatar hold each other up only on the same path.
+Ordering: one connection's requests give the results of processing them
+one at a time in arrival order; requests that only look (READ, STAT,
+READDIR, ...) run together, every other request alone (the rule is
+L{conchshare.sftp.ordering}'s).  Clients rely on this: sshfs sends OPEN
+with CREAT and, without waiting, an LSTAT of the same path, expecting the
+file to exist; or a WRITE on a handle and an LSTAT of the name the file
+was just renamed to.  Each connection takes its own view of the avatar
+(L{ShareSFTPServer.forConnection}): requests of different connections are
+not ordered.
 
 The avatar also plugs into stock L{twisted.conch.ssh.filetransfer.FileTransferServer}:
 its directories are plain iterators too (listing synchronously, in the
@@ -24,20 +25,14 @@ reactor thread, since stock Conch cannot iterate over Deferreds).
 
 from __future__ import annotations
 
+import copy
 import errno
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
-from twisted.conch.ssh.filetransfer import (
-    FX_OP_UNSUPPORTED,
-    FXF_APPEND,
-    FXF_CREAT,
-    FXF_TRUNC,
-    FXF_WRITE,
-    SFTPError,
-)
+from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, FXF_CREAT, FXF_TRUNC, SFTPError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
@@ -54,7 +49,8 @@ from conchshare.confined import (
     userName,
 )
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
-from conchshare.sftp.workers import Batch, Job, KeyOrder, RingCall, Workers, orderedKeys
+from conchshare.sftp.ordering import ConnectionOrder, KeyOrder, orderedKeys
+from conchshare.sftp.workers import Batch, Job, RingCall, Workers
 from conchshare.shares import ShareSet
 from conchshare.uring import ringFor
 
@@ -68,9 +64,6 @@ __all__ = [
     "makeThreadPool",
     "synchronousRunner",
 ]
-
-#: The most client paths whose keys are remembered.
-_KEYS_CACHED = 4096
 
 #: Directory entries read ahead when a directory is opened.
 _PREFETCH = 1000
@@ -136,9 +129,10 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
 
 class PathOrder:
     """
-    Runs calls through a L{Runner} in the order L{KeyOrder} gives, per key
-    (a virtual path), keeping the order in the reactor thread: for a
-    runner other than L{Workers} (tests, a Twisted thread pool).
+    Runs calls through a L{Runner} in the order L{KeyOrder} gives, keeping
+    the order in the calling thread: for a runner other than L{Workers}
+    (C{sftp-server}'s L{conchshare.sftp.threaded.ThreadedServer}, tests, a
+    Twisted thread pool).
     """
 
     #: Reads are never taken out of the runner's hands.
@@ -161,8 +155,11 @@ class PathOrder:
         """
         return len(self._order)
 
-    def sharedFree(self, key: bytes) -> bool:
-        return self._order.sharedFree(key)
+    def sharedFree(self, *keys: bytes) -> bool:
+        """
+        Whether a shared call on C{keys} would start at once.
+        """
+        return self._order.sharedFree(*keys)
 
     def run(
         self,
@@ -172,16 +169,18 @@ class PathOrder:
         shared: bool = False,
         batch: Batch | None = None,
         ring: RingCall | None = None,
+        solo: tuple[bytes, ...] = (),
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} once every earlier call on one of C{keys} is
         done (shared calls run alongside each other).
 
+        @param solo: keys held exclusive although C{shared}.
         @param batch: ignored: calls run one by one.
         @param ring: ignored: calls run in the runner.
         @return: a Deferred firing with C{function}'s result (or failure).
         """
-        job = Job(orderedKeys(keys), shared, function, args)
+        job = Job(orderedKeys(keys), shared, function, args, solo=solo)
         if self._order.add(job):
             self._start(job)
         return job.deferred
@@ -267,9 +266,11 @@ def _after(pieces: list[Any], count: int) -> list[Any]:
 @implementer(ISFTPFile)
 class ShareFile:
     """
-    An open file: an L{ISFTPFile} whose requests apply in order.  Reads
-    (and FSTAT) only share the file: they run in parallel with each other,
-    after the writes made before them and before the writes made after.
+    An open file: an L{ISFTPFile} whose requests apply in the connection's
+    order (see L{conchshare.sftp.ordering}).  Reads (and FSTAT) only share
+    the file: they run in parallel with each other and with the
+    connection's other readers, after the writers made before them and
+    before the writers made after.
     """
 
     def __init__(
@@ -280,25 +281,31 @@ class ShareFile:
         order: Executor | None = None,
         key: bytes | None = None,
         filesystem: ConfinedFilesystem | None = None,
+        connection: ConnectionOrder | None = None,
     ) -> None:
         """
         @param confined: the open file.
         @param executor: what runs its blocking calls in order (or, for
             compatibility, a L{Runner}, then ordered by C{order}).
-        @param order: with a L{Runner}: the avatar's L{PathOrder}, so that
-            requests on this file are ordered with requests on its path
+        @param order: with a L{Runner}: the avatar's L{PathOrder}
             (default: its own).
-        @param key: its key in the order (default: its virtual path).
+        @param key: its handle key in the order (default: a new one).
         @param filesystem: the filesystem it was opened in, to read its
             attributes from memory when it can (L{None}: never).
+        @param connection: the order of the connection that opened it, so
+            that its requests are ordered with the connection's others
+            (default: its own).
         """
         self.confined = confined
         self.filesystem = filesystem
         if not isinstance(executor, Workers | PathOrder):
             executor = order if order is not None else PathOrder(executor)
         self._executor: Executor = executor
-        self.key = key if key is not None else confined.virtualPath
-        self._keys = (self.key,)
+        if connection is None:
+            connection = ConnectionOrder()
+        self._connection = connection
+        self.key = key if key is not None else connection.handleKey()
+        self._keys = (connection.key, self.key)
         self._writes = None if confined.append else _Writes(confined)
 
     def readChunk(self, offset: int, length: int) -> Deferred[bytes | bytearray]:
@@ -308,7 +315,7 @@ class ShareFile:
             L{EOFError} at the end of the file, or with L{OSError}.
         """
         executor = self._executor
-        if executor.inlineReads and executor.sharedFree(self.key):
+        if executor.inlineReads and executor.sharedFree(*self._keys):
             # Data in the page cache is copied here, in the reactor thread,
             # without blocking (RWF_NOWAIT): no round trip to a worker.
             data = self.confined.readCached(offset, length)
@@ -326,6 +333,7 @@ class ShareFile:
             L{OSError}.
         """
         executor = self._executor
+        self._connection.writer()
         return executor.run(
             self._keys,
             self.confined.write,
@@ -341,7 +349,11 @@ class ShareFile:
             or a Deferred firing with them.
         """
         executor = self._executor
-        if executor.inlineReads and self.filesystem is not None and executor.sharedFree(self.key):
+        if (
+            executor.inlineReads
+            and self.filesystem is not None
+            and executor.sharedFree(*self._keys)
+        ):
             attrs = self.filesystem.fstatCached(self.confined)
             if attrs is not None:
                 return attrs
@@ -352,13 +364,14 @@ class ShareFile:
         @return: a Deferred firing with L{None}; fails with
             L{PermissionError} in a read-only share.
         """
+        self._connection.writer()
         return self._executor.run(self._keys, self.confined.setAttrs, attrs)
 
     def statVFS(self) -> Deferred[dict[str, int]]:
         return self._executor.run(self._keys, self.confined.statVFS, shared=True)
 
     def fsync(self) -> Deferred[None]:
-        return self._executor.run(self._keys, self.confined.fsync)
+        return self._executor.run(self._keys, self.confined.fsync, shared=True)
 
     def close(self) -> Deferred[None]:
         """
@@ -369,6 +382,8 @@ class ShareFile:
         return executor.run(
             self._keys,
             self.confined.close,
+            shared=True,
+            solo=(self.key,),
             ring=self.confined.ringClose() if executor.ring is not None else None,
         )
 
@@ -378,18 +393,42 @@ class ShareDirectory:
     """
     An open directory: L{IShareDirectory} for conchshare's core, and an
     iterator of C{(filename, longname, attrs)} for stock Conch.
+
+    Its READDIRs are readers of the connection (see
+    L{conchshare.sftp.ordering}) that hold the directory's own key
+    exclusive: they run one after another.  What was read ahead when it was
+    opened is thrown away if a writer was made since then and before the
+    first READDIR: that READDIR lists the directory from the start.
     """
 
-    _opened = 0
-
-    def __init__(self, confined: ConfinedDirectory, executor: Executor | Runner) -> None:
+    def __init__(
+        self,
+        confined: ConfinedDirectory,
+        executor: Executor | Runner,
+        connection: ConnectionOrder | None = None,
+        changes: int | None = None,
+    ) -> None:
+        """
+        @param confined: the open directory.
+        @param executor: what runs its blocking calls in order (or, for
+            compatibility, a L{Runner}).
+        @param connection: the order of the connection that opened it
+            (default: its own).
+        @param changes: the connection's L{ConnectionOrder.changes} when
+            the OPENDIR was made (default: now).
+        """
         self.confined = confined
         if not isinstance(executor, Workers | PathOrder):
             executor = PathOrder(executor)
         self._executor: Executor = executor
-        # Its own key: its reads and close run one after another.
-        ShareDirectory._opened += 1
-        self._keys = (b"\0directory %d" % ShareDirectory._opened,)
+        if connection is None:
+            connection = ConnectionOrder()
+        self._connection = connection
+        self._changes = connection.changes if changes is None else changes
+        self._read = False  # a READDIR was made
+        self.key = connection.handleKey()
+        self._keys = (connection.key, self.key)
+        self._solo = (self.key,)
         self._buffer: list[Entry] = []
 
     def readAhead(self, maximum: int) -> None:
@@ -398,7 +437,9 @@ class ShareDirectory:
         READDIR (which runs after it, on the same key).
         """
         try:
-            self._executor.run(self._keys, self.confined.prefetch, maximum)
+            self._executor.run(
+                self._keys, self.confined.prefetch, maximum, shared=True, solo=self._solo
+            )
         except RuntimeError:
             pass  # the workers are stopped: READDIR reads for itself
 
@@ -420,21 +461,35 @@ class ShareDirectory:
     def _batch(
         self, take: Callable[[int], list[Any]], read: Callable[[int], list[Any]], maximum: int
     ) -> Deferred[Any]:
-        if self._executor.sharedFree(self._keys[0]):
-            # Nothing of this directory's runs in a worker: what was read
-            # ahead, or the end, is known here.
+        executor = self._executor
+        if not self._read:
+            self._read = True
+            if self._connection.changes != self._changes:
+                # A writer came between OPENDIR and this first READDIR:
+                # what was read ahead may be stale.
+                return executor.run(
+                    self._keys, self._restarted, read, maximum, shared=True, solo=self._solo
+                )
+        if executor.sharedFree(*self._keys):
+            # Nothing of this directory's runs in a worker, and no writer
+            # waits or runs: what was read ahead, or the end, is known here.
             batch = take(maximum)
             if batch:
                 return succeed(batch)
             if self.confined.exhausted:
                 return fail(EOFError("End of directory"))
-        return self._executor.run(self._keys, read, maximum)
+        return executor.run(self._keys, read, maximum, shared=True, solo=self._solo)
+
+    def _restarted(self, read: Callable[[int], list[Any]], maximum: int) -> list[Any]:
+        self.confined.restart()
+        return read(maximum)
 
     def close(self) -> Deferred[None]:
         """
         @return: a Deferred firing with L{None} once the directory is closed.
         """
-        if self._executor.inlineReads and self._executor.sharedFree(self._keys[0]):
+        executor = self._executor
+        if executor.inlineReads and executor.sharedFree(*self._keys):
             # Closing a directory descriptor waits for no I/O (there is
             # nothing to flush): done here, without a round trip.
             try:
@@ -442,7 +497,7 @@ class ShareDirectory:
             except OSError:
                 return fail()
             return succeed(None)
-        return self._executor.run(self._keys, self.confined.close)
+        return executor.run(self._keys, self.confined.close, shared=True, solo=self._solo)
 
     def __iter__(self) -> ShareDirectory:
         return self
@@ -514,39 +569,38 @@ class ShareSFTPServer:
         #: The L{Workers} running the calls (L{None} with a runner or pool).
         self.workers = order if isinstance(order, Workers) else None
         fs = self.filesystem
-        # The key of a client path (bounded: cleared when full).
-        self._keyOf: dict[bytes, bytes] = {}
+        #: The order of this connection's requests.
+        self._connection = ConnectionOrder()
         self._stat = partial(fs.stat, follow=True)
         self._lstat = partial(fs.stat, follow=False)
 
-    def _key(self, path: bytes) -> bytes:
-        key = self._keyOf.get(path)
-        if key is None:
-            try:
-                key = b"/" + b"/".join(self.shares.normalize(path))
-            except OSError:
-                return path  # refused later, in the filesystem call
-            if len(self._keyOf) >= _KEYS_CACHED:
-                self._keyOf.clear()
-            self._keyOf[path] = key
-        return key
+    def forConnection(self) -> ShareSFTPServer:
+        """
+        A view of this avatar for one more connection: the same shares,
+        filesystem and workers, and its own order (requests of different
+        connections are not ordered with each other).
+        """
+        view = copy.copy(self)
+        view._connection = ConnectionOrder()
+        return view
 
-    def _onPaths(
-        self,
-        paths: list[bytes],
-        function: Callable[..., Any],
-        *args: Any,
-        shared: bool = False,
-        **kwargs: Any,
-    ) -> Deferred[Any]:
+    def _reader(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
-        Run C{function(*normalisedPaths, *args, **kwargs)} after earlier
-        requests on the same paths (alongside them if all are C{shared}).
+        Run C{function(*args, **kwargs)} as a reader of the connection (see
+        L{conchshare.sftp.ordering}).
         """
-        keys = [self._key(path) for path in paths]
         if kwargs:
             function = partial(function, **kwargs)
-        return self._order.run(keys, function, *keys, *args, shared=shared)
+        return self._order.run((self._connection.key,), function, *args, shared=True)
+
+    def _writer(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{function(*args, **kwargs)} as a writer of the connection: after
+        every earlier request, before every later one.
+        """
+        if kwargs:
+            function = partial(function, **kwargs)
+        return self._order.run((self._connection.writer(),), function, *args)
 
     @classmethod
     def fromSpecs(
@@ -582,38 +636,40 @@ class ShareSFTPServer:
             L{PermissionError} for a write in a read-only share or a symlink
             out of the share, or other L{OSError}.
         """
-        key = self._key(filename)
-        # A plain open for reading changes nothing a later request sees.
-        shared = not flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC)
+        connection = self._connection
+        # An open that can neither create nor truncate changes nothing a
+        # later request sees: a reader.
+        shared = not flags & (FXF_CREAT | FXF_TRUNC)
+        key = connection.key if shared else connection.writer()
         order = self._order
         d = order.run(
             (key,),
             self.filesystem.openFile,
-            key,
+            filename,
             flags,
             dict(attrs),
             shared=shared,
-            ring=self.filesystem.ringOpenFile(key, flags, attrs)
+            ring=self.filesystem.ringOpenFile(filename, flags, attrs)
             if order.ring is not None
             else None,
         )
-        d.addCallback(ShareFile, self._order, key=key, filesystem=self.filesystem)
+        d.addCallback(ShareFile, order, filesystem=self.filesystem, connection=connection)
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
-        return self._onPaths([filename], self.filesystem.removeFile)
+        return self._writer(self.filesystem.removeFile, filename)
 
     def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
         """
         v3 RENAME: fails with L{FileExistsError} if C{newpath} exists.
         """
-        return self._onPaths([oldpath, newpath], self.filesystem.rename, overwrite=False)
+        return self._writer(self.filesystem.rename, oldpath, newpath, overwrite=False)
 
     def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.makeDirectory, dict(attrs))
+        return self._writer(self.filesystem.makeDirectory, path, dict(attrs))
 
     def removeDirectory(self, path: bytes) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.removeDirectory)
+        return self._writer(self.filesystem.removeDirectory, path)
 
     def openDirectory(self, path: bytes) -> Deferred[ShareDirectory] | ShareDirectory:
         """
@@ -624,16 +680,16 @@ class ShareSFTPServer:
             otherwise a worker opens it and reads them before answering.
         @raise OSError: (answered at once) no such path, or an invalid one.
         """
-        key = self._key(path)
         order = self._order
-        if order.inlineReads and order.sharedFree(key):
-            confined = self.filesystem.openDirectoryCached(key)
+        connection = self._connection
+        if order.inlineReads and order.sharedFree(connection.key):
+            confined = self.filesystem.openDirectoryCached(path)
             if confined is not None:
-                directory = ShareDirectory(confined, order)
+                directory = ShareDirectory(confined, order, connection)
                 directory.readAhead(_PREFETCH)
                 return directory
-        d = self._onPaths([path], self._openDirectory, shared=True)
-        d.addCallback(ShareDirectory, self._order)
+        d = self._reader(self._openDirectory, path)
+        d.addCallback(ShareDirectory, order, connection, connection.changes)
         return d
 
     def _openDirectory(self, path: bytes) -> ConfinedDirectory:
@@ -655,13 +711,13 @@ class ShareSFTPServer:
         @raise OSError: (answered at once) no such path, or an invalid one
             (an embedded NUL, too long).
         """
-        key = self._key(path)
+        key = self._connection.key
         order = self._order
         free = order.inlineReads and order.sharedFree(key)
         if free:
             # Attributes the kernel has in memory: read here, in the
             # reactor thread, without a round trip to a worker.
-            attrs = self.filesystem.statCached(key, follow=followLinks)
+            attrs = self.filesystem.statCached(path, follow=followLinks)
             if attrs is not None:
                 return attrs
         call = self._stat if followLinks else self._lstat
@@ -669,27 +725,27 @@ class ShareSFTPServer:
         if order.ring is not None:
             # When its turn comes, the kernel may have the entry in memory
             # (sshfs asks for the attributes of the file it is creating).
-            ring = self.filesystem.ringStat(key, follow=followLinks, cachedFirst=not free)
-        return order.run((key,), call, key, shared=True, ring=ring)
+            ring = self.filesystem.ringStat(path, follow=followLinks, cachedFirst=not free)
+        return order.run((key,), call, path, shared=True, ring=ring)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=True)
+        return self._writer(self.filesystem.setAttrs, path, dict(attrs), follow=True)
 
     def readLink(self, path: bytes) -> Deferred[bytes]:
-        return self._onPaths([path], self.filesystem.readLink, shared=True)
+        return self._reader(self.filesystem.readLink, path)
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> Deferred[None]:
         """
         Make C{linkPath} a symlink to C{targetPath} (draft argument order;
         the protocol layer swaps OpenSSH's).
         """
-        return self._onPaths([linkPath], self.filesystem.makeLink, targetPath)
+        return self._writer(self.filesystem.makeLink, linkPath, targetPath)
 
     def realPath(self, path: bytes) -> Deferred[bytes]:
         """
         @return: a Deferred firing with the canonical virtual path.
         """
-        return self._onPaths([path], self.filesystem.realPath, shared=True)
+        return self._reader(self.filesystem.realPath, path)
 
     def extendedRequest(self, extendedName: bytes, extendedData: bytes) -> None:
         """
@@ -703,22 +759,22 @@ class ShareSFTPServer:
     # -- IShareSFTPServer -----------------------------------------------
 
     def posixRename(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths([oldPath, newPath], self.filesystem.rename, overwrite=True)
+        return self._writer(self.filesystem.rename, oldPath, newPath, overwrite=True)
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
-        return self._onPaths([path], self.filesystem.statVFS, shared=True)
+        return self._reader(self.filesystem.statVFS, path)
 
     def fstatVFS(self, fileObj: object) -> Deferred[dict[str, int]]:
         return _shareFile(fileObj).statVFS()
 
     def hardLink(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._onPaths([oldPath, newPath], self.filesystem.hardLink)
+        return self._writer(self.filesystem.hardLink, oldPath, newPath)
 
     def fsync(self, fileObj: object) -> Deferred[None]:
         return _shareFile(fileObj).fsync()
 
     def lsetStat(self, path: bytes, attrs: dict[str, object]) -> Deferred[None]:
-        return self._onPaths([path], self.filesystem.setAttrs, dict(attrs), follow=False)
+        return self._writer(self.filesystem.setAttrs, path, dict(attrs), follow=False)
 
     def expandPath(self, path: bytes) -> Deferred[bytes]:
         """
@@ -742,7 +798,7 @@ class ShareSFTPServer:
         if source._executor is not destination._executor:
             raise OSError(errno.EXDEV, "The files belong to different servers")
         return source._executor.run(
-            [source.key, destination.key],
+            [self._connection.writer(), source.key, destination.key],
             self.filesystem.copyData,
             source.confined,
             readOffset,

@@ -1,18 +1,8 @@
 """
-Where the avatar's blocking filesystem calls run: a few worker threads, and
-the order of calls per key (a virtual path).
-
-Rules, kept by L{KeyOrder}:
-  - A call holds one or more keys, I{shared} (it only looks: READ, STAT) or
-    I{exclusive} (it may change what later calls see).
-  - A call starts once every earlier call on one of its keys has started,
-    and nothing incompatible runs on them: an exclusive call runs alone on
-    its keys; shared calls run together.  So calls on one key apply in the
-    order they were made, as a client observes them, while the reads of one
-    file run in parallel.
-  - A call waits in the queue of each of its keys; queues are in call order,
-    so the earliest waiting call heads all of its queues once the calls
-    before it are done (no deadlock).
+Where the avatar's blocking filesystem calls run: a few worker threads,
+each call once its keys allow (the order of L{conchshare.sftp.ordering}:
+a call holds keys shared or exclusive, and starts after the earlier calls
+on them as L{KeyOrder} says).
 
 L{Workers} runs calls in at most C{threads} threads, started on demand.  A
 worker that finishes a call starts the next call its keys release itself,
@@ -47,6 +37,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from conchshare.sftp.ordering import KeyOrder, orderedKeys
 
 __all__ = [
     "FALLBACK",
@@ -146,7 +138,18 @@ class Job:
     arguments, and the Deferred its result goes to.
     """
 
-    __slots__ = ("keys", "shared", "function", "args", "deferred", "ok", "value", "batch", "ring")
+    __slots__ = (
+        "keys",
+        "shared",
+        "solo",
+        "function",
+        "args",
+        "deferred",
+        "ok",
+        "value",
+        "batch",
+        "ring",
+    )
 
     def __init__(
         self,
@@ -156,9 +159,12 @@ class Job:
         args: tuple[Any, ...],
         batch: Batch | None = None,
         ring: RingCall | None = None,
+        solo: tuple[bytes, ...] = (),
     ) -> None:
         self.keys = keys
         self.shared = shared
+        #: Keys held exclusive although C{shared} (see L{KeyOrder}).
+        self.solo = solo
         self.function = function
         self.args = args
         self.batch = batch
@@ -217,136 +223,6 @@ class RingCall:
         raise NotImplementedError()
 
 
-class _Key:
-    __slots__ = ("running", "exclusive", "waiting")
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.exclusive = False
-        self.waiting: deque[Job] = deque()
-
-
-class KeyOrder:
-    """
-    The ordering state of every key in use.  Not thread-safe: its user
-    holds a lock (L{Workers}) or stays in one thread.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[bytes, _Key] = {}
-
-    def __len__(self) -> int:
-        """
-        The number of keys in use (zero when idle).
-        """
-        return len(self._keys)
-
-    def sharedFree(self, key: bytes) -> bool:
-        """
-        Whether a shared call on C{key} alone would start at once.
-        """
-        state = self._keys.get(key)
-        return state is None or not (state.waiting or state.exclusive)
-
-    def add(self, job: Job) -> bool:
-        """
-        Take C{job} in.
-
-        @return: whether it may start now (it then counts as running);
-            otherwise it waits until L{finish} returns it.
-        """
-        states = []
-        ready = True
-        for key in job.keys:
-            state = self._keys.get(key)
-            if state is None:
-                state = self._keys[key] = _Key()
-            elif state.waiting or (state.running and (state.exclusive or not job.shared)):
-                ready = False
-            states.append(state)
-        if ready:
-            for state in states:
-                state.running += 1
-                state.exclusive = not job.shared
-        else:
-            for state in states:
-                state.waiting.append(job)
-        return ready
-
-    def finish(self, job: Job) -> list[Job]:
-        """
-        C{job}, which was running, is done.
-
-        @return: the calls that may start now, in call order; they count
-            as running.
-        """
-        for key in job.keys:
-            state = self._keys[key]
-            state.running -= 1
-            if not state.running:
-                state.exclusive = False
-                if not state.waiting:
-                    del self._keys[key]
-        started: list[Job] = []
-        check = list(job.keys)
-        for key in check:  # grows as calls start
-            waiting = self._keys.get(key)
-            if waiting is None or not waiting.waiting:
-                continue
-            head = waiting.waiting[0]
-            if self._startable(head):
-                for headKey in head.keys:
-                    headState = self._keys[headKey]
-                    headState.waiting.popleft()
-                    headState.running += 1
-                    headState.exclusive = not head.shared
-                started.append(head)
-                # Its keys' next calls may run alongside it (shared).
-                check.extend(head.keys)
-        return started
-
-    def alone(self, job: Job) -> bool:
-        """
-        Whether no call waits behind C{job} (running) on any of its keys.
-        """
-        return not any(self._keys[key].waiting for key in job.keys)
-
-    def joining(self, job: Job) -> list[Job]:
-        """
-        C{job}, which was just started, and the calls waiting right behind
-        it that its L{Batch} accepts: they count as started with it (and
-        are done when L{finish} is called for C{job}).
-
-        @return: C{job} first, then the calls taken, in call order.
-        """
-        jobs = [job]
-        batch = job.batch
-        if batch is None or len(job.keys) != 1 or job.shared:
-            return jobs
-        waiting = self._keys[job.keys[0]].waiting
-        while waiting:
-            candidate = waiting[0]
-            if (
-                candidate.batch is not batch
-                or candidate.keys != job.keys
-                or candidate.shared
-                or not batch.accepts(jobs, candidate)
-            ):
-                break
-            waiting.popleft()
-            jobs.append(candidate)
-        return jobs
-
-    def _startable(self, job: Job) -> bool:
-        for key in job.keys:
-            state = self._keys[key]
-            if state.waiting[0] is not job:
-                return False
-            if state.running and (state.exclusive or not job.shared):
-                return False
-        return True
-
-
 def _signal(wake: threading.Lock) -> None:
     """
     Wake the thread waiting to acquire C{wake}.  A signal already pending
@@ -368,16 +244,6 @@ def _callBatch(jobs: list[Job]) -> None:
         for job in jobs:
             job.ok = False
             job.value = e
-
-
-def orderedKeys(keys: Iterable[bytes]) -> tuple[bytes, ...]:
-    """
-    C{keys} without repeats, in order.
-    """
-    unique = tuple(keys)
-    if len(unique) > 1:
-        unique = tuple(dict.fromkeys(unique))
-    return unique
 
 
 class Workers:
@@ -459,14 +325,14 @@ class Workers:
         """
         return bool(self._calling or self._ready)
 
-    def sharedFree(self, key: bytes) -> bool:
+    def sharedFree(self, *keys: bytes) -> bool:
         """
-        Whether a shared call on C{key} would start at once: nothing
-        exclusive runs or waits on it.  Only calls made from the reactor
+        Whether a shared call on C{keys} would start at once: nothing
+        exclusive runs or waits on them.  Only calls made from the reactor
         thread can change that to C{False}.
         """
         with self._lock:
-            return self._order.sharedFree(key)
+            return self._order.sharedFree(*keys)
 
     def run(
         self,
@@ -476,12 +342,14 @@ class Workers:
         shared: bool = False,
         batch: Batch | None = None,
         ring: RingCall | None = None,
+        solo: tuple[bytes, ...] = (),
     ) -> Deferred[Any]:
         """
         Call C{function(*args)} in a worker thread, once earlier calls on
         C{keys} allow (see L{KeyOrder}).  Call it from the reactor thread.
 
         @param shared: the call only reads what the keys name.
+        @param solo: keys of C{keys} held exclusive although C{shared}.
         @param batch: what may run this call together with the calls made
             with the same batch that wait right behind it (see L{Batch}).
         @param ring: how the call may run in the kernel instead: used when
@@ -489,7 +357,7 @@ class Workers:
         @return: a Deferred firing, in the reactor thread, with the result
             or the exception.
         """
-        job = Job(orderedKeys(keys), shared, function, args, batch, ring)
+        job = Job(orderedKeys(keys), shared, function, args, batch, ring, solo)
         wake = None
         with self._lock:
             if self._stopped:

@@ -1,0 +1,252 @@
+"""
+The order in which one connection's SFTP requests run: pure bookkeeping
+(no threads, no I/O), shared by both engines (L{conchshare.sftp.workers.Workers}
+for channels, L{conchshare.sftp.avatar.PathOrder} for C{sftp-server}).
+
+The rule (the SFTP v3 draft, filexfer-02 section 6.1: the results are "the
+same as if it had sent the requests one at a time"):
+
+  Per connection, a readers-writer order over the connection's whole view
+  of the file system (its I{connection key}), plus a key per open handle.
+
+  - I{Readers} change nothing another request can observe: READ, FSTAT,
+    STAT, LSTAT, READLINK, REALPATH, OPENDIR, READDIR, CLOSE, statvfs,
+    fstatvfs, fsync, expand-path, and an OPEN that can neither create nor
+    truncate.  They hold the connection key shared: readers run together.
+  - I{Writers} are every other request (WRITE, an OPEN that may create or
+    truncate, SETSTAT, FSETSTAT, REMOVE, RENAME, MKDIR, RMDIR, SYMLINK and
+    the extensions that change something).  They hold the connection key
+    exclusive: a writer starts after every earlier request has ended, and
+    before any later one starts.
+  - So the results equal those of one-at-a-time processing in arrival
+    order, whatever names (hard links, symlinks, renamed folders) the
+    requests use: readers commute with each other.
+  - Handle keys cover what the connection key does not: READ and FSTAT
+    share their file's key, CLOSE holds it exclusive (a close never races
+    a read of the same descriptor), and READDIR holds its directory's key
+    exclusive (the listing advances).
+  - An answer the reactor thread gives at once from what the kernel has in
+    memory (a cached STAT, READ, OPENDIR, ...) is allowed only while no
+    earlier writer waits or runs (L{KeyOrder.sharedFree}).
+  - A directory is read ahead when opened.  A writer made after the OPENDIR
+    and before the handle's first READDIR may have changed the listing:
+    that READDIR reads the directory again from the start
+    (L{ConnectionOrder.changes} counts the writers).
+  - Requests of different connections are not ordered.
+
+How calls wait (L{KeyOrder}): a call holds one or more keys, each shared or
+exclusive.  It starts once every earlier call on one of its keys has
+started and nothing incompatible runs on them; it waits in the queue of
+each of its keys, queues in call order, so the earliest waiting call heads
+all of its queues once the calls before it are done (no deadlock).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from itertools import count
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conchshare.sftp.workers import Job
+
+__all__ = ["ConnectionOrder", "KeyOrder", "orderedKeys"]
+
+_connections = count(1)
+_handles = count(1)
+
+
+class ConnectionOrder:
+    """
+    The keys of one connection's requests (see the module docstring).
+    Used in one thread (the reactor's, or under the engine's lock).
+    """
+
+    def __init__(self) -> None:
+        #: The key of the connection's view of the file system.
+        self.key = b"\0connection %d" % next(_connections)
+        #: How many writers were made so far (see L{changed}).
+        self.changes = 0
+
+    def handleKey(self) -> bytes:
+        """
+        @return: a key for a new handle, never given before.
+        """
+        return b"\0handle %d" % next(_handles)
+
+    def writer(self) -> bytes:
+        """
+        Count a writer made now (call it once per writer, in arrival
+        order).
+
+        @return: the connection key, for the writer to hold exclusive.
+        """
+        self.changes += 1
+        return self.key
+
+
+class _Key:
+    __slots__ = ("running", "exclusive", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.exclusive = False
+        self.waiting: deque[Job] = deque()
+
+
+def _exclusive(job: Job, key: bytes) -> bool:
+    # Whether job holds key exclusive.
+    return not job.shared or key in job.solo
+
+
+class KeyOrder:
+    """
+    The ordering state of every key in use.  Not thread-safe: its user
+    holds a lock (L{conchshare.sftp.workers.Workers}) or stays in one
+    thread.
+
+    A job has C{keys} (no repeats), C{shared} (it holds them all shared)
+    and C{solo} (keys it holds exclusive even so).
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, _Key] = {}
+
+    def __len__(self) -> int:
+        """
+        The number of keys in use (zero when idle).
+        """
+        return len(self._keys)
+
+    def sharedFree(self, *keys: bytes) -> bool:
+        """
+        Whether a call holding C{keys} shared would start at once: nothing
+        waits on them and nothing exclusive runs.
+        """
+        for key in keys:
+            state = self._keys.get(key)
+            if state is not None and (state.waiting or state.exclusive):
+                return False
+        return True
+
+    def add(self, job: Job) -> bool:
+        """
+        Take C{job} in.
+
+        @return: whether it may start now (it then counts as running);
+            otherwise it waits until L{finish} returns it.
+        """
+        states = []
+        ready = True
+        for key in job.keys:
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _Key()
+            elif state.waiting or (state.running and (state.exclusive or _exclusive(job, key))):
+                ready = False
+            states.append(state)
+        if ready:
+            for key, state in zip(job.keys, states, strict=True):
+                state.running += 1
+                state.exclusive = _exclusive(job, key)
+        else:
+            for state in states:
+                state.waiting.append(job)
+        return ready
+
+    def finish(self, job: Job) -> list[Job]:
+        """
+        C{job}, which was running, is done.
+
+        @return: the calls that may start now, in call order; they count
+            as running.
+        """
+        for key in job.keys:
+            state = self._keys[key]
+            state.running -= 1
+            if not state.running:
+                state.exclusive = False
+                if not state.waiting:
+                    del self._keys[key]
+        started: list[Job] = []
+        check = list(job.keys)
+        for key in check:  # grows as calls start
+            waiting = self._keys.get(key)
+            if waiting is None or not waiting.waiting:
+                continue
+            head = waiting.waiting[0]
+            if self._startable(head):
+                for headKey in head.keys:
+                    headState = self._keys[headKey]
+                    headState.waiting.popleft()
+                    headState.running += 1
+                    headState.exclusive = _exclusive(head, headKey)
+                started.append(head)
+                # Its keys' next calls may run alongside it (shared).
+                check.extend(head.keys)
+        return started
+
+    def alone(self, job: Job) -> bool:
+        """
+        Whether no call waiting right behind C{job} (running) could run
+        as one with it (see L{joining}).
+        """
+        return self._next(job) is None
+
+    def joining(self, job: Job) -> list[Job]:
+        """
+        C{job}, which was just started, and the calls waiting right behind
+        it that its L{Batch} accepts: they count as started with it (and
+        are done when L{finish} is called for C{job}).
+
+        @return: C{job} first, then the calls taken, in call order.
+        """
+        jobs = [job]
+        batch = job.batch
+        while True:
+            candidate = self._next(job)
+            if candidate is None or batch is None or not batch.accepts(jobs, candidate):
+                return jobs
+            for key in job.keys:
+                self._keys[key].waiting.popleft()
+            jobs.append(candidate)
+
+    def _next(self, job: Job) -> Job | None:
+        # The call waiting right behind job on every key of it, made with
+        # the same batch and keys, exclusive: one that may join job.
+        batch = job.batch
+        if batch is None or job.shared:
+            return None
+        candidate = None
+        for key in job.keys:
+            waiting = self._keys[key].waiting
+            if not waiting:
+                return None
+            head = waiting[0]
+            if candidate is None:
+                if head.batch is not batch or head.keys != job.keys or head.shared:
+                    return None
+                candidate = head
+            elif head is not candidate:
+                return None
+        return candidate
+
+    def _startable(self, job: Job) -> bool:
+        for key in job.keys:
+            state = self._keys[key]
+            if state.waiting[0] is not job:
+                return False
+            if state.running and (state.exclusive or _exclusive(job, key)):
+                return False
+        return True
+
+
+def orderedKeys(keys: Iterable[bytes]) -> tuple[bytes, ...]:
+    """
+    C{keys} without repeats, in order.
+    """
+    unique = tuple(keys)
+    if len(unique) > 1:
+        unique = tuple(dict.fromkeys(unique))
+    return unique
