@@ -38,6 +38,9 @@ STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED = 101, 102, 103, 104, 105, 200
 FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED, FX_FAILURE = 0, 1, 2, 3, 4
 FXF_READ, FXF_WRITE, FXF_APPEND, FXF_CREAT, FXF_TRUNC, FXF_EXCL = 1, 2, 4, 8, 0x10, 0x20
 
+#: The name of the one symlink that leaves the served folder.
+OUT_LINK = b"x"
+
 #: Seconds to wait for a reply before the server counts as hung.
 REPLY_TIMEOUT = 20.0
 
@@ -191,6 +194,12 @@ class Run:
         self.files: list[bytes | None] = []
         self.dirs: list[bytes | None] = []
         self.nextId = 1
+        #: The slot each OPEN and OPENDIR filled, by request id.
+        self.opened: dict[int, tuple[list[bytes | None], int]] = {}
+        #: Every handle opened, to close at the end.
+        self.handles: list[bytes] = []
+        #: The path each directory slot was opened with.
+        self.dirPaths: list[bytes] = []
 
     def path(self, symbolic: bytes) -> bytes:
         if symbolic.startswith(b"/"):
@@ -202,7 +211,7 @@ class Run:
         if kind == "rel":
             return bytes(target[1])
         if kind == "abs":
-            return self.server.base + b"/" + self.folder + b"/" + target[1]
+            return self.server.base + b"/" + self.folder + b"/" + bytes(target[1])
         return self.outside
 
     def _slot(self, table: list[bytes | None], index: int) -> bytes | None:
@@ -269,7 +278,9 @@ class Run:
         elif kind == "rename":
             packet, body = RENAME, s(self.path(op[1])) + s(self.path(op[2]))
         elif kind in ("posix-rename", "hardlink"):
-            name = b"posix-rename@openssh.com" if kind == "posix-rename" else b"hardlink@openssh.com"
+            name = (
+                b"posix-rename@openssh.com" if kind == "posix-rename" else b"hardlink@openssh.com"
+            )
             packet, body = EXTENDED, s(name) + s(self.path(op[1])) + s(self.path(op[2]))
         elif kind == "symlink":
             # OpenSSH's order: target, then the link's path.
@@ -288,7 +299,30 @@ class Run:
         if replies[0] != (STATUS, u32(FX_OK) + replies[0][1][4:]):
             raise ServerGone(f"{self.server.name}: MKDIR {self.folder!r} failed")
 
-    def runBatch(self, batch: Batch, closed: set[tuple[str, int]]) -> list[tuple[Op, int, tuple[int, bytes]]]:
+    def finish(self) -> None:
+        """
+        Close every handle the sequence opened (servers limit how many are
+        open at once); the replies are not compared.
+        """
+        packets = []
+        for handle in self.handles:
+            packets.append(struct.pack(">IBI", len(handle) + 9, CLOSE, self.nextId) + s(handle))
+            self.nextId += 1
+        if packets:
+            self.server.exchange(packets)
+
+    def unusable(self, rid: int) -> None:
+        """
+        Make the slot request C{rid} opened unusable (it opened on some
+        servers only, for a listed difference: later requests on it would
+        differ for that reason alone).
+        """
+        table, index = self.opened[rid]
+        table[index] = b""
+
+    def runBatch(
+        self, batch: Batch, closed: set[tuple[str, int]]
+    ) -> list[tuple[Op, int, tuple[int, bytes]]]:
         """
         Send the batch in one write.
 
@@ -311,7 +345,15 @@ class Run:
             result.append((op, rid, reply))
             if op[0] in ("open", "opendir"):
                 table = self.files if op[0] == "open" else self.dirs
-                table.append(reply[1][4:] if reply[0] == HANDLE else b"")
+                # What is opened through the link leaving DIR is not used:
+                # OpenSSH opens it, we refuse (a listed difference).
+                if reply[0] == HANDLE:
+                    self.handles.append(reply[1][4:])
+                usable = reply[0] == HANDLE and op[1] != OUT_LINK
+                table.append(reply[1][4:] if usable else b"")
+                self.opened[rid] = (table, len(table) - 1)
+                if op[0] == "opendir":
+                    self.dirPaths.append(op[1])
         # Slots are counted the same on every server: one per OPEN sent.
         return result
 

@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.sftpdiff import (
+    FX_FAILURE,
     FX_NO_SUCH_FILE,
     FX_PERMISSION_DENIED,
     FXF_APPEND,
@@ -49,6 +50,7 @@ from tests.sftpdiff import (
     FXF_READ,
     FXF_TRUNC,
     FXF_WRITE,
+    OUT_LINK,
     Batch,
     Op,
     PipeServer,
@@ -71,15 +73,28 @@ KNOWN_DIFFERENCES = {
         "PERMISSION_DENIED, and REALPATH keeps its virtual name instead of "
         "answering a real path outside"
     ),
-    "'..' is lexical": (
-        "a path is normalised before it is resolved, so 'd/../a' names 'a' even "
-        "where 'd' is missing or a symlink (the kernel, in OpenSSH, looks 'd' up "
-        "and goes to its real parent); paths stay confined whatever '..' meets"
+    "paths are lexical": (
+        "a path is normalised before it is resolved, so 'd/../a' names 'a' and "
+        "'a/' names 'a' even where 'd' is missing or a symlink, or 'a' is not a "
+        "folder (the kernel, in OpenSSH, looks 'd' up and goes to its real "
+        "parent, and wants a folder before a '/'); paths stay confined whatever "
+        "they meet"
+    ),
+    "READDIR after its folder moved": (
+        "OpenSSH looks each entry up by the path OPENDIR was given, so once the "
+        "folder is renamed or removed it lists nothing (or another folder's "
+        "attributes); we list the folder that was opened"
     ),
     "REALPATH of a missing parent": (
         "REALPATH keeps what cannot be resolved lexically (a missing folder "
         "on the way included), where OpenSSH answers NO_SUCH_FILE once a "
         "folder before the last name is missing"
+    ),
+    "RENAME onto a dangling symlink": (
+        "OpenSSH's RENAME checks the destination with stat(), which follows "
+        "symlinks, so it replaces a dangling symlink (or fails as the move "
+        "would); we refuse to replace any existing name (FAILURE, File exists), "
+        "as SFTP v3 says"
     ),
     "ELOOP's code": (
         "a symlink loop is PERMISSION_DENIED (a refused symlink), where OpenSSH "
@@ -90,11 +105,11 @@ KNOWN_DIFFERENCES = {
 # The small tree a sequence plays in.  "x" is kept for the one link that
 # leaves DIR (to OUTSIDE): no other operation makes or follows it.
 NAMES = [b"a", b"b", b"d", b"d/a", b"d/b", b"e", b"d/e", b"d/e/a", b"e/a"]
-ODD_NAMES = [b"./b", b"d//a", b"d/./e/"]
-# Only in requests that change nothing: where ".." meets no folder, the
-# difference that is listed ("'..' is lexical") would otherwise cascade.
-DOT_DOT_NAMES = [b"d/../a", b"d/e/../b", b"e/.."]
-OUT_LINK = b"x"
+ODD_NAMES = [b"./b", b"d//a", b"d/./e"]
+# Only in requests that change nothing: where ".." or a trailing "/" meets
+# no folder, the difference that is listed ("paths are lexical") would
+# otherwise cascade.
+DOT_DOT_NAMES = [b"d/../a", b"d/e/../b", b"e/..", b"d/./e/", b"a/"]
 
 
 def _path(name: bytes, absolute: bool) -> bytes:
@@ -109,9 +124,7 @@ dirPaths = st.builds(
 times = st.sampled_from([1000000000, 1234567890, 1500000001, 1600000002])
 setAttrs = st.one_of(
     st.builds(lambda n: {"size": n}, st.integers(0, 24)),
-    st.builds(
-        lambda m: {"permissions": m}, st.sampled_from([0o600, 0o644, 0o755, 0o700, 0o640])
-    ),
+    st.builds(lambda m: {"permissions": m}, st.sampled_from([0o600, 0o644, 0o755, 0o700, 0o640])),
     st.builds(lambda a, m: {"atime": a, "mtime": m}, times, times),
 )
 openFlags = st.sampled_from(
@@ -153,6 +166,17 @@ operations = st.one_of(
     ),
     st.tuples(st.just("open"), st.just(OUT_LINK), st.just(FXF_READ), st.just(None)),
 )
+#: What every sequence starts from (its first batches, not generated): a
+#: small tree, two files open (slots 0 and 1) and the folder (slot 0).
+SETUP: list[Batch] = [
+    [
+        ("mkdir", b"d", None),
+        ("mkdir", b"e", None),
+        ("open", b"a", FXF_READ | FXF_WRITE | FXF_CREAT, None),
+        ("open", b"d/b", FXF_READ | FXF_WRITE | FXF_CREAT, 0o600),
+    ],
+    [("write", 0, 0, b"hello world\n"), ("write", 1, 0, b"0123456789"), ("opendir", b".")],
+]
 batches = st.lists(operations, min_size=1, max_size=6)
 sequences = st.lists(batches, min_size=1, max_size=8)
 
@@ -240,9 +264,15 @@ class Differential:
         for run in runs:
             run.start()
         problems: list[str] = []
-        for number, batch in enumerate(sequence):
+        for number, batch in enumerate(SETUP + sequence, -len(SETUP)):
             results = [run.runBatch(batch, closed[i]) for i, run in enumerate(runs)]
             reference = results[0]
+            for i, (op, rid, reply) in enumerate(reference):
+                if op[0] in ("open", "opendir") and any(
+                    len(result) > i and result[i][2][0] != reply[0] for result in results
+                ):
+                    for run in runs:
+                        run.unusable(rid)
             for run, result in zip(runs[1:], results[1:], strict=True):
                 if len(result) != len(reference):
                     problems.append(f"batch {number}: {run.server.name} sent other requests")
@@ -250,38 +280,72 @@ class Differential:
                 for (op, rid, expectedReply), (_, _, gotReply) in zip(
                     reference, result, strict=True
                 ):
-                    expected = normalise(
-                        op, expectedReply, runs[0].server.base, folder, setTimes
-                    )
+                    expected = normalise(op, expectedReply, runs[0].server.base, folder, setTimes)
                     got = normalise(op, gotReply, run.server.base, folder, setTimes)
                     if expected == got or sameData(expected, got):
                         continue
                     reason = knownDifference(op, expected, got)
                     if reason == "ELOOP's code" and not self.loops(runs[0], op):
                         reason = None
-                    if reason is None and self.dotDotMeetsNoFolder(runs[0], op):
-                        reason = "'..' is lexical"
+                    if reason is None and self.lexicalPathDiffers(runs[0], op):
+                        reason = "paths are lexical"
+                    if (
+                        reason is None
+                        and op[0] == "rename"
+                        and got == ("status", FX_FAILURE)
+                        and self.dangling(run, op[2])
+                    ):
+                        reason = "RENAME onto a dangling symlink"
+                    if reason is None and op[0] == "readdir" and self.moved(runs[0], op[1]):
+                        reason = "READDIR after its folder moved"
                     if reason is None:
                         problems.append(
                             f"batch {number}, request {rid} {op!r}: openssh {expected!r}, "
                             f"{run.server.name} {got!r}"
                         )
+        for run in runs:
+            run.finish()
         return problems
 
-    def dotDotMeetsNoFolder(self, run: Run, op: Op) -> bool:
-        # Whether a path of op has ".." after a name that is not a folder
-        # (missing, a file or a symlink) in OpenSSH's tree now.
+    def lexicalPathDiffers(self, run: Run, op: Op) -> bool:
+        # Whether a path of op has ".." or a trailing "/" after a name that
+        # is not a folder (missing, a file or a symlink) in OpenSSH's tree
+        # now.
         for part in op[1:]:
-            if isinstance(part, bytes) and b".." in part.split(b"/"):
-                parts = part.lstrip(b"/").split(b"/")
-                before = b"/".join(parts[: parts.index(b"..")])
-                path = os.path.join(run.server.base, run.folder, before)
+            if not isinstance(part, bytes):
+                continue
+            parts = part.lstrip(b"/").split(b"/")
+            ends = [i for i, p in enumerate(parts) if p == b".."]
+            if part.endswith(b"/"):
+                ends.append(len(parts) - 1)
+            for end in ends:
+                path = os.path.join(run.server.base, run.folder, b"/".join(parts[:end]))
                 try:
                     if not stat.S_ISDIR(os.lstat(path).st_mode):
                         return True
                 except OSError:
                     return True
         return False
+
+    def dangling(self, run: Run, name: bytes) -> bool:
+        # Whether name is a symlink leading nowhere in run's tree now.
+        path = os.path.join(run.server.base, run.folder, name.lstrip(b"/"))
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                return False
+            os.stat(path)
+        except OSError:
+            return True
+        return False
+
+    def moved(self, run: Run, slot: int) -> bool:
+        # Whether the path directory slot was opened with no longer names
+        # a folder in OpenSSH's tree.
+        path = os.path.join(run.server.base, run.folder, run.dirPaths[slot].lstrip(b"/"))
+        try:
+            return not stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return True
 
     def loops(self, run: Run, op: Op) -> bool:
         # Whether OpenSSH's tree resolves a path of op through a symlink
