@@ -29,6 +29,7 @@ shows it), then what Hypothesis shrank it to.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import stat
@@ -96,6 +97,12 @@ KNOWN_DIFFERENCES = {
         "would); we refuse to replace any existing name (FAILURE, File exists), "
         "as SFTP v3 says"
     ),
+    "set-id bits on create": (
+        "a file OPEN creates never gets set-id or sticky bits, so that one request "
+        "cannot make a set-id program; OpenSSH keeps them.  SETSTAT sets them as "
+        "OpenSSH does.  Not generated (it would cascade); pinned by "
+        "test_setIdOnCreate"
+    ),
     "ELOOP's code": (
         "a symlink loop is PERMISSION_DENIED (a refused symlink), where OpenSSH "
         "answers NO_SUCH_FILE"
@@ -124,7 +131,10 @@ dirPaths = st.builds(
 times = st.sampled_from([1000000000, 1234567890, 1500000001, 1600000002])
 setAttrs = st.one_of(
     st.builds(lambda n: {"size": n}, st.integers(0, 24)),
-    st.builds(lambda m: {"permissions": m}, st.sampled_from([0o600, 0o644, 0o755, 0o700, 0o640])),
+    st.builds(
+        lambda m: {"permissions": m},
+        st.sampled_from([0o600, 0o644, 0o755, 0o700, 0o640, 0o4755, 0o2755, 0o1777]),
+    ),
     st.builds(lambda a, m: {"atime": a, "mtime": m}, times, times),
 )
 openFlags = st.sampled_from(
@@ -137,6 +147,8 @@ openFlags = st.sampled_from(
         FXF_WRITE | FXF_APPEND | FXF_CREAT,
     ]
 )
+# No set-id bits: OPEN drops them (a listed difference, pinned by
+# test_setIdOnCreate) and every later request on the file would differ.
 modes = st.sampled_from([None, 0o644, 0o600, 0o755])
 slots = st.integers(0, 3)
 targets = st.one_of(
@@ -156,7 +168,7 @@ operations = st.one_of(
     st.tuples(st.just("opendir"), dirPaths),
     st.tuples(st.just("readdir"), slots),
     st.tuples(st.sampled_from(["remove", "rmdir"]), paths),
-    st.tuples(st.just("mkdir"), paths, st.sampled_from([None, 0o755, 0o700])),
+    st.tuples(st.just("mkdir"), paths, st.sampled_from([None, 0o755, 0o700, 0o2775, 0o1777])),
     st.tuples(st.sampled_from(["rename", "posix-rename", "hardlink"]), paths, paths),
     st.tuples(st.just("symlink"), targets, paths),
     # The one link leaving DIR, and what is asked of it.
@@ -225,6 +237,8 @@ class Differential:
             f.write(b"outside the served folder\n")
         self.servers: list[PipeServer] = []
         self.count = 0
+        #: How often each listed difference was met.
+        self.reasons: collections.Counter[str] = collections.Counter()
         python = sys.executable
         for name, argv in [
             ("openssh", [OPENSSH_SFTP_SERVER, "-d", "{base}"]),
@@ -298,7 +312,9 @@ class Differential:
                         reason = "RENAME onto a dangling symlink"
                     if reason is None and op[0] == "readdir" and self.moved(runs[0], op[1]):
                         reason = "READDIR after its folder moved"
-                    if reason is None:
+                    if reason is not None:
+                        self.reasons[reason] += 1
+                    else:
                         problems.append(
                             f"batch {number}, request {rid} {op!r}: openssh {expected!r}, "
                             f"{run.server.name} {got!r}"
@@ -420,3 +436,32 @@ class DifferentialTests(TestCase):
             self.runSequences(int(soak), derandomize=False)
         else:
             self.runSequences(CI_SEQUENCES, derandomize=True)
+
+    def test_setIdOnCreate(self) -> None:
+        """
+        The listed difference "set-id bits on create": OPEN with mode 04755
+        makes a set-uid file in OpenSSH and a plain 0755 one with us; SETSTAT
+        sets the bit on both.
+        """
+        sequence: list[Batch] = [
+            [("open", b"p", FXF_WRITE | FXF_CREAT, 0o4755)],
+            [("fstat", 2)],
+            [("setstat", b"p", {"permissions": 0o4755}), ("lstat", b"p")],
+        ]
+        differential = self.differential
+        differential.count += 1
+        folder = b"q%d" % differential.count
+        modes = []
+        for server in differential.servers:
+            run = Run(server, folder, differential.outside)
+            run.start()
+            closed: set[tuple[str, int]] = set()
+            replies = [run.runBatch(batch, closed) for batch in SETUP + sequence]
+            fstat = normalise(replies[3][0][0], replies[3][0][2], server.base, folder, set())
+            lstat = normalise(replies[4][1][0], replies[4][1][2], server.base, folder, set())
+            modes.append((dict(fstat[1])["permissions"], dict(lstat[1])["permissions"]))
+            run.finish()
+        self.assertEqual(
+            modes,
+            [(0o104755, 0o104755), (0o100755, 0o104755), (0o100755, 0o104755)],
+        )
