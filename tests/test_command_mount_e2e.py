@@ -245,6 +245,59 @@ class MountBusyTests(_MountBase):
         self.assertFalse(os.path.exists(at))
 
 
+#: A remote program: open a file, write "foo", unlink it (then check that
+#: its name is gone, as sshfs's own test_open_unlink does), write "bar",
+#: read it back from the start; N times.  Prints how many times something
+#: was wrong (a read other than "foobar") and the first.
+UNLINKED_LOOP = """
+import errno, os, sys
+path, count = sys.argv[1], int(sys.argv[2])
+stale = []
+for n in range(count):
+    with open(path, "wb+", buffering=0) as f:
+        f.write(b"foo")
+        os.unlink(path)
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            stale.append("still there")
+        if os.path.basename(path) in os.listdir(os.path.dirname(path)):
+            stale.append("still listed")
+        f.write(b"bar")
+        f.seek(0)
+        data = f.read()
+    if data != b"foobar":
+        stale.append(data)
+print(len(stale), stale[:1])
+"""
+
+
+class MountOrderTests(_MountBase):
+    def test_unlinkedWhileOpen(self) -> None:
+        """
+        A file unlinked while open (sshfs renames it to C{.fuse_hidden...},
+        then sends a WRITE on its handle and an LSTAT of the new name
+        together) reads back everything written to it, every time: 500
+        times open, write "foo", unlink, write "bar", seek 0, read.  (Before
+        requests were ordered per connection, 35 to 51 reads of 500 were
+        stale.)
+        """
+        at = os.path.join(self.tmp, "mnt")
+        running = self.mount(at)
+        running.event("mounted")
+        result = subprocess.run(
+            [sys.executable, "-c", UNLINKED_LOOP, os.path.join(at, "unlinked"), "500"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10 * WAIT,
+        )
+        self.assertEqual((result.returncode, result.stdout), (0, "0 []\n"), result.stderr)
+        self.stopped(running, at)
+
+
 #: What a user is told when the remote host has no sshfs.
 NO_SSHFS = "The remote host has no sshfs: install it (apt-get install sshfs)."
 

@@ -11,12 +11,14 @@ replies, matched by request id, must equal those of the same requests sent
 one at a time.  Both engines are driven through the SFTP core, bytes in and
 replies out: the reactor engine (the avatar's L{Workers}, with a fake
 reactor whose thread is the test's) and the engine of C{sftp-server} (the
-avatar's L{PathOrder}, with a runner that holds the latched call).
+avatar's L{PathOrder}, with a runner that holds the latched call; and the
+real L{ThreadedServer} on pipes).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 from collections import deque
@@ -193,17 +195,21 @@ class Engine:
             if deadline < 0:
                 raise AssertionError(f"No reply to {ids} in time")
 
+    def feed(self, data: bytes) -> None:
+        self.core.dataReceived(data)
+
     def call(self, data: bytes, rid: int) -> tuple[int, bytes]:
         """
         Send one request and wait for its reply.
         """
-        self.core.dataReceived(data)
+        self.feed(data)
         self.await_([rid])
         return self.replies[rid]
 
-    def quiet(self) -> bool:
+    def quiet(self, waiting: int) -> bool:
         """
-        Whether nothing but the held call runs or is about to be delivered.
+        Whether nothing but the held call runs or is about to be delivered,
+        C{waiting} requests being unanswered.
         """
         return True
 
@@ -214,12 +220,12 @@ class Engine:
         waits; then release it and wait for every reply.
         """
         held.arm()
-        self.core.dataReceived(data)
+        self.feed(data)
         if not held.entered.wait(TIMEOUT):
             raise AssertionError("The first request's call was never made")
         later = ids[1:]
         deadline = TIMEOUT
-        while not all(rid in self.replies for rid in later) and not self.quiet():
+        while not all(rid in self.replies for rid in later) and not self.quiet(len(ids)):
             self.turn(0.001)
             deadline -= 0.001
             if deadline < 0:
@@ -271,7 +277,7 @@ class WorkersEngine(Engine):
         self.reactor.runCalls(wait)
         self.collect()
 
-    def quiet(self) -> bool:
+    def quiet(self, waiting: int) -> bool:
         workers = self.workers
         with workers._lock:
             idle = not workers._ready and workers._calling == 1 and not workers._done
@@ -291,6 +297,47 @@ class PathOrderEngine(Engine):
 
     def releaseRunner(self) -> None:
         self.runner.release()
+
+
+class ThreadedEngine(Engine):
+    """
+    The engine of C{sftp-server} itself: L{ThreadedServer} on pipes, its
+    threads running the calls (the share also holds C{f}, ten bytes).
+    """
+
+    blocking = True
+
+    def __init__(self, base: str) -> None:
+        from tests.test_sftp_threaded import Served
+
+        self.served = Served(base)
+        self.avatar = self.served.avatar
+        self.replies = {}
+        core = self.served.engine.core
+        assert core is not None
+        self.core = core
+
+    def stop(self) -> None:
+        self.served.stop()
+
+    def feed(self, data: bytes) -> None:
+        self.served.send(data)
+
+    def collect(self) -> None:
+        pass
+
+    def turn(self, wait: float) -> None:
+        try:
+            kind, body = self.served.receive(timeout=wait)
+        except AssertionError:
+            return
+        (rid,) = struct.unpack(">I", body[:4])
+        self.replies[rid] = (kind, body[4:])
+
+    def quiet(self, waiting: int) -> bool:
+        engine = self.served.engine
+        with engine._lock:
+            return self.core.inFlight == waiting and not engine._ready and len(engine._running) == 1
 
 
 def normalised(reply: tuple[int, bytes]) -> Reply:
@@ -556,6 +603,10 @@ class PathOrderOrderingTests(OrderingMixin, SynchronousTestCase):
     engine = PathOrderEngine
 
 
+class ThreadedOrderingTests(OrderingMixin, SynchronousTestCase):
+    engine = ThreadedEngine
+
+
 def _job(keys: tuple[bytes, ...], shared: bool, solo: tuple[bytes, ...] = ()) -> Job:
     return Job(keys, shared, lambda: None, (), solo=solo)
 
@@ -634,3 +685,134 @@ class KeyOrderTests(SynchronousTestCase):
         self.assertEqual(order.finish(first), [stat])
         self.assertEqual(order.finish(stat), [last])
         self.assertEqual(order.joining(last), [last])
+
+
+class ConnectionsTests(SynchronousTestCase):
+    """
+    Each connection has its own order (L{ShareSFTPServer.forConnection}).
+    """
+
+    def test_otherConnectionNotHeld(self) -> None:
+        """
+        A writer held on one connection holds back that connection's later
+        requests, not another connection's of the same avatar.
+        """
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        runner = LatchRunner()
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=runner)
+        one, other = avatar.forConnection(), avatar.forConnection()
+        self.assertIs(one.filesystem, other.filesystem)
+        held = Held(avatar.filesystem.makeDirectory, blocking=False)
+        avatar.filesystem.makeDirectory = held  # type: ignore[method-assign]
+        held.arm()
+        made = one.makeDirectory(b"/s/d", {})
+        sameConnection = one.getAttrs(b"/s/d", False)
+        otherConnection = other.getAttrs(b"/s", False)
+        self.assertNoResult(made)
+        self.assertNoResult(sameConnection)
+        self.successResultOf(maybeDeferred(lambda: otherConnection))
+        runner.release()
+        self.successResultOf(made)
+        assert isinstance(sameConnection, Deferred)
+        mode = self.successResultOf(sameConnection)["permissions"]
+        assert isinstance(mode, int)
+        self.assertTrue(stat.S_ISDIR(mode))
+
+    def test_serviceSessionsHaveTheirOwnOrder(self) -> None:
+        """
+        L{ShareService} serves each SFTP session with its own view of the
+        one avatar: the same filesystem and workers, its own order.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from conchshare.service import ShareService
+
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(base)
+        service = ShareService(
+            "me@example.org", [base], reactor=MemoryReactorClock(), configFile="none", mode="raw"
+        )
+        service._avatar = service._makeAvatar()
+        factory = service._protocolFactory()
+        one, other = factory().avatar, factory().avatar
+        self.assertIsNot(one, other)
+        self.assertIs(one.filesystem, other.filesystem)
+        self.assertIs(one.workers, other.workers)
+        self.assertNotEqual(one._connection.key, other._connection.key)
+
+
+class CloseTests(SynchronousTestCase):
+    """
+    CLOSE is ordered by its handle alone.
+    """
+
+    def setUp(self) -> None:
+        base = os.path.realpath(self.mktemp())
+        os.makedirs(os.path.join(base, "s"))
+        self.runner = LatchRunner()
+        self.avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=self.runner)
+
+    def test_closeNotHeldByWriter(self) -> None:
+        """
+        A CLOSE made after a writer on another name runs at once; a
+        request on the closed handle's file made after the CLOSE (a READ)
+        waits for the CLOSE, and fails.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        held = Held(self.avatar.filesystem.makeDirectory, blocking=False)
+        self.avatar.filesystem.makeDirectory = held  # type: ignore[method-assign]
+        held.arm()
+        made = self.avatar.makeDirectory(b"/s/d", {})
+        closed = f.close()
+        self.successResultOf(closed)
+        self.assertNoResult(made)
+        self.runner.release()
+        self.successResultOf(made)
+
+    def test_closeAfterReads(self) -> None:
+        """
+        A CLOSE waits for the READs of its file made before it, and the
+        READs made after it fail.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        self.successResultOf(f.writeChunk(0, b"data"))
+        held = Held(f.confined.read, blocking=False)
+        f.confined.read = held  # type: ignore[method-assign]
+        held.arm()
+        read = f.readChunk(0, 10)
+        closed = f.close()
+        after = f.readChunk(0, 10)
+        self.assertNoResult(read)
+        self.assertNoResult(closed)
+        self.assertNoResult(after)
+        self.runner.release()
+        self.assertEqual(self.successResultOf(read), b"data")
+        self.successResultOf(closed)
+        self.failureResultOf(after, OSError)
+
+    def test_removeWaitsForClose(self) -> None:
+        """
+        A REMOVE made after a CLOSE waits for it (removing the name of a
+        file still open renames it on NFS or FUSE), and a CLOSE made after
+        a REMOVE waits for the REMOVE.
+        """
+        d = self.avatar.openFile(b"/s/f", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        f = self.successResultOf(d)
+        d = self.avatar.openFile(b"/s/g", FXF_READ | FXF_WRITE | FXF_CREAT, {})
+        g = self.successResultOf(d)
+        held = Held(f.confined.close, blocking=False)
+        f.confined.close = held  # type: ignore[method-assign]
+        held.arm()
+        closed = f.close()
+        removed = self.avatar.removeFile(b"/s/f")
+        closedAfter = g.close()
+        self.assertNoResult(closed)
+        self.assertNoResult(removed)
+        self.assertNoResult(closedAfter)
+        self.runner.release()
+        self.successResultOf(closed)
+        self.successResultOf(removed)
+        self.successResultOf(closedAfter)

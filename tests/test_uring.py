@@ -789,7 +789,7 @@ class AvatarTestsMixin(_Case):
         stats = [self.attrs(name, True) for name in names]
 
         def write(f: ShareFile) -> Deferred[Any]:
-            data = f.key * 1000
+            data = f.confined.virtualPath * 1000
             return gatherResults([f.writeChunk(0, data), f.close()])
 
         yield gatherResults([d.addCallback(write) for d in opens])

@@ -379,8 +379,10 @@ class ShareFile:
             on this file is done and the file is closed.
         """
         executor = self._executor
+        # Not the connection key: closing changes nothing another request
+        # sees, but a REMOVE (see conchshare.sftp.ordering).
         return executor.run(
-            self._keys,
+            (self._connection.closeKey, self.key),
             self.confined.close,
             shared=True,
             solo=(self.key,),
@@ -489,7 +491,8 @@ class ShareDirectory:
         @return: a Deferred firing with L{None} once the directory is closed.
         """
         executor = self._executor
-        if executor.inlineReads and executor.sharedFree(*self._keys):
+        keys = (self._connection.closeKey, self.key)
+        if executor.inlineReads and executor.sharedFree(*keys):
             # Closing a directory descriptor waits for no I/O (there is
             # nothing to flush): done here, without a round trip.
             try:
@@ -497,7 +500,8 @@ class ShareDirectory:
             except OSError:
                 return fail()
             return succeed(None)
-        return executor.run(self._keys, self.confined.close, shared=True, solo=self._solo)
+        # As a file's CLOSE: not the connection key.
+        return executor.run(keys, self.confined.close, shared=True, solo=self._solo)
 
     def __iter__(self) -> ShareDirectory:
         return self
@@ -602,6 +606,15 @@ class ShareSFTPServer:
             function = partial(function, **kwargs)
         return self._order.run((self._connection.writer(),), function, *args)
 
+    def _remover(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{function(*args, **kwargs)} as a writer that removes or
+        replaces a name: also after earlier CLOSEs, before later ones.
+        """
+        if kwargs:
+            function = partial(function, **kwargs)
+        return self._order.run(self._connection.remover(), function, *args)
+
     @classmethod
     def fromSpecs(
         cls,
@@ -657,19 +670,19 @@ class ShareSFTPServer:
         return d
 
     def removeFile(self, filename: bytes) -> Deferred[None]:
-        return self._writer(self.filesystem.removeFile, filename)
+        return self._remover(self.filesystem.removeFile, filename)
 
     def renameFile(self, oldpath: bytes, newpath: bytes) -> Deferred[None]:
         """
         v3 RENAME: fails with L{FileExistsError} if C{newpath} exists.
         """
-        return self._writer(self.filesystem.rename, oldpath, newpath, overwrite=False)
+        return self._remover(self.filesystem.rename, oldpath, newpath, overwrite=False)
 
     def makeDirectory(self, path: bytes, attrs: Mapping[str, object]) -> Deferred[None]:
         return self._writer(self.filesystem.makeDirectory, path, dict(attrs))
 
     def removeDirectory(self, path: bytes) -> Deferred[None]:
-        return self._writer(self.filesystem.removeDirectory, path)
+        return self._remover(self.filesystem.removeDirectory, path)
 
     def openDirectory(self, path: bytes) -> Deferred[ShareDirectory] | ShareDirectory:
         """
@@ -759,7 +772,7 @@ class ShareSFTPServer:
     # -- IShareSFTPServer -----------------------------------------------
 
     def posixRename(self, oldPath: bytes, newPath: bytes) -> Deferred[None]:
-        return self._writer(self.filesystem.rename, oldPath, newPath, overwrite=True)
+        return self._remover(self.filesystem.rename, oldPath, newPath, overwrite=True)
 
     def statVFS(self, path: bytes) -> Deferred[dict[str, int]]:
         return self._reader(self.filesystem.statVFS, path)

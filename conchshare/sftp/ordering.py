@@ -10,9 +10,9 @@ same as if it had sent the requests one at a time"):
   of the file system (its I{connection key}), plus a key per open handle.
 
   - I{Readers} change nothing another request can observe: READ, FSTAT,
-    STAT, LSTAT, READLINK, REALPATH, OPENDIR, READDIR, CLOSE, statvfs,
-    fstatvfs, fsync, expand-path, and an OPEN that can neither create nor
-    truncate.  They hold the connection key shared: readers run together.
+    STAT, LSTAT, READLINK, REALPATH, OPENDIR, READDIR, statvfs, fstatvfs,
+    fsync, expand-path, and an OPEN that can neither create nor truncate.
+    They hold the connection key shared: readers run together.
   - I{Writers} are every other request (WRITE, an OPEN that may create or
     truncate, SETSTAT, FSETSTAT, REMOVE, RENAME, MKDIR, RMDIR, SYMLINK and
     the extensions that change something).  They hold the connection key
@@ -22,9 +22,18 @@ same as if it had sent the requests one at a time"):
     order, whatever names (hard links, symlinks, renamed folders) the
     requests use: readers commute with each other.
   - Handle keys cover what the connection key does not: READ and FSTAT
-    share their file's key, CLOSE holds it exclusive (a close never races
-    a read of the same descriptor), and READDIR holds its directory's key
+    share their file's key, and READDIR holds its directory's key
     exclusive (the listing advances).
+  - CLOSE holds its handle's key exclusive (it never races a request on
+    the same descriptor), and not the connection key: closing changes
+    nothing another request can observe, except what removing a name of
+    a file still open does on some file systems (NFS, FUSE: the file is
+    renamed to a hidden name, so its folder is not empty).  So CLOSE holds
+    the connection's I{close key} shared, and the requests that remove or
+    replace a name (REMOVE, RMDIR, RENAME, posix-rename) hold it exclusive
+    besides the connection key: they wait for earlier CLOSEs, and later
+    CLOSEs wait for them.  (sshfs sends a file's CLOSE without waiting for
+    it, then creates the next file: that OPEN need not wait.)
   - An answer the reactor thread gives at once from what the kernel has in
     memory (a cached STAT, READ, OPENDIR, ...) is allowed only while no
     earlier writer waits or runs (L{KeyOrder.sharedFree}).
@@ -64,9 +73,13 @@ class ConnectionOrder:
     """
 
     def __init__(self) -> None:
+        number = next(_connections)
         #: The key of the connection's view of the file system.
-        self.key = b"\0connection %d" % next(_connections)
-        #: How many writers were made so far (see L{changed}).
+        self.key = b"\0connection %d" % number
+        #: The key of its CLOSEs (shared) and of the requests that remove
+        #: or replace a name (exclusive).
+        self.closeKey = b"\0closes %d" % number
+        #: How many writers were made so far.
         self.changes = 0
 
     def handleKey(self) -> bytes:
@@ -84,6 +97,16 @@ class ConnectionOrder:
         """
         self.changes += 1
         return self.key
+
+    def remover(self) -> tuple[bytes, bytes]:
+        """
+        Count a writer that removes or replaces a name, made now.
+
+        @return: the connection key and the close key, for the writer to
+            hold exclusive.
+        """
+        self.changes += 1
+        return (self.key, self.closeKey)
 
 
 class _Key:

@@ -21,8 +21,8 @@ there is more to do than that: other calls ready (run alongside), or a
 call running longer than L{SLOW} (a watchdog thread then wakes one to read
 on).  So pipelined requests never wait for each other's disk I/O,
 beyond L{SLOW}: a slow call holds one thread, and the others go on
-serving.  Calls still apply in order per path and per
-handle (the avatar's L{conchshare.sftp.avatar.PathOrder}), requests in
+serving.  Calls still apply in the connection's order (the avatar's
+L{conchshare.sftp.avatar.PathOrder}, see L{conchshare.sftp.ordering}), requests in
 flight are bounded (past the bound nobody reads: backpressure), and a
 full stdout blocks the writer, under the lock, until the client reads.
 """
