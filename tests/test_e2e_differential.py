@@ -30,6 +30,7 @@ shows it), then what Hypothesis shrank it to.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import shutil
 import stat
@@ -211,6 +212,19 @@ def knownDifference(op: Op, expected: tuple[Any, ...], got: tuple[Any, ...]) -> 
     return None
 
 
+def pathsOf(op: Op) -> list[bytes]:
+    """
+    The paths C{op} names (symbolic).
+    """
+    if op[0] in ("rename", "posix-rename", "hardlink"):
+        return [op[1], op[2]]
+    if op[0] == "symlink":
+        return [op[2]]
+    if op[0] in ("close", "read", "write", "fstat", "fsetstat", "readdir"):
+        return []
+    return [op[1]]
+
+
 def sameData(expected: tuple[Any, ...], got: tuple[Any, ...]) -> bool:
     if expected[0] != "data" or got[0] != "data":
         return False
@@ -354,9 +368,7 @@ class Differential:
         # Whether a path of op has ".." or a trailing "/" after a name that
         # is not a folder (missing, a file or a symlink) in OpenSSH's tree
         # now.
-        for part in op[1:]:
-            if not isinstance(part, bytes):
-                continue
+        for part in pathsOf(op):
             parts = part.lstrip(b"/").split(b"/")
             ends = [i for i, p in enumerate(parts) if p == b".."]
             if part.endswith(b"/"):
@@ -393,14 +405,13 @@ class Differential:
     def loops(self, run: Run, op: Op) -> bool:
         # Whether OpenSSH's tree resolves a path of op through a symlink
         # loop now (ELOOP's code is listed for those only).
-        for part in op[1:]:
-            if isinstance(part, bytes):
-                path = os.path.join(run.server.base, run.folder, part.lstrip(b"/"))
-                try:
-                    os.stat(path)
-                except OSError as e:
-                    if e.errno == 40:  # ELOOP
-                        return True
+        for part in pathsOf(op):
+            path = os.path.join(run.server.base, run.folder, part.lstrip(b"/"))
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return True
         return False
 
 
