@@ -397,12 +397,26 @@ class _Reader:
         return out
 
 
+class _Every:
+    """
+    Every time (for L{normalise}: keep them all).
+    """
+
+    def __contains__(self, value: object) -> bool:
+        return True
+
+
+#: Keep every time in L{normalise}.
+EVERY_TIME: Any = _Every()
+
+
 def normalise(
     op: Op, reply: tuple[int, bytes], base: bytes, folder: bytes, setTimes: set[int]
 ) -> tuple[Any, ...]:
     """
     A reply with what may differ between servers taken out: handle strings,
-    status messages, long names, times not set by SETSTAT, C{.} and C{..}
+    status messages, long names, atimes and the mtimes not in C{setTimes}
+    (L{EVERY_TIME}: every time kept), C{.} and C{..}
     among READDIR entries (which compare as a set), and the served folder
     and sequence folder in names.
     """
@@ -418,9 +432,12 @@ def normalise(
         return path
 
     def attrs(a: dict[str, int]) -> tuple[tuple[str, int], ...]:
-        for key in ("atime", "mtime"):
-            if key in a and a[key] not in setTimes:
-                a[key] = -1
+        # An atime may change by a READ (relatime) that overlaps a request
+        # that only looks: compared only where the caller keeps every time.
+        if "atime" in a and not isinstance(setTimes, _Every):
+            a["atime"] = -1
+        if "mtime" in a and a["mtime"] not in setTimes:
+            a["mtime"] = -1
         return tuple(sorted(a.items()))
 
     if kind == STATUS:

@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.sftpdiff import (
+    EVERY_TIME,
     FX_FAILURE,
     FX_NO_SUCH_FILE,
     FX_PERMISSION_DENIED,
@@ -415,15 +416,6 @@ class Differential:
         return False
 
 
-class _AnyTime:
-    # Every time is kept (normalise keeps the times it contains).
-    def __contains__(self, value: object) -> bool:
-        return True
-
-
-_ANY_TIME: Any = _AnyTime()
-
-
 class DifferentialTests(TestCase):
     """
     OpenSSH's sftp-server and both our engines answer alike.
@@ -503,7 +495,7 @@ class DifferentialTests(TestCase):
                 run.runBatch(batch, closed)
             everything.append(
                 [
-                    normalise(op, reply, server.base, folder, _ANY_TIME)
+                    normalise(op, reply, server.base, folder, EVERY_TIME)
                     for batch in sequence
                     for op, _, reply in run.runBatch(batch, closed)
                 ]
