@@ -303,8 +303,11 @@ class Differential:
             results = [run.runBatch(batch, closed[i]) for i, run in enumerate(runs)]
             reference = results[0]
             for i, (op, rid, reply) in enumerate(reference):
-                if op[0] in ("open", "opendir") and any(
-                    len(result) > i and result[i][2][0] != reply[0] for result in results
+                # A handle that may name different things on different
+                # servers (for a listed difference) is not used again.
+                if op[0] in ("open", "opendir") and (
+                    any(len(result) > i and result[i][2][0] != reply[0] for result in results)
+                    or "lexical" in before[batch.index(op)] | self.facts(runs, op)
                 ):
                     for run in runs:
                         run.unusable(rid)
