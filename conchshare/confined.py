@@ -1198,7 +1198,7 @@ class ConfinedDirectory:
             # The fields as integers (times in whole seconds), in one step.
             # (typeshed says float for the times: they are int.)
             mode, _, _, nlink, uid, gid, size, atime, mtime, _ = st  # type: ignore[assignment]
-            if mode & 0o170000 == stat.S_IFLNK and linkTargets is not None:
+            if linkTargets is not None and mode & 0o170000 == 0o120000:  # a symlink
                 size = self._linkSize(linkTargets, entry.name, size)
             if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
                 atime, mtime = _u32(atime), _u32(mtime)
