@@ -34,6 +34,7 @@ import errno
 import os
 import shutil
 import stat
+import struct
 import sys
 import tempfile
 from typing import Any
@@ -43,7 +44,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.sftpdiff import (
+    ATTRS,
     EVERY_TIME,
+    FX_BAD_MESSAGE,
     FX_FAILURE,
     FX_NO_SUCH_FILE,
     FX_PERMISSION_DENIED,
@@ -54,6 +57,9 @@ from tests.sftpdiff import (
     FXF_TRUNC,
     FXF_WRITE,
     OUT_LINK,
+    STAT,
+    STATUS,
+    WRITE,
     Batch,
     Op,
     PipeServer,
@@ -104,6 +110,16 @@ KNOWN_DIFFERENCES = {
         "cannot make a set-id program; OpenSSH keeps them.  SETSTAT sets them as "
         "OpenSSH does.  Not generated (it would cascade); pinned by "
         "test_setIdOnCreate"
+    ),
+    "short packets": (
+        "a request too short for its fields is answered BAD_MESSAGE with its id "
+        "and the session goes on; OpenSSH's sftp-server exits.  Not generated; "
+        "pinned by test_shortPacket"
+    ),
+    "virtual folders above shares": (
+        "the folders above a share (/ listing the shares) are virtual and "
+        "read-only; OpenSSH serves the real file system.  Not generated: every "
+        "generated path stays below DIR"
     ),
     "ELOOP's code": (
         "a symlink loop is PERMISSION_DENIED (a refused symlink), where OpenSSH "
@@ -543,4 +559,36 @@ class DifferentialTests(TestCase):
         self.assertEqual(
             modes,
             [(0o104755, 0o104755), (0o100755, 0o104755), (0o100755, 0o104755)],
+        )
+
+    def test_shortPacket(self) -> None:
+        """
+        The listed difference "short packets": a WRITE whose data field runs
+        past the end of its packet is BAD_MESSAGE with its id from both our
+        engines, which then answer the next request; OpenSSH's sftp-server
+        exits.  Bytes after a request's last field are ignored by all three.
+        """
+        short = struct.pack(">IBI", 5 + 4 + 1 + 8 + 4 + 3, WRITE, 7)
+        short += struct.pack(">I", 1) + b"0" + struct.pack(">QI", 0, 10) + b"abc"
+        path = b"."
+        trailing = struct.pack(">IBI", 5 + 4 + len(path) + 5, STAT, 8)
+        trailing += struct.pack(">I", len(path)) + path + b"extra"
+        outcomes: list[tuple[str, bool, Any]] = []
+        for server in self.differential.servers:
+            (reply,) = server.exchange([trailing]).values()
+            ok = reply[0] == ATTRS
+            try:
+                (reply,) = server.exchange([short]).values()
+            except ServerGone:
+                outcomes.append((server.name, ok, "exited"))
+                continue
+            outcomes.append((server.name, ok, reply))
+        badMessage = (STATUS, struct.pack(">I", FX_BAD_MESSAGE))
+        self.assertEqual(
+            [(name, ok, r if r == "exited" else (r[0], r[1][:4])) for name, ok, r in outcomes],
+            [
+                ("openssh", True, "exited"),
+                ("stdio", True, badMessage),
+                ("channel", True, badMessage),
+            ],
         )
