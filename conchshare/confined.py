@@ -37,7 +37,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from typing import Any
 
 from conchshare.sftp import wire
@@ -1602,7 +1602,7 @@ class ConfinedFilesystem:
             got = _memory.statx(root)
         if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
             return None
-        if stat.S_ISLNK(got.mode) and (follow or self._linkTargets() is not None):
+        if stat.S_ISLNK(got.mode) and (follow or self._mapsLinks):
             return None  # followed, or its size is what READLINK gives
         return _attrsFromStatx(got)
 
@@ -1638,7 +1638,7 @@ class ConfinedFilesystem:
             if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
                 os.close(fd)
                 return None
-            return ConfinedDirectory(fd, now=time.time(), linkTargets=self._linkTargets())
+            return ConfinedDirectory(fd, now=time.time(), linkTargets=self._linkTargets)
         except BaseException:
             os.close(fd)
             raise
@@ -1695,7 +1695,7 @@ class ConfinedFilesystem:
         cached = partial(self.statCached, path, follow=follow) if cachedFirst else None
         # A symlink met is left to stat (falling back) where it is followed
         # or its size is what READLINK gives.
-        linkFallback = follow or self._linkTargets() is not None
+        linkFallback = follow or self._mapsLinks
         return _RingStat(found[1], found[2], linkFallback, cached)
 
     def ringOpenFile(self, path: bytes, flags: int, attrs: Mapping[str, object]) -> RingCall | None:
@@ -1983,7 +1983,7 @@ class ConfinedFilesystem:
                 return ConfinedDirectory(None, entries, now=now)
             fd = os.open(found.name, _LIST, dir_fd=found.parent)
             try:
-                return ConfinedDirectory(fd, now=now, linkTargets=self._linkTargets())
+                return ConfinedDirectory(fd, now=now, linkTargets=self._linkTargets)
             except BaseException:
                 os.close(fd)
                 raise
@@ -2129,19 +2129,28 @@ class ConfinedFilesystem:
             return target
         return best[1].virtualPath + target[best[0] :]
 
+    @cached_property
+    def _mapsLinks(self) -> bool:
+        # Whether virtualTarget may change a target's length (a share's real
+        # path differs from its virtual path); if not, symlinks' sizes are
+        # reported as they are, without a readlink each.  (A bool, not the
+        # bound method: no reference cycle.  The shares never change.)
+        return any(
+            os.fsencode(share.path).rstrip(b"/") != share.virtualPath
+            for share in self.shares.shares
+        )
+
+    @property
     def _linkTargets(self) -> Callable[[bytes], bytes] | None:
-        # virtualTarget where it may change a target's length (a share's
-        # real path differs from its virtual path), else None: symlinks'
-        # sizes are then reported as they are, without a readlink each.
-        for share in self.shares.shares:
-            if os.fsencode(share.path).rstrip(b"/") != share.virtualPath:
-                return self.virtualTarget
-        return None
+        # virtualTarget where it may change a target's length, else None.
+        return self.virtualTarget if self._mapsLinks else None
 
     def _linkAttrs(self, attrs: Attrs, parent: int, name: bytes) -> Attrs:
         # LSTAT of a symlink: its size is the length of what READLINK gives.
-        linkTargets = self._linkTargets()
-        if linkTargets is None or not stat.S_ISLNK(_number(attrs, "permissions", 0)):
+        if not stat.S_ISLNK(_number(attrs, "permissions", 0)):
+            return attrs
+        linkTargets = self._linkTargets
+        if linkTargets is None:
             return attrs
         try:
             target = os.readlink(name, dir_fd=parent)
