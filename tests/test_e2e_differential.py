@@ -494,6 +494,14 @@ class DifferentialTests(TestCase):
             self.runSequences(int(soak), derandomize=False)
         else:
             self.runSequences(CI_SEQUENCES, derandomize=True)
+        # The channel engine ran as share runs it: with its io_uring ring
+        # where the kernel allows one.
+        from conchshare import uring
+
+        if uring.usable():
+            channel = self.differential.servers[2]
+            with open(channel.stderrPath, "rb") as f:
+                self.assertNotIn(b"io_uring is not used", f.read())
 
     def replies(self, sequence: list[Batch]) -> list[list[tuple[Any, ...]]]:
         """
