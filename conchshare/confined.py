@@ -37,7 +37,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 from typing import Any
 
 from conchshare.sftp import wire
@@ -1080,9 +1080,20 @@ class ConfinedDirectory:
     """
 
     def __init__(
-        self, fd: int | None, entries: list[Entry] | None = None, *, now: float | None = None
+        self,
+        fd: int | None,
+        entries: list[Entry] | None = None,
+        *,
+        now: float | None = None,
+        linkTargets: Callable[[bytes], bytes] | None = None,
     ) -> None:
+        """
+        @param linkTargets: what READLINK answers for a stored symlink
+            target; a symlink's size is reported as its length (L{None}:
+            as stored).
+        """
         self._fd = fd
+        self._linkTargets = linkTargets
         self._scan: Iterator[os.DirEntry[str]] | None = None
         self._entries = entries
         self._now = now
@@ -1188,6 +1199,7 @@ class ConfinedDirectory:
         seconds: dict[int, bytes] = {}
         u32, packers = _U32.pack, _entryPackers
         append = batch.append
+        linkTargets = self._linkTargets
         atime: int
         mtime: int
         # attrsFromStat, longname and the SFTP encoding, inline: this runs
@@ -1208,6 +1220,8 @@ class ConfinedDirectory:
             # The fields as integers (times in whole seconds), in one step.
             # (typeshed says float for the times: they are int.)
             mode, _, _, nlink, uid, gid, size, atime, mtime, _ = st  # type: ignore[assignment]
+            if linkTargets is not None and mode & 0o170000 == 0o120000:  # a symlink
+                size = self._linkSize(linkTargets, entry.name, size)
             if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
                 atime, mtime = _u32(atime), _u32(mtime)
             key = (mode, nlink, uid, gid)
@@ -1241,6 +1255,13 @@ class ConfinedDirectory:
         if not batch:
             raise EOFError("End of directory")
         return batch
+
+    def _linkSize(self, linkTargets: Callable[[bytes], bytes], name: str, size: int) -> int:
+        # A symlink's size: the length of what READLINK gives for it.
+        try:
+            return len(linkTargets(os.readlink(os.fsencode(name), dir_fd=self._fd)))
+        except OSError:
+            return size
 
     def close(self) -> None:
         if self._scan is not None:
@@ -1703,8 +1724,8 @@ class ConfinedFilesystem:
             got = _memory.statx(root)
         if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
             return None
-        if follow and stat.S_ISLNK(got.mode):
-            return None
+        if stat.S_ISLNK(got.mode) and (follow or self._mapsLinks):
+            return None  # followed, or its size is what READLINK gives
         return _attrsFromStatx(got)
 
     def openDirectoryCached(self, path: bytes) -> ConfinedDirectory | None:
@@ -1739,7 +1760,7 @@ class ConfinedFilesystem:
             if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
                 os.close(fd)
                 return None
-            return ConfinedDirectory(fd, now=time.time())
+            return ConfinedDirectory(fd, now=time.time(), linkTargets=self._linkTargets)
         except BaseException:
             os.close(fd)
             raise
@@ -1794,7 +1815,10 @@ class ConfinedFilesystem:
         if found is None:
             return None
         cached = partial(self.statCached, path, follow=follow) if cachedFirst else None
-        return _RingStat(found[1], found[2], follow, cached)
+        # A symlink met is left to stat (falling back) where it is followed
+        # or its size is what READLINK gives.
+        linkFallback = follow or self._mapsLinks
+        return _RingStat(found[1], found[2], linkFallback, cached)
 
     def ringOpenFile(self, path: bytes, flags: int, attrs: Mapping[str, object]) -> RingCall | None:
         """
@@ -1864,17 +1888,17 @@ class ConfinedFilesystem:
         if fd >= 0:
             try:
                 entry = os.fstat(fd)
+                if not (follow and stat.S_ISLNK(entry.st_mode)):
+                    return self._linkAttrs(attrsFromStat(entry), fd, b"")
             finally:
                 os.close(fd)
-            if not (follow and stat.S_ISLNK(entry.st_mode)):
-                return attrsFromStat(entry)
         with self.place(path, follow=follow) as found:
             if isinstance(found, VirtualDirectory):
                 return self._virtualAttrs()
             st = found.seen
             if st is None:
                 st = os.stat(found.name, dir_fd=found.parent, follow_symlinks=False)
-            return attrsFromStat(st)
+            return self._linkAttrs(attrsFromStat(st), found.parent, found.name)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object], *, follow: bool = True) -> None:
         """
@@ -2079,7 +2103,7 @@ class ConfinedFilesystem:
                 return ConfinedDirectory(None, entries, now=now)
             fd = os.open(found.name, _LIST, dir_fd=found.parent)
             try:
-                return ConfinedDirectory(fd, now=now)
+                return ConfinedDirectory(fd, now=now, linkTargets=self._linkTargets)
             except BaseException:
                 os.close(fd)
                 raise
@@ -2161,46 +2185,109 @@ class ConfinedFilesystem:
 
     def makeLink(self, linkPath: bytes, targetPath: bytes) -> None:
         """
-        SYMLINK.  An absolute virtual target in the link's own share is
-        stored relative to the link, so it works on both sides; any other
-        target is stored as given.
+        SYMLINK, storing what READLINK gives back as it was written: a
+        relative target as given; an absolute target whose virtual path lies
+        in a share as that share's real path followed by the rest of the
+        target exactly as written (so the link works on this side too, and
+        breaks if the folder moves); any other target as given (a link that
+        leads out of its share is never followed).
         """
         if b"\0" in targetPath:
             raise OSError(errno.EINVAL, "The target contains a NUL byte")
         with self.place(linkPath, follow=False, creating=True) as found:
             place = self._entry(found)
-            target = targetPath
-            located: tuple[Share, tuple[bytes, ...]] | VirtualDirectory | None = None
-            if targetPath.startswith(b"/"):
-                try:
-                    located = self.shares.locate(self.shares.normalize(targetPath))
-                except OSError:
-                    located = None  # not a virtual path: stored as given
-                if isinstance(located, tuple) and located[0] == place.share:
-                    base = list(place.components[:-1])
-                    goal = list(located[1])
-                    common = 0
-                    while common < min(len(base), len(goal)) and base[common] == goal[common]:
-                        common += 1
-                    parts = [b".."] * (len(base) - common) + goal[common:]
-                    target = b"/".join(parts) or b"."
-            os.symlink(target, place.name, dir_fd=place.parent)
+            os.symlink(self._storedTarget(targetPath), place.name, dir_fd=place.parent)
+
+    def _storedTarget(self, target: bytes) -> bytes:
+        # The target SYMLINK stores for the target a client gave.
+        if not target.startswith(b"/"):
+            return target
+        try:
+            located = self.shares.locate(self.shares.normalize(target))
+        except OSError:
+            return target  # not a virtual path: stored as given
+        if not isinstance(located, tuple):
+            return target  # a virtual folder above the shares
+        share, rest = located
+        real = os.fsencode(share.path).rstrip(b"/")
+        # The share's virtual components as written, "//" and "." between
+        # them allowed; the rest follows them exactly as written.
+        wanted = list(share.components)
+        at = 0
+        while wanted:
+            slash = target.find(b"/", at + 1)
+            component = target[at + 1 : len(target) if slash < 0 else slash]
+            if component == wanted[0]:
+                del wanted[0]
+            elif component not in (b"", b"."):
+                break
+            if slash < 0:
+                at = len(target)
+                break
+            at = slash
+        if wanted:
+            # Reached through ".." (or the like): the rest as normalised.
+            return b"/".join((real, *rest)) if rest else real or b"/"
+        return (real + target[at:]) or b"/"
+
+    def virtualTarget(self, target: bytes) -> bytes:
+        """
+        What READLINK answers for a stored symlink target: an absolute
+        target that begins with a share's real path (the longest) as that
+        share's virtual path followed by the same rest; anything else as
+        stored.
+        """
+        if not target.startswith(b"/"):
+            return target
+        best: tuple[int, Share] | None = None
+        for share in self.shares.shares:
+            real = os.fsencode(share.path).rstrip(b"/")
+            if (target == real or target.startswith(real + b"/")) and (
+                best is None or len(real) > best[0]
+            ):
+                best = (len(real), share)
+        if best is None:
+            return target
+        return best[1].virtualPath + target[best[0] :]
+
+    @cached_property
+    def _mapsLinks(self) -> bool:
+        # Whether virtualTarget may change a target's length (a share's real
+        # path differs from its virtual path); if not, symlinks' sizes are
+        # reported as they are, without a readlink each.  (A bool, not the
+        # bound method: no reference cycle.  The shares never change.)
+        return any(
+            os.fsencode(share.path).rstrip(b"/") != share.virtualPath
+            for share in self.shares.shares
+        )
+
+    @property
+    def _linkTargets(self) -> Callable[[bytes], bytes] | None:
+        # virtualTarget where it may change a target's length, else None.
+        return self.virtualTarget if self._mapsLinks else None
+
+    def _linkAttrs(self, attrs: Attrs, parent: int, name: bytes) -> Attrs:
+        # LSTAT of a symlink: its size is the length of what READLINK gives.
+        if not stat.S_ISLNK(_number(attrs, "permissions", 0)):
+            return attrs
+        linkTargets = self._linkTargets
+        if linkTargets is None:
+            return attrs
+        try:
+            target = os.readlink(name, dir_fd=parent)
+        except OSError:
+            return attrs
+        return {**attrs, "size": len(linkTargets(target))}
 
     def readLink(self, path: bytes) -> bytes:
         """
-        READLINK: a relative target as stored, an absolute real target in a
-        share as its virtual path, anything else as stored.
+        READLINK: the stored target, mapped by L{virtualTarget}.
         """
         with self.place(path, follow=False) as found:
             if isinstance(found, VirtualDirectory):
                 raise OSError(errno.EINVAL, "Not a symbolic link")
             target = os.readlink(found.name, dir_fd=found.parent)
-        if target.startswith(b"/"):
-            inside = self.shares.shareForRealPath(target)
-            if inside is not None:
-                share, rest = inside
-                return b"/".join((share.virtualPath,) + rest)
-        return target
+        return self.virtualTarget(target)
 
     def realPath(self, path: bytes) -> bytes:
         """

@@ -295,16 +295,60 @@ class SymlinkEscapeTests(ConfinedTestCase):
         self.assertErrno(errno.EINVAL, self.fs.readLink, b"/home")
 
     def test_makeLink(self) -> None:
+        """
+        An absolute target in a share is stored as the share's real path
+        and the rest exactly as written; relative targets and targets in no
+        share are stored as given.
+        """
+        one = self.path("one")
         self.fs.makeLink(b"/one/sub/deeper/abs", b"/one/f")
-        self.assertEqual(os.readlink(self.path("one", "sub", "deeper", "abs")), "../../f")
+        self.assertEqual(os.readlink(self.path("one", "sub", "deeper", "abs")), one + "/f")
         self.assertEqual(self.readAll(b"/one/sub/deeper/abs"), b"inside")
         self.fs.makeLink(b"/one/top", b"/one")
-        self.assertEqual(os.readlink(self.path("one", "top")), ".")
+        self.assertEqual(os.readlink(self.path("one", "top")), one)
+        self.fs.makeLink(b"/one/odd", b"//one/./sub//g/")
+        self.assertEqual(os.readlink(self.path("one", "odd")), one + "/./sub//g/")
+        self.assertEqual(self.fs.readLink(b"/one/odd"), b"/one/./sub//g/")
+        self.assertEqual(self.readAll(b"/one/odd"), b"deep")
+        self.fs.makeLink(b"/one/back", b"/two/../one/f")
+        self.assertEqual(os.readlink(self.path("one", "back")), one + "/f")
         self.fs.makeLink(b"/one/rel", b"sub/g")
         self.assertEqual(os.readlink(self.path("one", "rel")), "sub/g")
-        self.fs.makeLink(b"/one/other", b"/two/t")
-        self.assertEqual(os.readlink(self.path("one", "other")), "/two/t")
+        self.fs.makeLink(b"/one/up", b"../two/t")
+        self.assertEqual(os.readlink(self.path("one", "up")), "../two/t")
+        self.fs.makeLink(b"/one/nowhere", b"/nowhere/x")
+        self.assertEqual(os.readlink(self.path("one", "nowhere")), "/nowhere/x")
+        self.fs.makeLink(b"/one/deep", b"/home/alice/docs/x")
+        self.assertEqual(os.readlink(self.path("one", "deep")), self.path("alice") + "/x")
         self.assertErrno(errno.EEXIST, self.fs.makeLink, b"/one/f", b"x")
+
+    def test_readLinkGivesBackWhatWasWritten(self) -> None:
+        """
+        READLINK answers exactly the target SYMLINK was given, and LSTAT and
+        READDIR report the link's size as that target's length (what a
+        client library's symlink test checks).
+        """
+        for target in [b"/one/f", b"/one/./sub//g/", b"/one", b"sub/g", b"/nowhere/x", b"/two"]:
+            self.fs.makeLink(b"/one/l", target)
+            self.assertEqual(self.fs.readLink(b"/one/l"), target)
+            self.assertEqual(self.fs.stat(b"/one/l", follow=False)["size"], len(target))
+            d = self.fs.openDirectory(b"/one")
+            entries = {name: (line, attrs) for name, line, attrs in d.read(1000)}
+            d.close()
+            line, attrs = entries[b"l"]
+            self.assertEqual(attrs["size"], len(target), target)
+            self.assertIn(b" %d " % len(target), line)
+            self.fs.removeFile(b"/one/l")
+
+    def test_linkIntoAnotherShare(self) -> None:
+        """
+        A link into another share keeps that share's real path, reads back
+        as written, and is not followed (each share is confined on its own).
+        """
+        self.fs.makeLink(b"/one/other", b"/two/t")
+        self.assertEqual(os.readlink(self.path("one", "other")), self.path("two") + "/t")
+        self.assertEqual(self.fs.readLink(b"/one/other"), b"/two/t")
+        self.assertErrno(errno.EACCES, self.fs.stat, b"/one/other")
 
 
 class RaceTests(ConfinedTestCase):
@@ -1111,8 +1155,11 @@ class CachedStatTests(ConfinedTestCase):
             for follow in (False, True):
                 self.warm(path, follow)
                 got = self.fs.statCached(path, follow=follow)
-                if follow and path == b"/one/in_rel":
-                    self.assertIsNone(got, "a final symlink is followed by a worker")
+                if path == b"/one/in_rel":
+                    # A final symlink is followed by a worker; LSTAT of one
+                    # too, where the share's real path is not its virtual
+                    # path (the size is the length READLINK answers).
+                    self.assertIsNone(got, "a final symlink is left to a worker")
                     continue
                 self.assertEqual(got, self.fs.stat(path, follow=follow), (path, follow))
 

@@ -292,11 +292,93 @@ class MalformedTests(CoreTestCase):
             status(7, 5, b"Packet too short"),
         )
 
-    def test_trailingData(self) -> None:
+    def test_trailingDataIgnored(self) -> None:
         """
-        Conch: bytes after the last field are BAD_MESSAGE (Conch asserts).
+        Bytes after a request's last field are ignored, as OpenSSH's
+        sftp-server does (Conch asserts; we once answered BAD_MESSAGE):
+        every request gets the reply it gets without them.
         """
-        self.exchange(request(17, 8, s(b"/") + b"junk"), status(8, 5, b"Trailing data in packet"))
+
+        def setup(h: Harness) -> None:
+            h.avatar.create(b"/f", b"abc")
+            h.avatar.makeLink(b"/l", b"x/y")
+
+        attrs = (
+            u32(15) + u64(3) + u32(0) + u32(0) + u32(stat.S_IFREG | 0o644) + u32(1000) + u32(2000)
+        )
+        junk = b"junk\0\0\0\x07"
+        self.exchange(
+            request(17, 8, s(b"/f") + junk)
+            + request(7, 9, s(b"/f") + junk)
+            + request(19, 10, s(b"/l") + junk)
+            + request(16, 11, s(b"a/../b") + junk)
+            + request(14, 12, s(b"/d") + NO_ATTRS + junk)
+            + request(9, 13, s(b"/f") + NO_ATTRS + junk)
+            + request(18, 14, s(b"/d") + s(b"/e") + junk)
+            + request(3, 15, s(b"/f") + u32(READ) + NO_ATTRS + junk)
+            + request(5, 16, s(b"1") + u64(1) + u32(10) + junk)
+            + request(4, 17, s(b"1") + junk)
+            + extended(18, b"hardlink@openssh.com", s(b"/f") + s(b"/g") + junk),
+            packet(105, u32(8) + attrs)
+            + packet(105, u32(9) + attrs)
+            + name1(10, b"x/y")
+            + name1(11, b"/b")
+            + ok(12)
+            + ok(13)
+            + ok(14)
+            + handle(15, b"1")
+            + packet(103, u32(16) + s(b"bc"))
+            + ok(17)
+            + ok(18),
+            setup=setup,
+            check=lambda h: self.assertEqual(
+                sorted(h.avatar.root.children), [b"e", b"f", b"g", b"l"]
+            ),
+        )
+
+    def test_writeTrailingData(self) -> None:
+        """
+        A WRITE packet longer than its data field (a Go client reuses a
+        32 KiB buffer) writes exactly the field's C{length} bytes.
+        """
+
+        def setup(h: Harness) -> None:
+            h.feed(request(3, 1, s(b"/f") + u32(WRITE | CREAT) + NO_ATTRS))
+
+        def check(h: Harness) -> None:
+            self.assertEqual(h.avatar.lookup(b"/f").data, b"\0\0abc")
+
+        self.exchange(
+            request(6, 2, s(b"1") + u64(2) + s(b"abc") + b"xyz" * 100),
+            ok(2),
+            setup=setup,
+            check=check,
+        )
+
+    def test_shortPacketSessionGoesOn(self) -> None:
+        """
+        A packet too short for its fields is BAD_MESSAGE with its id, and
+        the session goes on (OpenSSH's sftp-server exits: a listed
+        difference).
+        """
+        self.exchange(
+            request(6, 3, s(b"1") + u64(0) + u32(10) + b"abc")
+            + request(19, 4, u32(9) + b"/l")
+            + request(17, 5, s(b"/")),
+            status(3, 5, b"Packet too short")
+            + status(4, 5, b"Packet too short")
+            + packet(
+                105,
+                u32(5)
+                + u32(15)
+                + u64(0)
+                + u32(0)
+                + u32(0)
+                + u32(stat.S_IFDIR | 0o755)
+                + u32(1000)
+                + u32(2000),
+            ),
+        )
 
     def test_noRequestId(self) -> None:
         """
@@ -414,9 +496,11 @@ class FileTests(CoreTestCase):
 
     def test_otherUnknownHandles(self) -> None:
         """
-        CLOSE, FSTAT, FSETSTAT and READDIR on unknown handles are statuses.
+        CLOSE, FSTAT, FSETSTAT and READDIR on unknown handles are statuses:
+        NO_SUCH_FILE for CLOSE, FAILURE for the others, as OpenSSH's
+        sftp-server answers.
         """
-        self.exchange(request(4, 1, s(b"x")), status(1, 4, NO_SUCH_HANDLE))
+        self.exchange(request(4, 1, s(b"x")), status(1, 2, NO_SUCH_HANDLE))
         self.exchange(request(8, 2, s(b"x")), status(2, 4, NO_SUCH_HANDLE))
         self.exchange(request(10, 3, s(b"x") + NO_ATTRS), status(3, 4, NO_SUCH_HANDLE))
         self.exchange(request(12, 4, s(b"x")), status(4, 4, NO_SUCH_HANDLE))

@@ -897,12 +897,15 @@ class SFTPServerCore:
         self._opening -= 1
         return reason
 
-    # Requests (draft-02 section 6); each parses strictly, then calls the
-    # avatar, and returns the reply or a Deferred firing with it.
+    # Requests (draft-02 section 6); each parses its fields, then calls the
+    # avatar, and returns the reply or a Deferred firing with it.  A field
+    # running past the end is BAD_MESSAGE with the request's id (and the
+    # session goes on; OpenSSH's sftp-server exits).  Bytes after the last
+    # field are ignored, as OpenSSH's sftp-server does (process() there
+    # consumes the rest of the message).
 
     def _open(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
         filename, flags, attrs = r.string(), r.u32(), r.attrs()
-        r.end()
         self._checkHandleRoom()
         self._opening += 1
         d = maybeDeferred(self.avatar.openFile, filename, flags, attrs)
@@ -911,7 +914,6 @@ class SFTPServerCore:
 
     def _opendir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
         path = r.string()
-        r.end()
         self._checkHandleRoom()
         self._opening += 1
         d = maybeDeferred(self.avatar.openDirectory, path)
@@ -921,18 +923,18 @@ class SFTPServerCore:
 
     def _close(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
-        r.end()
         if handle in self._files:
             result = self._files.pop(handle).close()
         elif handle in self._dirs:
             result = self._dirs.pop(handle).close()
         else:
-            raise _noSuchHandle()
+            # OpenSSH's sftp-server: ENOENT here (FAILURE for the other
+            # requests on an unknown handle).
+            raise _sftpError(wire.FX_NO_SUCH_FILE, "No such handle")
         return _then(result, _okReply, requestId)
 
     def _read(self, requestId: int, r: wire.Reader) -> Any:
         handle, offset, length = r.string(), r.u64(), r.u32()
-        r.end()
         fileObj = self._file(handle)
         # Capped, not refused: a short read is legal and every client
         # re-requests the rest.  Stock Conch would build a DATA reply larger
@@ -945,46 +947,41 @@ class SFTPServerCore:
         handle, offset, length = r.string(), r.u64(), r.u32()
         # The data is the rest of the packet: a view of it, not a copy
         # (what Reader.string would make).
+        # Exactly length bytes are written: bytes after them are ignored,
+        # as by every other request (a Go client reuses a 32 KiB buffer and
+        # sends WRITE packets longer than their data).
         packet = r._data
         start = r.offset
         if start + length > len(packet):
             raise wire.BadMessage("Packet too short")
-        if start + length < len(packet):
-            raise wire.BadMessage("Trailing data in packet")
         fileObj = self._file(handle)
-        chunk: Any = packet[start:]
+        chunk: Any = packet[start : start + length]
         if not getattr(fileObj, "writesViews", False):
             chunk = bytes(chunk)
         return self._status(requestId, fileObj.writeChunk, offset, chunk)
 
     def _stat(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._attrs(requestId, self.avatar.getAttrs, path, True)
 
     def _lstat(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._attrs(requestId, self.avatar.getAttrs, path, False)
 
     def _fstat(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
-        r.end()
         return self._attrs(requestId, self._file(handle).getAttrs)
 
     def _setstat(self, requestId: int, r: wire.Reader) -> Any:
         path, attrs = r.string(), r.attrs()
-        r.end()
         return self._status(requestId, self.avatar.setAttrs, path, attrs)
 
     def _fsetstat(self, requestId: int, r: wire.Reader) -> Any:
         handle, attrs = r.string(), r.attrs()
-        r.end()
         return self._status(requestId, self._file(handle).setAttrs, attrs)
 
     def _readdir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
         handle = r.string()
-        r.end()
         directory = self._dirs.get(handle)
         if directory is None:
             raise _noSuchHandle()
@@ -1021,32 +1018,26 @@ class SFTPServerCore:
 
     def _remove(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._status(requestId, self.avatar.removeFile, path)
 
     def _mkdir(self, requestId: int, r: wire.Reader) -> Any:
         path, attrs = r.string(), r.attrs()
-        r.end()
         return self._status(requestId, self.avatar.makeDirectory, path, attrs)
 
     def _rmdir(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._status(requestId, self.avatar.removeDirectory, path)
 
     def _realpath(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._name(requestId, self.avatar.realPath, path)
 
     def _rename(self, requestId: int, r: wire.Reader) -> Any:
         oldPath, newPath = r.string(), r.string()
-        r.end()
         return self._status(requestId, self.avatar.renameFile, oldPath, newPath)
 
     def _readlink(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
-        r.end()
         return self._name(requestId, self.avatar.readLink, path)
 
     def _symlink(self, requestId: int, r: wire.Reader) -> Any:
@@ -1054,7 +1045,6 @@ class SFTPServerCore:
         # of draft-02's (linkpath, targetpath); every deployed server follows
         # OpenSSH, so do we.
         targetPath, linkPath = r.string(), r.string()
-        r.end()
         return self._status(requestId, self.avatar.makeLink, linkPath, targetPath)
 
     # Reply shapes
@@ -1097,7 +1087,6 @@ class SFTPServerCore:
                 while not packed.atEnd():
                     ids.append(packed.u32())
                 args.append(ids)
-        r.end()
         # Handles resolve only once the whole request parsed.
         args = [
             self._file(_asBytes(arg)) if kind == "handle" else arg

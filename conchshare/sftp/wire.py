@@ -4,9 +4,11 @@ SFTP version 3 on the wire: constants, packet framing, attributes.
 Reference: draft-ietf-secsh-filexfer-02 (protocol version 3), and OpenSSH's
 C{PROTOCOL} file for the C{@openssh.com} extensions.
 
-Nothing here does I/O.  Parsing is strict: a L{Reader} raises L{BadMessage}
-for a field that runs past the end of the packet, and L{Reader.end} raises it
-for bytes left over, so no peer data is ever trusted by an C{assert}.
+Nothing here does I/O.  A L{Reader} raises L{BadMessage} for a field that
+runs past the end of the packet, so no peer data is ever trusted by an
+C{assert}.  Bytes after a request's last field are the caller's to judge:
+the server ignores them, as OpenSSH's sftp-server does; L{Reader.end}
+refuses them where a whole message must be read (replies, in tests).
 """
 
 from __future__ import annotations
@@ -104,14 +106,14 @@ _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 class BadMessage(Exception):
     """
-    A packet does not parse: a field runs past its end, or bytes are left
-    over.  Answered with C{FX_BAD_MESSAGE}.
+    A packet does not parse: a field runs past its end (or, for
+    L{Reader.end}, bytes are left over).  Answered with C{FX_BAD_MESSAGE}.
     """
 
 
 class Reader:
     """
-    Strict reader of one packet body.
+    Reader of one packet body; a field past its end is L{BadMessage}.
 
     @ivar offset: where the next field starts.
     """
