@@ -265,7 +265,7 @@ class _StopReactorOnFailure(Service):
         self._reactor = reactor
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._share.whenStopped().addBoth(self._stopped)
 
     def _stopped(self, result: object) -> None:
@@ -300,14 +300,14 @@ class _SpinWhileRunning(Service):
     def startService(self) -> None:
         from conchshare.spin import spinBeforeSleeping
 
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
 
     def stopService(self) -> Any:
         from conchshare.spin import stopSpinning
 
         stopSpinning(self._getReactor())
-        return super().stopService()  # type: ignore[no-untyped-call]
+        return super().stopService()
 
 
 def makeTwistdService(
@@ -331,13 +331,13 @@ def makeTwistdService(
     except ConchShareError as e:
         raise usage.UsageError(str(e))
     share.addObserver(LoggerRenderer())
-    top = MultiService()  # type: ignore[no-untyped-call]
+    top = MultiService()
     # Control first: it starts before the share and stops after it.
-    ControlService(share, args.control, reactor=reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
-    share.setServiceParent(top)  # type: ignore[no-untyped-call]
-    _StopReactorOnFailure(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+    ControlService(share, args.control, reactor=reactor).setServiceParent(top)
+    share.setServiceParent(top)
+    _StopReactorOnFailure(share, reactor).setServiceParent(top)
     if spin:
-        _SpinWhileRunning(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+        _SpinWhileRunning(share, reactor).setServiceParent(top)
     return top
 
 

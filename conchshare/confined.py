@@ -333,7 +333,7 @@ def _renameat2() -> Callable[..., int] | None:
         ctypes.c_uint,
     ]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
 # What the system offers (renameat2, openat2, the in-memory calls): found on

@@ -358,14 +358,14 @@ class ControlService(Service):
 
     def startService(self) -> None:
         self.listen()
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        d: Deferred[Any] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        d: Deferred[Any] = maybeDeferred(port.stopListening)
 
         def removed(_: object) -> None:
             try:

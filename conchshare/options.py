@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
     printing usage and exiting.
     """
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(sentence(message.rstrip("."), empty="Bad usage."))
 
 
@@ -85,7 +85,7 @@ class _Parser(argparse.ArgumentParser):
     printing usage and exiting.
     """
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(sentence(message, empty="Bad usage."))
 
 
@@ -362,7 +362,7 @@ class _SFTPServerParser(Parser):
                     return name
         return spellings[-1]
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         found = re.fullmatch(r"unrecognized arguments: (\S+).*", message)
         if found:
             message = f"Option {found[1]} not recognized."

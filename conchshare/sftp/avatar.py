@@ -104,7 +104,7 @@ def makeThreadPool(reactor: IReactorCore | None = None, maxthreads: int = 8) -> 
     reactor = _defaultReactor(reactor)
     pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name="conchshare-fs")
     pool.start()
-    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)  # type: ignore[union-attr]
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     return pool
 
 
@@ -814,9 +814,7 @@ class ShareSFTPServer:
         @raise SFTPError: always C{FX_OP_UNSUPPORTED}; the extensions are
             the L{IShareSFTPServer} methods.
         """
-        raise SFTPError(  # type: ignore[no-untyped-call]
-            FX_OP_UNSUPPORTED, f"Unsupported extension {extendedName!r}"
-        )
+        raise SFTPError(FX_OP_UNSUPPORTED, f"Unsupported extension {extendedName!r}")
 
     # -- IShareSFTPServer -----------------------------------------------
 
