@@ -110,6 +110,9 @@ class SFTPServerCommandLineTests(SynchronousTestCase):
         )
         args = parseSFTPServerArguments(["--umask=0", "--log-level=INFO", "--read-only"])
         self.assertEqual((args.readOnly, args.umask, args.logLevel), (True, 0, "INFO"))
+        # Options after a share, as for share and mount.
+        args = parseSFTPServerArguments(["b=/y", "--read-only", "-u", "077"])
+        self.assertEqual((args.allShares, args.readOnly, args.umask), (["b=/y"], True, 0o077))
         args = parseSFTPServerArguments([])
         self.assertEqual(
             (args.readOnly, args.umask, args.logLevel, args.allShares),
