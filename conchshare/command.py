@@ -2,7 +2,9 @@
 The C{conchshare share} and C{conchshare mount} commands, and the same
 subcommands under C{twistd conchshare}.
 
-Both parse their options into L{conchshare.service.ShareOptions}, build a
+Both parse their command line with the parser of L{conchshare.options}
+(twistd's L{TwistdOptions} wraps the same one) into
+L{conchshare.service.ShareOptions}, build a
 L{conchshare.service.ShareService} and a control socket, and run until
 stopped:
 
@@ -26,7 +28,8 @@ from typing import IO, Any
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
-from conchshare.errors import ConchShareError, UsageError, sentence
+from conchshare.errors import ConchShareError, UsageError
+from conchshare.options import makeParser, parseArguments
 
 __all__ = [
     "TwistdOptions",
@@ -37,227 +40,6 @@ __all__ = [
     "parseArguments",
     "shareMain",
 ]
-
-_SHARE_DESCRIPTION = (
-    "Share local folders with a remote host: connect out to DESTINATION over SSH,"
-    " ask its sshd to listen on a port (or Unix socket) there, and serve every"
-    " connection that arrives with conchshare's own SFTP server, confined to the shares."
-)
-_MOUNT_DESCRIPTION = (
-    "Share local folders and mount them on the remote host with its sshfs, started"
-    " over the same outbound SSH connection."
-)
-_EPILOG = (
-    "SHARE is FOLDER or NAME=FOLDER (':ro' at the end makes it read-only). "
-    "Signals: SIGINT/SIGTERM stop cleanly, SIGUSR1 pauses, SIGUSR2 resumes. "
-    "Exit codes: 0 stopped, 1 other error, 2 bad usage, 3 connection failed, "
-    "4 authentication failed, 5 host key unknown or changed, 6 forward refused, "
-    "7 remote mount failed."
-)
-
-
-class _Parser(argparse.ArgumentParser):
-    """
-    An argument parser that raises L{UsageError} (one sentence) instead of
-    printing usage and exiting.
-    """
-
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(sentence(message, empty="Bad usage."))
-
-
-def _listenAddress(text: str) -> tuple[str, int]:
-    """
-    Parse C{--remote-listen}: C{ADDR:PORT}, C{[IPV6]:PORT} or C{PORT}.
-    """
-    address, port = "127.0.0.1", text
-    if text.startswith("["):
-        inside, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise argparse.ArgumentTypeError(f"bad --remote-listen {text!r}; use ADDR:PORT")
-        address, port = inside, rest[1:]
-    elif ":" in text:
-        address, _, port = text.rpartition(":")
-    if not port.isdigit() or int(port) > 65535 or not address:
-        raise argparse.ArgumentTypeError(f"bad --remote-listen {text!r}; use ADDR:PORT")
-    return address, int(port)
-
-
-def _umask(text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad --umask {text!r}; use an octal number such as 022")
-    if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"bad --umask {text!r}; use an octal number such as 022")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"bad port {text!r}")
-    return int(text)
-
-
-def makeParser(kind: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """
-    The argument parser of C{conchshare share} or C{conchshare mount}.
-
-    @param kind: C{"share"} or C{"mount"}.
-    """
-    parser = _Parser(
-        prog=prog or f"conchshare {kind}",
-        description=_SHARE_DESCRIPTION if kind == "share" else _MOUNT_DESCRIPTION,
-        epilog=_EPILOG,
-    )
-    parser.add_argument(
-        "destination",
-        metavar="DESTINATION",
-        help="[user@]host[:port] or a Host alias of the ssh config",
-    )
-    parser.add_argument("shares", metavar="SHARE", nargs="*", help="a folder to share")
-    parser.add_argument(
-        "--share",
-        dest="moreShares",
-        metavar="SHARE",
-        action="append",
-        default=[],
-        help="a folder to share (repeatable)",
-    )
-    if kind == "mount":
-        parser.add_argument(
-            "--at",
-            required=True,
-            metavar="REMOTE_DIR",
-            help="the mount point on the remote host (created if missing)",
-        )
-        parser.add_argument(
-            "--via",
-            choices=("passive", "ssh", "socket", "raw-tcp"),
-            default="passive",
-            help="how the remote sshfs reaches the shares (default: passive)",
-        )
-    else:
-        parser.add_argument(
-            "--mode",
-            choices=("ssh", "raw"),
-            default="ssh",
-            help="endpoint mode of the forward (default: ssh)",
-        )
-    parser.add_argument(
-        "--remote-listen",
-        dest="remoteListen",
-        metavar="ADDR:PORT",
-        type=_listenAddress,
-        action="append",
-        help="where the remote sshd listens (default 127.0.0.1:0; repeatable)",
-    )
-    parser.add_argument(
-        "--remote-socket",
-        dest="remoteSocket",
-        metavar="PATH",
-        help="forward a remote Unix socket (no TCP forward unless --remote-listen is"
-        " given too); 'auto': a fresh path in a private directory",
-    )
-    parser.add_argument(
-        "-i",
-        "--identity",
-        dest="identities",
-        metavar="FILE",
-        action="append",
-        default=[],
-        help="a private key file (repeatable)",
-    )
-    parser.add_argument(
-        "--known-hosts", dest="knownHosts", metavar="FILE", help="= -o UserKnownHostsFile=FILE"
-    )
-    parser.add_argument(
-        "--accept-new",
-        dest="acceptNew",
-        action="store_true",
-        help="= -o StrictHostKeyChecking=accept-new",
-    )
-    parser.add_argument(
-        "--authorized-keys",
-        dest="authorizedKeys",
-        metavar="FILE",
-        help="keys the nested SSH server accepts (ssh mode; for mount --via ssh, besides"
-        " the session key its own sshfs uses)",
-    )
-    parser.add_argument(
-        "--host-key",
-        dest="hostKey",
-        metavar="FILE",
-        help="the nested SSH server's host key (created if missing)",
-    )
-    parser.add_argument(
-        "--session-key",
-        dest="sessionKey",
-        action="store_true",
-        default=None,
-        help="install a session key on the remote host (default in ssh mode without --authorized-keys)",
-    )
-    parser.add_argument(
-        "--no-session-key",
-        dest="sessionKey",
-        action="store_false",
-        help="do not install a session key (share only: a mount's sshfs needs one)",
-    )
-    parser.add_argument(
-        "--read-only",
-        dest="readOnly",
-        action="store_true",
-        help="refuse every change to the shares",
-    )
-    parser.add_argument(
-        "--umask",
-        type=_umask,
-        default=0o022,
-        metavar="OCTAL",
-        help="umask for created files (default 022)",
-    )
-    parser.add_argument("--json", action="store_true", help="print events as JSON lines on stdout")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="log every SFTP request (an audit trail) on stderr",
-    )
-    parser.add_argument("-F", dest="configFile", metavar="FILE", help="ssh config file (as ssh -F)")
-    parser.add_argument("-p", dest="port", metavar="PORT", type=_port, help="SSH port (as ssh -p)")
-    parser.add_argument("-J", dest="jump", metavar="JUMP", help="jump hosts (as ssh -J)")
-    parser.add_argument(
-        "-o",
-        dest="sshOptions",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="an ssh config option (as ssh -o)",
-    )
-    parser.add_argument(
-        "--control",
-        metavar="PATH",
-        help="the control socket (default: in the first private directory of"
-        " $XDG_RUNTIME_DIR/conchshare, /tmp/conchshare-UID, ~/.cache/conchshare)",
-    )
-    return parser
-
-
-def parseArguments(kind: str, argv: Sequence[str], prog: str | None = None) -> argparse.Namespace:
-    """
-    Parse a C{share}/C{mount} command line (options and positional
-    arguments may be mixed).
-
-    @raise UsageError: bad usage (one sentence).
-    """
-    args = makeParser(kind, prog).parse_intermixed_args(list(argv))
-    args.kind = kind
-    if args.remoteSocket == "auto":
-        args.remoteSocket = ""
-    args.allShares = list(args.shares) + list(args.moreShares)
-    if not args.allShares:
-        raise UsageError("Give at least one folder to share.")
-    return args
 
 
 def shareOptions(args: argparse.Namespace) -> Any:
@@ -483,7 +265,7 @@ class _StopReactorOnFailure(Service):
         self._reactor = reactor
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._share.whenStopped().addBoth(self._stopped)
 
     def _stopped(self, result: object) -> None:
@@ -518,14 +300,14 @@ class _SpinWhileRunning(Service):
     def startService(self) -> None:
         from conchshare.spin import spinBeforeSleeping
 
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
 
     def stopService(self) -> Any:
         from conchshare.spin import stopSpinning
 
         stopSpinning(self._getReactor())
-        return super().stopService()  # type: ignore[no-untyped-call]
+        return super().stopService()
 
 
 def makeTwistdService(
@@ -549,13 +331,13 @@ def makeTwistdService(
     except ConchShareError as e:
         raise usage.UsageError(str(e))
     share.addObserver(LoggerRenderer())
-    top = MultiService()  # type: ignore[no-untyped-call]
+    top = MultiService()
     # Control first: it starts before the share and stops after it.
-    ControlService(share, args.control, reactor=reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
-    share.setServiceParent(top)  # type: ignore[no-untyped-call]
-    _StopReactorOnFailure(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+    ControlService(share, args.control, reactor=reactor).setServiceParent(top)
+    share.setServiceParent(top)
+    _StopReactorOnFailure(share, reactor).setServiceParent(top)
     if spin:
-        _SpinWhileRunning(share, reactor).setServiceParent(top)  # type: ignore[no-untyped-call]
+        _SpinWhileRunning(share, reactor).setServiceParent(top)
     return top
 
 

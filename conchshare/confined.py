@@ -54,6 +54,7 @@ __all__ = [
     "attrsFromStat",
     "groupName",
     "longname",
+    "probeSystemCalls",
     "userName",
 ]
 
@@ -332,10 +333,13 @@ def _renameat2() -> Callable[..., int] | None:
         ctypes.c_uint,
     ]
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
-_renameat2Function = _renameat2()
+# What the system offers (renameat2, openat2, the in-memory calls): found on
+# first use by probeSystemCalls, not at import (a command that never opens a
+# share pays nothing); None until then and where missing.
+_renameat2Function: Callable[..., int] | None = None
 
 
 # openat2(2) (Linux >= 5.6): the directory of a path resolved in one call,
@@ -375,7 +379,7 @@ def _openat2Syscall() -> Any:
     return syscall
 
 
-_openat2SyscallFunction = _openat2Syscall()
+_openat2SyscallFunction: Any = None
 
 
 def _openat2() -> Callable[[int, bytes], int] | None:
@@ -403,7 +407,7 @@ def _openat2() -> Callable[[int, bytes], int] | None:
     return openat2 if ctypes.get_errno() == errno.EBADF else None
 
 
-_openat2Function = _openat2()
+_openat2Function: Callable[[int, bytes], int] | None = None
 
 # The open_how of each (flags, mode) opened below a share, by _openEntry or
 # the ring (few: a handful of flag sets, and the modes clients create files
@@ -623,7 +627,29 @@ def _cachedCalls() -> _CachedCalls | None:
     return calls
 
 
-_memory = _cachedCalls()
+_memory: _CachedCalls | None = None
+_probed = False
+_probeLock = threading.Lock()
+
+
+def probeSystemCalls() -> None:
+    """
+    Find once, on first use, which of renameat2, openat2 and the in-memory
+    calls (L{_CachedCalls}) this system offers; later calls return at once.
+    Everything here that uses them calls this first (a filesystem when it
+    is made).
+    """
+    global _renameat2Function, _openat2SyscallFunction, _openat2Function, _memory, _probed
+    if _probed:
+        return
+    with _probeLock:
+        if _probed:
+            return
+        _renameat2Function = _renameat2()
+        _openat2SyscallFunction = _openat2Syscall()
+        _openat2Function = _openat2()
+        _memory = _cachedCalls()
+        _probed = True
 
 
 def _attrsFromStatx(found: _Statx) -> Attrs:
@@ -1318,6 +1344,7 @@ def _openFolder(path: str) -> int:
     @raise OSError: the path is missing, not a directory, or has a symlink
         on the way (C{ELOOP} or C{ENOTDIR}).
     """
+    probeSystemCalls()
     encoded = os.fsencode(path)
     syscall = _openat2SyscallFunction
     if syscall is not None and _openat2Function is not None:
@@ -1371,6 +1398,7 @@ class ConfinedFilesystem:
         self.shares = shares
         self.umask = umask & 0o777
         self._processUmask = _processUmask()
+        probeSystemCalls()
         self._started = int(time.time())
         # What _lookup found for a client path (bounded: cleared when full).
         self._located: dict[bytes, tuple[Share, tuple[bytes, ...]] | VirtualDirectory] = {}

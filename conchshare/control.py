@@ -21,7 +21,6 @@ answers each with one JSON object on one line:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -37,7 +36,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
-from conchshare.errors import ConchShareError, UsageError, sentence
+from conchshare.errors import ConchShareError
+from conchshare.options import CTL_COMMANDS as COMMANDS
+from conchshare.options import makeParser
 
 __all__ = [
     "COMMANDS",
@@ -54,9 +55,6 @@ __all__ = [
     "isPrivateDirectory",
     "request",
 ]
-
-#: The requests the control socket understands.
-COMMANDS = ("pause", "resume", "status")
 
 _log = Logger()
 
@@ -360,14 +358,14 @@ class ControlService(Service):
 
     def startService(self) -> None:
         self.listen()
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        d: Deferred[Any] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+        d: Deferred[Any] = maybeDeferred(port.stopListening)
 
         def removed(_: object) -> None:
             try:
@@ -450,11 +448,6 @@ def _describeStatus(status: Mapping[str, Any]) -> str:
     return statusLine(status)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(sentence(message.rstrip("."), empty="Bad usage."))
-
-
 def ctlMain(
     argv: Sequence[str], stdout: IO[str] | None = None, stderr: IO[str] | None = None
 ) -> int:
@@ -466,19 +459,7 @@ def ctlMain(
     """
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
-    parser = _Parser(
-        prog="conchshare ctl",
-        description="Pause, resume or query a running conchshare through its control socket.",
-    )
-    parser.add_argument(
-        "--control",
-        metavar="PATH",
-        help="the control socket (default: the only live one in the private directories"
-        " among $XDG_RUNTIME_DIR/conchshare, /tmp/conchshare-UID, ~/.cache/conchshare,"
-        " /tmp/conchshare-UID-*)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
-    parser.add_argument("command", choices=COMMANDS, metavar="pause|resume|status")
+    parser = makeParser("ctl")
     try:
         args = parser.parse_args(list(argv))
         path = args.control if args.control else findControlSocket()

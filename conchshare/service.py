@@ -497,7 +497,7 @@ class ShareService(Service):
         """
         if self._stopping is not None:
             raise RuntimeError("A stopped ShareService cannot be started again.")
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._state = "connecting"
         try:
             self._client = self._makeClientService()
@@ -871,7 +871,7 @@ class ShareService(Service):
     def _beginStop(self, reason: str) -> Deferred[None]:
         if self._stopping is None:
             if self.running:
-                super().stopService()  # type: ignore[no-untyped-call]
+                super().stopService()
             self._state = "stopping"
             self._stopping = Deferred.fromCoroutine(self._stop(reason))
         d: Deferred[None] = Deferred()

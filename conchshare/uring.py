@@ -35,11 +35,18 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
-
 __all__ = ["Ring", "ringFor", "usable"]
 
-_log = Logger()
+
+def _log() -> Any:
+    """
+    This module's C{twisted.logger.Logger}, imported when first needed:
+    importing this module loads no Twisted.
+    """
+    from twisted.logger import Logger
+
+    return Logger(namespace=__name__)
+
 
 _SYS_SETUP = 425
 _SYS_ENTER = 426
@@ -307,7 +314,7 @@ class Ring:
                 try:
                     entry[0](result)
                 except Exception:
-                    _log.failure("Delivering an io_uring completion")
+                    _log().failure("Delivering an io_uring completion")
 
     def spin(self, seconds: float, clock: Callable[[], float]) -> bool:
         """
@@ -496,7 +503,7 @@ def usable() -> bool:
             try:
                 Ring(4).close()
             except (OSError, ValueError) as e:
-                _log.debug("io_uring not used: {error}", error=e)
+                _log().debug("io_uring not used: {error}", error=e)
             else:
                 _usable = True
     return _usable
@@ -516,7 +523,7 @@ def ringFor(reactor: Any) -> Ring | None:
         try:
             ring = Ring()
         except OSError as e:
-            _log.warn("io_uring not used: {error}", error=e)
+            _log().warn("io_uring not used: {error}", error=e)
             return None
         _rings[reactor] = ring
         # Part of the reactor, like its waker: not one of the selectables a

@@ -1044,6 +1044,7 @@ class _ComponentWalk:
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
+        confined.probeSystemCalls()  # found on first use: before it is switched off
         self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
 
 
@@ -1079,6 +1080,7 @@ class FastWalkTests(ConfinedTestCase):
     """
 
     def setUp(self) -> None:
+        confined.probeSystemCalls()
         if confined._openat2Function is None:
             raise SkipTest("openat2 is not usable here")
         super().setUp()

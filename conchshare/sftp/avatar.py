@@ -29,15 +29,13 @@ import copy
 import errno
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, FXF_CREAT, FXF_TRUNC, SFTPError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from conchshare.confined import (
@@ -53,6 +51,9 @@ from conchshare.sftp.ordering import ConnectionOrder, KeyOrder, orderedKeys
 from conchshare.sftp.workers import AGAIN, Batch, Job, RingCall, Workers
 from conchshare.shares import ShareSet
 from conchshare.uring import ringFor
+
+if TYPE_CHECKING:
+    from twisted.python.threadpool import ThreadPool
 
 __all__ = [
     "PathOrder",
@@ -98,10 +99,12 @@ def makeThreadPool(reactor: IReactorCore | None = None, maxthreads: int = 8) -> 
     @param reactor: the reactor (default: the global one).
     @param maxthreads: the most threads the pool runs at once.
     """
+    from twisted.python.threadpool import ThreadPool
+
     reactor = _defaultReactor(reactor)
     pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name="conchshare-fs")
     pool.start()
-    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)  # type: ignore[union-attr]
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     return pool
 
 
@@ -122,6 +125,9 @@ def _threadPoolRunner(reactor: IReactorThreads, pool: ThreadPool | None) -> Runn
     Run calls in C{pool}, or (L{None}) in the reactor's own pool, looked up
     at the first call so that building an avatar needs no threads.
     """
+    # Imported here: C{conchshare sftp-server} runs its calls itself.
+    from twisted.internet.threads import deferToThreadPool
+
     pools = [pool] if pool is not None else []
 
     def run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -808,9 +814,7 @@ class ShareSFTPServer:
         @raise SFTPError: always C{FX_OP_UNSUPPORTED}; the extensions are
             the L{IShareSFTPServer} methods.
         """
-        raise SFTPError(  # type: ignore[no-untyped-call]
-            FX_OP_UNSUPPORTED, f"Unsupported extension {extendedName!r}"
-        )
+        raise SFTPError(FX_OP_UNSUPPORTED, f"Unsupported extension {extendedName!r}")
 
     # -- IShareSFTPServer -----------------------------------------------
 

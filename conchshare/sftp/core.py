@@ -186,7 +186,7 @@ _STATVFS_FIELDS = (
 
 
 def _sftpError(code: int, message: str) -> SFTPError:
-    return SFTPError(code, message)  # type: ignore[no-untyped-call]
+    return SFTPError(code, message)
 
 
 def _noSuchHandle() -> SFTPError:
@@ -305,7 +305,7 @@ def _iterateBatch(iterator: Iterator[object] | None, maximum: int) -> Deferred[l
         return take()
 
     def ended(reason: Failure) -> list[Any]:
-        reason.trap(StopIteration)  # type: ignore[no-untyped-call]
+        reason.trap(StopIteration)
         if not entries:
             raise EOFError()
         return entries
@@ -797,7 +797,7 @@ class SFTPServerCore:
         try:
             result = handler(requestId, wire.Reader(body, 5))
         except BaseException as e:
-            self._replyFailed(Failure(e), requestId)  # type: ignore[no-untyped-call]
+            self._replyFailed(Failure(e), requestId)
             return
         if isinstance(result, Deferred):
             result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))

@@ -14,80 +14,10 @@ import stat
 import sys
 from typing import TextIO
 
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
-from twisted.python import usage
+from conchshare.errors import UsageError
+from conchshare.options import LEVELS, SFTP_SERVER, parseSFTPServerArguments
 
-PROGRAM = "conchshare sftp-server"
-
-# OpenSSH's sftp-server -l levels; QUIET logs nothing.
-LEVELS: dict[str, LogLevel | None] = {
-    "QUIET": None,
-    "FATAL": LogLevel.critical,
-    "ERROR": LogLevel.error,
-    "INFO": LogLevel.info,
-    "VERBOSE": LogLevel.info,
-    "DEBUG": LogLevel.debug,
-    "DEBUG1": LogLevel.debug,
-    "DEBUG2": LogLevel.debug,
-    "DEBUG3": LogLevel.debug,
-}
-
-
-class SFTPServerOptions(usage.Options):
-    """
-    The command line of C{conchshare sftp-server}.
-    """
-
-    synopsis = (
-        f"Usage: {PROGRAM} [--share SHARE]... [SHARE...] [--read-only] [--umask UMASK] [-l LEVEL]"
-    )
-    longdesc = (
-        "Speak SFTP version 3 on standard input and output, serving the shares "
-        "(NAME=PATH, NAME=PATH:ro, or PATH; the current directory when none is given)."
-    )
-    optFlags = [["read-only", "R", "Make every share read-only."]]
-    optParameters = [
-        ["umask", "u", "022", "Removed from the permissions of created files (octal)."],
-        ["log-level", "l", "QUIET", "Log to stderr at this level: " + ", ".join(LEVELS) + "."],
-    ]
-
-    def __init__(self) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self["shares"] = []
-
-    def opt_share(self, spec: str) -> None:
-        """
-        Share a folder: NAME=PATH, NAME=PATH:ro or PATH (repeatable).
-        """
-        self["shares"].append(spec)
-
-    opt_s = opt_share
-
-    def parseArgs(self, *shares: str) -> None:
-        self["shares"].extend(shares)
-
-    def postOptions(self) -> None:
-        try:
-            umask = int(self["umask"], 8)
-        except ValueError:
-            raise usage.UsageError(f"The umask {self['umask']!r} is not an octal number.")
-        if not 0 <= umask <= 0o777:
-            raise usage.UsageError(f"The umask {self['umask']!r} is out of range (000 to 777).")
-        self["umask"] = umask
-        level = self["log-level"].upper()
-        if level not in LEVELS:
-            raise usage.UsageError(
-                f"Unknown log level {self['log-level']!r}; use one of {', '.join(LEVELS)}."
-            )
-        self["log-level"] = level
+PROGRAM = SFTP_SERVER
 
 
 def _fail(stderr: TextIO, message: str) -> int:
@@ -95,17 +25,27 @@ def _fail(stderr: TextIO, message: str) -> int:
     return 2
 
 
-def startLogging(level: LogLevel | None, stderr: TextIO) -> None:
+def startLogging(level: str | None, stderr: TextIO) -> None:
     """
-    Send log events at C{level} or above to C{stderr}; none when C{level} is
-    C{None}.  Standard output is left alone: it carries the protocol.
+    Send log events at C{level} (a C{twisted.logger} level name) or above
+    to C{stderr}; none when C{level} is C{None}.  Standard output is left
+    alone: it carries the protocol.
     """
+    from twisted.logger import (
+        FilteringLogObserver,
+        ILogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
     observers: list[ILogObserver] = []
     if level is not None:
         observers.append(
             FilteringLogObserver(
                 textFileLogObserver(stderr),
-                [LogLevelFilterPredicate(defaultLogLevel=level)],
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))],
             )
         )
     globalLogBeginner.beginLoggingTo(
@@ -124,14 +64,12 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
     """
     if stderr is None:
         stderr = sys.stderr
-    options = SFTPServerOptions()
     try:
-        options.parseOptions(argv)  # type: ignore[no-untyped-call]
-    except usage.UsageError as e:
-        sentence = str(e).rstrip(".") + "."
-        return _fail(stderr, f"{sentence[0].upper()}{sentence[1:]} See '{PROGRAM} --help'.")
+        options = parseSFTPServerArguments(argv)
+    except UsageError as e:
+        return _fail(stderr, str(e))
     except SystemExit as e:
-        # --help and --version print and exit inside usage.Options.
+        # --help and --version print and exit inside argparse.
         return e.code if isinstance(e.code, int) else 0
 
     # Imported here: a bad command line must not pay for the filesystem code.
@@ -142,15 +80,15 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
 
     # As many SFTP handles as the system allows (before any is opened).
     raiseFileLimit()
-    level = LEVELS[options["log-level"]]
+    level = LEVELS[options.logLevel]
     # A pipe to one client: served by threads that answer the requests they
     # read (see conchshare.sftp.threaded), not by a reactor.
-    engine = ThreadedServer(logRequests=level == LogLevel.debug)
+    engine = ThreadedServer(logRequests=level == "debug")
     try:
         server = ShareSFTPServer.fromSpecs(
-            options["shares"],
-            readOnly=options["read-only"],
-            umask=options["umask"],
+            options.allShares,
+            readOnly=options.readOnly,
+            umask=options.umask,
             runner=engine.run,
             inlineCalls=True,
         )
@@ -158,6 +96,8 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
         return _fail(stderr, str(e))
 
     startLogging(level, stderr)
+    from twisted.logger import Logger
+
     log = Logger(namespace="conchshare.sftp-server")
 
     def moved(share: object, message: str) -> None:

@@ -196,7 +196,7 @@ class Job:
         if self.ok:
             self.deferred.callback(self.value)
         else:
-            self.deferred.errback(Failure(self.value))  # type: ignore[no-untyped-call]
+            self.deferred.errback(Failure(self.value))
 
 
 #: Returned by a call that is not done: it is made again, still holding

@@ -81,7 +81,7 @@ class _SocketPathTooLong(OSError):
     """
 
 
-class AgentClient(SSHAgentClient):  # type: ignore[misc]
+class AgentClient(SSHAgentClient):
     """
     The agent protocol with the sign-request flags Conch leaves at 0.
     """
@@ -194,7 +194,7 @@ def _shortPath(path: str) -> str:
     return "~" + path[len(home) :] if home != "/" and path.startswith(home + "/") else path
 
 
-class ShareUserAuthClient(userauth.SSHUserAuthClient):  # type: ignore[misc]
+class ShareUserAuthClient(userauth.SSHUserAuthClient):
     """
     Authenticate as C{options.user}, then start C{instance}.
 

@@ -172,7 +172,7 @@ class ChannelServingMixin:
 
 
 @implementer(interfaces.IPushProducer, interfaces.IConsumer)
-class ForwardedChannel(SSHChannel):  # type: ignore[misc]
+class ForwardedChannel(SSHChannel):
     """
     A channel that is the transport of a protocol: C{forwarded-tcpip},
     C{forwarded-streamlocal@openssh.com}, the nested server's session

@@ -85,7 +85,7 @@ def _defaultReactor(reactor: Any) -> Any:
     return reactor
 
 
-class _NagleSession(SSHChannel):  # type: ignore[misc]
+class _NagleSession(SSHChannel):
     """
     A session channel that runs C{true} and closes: sshd turns on
     C{TCP_NODELAY} for a connection once a command has run on it.

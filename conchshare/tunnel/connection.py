@@ -137,7 +137,7 @@ class _TransportPressure:
         pass
 
 
-class ShareConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
+class ShareConnection(ChannelServingMixin, SSHConnection):
     """
     The client C{ssh-connection} service of conchshare.
 

@@ -132,7 +132,7 @@ def fastMACs(conchMACs: list[bytes] | None = None) -> list[bytes]:
     return [first] + [m for m in conchMACs if m != first]
 
 
-class FastCiphers(SSHCiphers):  # type: ignore[misc]
+class FastCiphers(SSHCiphers):
     """
     L{SSHCiphers} that also knows the AES-GCM ciphers and keeps keyed HMAC
     objects.
@@ -175,7 +175,7 @@ class FastCiphers(SSHCiphers):  # type: ignore[misc]
             self.encBlockSize = _GCM_BLOCK
             self.outMACType = b"<implicit>"
         else:
-            o = self._getCipher(self.outCipType, outIV, outKey)  # type: ignore[no-untyped-call]
+            o = self._getCipher(self.outCipType, outIV, outKey)
             self.encryptor = o.encryptor()
             self.encBlockSize = o.algorithm.block_size // 8
             self.outMAC = self._getMAC(self.outMACType, outInteg)  # type: ignore[assignment]
@@ -188,7 +188,7 @@ class FastCiphers(SSHCiphers):  # type: ignore[misc]
             self.verifyDigestSize = _GCM_TAG
             self.inMACType = b"<implicit>"
         else:
-            o = self._getCipher(self.inCipType, inIV, inKey)  # type: ignore[no-untyped-call]
+            o = self._getCipher(self.inCipType, inIV, inKey)
             self.decryptor = o.decryptor()
             self.decBlockSize = o.algorithm.block_size // 8
             self.inMAC = self._getMAC(self.inMACType, inInteg)  # type: ignore[assignment]
@@ -545,7 +545,7 @@ class FastTransportMixin:
         """
         nxt = self.nextEncryptions
         if not isinstance(nxt, FastCiphers):
-            self.nextEncryptions = FastCiphers(  # type: ignore[no-untyped-call]
+            self.nextEncryptions = FastCiphers(
                 nxt.outCipType, nxt.inCipType, nxt.outMACType, nxt.inMACType
             )
         super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]

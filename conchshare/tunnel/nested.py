@@ -158,7 +158,7 @@ class NestedSessionChannel(ForwardedChannel):
         return 0
 
 
-class _NestedUser(_avatar.ConchUser):  # type: ignore[misc]
+class _NestedUser(_avatar.ConchUser):
     def __init__(self, sftpFactory: SFTPFactory) -> None:
         super().__init__()
         self.sftpFactory = sftpFactory
@@ -176,7 +176,7 @@ class _Realm:
         return IConchUser, _NestedUser(self.sftpFactory), lambda: None
 
 
-class NestedConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc]
+class NestedConnection(ChannelServingMixin, SSHConnection):
     """
     The nested server's C{ssh-connection} service: channel windows follow
     the consumption of the SFTP protocol; unknown channel types (port
@@ -184,7 +184,7 @@ class NestedConnection(ChannelServingMixin, SSHConnection):  # type: ignore[misc
     """
 
 
-class _UserAuthServer(userauth.SSHUserAuthServer):  # type: ignore[misc]
+class _UserAuthServer(userauth.SSHUserAuthServer):
     # The channel carrying us closes when the remote client goes away; a
     # login left hanging should not keep it open for ten hours.
     loginTimeout = 120
@@ -214,7 +214,7 @@ class NestedServerTransport(FastTransportMixin, transport.SSHServerTransport):  
             )
 
 
-class NestedSSHServer(factory.SSHFactory):  # type: ignore[misc]
+class NestedSSHServer(factory.SSHFactory):
     """
     Builds a nested SSH server transport for each forwarded channel.
 

@@ -44,7 +44,7 @@ CHANNEL_WINDOW = 2 * 1024 * 1024
 CHANNEL_MAX_PACKET = 32768
 
 
-class DirectTCPIPChannel(SSHChannel):  # type: ignore[misc]
+class DirectTCPIPChannel(SSHChannel):
     """
     A C{direct-tcpip} channel that is the transport of a protocol built by
     C{factory} once the channel is open.

@@ -33,13 +33,13 @@ def quote(path: str | bytes) -> str:
     return shlex.quote(path)
 
 
-class RemoteCommandFailed(ConchError):  # type: ignore[misc]
+class RemoteCommandFailed(ConchError):
     """
     The exec request was refused or the channel could not be opened.
     """
 
 
-class _CollectingExecChannel(SSHChannel):  # type: ignore[misc]
+class _CollectingExecChannel(SSHChannel):
     name = b"session"
 
     def __init__(self, command: bytes, stdin: bytes, **kw: Any) -> None:
