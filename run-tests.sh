@@ -26,6 +26,7 @@ FAST_TESTS=(
     tests.test_knownhosts tests.test_nested tests.test_service tests.test_sftp_core
     tests.test_sftp_protocol tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares
     tests.test_spin tests.test_sshconfig tests.test_uring tests.test_workers
+    tests.test_ordering tests.test_budget tests.test_options tests.test_startup
 )
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/conchshare-ci.XXXXXX")
