@@ -15,7 +15,11 @@ Three shares of one L{MemoryBudget}:
     server alone keeps its own bound (C{maxInFlight}, 64): one client is
     served as before.  With several, each may have C{replies} divided by
     the number of servers, over L{LARGEST_REQUEST}, requests in flight, at
-    least L{MIN_IN_FLIGHT}.
+    least L{MIN_IN_FLIGHT}.  The replies written and waiting in channels
+    to be sent (the connection is the bottleneck) are bounded by the same
+    share: while they fill it (L{MemoryBudget.outputFull}), a channel that
+    has replies waiting pauses its server until others are sent, first
+    paused first resumed (one channel alone is never held).
   - C{packets}: the large SFTP packets (WRITE data) being received or
     written, every server together.  A server allocates such a packet whole
     once its length is known, and holds it until the request is answered;
@@ -127,6 +131,7 @@ class MemoryBudget:
         self.packets = packets
         self._packetsHeld = 0
         self._packetWaiters: deque[tuple[int, Callable[[], object]]] = deque()
+        self._outputWaiters: deque[Any] = deque()
         self._maxInFlight = maxInFlight
         self._trim = trim
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -206,6 +211,43 @@ class MemoryBudget:
         limit = self.inFlight()
         for server in list(self._servers):
             server.setMaxInFlight(limit)
+
+    # -- replies waiting to be sent -------------------------------------------
+
+    def outputFull(self) -> bool:
+        """
+        Whether the bytes waiting in the channels to be sent
+        (C{pendingOutput}) fill the reply share; never with one channel.
+        """
+        channels = list(self._channels)
+        if len(channels) <= 1:
+            return False
+        queued: int = sum(c.pendingOutput for c in channels)
+        return queued + LARGEST_REQUEST > self.replies
+
+    def waitForOutput(self, channel: Any) -> None:
+        """
+        C{channel} holds its producer until the replies waiting elsewhere
+        leave room: then its C{outputRoom()} is called (see L{outputSent}).
+        """
+        if channel not in self._outputWaiters:
+            self._outputWaiters.append(channel)
+
+    def outputSent(self) -> None:
+        """
+        Bytes waiting in a channel were sent (or dropped): call
+        C{outputRoom()} of the channels that waited, first come first, as
+        many as the room left fits replies of L{LARGEST_REQUEST}.
+        """
+        waiters = self._outputWaiters
+        if not waiters:
+            return
+        channels = list(self._channels)
+        queued = sum(c.pendingOutput for c in channels) if len(channels) > 1 else 0
+        room = max(1, (self.replies - queued) // LARGEST_REQUEST) if queued < self.replies else 0
+        while waiters and room:
+            room -= 1
+            waiters.popleft().outputRoom()
 
     # -- large packets --------------------------------------------------------
 
