@@ -19,7 +19,9 @@ Three shares of one L{MemoryBudget}:
     to be sent (the connection is the bottleneck) are bounded by the same
     share: while they fill it (L{MemoryBudget.outputFull}), a channel that
     has replies waiting pauses its server until others are sent, first
-    paused first resumed (one channel alone is never held).
+    paused first resumed (one channel alone is never held).  Only the
+    channels that carry SFTP replies themselves count (L{addReplyChannel}):
+    not those that carry a nested SSH connection, whose channels count.
   - C{packets}: the large SFTP packets (WRITE data) being received or
     written, every server together.  A server allocates such a packet whole
     once its length is known, and holds it until the request is answered;
@@ -132,6 +134,7 @@ class MemoryBudget:
         self._packetsHeld = 0
         self._packetWaiters: deque[tuple[int, Callable[[], object]]] = deque()
         self._outputWaiters: deque[Any] = deque()
+        self._replyChannels: weakref.WeakSet[Any] = weakref.WeakSet()
         self._maxInFlight = maxInFlight
         self._trim = trim
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -172,6 +175,7 @@ class MemoryBudget:
         C{channel} ended.
         """
         self._channels.discard(channel)
+        self._replyChannels.discard(channel)
 
     @property
     def channels(self) -> int:
@@ -214,12 +218,21 @@ class MemoryBudget:
 
     # -- replies waiting to be sent -------------------------------------------
 
+    def addReplyChannel(self, channel: Any) -> None:
+        """
+        C{channel} (added with L{addChannel}, with a C{pendingOutput}
+        attribute and an C{outputRoom()} method) carries replies: what
+        waits in it to be sent counts in the reply share.
+        """
+        self._replyChannels.add(channel)
+
     def outputFull(self) -> bool:
         """
-        Whether the bytes waiting in the channels to be sent
-        (C{pendingOutput}) fill the reply share; never with one channel.
+        Whether the bytes waiting to be sent in the channels that carry
+        replies (C{pendingOutput}) fill the reply share; never with one
+        such channel.
         """
-        channels = list(self._channels)
+        channels = list(self._replyChannels)
         if len(channels) <= 1:
             return False
         queued: int = sum(c.pendingOutput for c in channels)
@@ -242,7 +255,7 @@ class MemoryBudget:
         waiters = self._outputWaiters
         if not waiters:
             return
-        channels = list(self._channels)
+        channels = list(self._replyChannels)
         queued = sum(c.pendingOutput for c in channels) if len(channels) > 1 else 0
         room = max(1, (self.replies - queued) // LARGEST_REQUEST) if queued < self.replies else 0
         while waiters and room:

@@ -101,6 +101,9 @@ class SFTPServerProtocol(Protocol):
             memory=self._memoryBudget if pauses else None,
         )
         self._memoryBudget.addServer(self)
+        carriesReplies = getattr(transport, "carriesReplies", None)
+        if carriesReplies is not None:
+            carriesReplies()
         if IConsumer.providedBy(transport):
             transport.registerProducer(self, True)
             self._producing = True

@@ -233,6 +233,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
         self._deliveryCall: Any = None
         self._flushCall: Any = None
         self._roomCall: Any = None
+        self._carriesReplies = False
 
     # -- state -------------------------------------------------------------
 
@@ -518,7 +519,7 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
             sent = True
         if self._outgoingBytes > OUTPUT_HIGH:
             self.pause(OUTPUT)
-        elif self._budget.outputFull():
+        elif self._carriesReplies and self._budget.outputFull():
             # The replies of every channel together fill the budget: make
             # no more here until others are sent.
             if self._outgoingBytes or OUTPUT in self._reasons:
@@ -530,6 +531,16 @@ class ForwardedChannel(SSHChannel):  # type: ignore[misc]
             self._budget.outputSent()
         if self.closing and not self._outgoing:
             self.conn.sendClose(self)
+
+    def carriesReplies(self) -> None:
+        """
+        The attached protocol writes replies (an SFTP server): what waits
+        here to be sent counts in the budget's reply share, and while the
+        replies of all channels fill it, the protocol is paused (see
+        L{conchshare.budget}).
+        """
+        self._carriesReplies = True
+        self._budget.addReplyChannel(self)
 
     def outputRoom(self) -> None:
         """
