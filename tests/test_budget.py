@@ -183,7 +183,8 @@ class PacketShareTests(unittest.SynchronousTestCase):
         """
         budget = MemoryBudget(packets=100 * 1024)
         first, second = _Client(budget), _Client(budget)
-        first.avatar.gates["writeChunk"] = gate = Deferred()
+        gate: Deferred[None] = Deferred()
+        first.avatar.gates["writeChunk"] = gate
         one, two = first.write(self.data), second.write(self.data)
         first.core.dataReceived(one[:1000])
         second.core.dataReceived(two[:1000])
