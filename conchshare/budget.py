@@ -3,7 +3,7 @@ One process-wide bound on the bytes conchshare buffers for its peers, so
 that memory does not grow with the number of channels, and memory given
 back to the system once a load is over.
 
-Two shares of one L{MemoryBudget}:
+Three shares of one L{MemoryBudget}:
   - C{receive}: the receive windows of every open channel together.  A
     channel's window is C{receive} divided by the number of open channels,
     at most L{WINDOW_SIZE} (what one channel needs for full speed) and at
@@ -15,7 +15,23 @@ Two shares of one L{MemoryBudget}:
     server alone keeps its own bound (C{maxInFlight}, 64): one client is
     served as before.  With several, each may have C{replies} divided by
     the number of servers, over L{LARGEST_REQUEST}, requests in flight, at
-    least L{MIN_IN_FLIGHT}.
+    least L{MIN_IN_FLIGHT}.  The replies written and waiting in channels
+    to be sent (the connection is the bottleneck) are bounded by the same
+    share: while they fill it (L{MemoryBudget.outputFull}), a channel that
+    has replies waiting pauses its server until others are sent, first
+    paused first resumed (one channel alone is never held).  Only the
+    channels that carry SFTP replies themselves count (L{addReplyChannel}):
+    not those that carry a nested SSH connection, whose channels count.
+  - C{packets}: the large SFTP packets (WRITE data) being received or
+    written, every server together.  A server allocates such a packet whole
+    once its length is known, and holds it until the request is answered;
+    with many clients those packets were most of the memory (64 clients
+    each with a 256 KiB WRITE under way: 16 MiB).  A server takes the
+    packet's size from this share first (L{MemoryBudget.takePacket}); when
+    it is spent, the server waits, first come first served, without reading
+    more (the client's data waits within its channel's window), until
+    packets of others are answered.  A packet is always granted when no
+    other is held, so that one larger than the share still goes through.
 
 Channels and servers join when they start and leave when they end (weakly
 held: one that is dropped without ending leaves too).
@@ -32,12 +48,15 @@ import ctypes
 import ctypes.util
 import threading
 import weakref
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "MIN_IN_FLIGHT",
     "MIN_WINDOW",
     "MemoryBudget",
+    "PACKET_BUDGET",
     "TRIM_AFTER",
     "LARGEST_REQUEST",
     "WINDOW_SIZE",
@@ -54,6 +73,9 @@ MIN_WINDOW = 64 * 1024
 RECEIVE_BUDGET = 4 * 1024 * 1024
 #: The reply share: SFTP READ replies in flight, every server together.
 REPLY_BUDGET = 4 * 1024 * 1024
+#: The packet share: large SFTP packets (WRITE data) received and not yet
+#: answered, every server together (sixteen of 256 KiB).
+PACKET_BUDGET = 4 * 1024 * 1024
 #: What one SFTP request in flight may hold: a READ reply or WRITE data of
 #: the largest size the server announces.
 LARGEST_REQUEST = 256 * 1024
@@ -101,12 +123,18 @@ class MemoryBudget:
         receive: int = RECEIVE_BUDGET,
         replies: int = REPLY_BUDGET,
         *,
+        packets: int = PACKET_BUDGET,
         maxInFlight: int = 64,
         trim: Any = trimMemory,
         trimAfter: float = TRIM_AFTER,
     ) -> None:
         self.receive = receive
         self.replies = replies
+        self.packets = packets
+        self._packetsHeld = 0
+        self._packetWaiters: deque[tuple[int, Callable[[], object]]] = deque()
+        self._outputWaiters: deque[Any] = deque()
+        self._replyChannels: weakref.WeakSet[Any] = weakref.WeakSet()
         self._maxInFlight = maxInFlight
         self._trim = trim
         self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -147,6 +175,7 @@ class MemoryBudget:
         C{channel} ended.
         """
         self._channels.discard(channel)
+        self._replyChannels.discard(channel)
 
     @property
     def channels(self) -> int:
@@ -186,6 +215,106 @@ class MemoryBudget:
         limit = self.inFlight()
         for server in list(self._servers):
             server.setMaxInFlight(limit)
+
+    # -- replies waiting to be sent -------------------------------------------
+
+    def addReplyChannel(self, channel: Any) -> None:
+        """
+        C{channel} (added with L{addChannel}, with a C{pendingOutput}
+        attribute and an C{outputRoom()} method) carries replies: what
+        waits in it to be sent counts in the reply share.
+        """
+        self._replyChannels.add(channel)
+
+    def outputFull(self) -> bool:
+        """
+        Whether the bytes waiting to be sent in the channels that carry
+        replies (C{pendingOutput}) fill the reply share; never with one
+        such channel.
+        """
+        channels = list(self._replyChannels)
+        if len(channels) <= 1:
+            return False
+        queued: int = sum(c.pendingOutput for c in channels)
+        return queued + LARGEST_REQUEST > self.replies
+
+    def waitForOutput(self, channel: Any) -> None:
+        """
+        C{channel} holds its producer until the replies waiting elsewhere
+        leave room: then its C{outputRoom()} is called (see L{outputSent}).
+        """
+        if channel not in self._outputWaiters:
+            self._outputWaiters.append(channel)
+
+    def outputSent(self) -> None:
+        """
+        Bytes waiting in a channel were sent (or dropped): call
+        C{outputRoom()} of the channels that waited, first come first, as
+        many as the room left fits replies of L{LARGEST_REQUEST}.
+        """
+        waiters = self._outputWaiters
+        if not waiters:
+            return
+        channels = list(self._replyChannels)
+        queued = sum(c.pendingOutput for c in channels) if len(channels) > 1 else 0
+        room = max(1, (self.replies - queued) // LARGEST_REQUEST) if queued < self.replies else 0
+        while waiters and room:
+            room -= 1
+            waiters.popleft().outputRoom()
+
+    # -- large packets --------------------------------------------------------
+
+    @property
+    def packetsHeld(self) -> int:
+        """
+        The bytes of large packets granted and not yet given back.
+        """
+        return self._packetsHeld
+
+    def takePacket(self, size: int, granted: Callable[[], object]) -> bool:
+        """
+        Take C{size} bytes of the packet share for one packet.
+
+        @param granted: called (once, with no arguments) when the bytes are
+            granted later, if they are not now.
+        @return: whether they are granted now.  If not, C{granted} waits
+            behind every earlier waiter until enough bytes are given back
+            (L{releasePacket}), or until L{cancelPacket}.
+        """
+        if self._packetsHeld == 0 or (
+            not self._packetWaiters and self._packetsHeld + size <= self.packets
+        ):
+            self._packetsHeld += size
+            return True
+        self._packetWaiters.append((size, granted))
+        return False
+
+    def cancelPacket(self, granted: Callable[[], object]) -> None:
+        """
+        Stop waiting: C{granted} (given to L{takePacket}) will not be called.
+        """
+        for entry in self._packetWaiters:
+            if entry[1] == granted:
+                self._packetWaiters.remove(entry)
+                break
+        self._grantWaiting()
+
+    def releasePacket(self, size: int) -> None:
+        """
+        Give back C{size} bytes taken by L{takePacket}; waiters they make
+        room for are granted, in the order they came.
+        """
+        self._packetsHeld = max(0, self._packetsHeld - size)
+        self._grantWaiting()
+
+    def _grantWaiting(self) -> None:
+        waiters = self._packetWaiters
+        while waiters and (
+            self._packetsHeld == 0 or self._packetsHeld + waiters[0][0] <= self.packets
+        ):
+            size, granted = waiters.popleft()
+            self._packetsHeld += size
+            granted()
 
     # -- giving memory back -------------------------------------------------
 

@@ -86,8 +86,6 @@ class Sampler:
 class _MemoryBase(_Base):
     timeout = 300
     mode = "raw"
-    #: Measured and printed, but not met yet (see README, "Staying up").
-    todo = "issue 12: the peak is not yet within 16 MiB of the idle RSS"
 
     def setUp(self) -> None:
         super().setUp()

@@ -14,6 +14,12 @@ State and its rules, all kept on the core:
     filled as its rest comes, by feeds or read straight into it
     (L{SFTPServerCore.receiveBuffer}); dispatched as it is, not copied.
     Data is copied out of a feed at most once.
+  - C{_headCharge}, C{_awaitingMemory}: with a memory budget, a large
+    packet (WRITE data) is allocated only once its size is taken from the
+    budget's packet share (L{conchshare.budget.MemoryBudget.takePacket}),
+    and given back when its request is answered.  While the budget has no
+    room, the start of the packet stays in C{_buffer} and reading is
+    paused.
   - C{_initialised}: INIT was answered.  Any other packet before it, a second
     INIT, or a packet longer than L{wire.MAX_PACKET_LENGTH} disconnects.
   - C{_files}, C{_dirs}: open handles.  A handle leaves its table when CLOSE
@@ -336,6 +342,7 @@ class SFTPServerCore:
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
         budget: HandleBudget | None = None,
+        memory: Any = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
@@ -357,6 +364,9 @@ class SFTPServerCore:
             unless debug logs are wanted).
         @param budget: the handles shared with the other clients (default:
             this process's, L{processBudget}).
+        @param memory: a L{conchshare.budget.MemoryBudget} whose packet
+            share large packets are taken from (default: none; give one only
+            if C{pauseReading} does pause).
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
@@ -379,6 +389,11 @@ class SFTPServerCore:
         # (receiveBuffer); then self._buffer is empty.
         self._head: bytearray | None = None
         self._headFill = 0
+        self._memory = memory
+        # Bytes of the memory budget taken for the packet being received.
+        self._headCharge = 0
+        self._awaitingMemory = False
+        self._waitingFor = 0
         self._outbox: list[bytes] = []
         #: Whether the last feed carried a large packet (WRITE data).
         self.fedBulk = False
@@ -539,6 +554,7 @@ class SFTPServerCore:
         self._lost = True
         self._buffer.clear()
         self._head = None
+        self._releaseMemory()
         waiter: Deferred[None] = Deferred()
         self._lostWaiters.append(waiter)
         self._reap()
@@ -602,7 +618,7 @@ class SFTPServerCore:
         buffer = self._buffer
         with memoryview(data) as view:
             taken = 0
-            if self._dispatching():
+            if self._dispatching() and not self._awaitingMemory:
                 if len(buffer) < 4:
                     taken = min(4 - len(buffer), len(view))
                     buffer += view[:taken]
@@ -664,7 +680,10 @@ class SFTPServerCore:
                 # a view of it, not a copy.
                 if len(head) - 4 >= _BULK:
                     self.fedBulk = True
-                self._packet(memoryview(head)[4:])
+                charge, self._headCharge = self._headCharge, 0
+                result = self._packet(memoryview(head)[4:])
+                if charge:
+                    self._releaseWhenAnswered(result, charge)
             offset = 0
             size = len(view)
             partial = 0  # the length of a packet only begun
@@ -691,7 +710,7 @@ class SFTPServerCore:
                 offset = end
                 self._packet(body)
             if not self._closing:
-                if partial and not self._buffer:
+                if partial and not self._buffer and self._reserve(4 + partial):
                     # Its whole size at once, filled as the rest comes
                     # (read there directly: receiveBuffer).
                     head = self._head = bytearray(4 + partial)
@@ -713,18 +732,74 @@ class SFTPServerCore:
         if self._closing:
             return
         if self._readingPaused:
-            if not self._outputPaused and self._inFlight <= self._resumeAt:
+            if (
+                not self._outputPaused
+                and self._inFlight <= self._resumeAt
+                and not self._awaitingMemory
+            ):
                 self._readingPaused = False
                 self._resumeReading()
-        elif self._outputPaused or self._inFlight >= self._maxInFlight:
+        elif self._outputPaused or self._inFlight >= self._maxInFlight or self._awaitingMemory:
             self._readingPaused = True
             self._pauseReading()
+
+    def _reserve(self, size: int) -> bool:
+        # Whether a packet of size bytes (prefix included) may be allocated
+        # now; if not, wait for the memory budget (reading pauses).
+        if self._memory is None or size - 4 < _BULK or self._headCharge >= size:
+            return True
+        if self._awaitingMemory:
+            return False
+        if self._headCharge:
+            self._memory.releasePacket(self._headCharge)
+            self._headCharge = 0
+        if self._memory.takePacket(size, self._memoryGranted):
+            self._headCharge = size
+            return True
+        self._awaitingMemory = True
+        self._waitingFor = size
+        return False
+
+    def _memoryGranted(self) -> None:
+        # The budget took the bytes the packet in the buffer waited for.
+        self._awaitingMemory = False
+        self._headCharge = self._waitingFor
+        if self._closing:
+            self._releaseMemory()
+            return
+        self._process()
+        self._updateReading()
+
+    def _releaseWhenAnswered(self, result: object, charge: int) -> None:
+        memory = self._memory
+        if isinstance(result, Deferred) and not result.called:
+
+            def release(value: object) -> object:
+                memory.releasePacket(charge)
+                return value
+
+            result.addBoth(release)
+        else:
+            memory.releasePacket(charge)
+
+    def _releaseMemory(self) -> None:
+        # The connection ends: give back what the packet being received
+        # holds, and stop waiting.
+        if self._memory is None:
+            return
+        if self._awaitingMemory:
+            self._awaitingMemory = False
+            self._memory.cancelPacket(self._memoryGranted)
+        if self._headCharge:
+            charge, self._headCharge = self._headCharge, 0
+            self._memory.releasePacket(charge)
 
     def _abort(self, reason: str) -> None:
         self._log.warn("Disconnecting the SFTP client: {reason}", reason=reason)
         self._closing = True
         self._buffer.clear()
         self._head = None
+        self._releaseMemory()
         self._disconnect()
 
     def _send(self, data: bytes | tuple[bytes, ...]) -> None:
@@ -767,7 +842,8 @@ class SFTPServerCore:
 
     # Dispatch: the one path from a packet to exactly one reply
 
-    def _packet(self, body: bytes | memoryview) -> None:
+    def _packet(self, body: bytes | memoryview) -> Any:
+        # Returns the Deferred of the reply still to come, if any.
         if not body:
             self._send(wire.status(0, wire.FX_BAD_MESSAGE, b"Empty packet"))
             return
@@ -801,8 +877,9 @@ class SFTPServerCore:
             return
         if isinstance(result, Deferred):
             result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))
-        else:
-            self._replied(result)
+            return result
+        self._replied(result)
+        return None
 
     def _replied(self, reply: bytes | tuple[bytes, ...]) -> None:
         try:

@@ -83,6 +83,7 @@ class SFTPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        pauses = hasattr(transport, "pauseProducing")
         self.core = SFTPServerCore(
             self.avatar,
             transport.write,
@@ -95,8 +96,14 @@ class SFTPServerProtocol(Protocol):
             maxInFlight=self._maxInFlight,
             maxOpenHandles=self._maxOpenHandles,
             logRequests=self._logRequests,
+            # Large packets wait for the budget's packet share only where
+            # waiting can stop the client's data (reading pauses).
+            memory=self._memoryBudget if pauses else None,
         )
         self._memoryBudget.addServer(self)
+        carriesReplies = getattr(transport, "carriesReplies", None)
+        if carriesReplies is not None:
+            carriesReplies()
         if IConsumer.providedBy(transport):
             transport.registerProducer(self, True)
             self._producing = True

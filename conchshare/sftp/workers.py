@@ -395,6 +395,7 @@ class Workers:
             _log.failure("Starting a call in the kernel; it runs in a thread")
         if not started:
             self._inRing -= 1
+            job.ring = None  # see _ringReported
             self._toThread(job)
 
     def _readied(self, job: Job) -> threading.Lock | None:
@@ -420,6 +421,10 @@ class Workers:
         # In the reactor thread: a call started in the ring is done, or
         # must run in a thread after all.
         self._inRing -= 1
+        # The ring call holds its report (which holds the job): without
+        # this cycle the job, and the WRITE data it holds, is freed as
+        # soon as its result is delivered, not at the next collection.
+        job.ring = None
         if outcome is FALLBACK:
             self._toThread(job)
             return

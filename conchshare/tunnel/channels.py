@@ -232,6 +232,8 @@ class ForwardedChannel(SSHChannel):
         self._pendingProtocol = protocol
         self._deliveryCall: Any = None
         self._flushCall: Any = None
+        self._roomCall: Any = None
+        self._carriesReplies = False
 
     # -- state -------------------------------------------------------------
 
@@ -507,18 +509,52 @@ class ForwardedChannel(SSHChannel):
             return
         send = self.conn.sendData
         step = self.remoteMaxPacket or MAX_PACKET
+        sent = False
         while self._outgoing and self.remoteWindowLeft > 0:
             n = min(step, self.remoteWindowLeft, self._outgoingBytes)
             if n < step and not final and n == self._outgoingBytes:
                 break  # a partial packet: wait for more bytes this turn
             self.remoteWindowLeft -= n
             send(self, self._take(n))
+            sent = True
         if self._outgoingBytes > OUTPUT_HIGH:
             self.pause(OUTPUT)
+        elif self._carriesReplies and self._budget.outputFull():
+            # The replies of every channel together fill the budget: make
+            # no more here until others are sent.
+            if self._outgoingBytes or OUTPUT in self._reasons:
+                self.pause(OUTPUT)
+                self._budget.waitForOutput(self)
         elif self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
             self.resume(OUTPUT)
+        if sent:
+            self._budget.outputSent()
         if self.closing and not self._outgoing:
             self.conn.sendClose(self)
+
+    def carriesReplies(self) -> None:
+        """
+        The attached protocol writes replies (an SFTP server): what waits
+        here to be sent counts in the budget's reply share, and while the
+        replies of all channels fill it, the protocol is paused (see
+        L{conchshare.budget}).
+        """
+        self._carriesReplies = True
+        self._budget.addReplyChannel(self)
+
+    def outputRoom(self) -> None:
+        """
+        The replies waiting in all channels left room (the budget calls
+        this for a channel that waited): resume the producer on a later
+        reactor turn, if this channel's own bytes allow.
+        """
+        if OUTPUT in self._reasons and self._roomCall is None and not self._isClosed:
+            self._roomCall = self._reactor().callLater(0, self._scheduledRoom)
+
+    def _scheduledRoom(self) -> None:
+        self._roomCall = None
+        if self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
+            self.resume(OUTPUT)
 
     def loseConnection(self) -> None:
         """
@@ -564,14 +600,15 @@ class ForwardedChannel(SSHChannel):
         self._isClosed = True
         self._budget.removeChannel(self)
         self._budget.touch()  # what it held is freed now: give it back soon
-        for call in (self._deliveryCall, self._flushCall):
+        for call in (self._deliveryCall, self._flushCall, self._roomCall):
             if call is not None and call.active():
                 call.cancel()
-        self._deliveryCall = self._flushCall = None
+        self._deliveryCall = self._flushCall = self._roomCall = None
         self._kept.clear()
         self._keptBytes = 0
         self._outgoing.clear()
         self._outgoingBytes = 0
+        self._budget.outputSent()
         protocol, self.protocol = self.protocol, None
         if protocol is not None:
             try:
