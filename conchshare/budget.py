@@ -31,7 +31,12 @@ Three shares of one L{MemoryBudget}:
     it is spent, the server waits, first come first served, without reading
     more (the client's data waits within its channel's window), until
     packets of others are answered.  A packet is always granted when no
-    other is held, so that one larger than the share still goes through.
+    other is held, so that one larger than the share still goes through;
+    and one that has waited L{PACKET_WAIT} seconds is granted too, over
+    the share: clients that begin large packets and never finish them
+    (holding their share) must not stop everybody else's uploads.  Under
+    that attack memory is bounded as without the share (a packet per
+    connection), not by it.
 
 Channels and servers join when they start and leave when they end (weakly
 held: one that is dropped without ending leaves too).
@@ -57,6 +62,7 @@ __all__ = [
     "MIN_WINDOW",
     "MemoryBudget",
     "PACKET_BUDGET",
+    "PACKET_WAIT",
     "TRIM_AFTER",
     "LARGEST_REQUEST",
     "WINDOW_SIZE",
@@ -76,6 +82,9 @@ REPLY_BUDGET = 4 * 1024 * 1024
 #: The packet share: large SFTP packets (WRITE data) received and not yet
 #: answered, every server together (sixteen of 256 KiB).
 PACKET_BUDGET = 4 * 1024 * 1024
+#: The longest a large packet waits for the packet share (seconds) before
+#: it is granted anyway.
+PACKET_WAIT = 0.5
 #: What one SFTP request in flight may hold: a READ reply or WRITE data of
 #: the largest size the server announces.
 LARGEST_REQUEST = 256 * 1024
@@ -127,12 +136,19 @@ class MemoryBudget:
         maxInFlight: int = 64,
         trim: Any = trimMemory,
         trimAfter: float = TRIM_AFTER,
+        clock: Any = None,
     ) -> None:
+        """
+        @param clock: the L{IReactorTime} that times the packets' waits
+            (default: the global reactor, when one first waits).
+        """
+        self._clock = clock
         self.receive = receive
         self.replies = replies
         self.packets = packets
         self._packetsHeld = 0
-        self._packetWaiters: deque[tuple[int, Callable[[], object]]] = deque()
+        # Each waiter: [size, granted, the call that grants it when overdue].
+        self._packetWaiters: deque[list[Any]] = deque()
         self._outputWaiters: deque[Any] = deque()
         self._replyChannels: weakref.WeakSet[Any] = weakref.WeakSet()
         self._maxInFlight = maxInFlight
@@ -286,8 +302,24 @@ class MemoryBudget:
         ):
             self._packetsHeld += size
             return True
-        self._packetWaiters.append((size, granted))
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        entry: list[Any] = [size, granted, None]
+        entry[2] = self._clock.callLater(PACKET_WAIT, self._overdue, entry)
+        self._packetWaiters.append(entry)
         return False
+
+    def _overdue(self, entry: list[Any]) -> None:
+        # entry waited PACKET_WAIT: granted over the share.
+        try:
+            self._packetWaiters.remove(entry)
+        except ValueError:
+            return
+        size, granted, _ = entry
+        self._packetsHeld += size
+        granted()
 
     def cancelPacket(self, granted: Callable[[], object]) -> None:
         """
@@ -296,6 +328,8 @@ class MemoryBudget:
         for entry in self._packetWaiters:
             if entry[1] == granted:
                 self._packetWaiters.remove(entry)
+                if entry[2].active():
+                    entry[2].cancel()
                 break
         self._grantWaiting()
 
@@ -312,7 +346,9 @@ class MemoryBudget:
         while waiters and (
             self._packetsHeld == 0 or self._packetsHeld + waiters[0][0] <= self.packets
         ):
-            size, granted = waiters.popleft()
+            size, granted, overdue = waiters.popleft()
+            if overdue.active():
+                overdue.cancel()
             self._packetsHeld += size
             granted()
 

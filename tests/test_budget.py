@@ -10,10 +10,11 @@ import os
 import struct
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from conchshare.budget import LARGEST_REQUEST, MemoryBudget, trimMemory
+from conchshare.budget import LARGEST_REQUEST, PACKET_WAIT, MemoryBudget, trimMemory
 from conchshare.sftp import wire
 from conchshare.sftp.core import SFTPServerCore
 from conchshare.sftp.protocol import SFTPServerProtocol
@@ -181,7 +182,7 @@ class PacketShareTests(unittest.SynchronousTestCase):
         arrived, while the first one's is held by a slow write; once that
         is answered, the second is read and written.
         """
-        budget = MemoryBudget(packets=100 * 1024)
+        budget = MemoryBudget(packets=100 * 1024, clock=Clock())
         first, second = _Client(budget), _Client(budget)
         gate: Deferred[None] = Deferred()
         first.avatar.gates["writeChunk"] = gate
@@ -210,7 +211,7 @@ class PacketShareTests(unittest.SynchronousTestCase):
         gives its share back (the next waiting client goes on), and one
         lost while waiting stops waiting.
         """
-        budget = MemoryBudget(packets=100 * 1024)
+        budget = MemoryBudget(packets=100 * 1024, clock=Clock())
         first, second, third = _Client(budget), _Client(budget), _Client(budget)
         first.core.dataReceived(first.write(self.data)[:1000])
         second.core.dataReceived(second.write(self.data)[:1000])
@@ -228,7 +229,7 @@ class PacketShareTests(unittest.SynchronousTestCase):
         A packet larger than the share is still granted when no other is
         held; later ones wait in the order they came.
         """
-        budget = MemoryBudget(packets=10)
+        budget = MemoryBudget(packets=10, clock=Clock())
         granted: list[str] = []
         self.assertTrue(budget.takePacket(100, lambda: granted.append("first")))
         self.assertFalse(budget.takePacket(5, lambda: granted.append("second")))
@@ -236,6 +237,45 @@ class PacketShareTests(unittest.SynchronousTestCase):
         budget.releasePacket(100)
         self.assertEqual(granted, ["second", "third"])
         self.assertEqual(budget.packetsHeld, 10)
+
+    def test_stalledHolderDoesNotStarveOthers(self) -> None:
+        """
+        Clients that begin large packets and never finish them hold the
+        whole share: another client's WRITE waits at most L{PACKET_WAIT}
+        seconds, then is granted over the share, read and written.
+        """
+        clock = Clock()
+        budget = MemoryBudget(packets=100 * 1024, clock=clock)
+        stalled, other = _Client(budget), _Client(budget)
+        stalled.core.dataReceived(stalled.write(self.data)[:1000])  # and no more
+        two = other.write(self.data)
+        other.core.dataReceived(two[:1000])
+        self.assertTrue(other.paused)
+        clock.advance(PACKET_WAIT - 0.01)
+        self.assertTrue(other.paused)
+        clock.advance(0.01)
+        self.assertFalse(other.paused)
+        other.core.dataReceived(two[1000:])
+        self.assertEqual(other.replies()[0][:9], bytes([wire.FXP_STATUS]) + _u32(2) + _u32(0))
+        self.assertEqual(other.written(), self.data)
+        stalled.core.connectionLost()
+        self.assertEqual(budget.packetsHeld, 0)
+
+    def test_grantedInTimeNotAgain(self) -> None:
+        """
+        A packet granted when another's is given back is not granted a
+        second time when its wait would have run out.
+        """
+        clock = Clock()
+        budget = MemoryBudget(packets=10, clock=clock)
+        granted: list[str] = []
+        self.assertTrue(budget.takePacket(10, lambda: granted.append("first")))
+        self.assertFalse(budget.takePacket(10, lambda: granted.append("second")))
+        budget.releasePacket(10)
+        clock.advance(PACKET_WAIT)
+        self.assertEqual(granted, ["second"])
+        self.assertEqual(budget.packetsHeld, 10)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class _Queue:
