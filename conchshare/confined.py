@@ -532,6 +532,9 @@ class _CachedCalls:
         self._statfs = libc.statfs
         self._statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         self._statfs.restype = ctypes.c_int
+        self._fstatfs = libc.fstatfs
+        self._fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        self._fstatfs.restype = ctypes.c_int
         self._howPath = OpenHow(
             getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | _CLOEXEC,
             0,
@@ -585,6 +588,17 @@ class _CachedCalls:
         if result.mask & _STATX_WANTED != _STATX_WANTED:
             return None
         return result
+
+    def isLocal(self, fd: int) -> bool:
+        """
+        Whether the descriptor C{fd} is of a local filesystem (see
+        L{LOCAL_FILESYSTEMS}): closing it waits for no server.  May block
+        (C{fstatfs}): call it in a worker.
+        """
+        buffer = ctypes.create_string_buffer(256)
+        if self._fstatfs(fd, buffer):
+            return False
+        return ctypes.c_ulong.from_buffer(buffer).value & 0xFFFFFFFF in LOCAL_FILESYSTEMS
 
     def localMount(self, path: str) -> MountKey | None:
         """
@@ -1120,6 +1134,9 @@ class ConfinedDirectory:
         """
         self._fd = fd
         self._linkTargets = linkTargets
+        #: Closing it waits for nothing: a virtual directory, or one of a
+        #: local filesystem (see L{checkLocal}).
+        self.closesAtOnce = fd is None
         self._scan: Iterator[os.DirEntry[str]] | None = None
         self._entries = entries
         self._now = now
@@ -1288,6 +1305,15 @@ class ConfinedDirectory:
             return len(linkTargets(os.readlink(os.fsencode(name), dir_fd=self._fd)))
         except OSError:
             return size
+
+    def checkLocal(self) -> None:
+        """
+        Find out whether closing it waits for nothing (L{closesAtOnce}):
+        whether its filesystem is a local one.  May block: call it where
+        it was opened, in a worker.
+        """
+        if self._fd is not None and _memory is not None:
+            self.closesAtOnce = _memory.isLocal(self._fd)
 
     def close(self) -> None:
         if self._scan is not None:

@@ -406,33 +406,53 @@ class StopEndToEndTests(TestCase):
 
 class DirectoryCloseTests(SynchronousTestCase):
     """
-    A directory's descriptor is closed in the reactor thread only if it was
-    opened there (a local filesystem, from the kernel's caches): another
-    filesystem's close may wait for its server.
+    A directory's descriptor is closed in the reactor thread only if it is
+    of a local filesystem (opened there from the kernel's caches, or found
+    local by the worker that opened it): another filesystem's close may
+    wait for its server.
     """
 
-    def test_openedInWorkerClosedInWorker(self) -> None:
-        """
-        A directory opened by a worker (through a symlink: not from the
-        kernel's caches) is closed by a worker too.
-        """
+    def _openedInWorker(self, local: bool) -> tuple[Any, Any, Deferred[None]]:
+        from conchshare import confined
         from tests.test_avatar import ManualRunner
 
+        confined.probeSystemCalls()
+        if confined._memory is None:
+            raise SkipTest("no openat2 here: nothing is opened from the kernel's caches")
+        self.patch(confined._memory, "isLocal", lambda fd: local)
         base = os.path.realpath(self.mktemp())
         makeTree(base)
         runner = ManualRunner()
         avatar = ShareSFTPServer(
             ShareSet.fromSpecs(["one"], cwd=base), runner=runner, inlineCalls=True
         )
+        # Through a symlink: not from the kernel's caches, by a worker.
         opened = avatar.openDirectory(b"/one/in_rel")
         assert isinstance(opened, Deferred)
         runner.runNext()
         directory = self.successResultOf(opened)
-        closed = directory.close()
+        return runner, directory, directory.close()
+
+    def test_openedInWorkerElsewhereClosedInWorker(self) -> None:
+        """
+        A directory a worker opened on a filesystem that is not local
+        (CIFS, NFS: closing may wait for the server) is closed by a worker.
+        """
+        runner, directory, closed = self._openedInWorker(local=False)
         self.assertNoResult(closed)
         self.assertEqual(len(runner.calls), 1)
         runner.runNext()
         self.assertIsNone(self.successResultOf(closed))
+        self.assertIsNone(directory.confined._fd)
+
+    def test_openedInWorkerLocalClosedAtOnce(self) -> None:
+        """
+        A directory a worker opened on a local filesystem is closed at once
+        (no round trip to a worker for each directory sshfs lists).
+        """
+        runner, directory, closed = self._openedInWorker(local=True)
+        self.assertIsNone(self.successResultOf(closed))
+        self.assertEqual(runner.calls, [])
         self.assertIsNone(directory.confined._fd)
 
 

@@ -437,10 +437,12 @@ class ShareDirectory:
     first READDIR: that READDIR lists the directory from the start.
     """
 
-    #: Whether its descriptor may be closed in the reactor thread: set for
-    #: directories opened there, on a local filesystem (see
-    #: L{ConfinedFilesystem.openDirectoryCached}).  Elsewhere closing may
-    #: wait for a server (CIFS sends its close request and waits).
+    #: Whether its descriptor may be closed in the reactor thread: for
+    #: directories of a local filesystem (opened there, see
+    #: L{ConfinedFilesystem.openDirectoryCached}, or found local by the
+    #: worker that opened them: L{ConfinedDirectory.checkLocal}).
+    #: Elsewhere closing may wait for a server (CIFS sends its close
+    #: request and waits).
     closesInline = False
 
     def __init__(
@@ -460,6 +462,7 @@ class ShareDirectory:
             the OPENDIR was made (default: now).
         """
         self.confined = confined
+        self.closesInline = confined.closesAtOnce
         if not isinstance(executor, Workers | PathOrder):
             executor = PathOrder(executor)
         self._executor: Executor = executor
@@ -760,6 +763,7 @@ class ShareSFTPServer:
         # end are answered without a round trip to a worker.
         directory = self.filesystem.openDirectory(path)
         directory.prefetch(_PREFETCH)
+        directory.checkLocal()
         return directory
 
     def getAttrs(
