@@ -170,6 +170,38 @@ def reap(process: subprocess.Popen[Any]) -> None:
         pass
 
 
+def printedSftp(command: str, script: str) -> subprocess.CompletedProcess[str]:
+    """
+    Run the C{sftp} command line a C{session-key} event printed, in batch
+    mode, with C{script} as its commands.
+    """
+    argv = shlex.split(command)
+    return subprocess.run(
+        argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
+def holdOpen(case: Any, path: str, seconds: int = 30) -> subprocess.Popen[str]:
+    """
+    A process that holds C{path} open for C{seconds} (reaped at the end of
+    C{case}), returned once it has opened it.
+    """
+    holder = subprocess.Popen(
+        ["sh", "-c", f'exec 3<"$1"; echo ready; exec sleep {seconds}', "sh", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    case.addCleanup(reap, holder)
+    assert holder.stdout is not None
+    case.assertEqual(holder.stdout.readline(), "ready\n")
+    return holder
+
+
 def sshArgs(sshd: ThrowawaySSHD) -> list[str]:
     """
     The options that let conchshare log in to C{sshd} with nothing else set
@@ -465,14 +497,7 @@ class ShareCommandTests(_Base):
         self.assertTrue(os.path.exists(event["key"]))
         self.assertEqual(os.stat(event["key"]).st_mode & 0o777, 0o600)
         self.assertIn(str(forwarding["port"]), event["sshfs"])
-        argv = shlex.split(event["sftp"])
-        result = subprocess.run(
-            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
-            input="ls /docs\n",
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-        )
+        result = printedSftp(event["sftp"], "ls /docs\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("hello.txt", result.stdout)
         running.signal(signal.SIGINT)
@@ -489,14 +514,7 @@ class ShareCommandTests(_Base):
         deprecated" for every Ed25519 key.
         """
         running = self.share_()
-        argv = shlex.split(running.event("session-key")["sftp"])
-        result = subprocess.run(
-            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
-            input="ls /docs\n",
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-        )
+        result = printedSftp(running.event("session-key")["sftp"], "ls /docs\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         running.signal(signal.SIGINT)
         self.assertEqual(running.wait(), 0)
@@ -746,14 +764,7 @@ print(json.dumps([line, status.returncode, status.stdout, process.returncode, er
         second = running.event("session-key")
         self.assertNotEqual(first["key"], second["key"])
         self.assertFalse(os.path.exists(os.path.dirname(first["key"])))
-        argv = shlex.split(second["sftp"])
-        result = subprocess.run(
-            argv[:-1] + ["-o", "BatchMode=yes", "-b", "-", argv[-1]],
-            input="ls /docs\n",
-            capture_output=True,
-            text=True,
-            timeout=WAIT,
-        )
+        result = printedSftp(second["sftp"], "ls /docs\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)

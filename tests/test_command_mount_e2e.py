@@ -19,7 +19,7 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.sshd import ThrowawaySSHD, available
-from tests.test_command_e2e import WAIT, Running, reap, shortTempDir, sshArgs
+from tests.test_command_e2e import WAIT, Running, holdOpen, shortTempDir, sshArgs
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
 
@@ -222,16 +222,7 @@ class MountBusyTests(_MountBase):
         at = os.path.join(self.tmp, "busy")
         running = self.mount(at)
         running.event("mounted")
-        holder = subprocess.Popen(
-            ["sh", "-c", 'exec 3<"$1"; echo ready; exec sleep 30', "sh"]
-            + [os.path.join(at, "hello.txt")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(reap, holder)
-        assert holder.stdout is not None
-        self.assertEqual(holder.stdout.readline(), "ready\n")
+        holder = holdOpen(self, os.path.join(at, "hello.txt"))
 
         unmounted = self.stopped(running, at)
         self.assertIs(unmounted.get("lazy"), True, unmounted)

@@ -19,7 +19,7 @@ import time
 from twisted.trial.unittest import SkipTest
 
 from tests.sshd import ThrowawaySSHD
-from tests.test_command_e2e import WAIT, Running, _Base, reap
+from tests.test_command_e2e import WAIT, Running, _Base, holdOpen
 from tests.test_command_mount_e2e import (
     _MountBase,
     forceUnmount,
@@ -196,16 +196,7 @@ class MountComesBackTests(_MountBase):
         self.addCleanup(forceUnmount, at)
         running = Running(self, self.mountArgs(at)[:1] + FAST_KEEPALIVE + self.mountArgs(at)[1:])
         self.assertEqual(running.event("mounted")["remote_path"], at)
-        holder = subprocess.Popen(
-            ["sh", "-c", 'exec 3<"$1"; echo ready; exec sleep 60', "sh"]
-            + [os.path.join(at, "hello.txt")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.addCleanup(reap, holder)
-        assert holder.stdout is not None
-        self.assertEqual(holder.stdout.readline(), "ready\n")
+        holdOpen(self, os.path.join(at, "hello.txt"), 60)
 
         stopped = stopSessions(self)
         reconnecting = running.event("reconnecting")
