@@ -84,7 +84,7 @@ REPLY_BUDGET = 4 * 1024 * 1024
 PACKET_BUDGET = 4 * 1024 * 1024
 #: The longest a large packet waits for the packet share (seconds) before
 #: it is granted anyway.
-PACKET_WAIT = 0.5
+PACKET_WAIT = 2.0
 #: What one SFTP request in flight may hold: a READ reply or WRITE data of
 #: the largest size the server announces.
 LARGEST_REQUEST = 256 * 1024
