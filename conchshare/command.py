@@ -104,14 +104,15 @@ def _setUpLogging(verbose: bool, stream: IO[str]) -> None:
 
 
 def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
-    from twisted.internet import reactor as globalReactor
+    from conchshare.spin import commandReactor, spinBeforeSleeping
+
+    # First: conchshare's polling reactor, before anything imports one.
+    reactor: Any = commandReactor()
 
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
     from conchshare.fdlimit import raiseFileLimit
-    from conchshare.spin import spinBeforeSleeping
 
-    reactor: Any = globalReactor
     try:
         args = parseArguments(kind, argv)
         # As many SFTP handles as the system allows (before any is opened).
@@ -282,8 +283,8 @@ class _StopReactorOnFailure(Service):
 
 class _SpinWhileRunning(Service):
     """
-    While running, the reactor polls before it sleeps (see
-    L{conchshare.spin}).
+    While running, the reactor polls before it sleeps, if it is
+    conchshare's polling reactor (see L{conchshare.spin}).
     """
 
     def __init__(self, share: Any, reactor: Any = None) -> None:
@@ -298,10 +299,13 @@ class _SpinWhileRunning(Service):
         return reactor
 
     def startService(self) -> None:
-        from conchshare.spin import spinBeforeSleeping
+        from conchshare.spin import isSpinningReactor, spinBeforeSleeping
 
         super().startService()
-        spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
+        # Only twistd --reactor=conchshare-epoll polls; its default reactor
+        # is left as it is.
+        if isSpinningReactor(self._getReactor()):
+            spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
 
     def stopService(self) -> Any:
         from conchshare.spin import stopSpinning
@@ -348,7 +352,8 @@ Options = TwistdOptions
 def makeService(options: TwistdOptions) -> MultiService:
     """
     twistd's entry point: L{makeTwistdService} with the global reactor,
-    which polls before it sleeps as the command's does (twistd runs this
+    which polls before it sleeps as the command's does if it is
+    conchshare's (C{twistd --reactor=conchshare-epoll}; twistd runs this
     service alone).
     """
     return makeTwistdService(options, spin=True)

@@ -6,36 +6,45 @@ next request (LOOKUP, OPEN, FSTAT, WRITE, SETSTAT, ...), and the next one
 comes back through the tunnel a few hundred microseconds later.  A reactor
 that blocked in C{epoll_wait} meanwhile is woken by the kernel, which on a
 virtual machine means waking an idle virtual CPU and reloading the
-interpreter's caches: measured on a two-CPU VM, an sshfs untar of 2,000
-files through a raw-mode tunnel took 3.8 s with a reactor that sleeps at
-once and 2.1-2.9 s with one that polls for 100-200 µs first (OpenSSH's
-reference: 1.3-1.7 s in the same runs).
+interpreter's caches (figures: C{bench/README.md}).
 
 The reactor polls only while a filesystem call it handed to a worker
 thread is not running: a reactor thread spinning for Python's global
-interpreter lock would slow down the very call it waits for (measured:
-polling regardless made the same untar slower, 5.1 s).  And only right
-after activity (L{ACTIVE}): an idle tunnel's reactor sleeps as usual.  The
-cost is at most L{SPIN} of CPU time per wake-up of the reactor.
+interpreter lock would slow down the very call it waits for.  And only
+right after activity (L{ACTIVE}): an idle tunnel's reactor sleeps as usual.
+The cost is at most L{SPIN} of CPU time per wake-up of the reactor.  Only
+where the process may run on two CPUs or more (L{worthSpinning}): on one,
+polling takes the CPU from the client's side of the round trip.
 
-Only the C{epoll} reactor (Linux) is changed; any other is left as it is;
-and only where the process may run on two CPUs or more: on one, polling
-takes the CPU from the client's side of the round trip (the same untar,
-everything on one CPU: 1.26 s sleeping at once, 1.54 s polling).
+The reactor that does it is L{conchshare.spinreactor.SpinningEPollReactor}
+(Twisted's epoll reactor with its public C{doPoll} overridden), installed
+by the C{conchshare} commands (L{commandReactor}), by
+C{twistd --reactor=conchshare-epoll}, or by an embedding program with
+L{conchshare.spinreactor.install}.  L{spinBeforeSleeping} turns it on for a
+service; any other reactor is left as it is.  The switch
+C{CONCHSHARE_REACTOR_POLL=0} (L{conchshare.switches}) turns it off.
+
+This module imports no Twisted (C{conchshare sftp-server} reads
+L{worthSpinning} from it).
 """
 
 from __future__ import annotations
 
 import os
-import select
+import sys
+import warnings
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
+from conchshare.switches import switchedOn
+
 __all__ = [
     "ACTIVE",
     "SPIN",
-    "SpinningPoller",
+    "Spinner",
+    "commandReactor",
+    "isSpinningReactor",
     "spinBeforeSleeping",
     "stopSpinning",
     "worthSpinning",
@@ -46,6 +55,9 @@ SPIN = 0.0002
 
 #: Poll only if descriptors were ready this recently (seconds).
 ACTIVE = 0.01
+
+#: The switch of L{conchshare.switches} that governs this module.
+SWITCH = "CONCHSHARE_REACTOR_POLL"
 
 
 def worthSpinning() -> bool:
@@ -60,41 +72,39 @@ def worthSpinning() -> bool:
         return (os.cpu_count() or 1) > 1
 
 
-class SpinningPoller:
+class Spinner:
     """
-    An C{epoll} object whose blocking L{poll} first polls without waiting,
-    for up to C{spin} seconds, when descriptors were ready lately and
-    C{busy()} is false.  Everything else goes to the wrapped object.
+    When to poll without waiting before a blocking poll: for up to C{spin}
+    seconds, when descriptors were ready lately and C{busy()} is false.
+    Pure policy: the polling itself is a function it is given.
     """
 
     def __init__(
         self,
-        poller: Any,
         busy: Callable[[], bool],
         spin: float = SPIN,
         clock: Callable[[], float] = monotonic,
     ) -> None:
         """
-        @param poller: the reactor's C{select.epoll}.
         @param busy: whether work handed to other threads is running (then
             sleep at once: they need the interpreter lock).
         @param spin: how long to poll before sleeping (seconds).
         @param clock: a monotonic clock.
         """
-        self.poller = poller
         self._busy = busy
         self._spin = spin
         self._clock = clock
         self._lastReady = float("-inf")
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.poller, name)
-
-    def poll(self, timeout: float = -1, maxevents: int = -1) -> Any:
+    def poll(self, pollOnce: Callable[[float | None], bool], timeout: float | None) -> None:
         """
-        Like C{select.epoll.poll}.
+        One poll of at most C{timeout} seconds (L{None} or negative: no
+        limit; 0: do not wait), made as C{pollOnce(timeout)} calls that
+        handle what is ready and return whether anything was.  After recent
+        activity, and while not busy, a poll that may wait first polls with
+        timeout 0 until something is ready or C{spin} seconds have passed,
+        then waits for what is left of C{timeout}.
         """
-        poll = self.poller.poll
         clock = self._clock
         if timeout != 0:
             started = clock()
@@ -102,45 +112,89 @@ class SpinningPoller:
                 deadline = started + self._spin
                 now = started
                 while now < deadline:
-                    events = poll(0, maxevents)
-                    if events:
+                    if pollOnce(0):
                         self._lastReady = clock()
-                        return events
+                        return
                     now = clock()
                 if timeout is not None and timeout > 0:
                     timeout = max(0.0, timeout - (now - started))
-        events = poll(timeout, maxevents)
-        if events:
+        if pollOnce(timeout):
             self._lastReady = clock()
-        return events
+
+
+def isSpinningReactor(reactor: object) -> bool:
+    """
+    Whether C{reactor} is conchshare's polling reactor
+    (L{conchshare.spinreactor.SpinningEPollReactor}).
+    """
+    try:
+        from conchshare.spinreactor import SpinningEPollReactor
+    except ImportError:  # no epoll here
+        return False
+    return isinstance(reactor, SpinningEPollReactor)
 
 
 def spinBeforeSleeping(
     reactor: Any, busy: Callable[[], bool], spin: float = SPIN
-) -> SpinningPoller | None:
+) -> Spinner | None:
     """
-    Make C{reactor}, if it is Twisted's C{epoll} reactor, poll for C{spin}
-    seconds before it sleeps (see the module docstring).  Call it before
-    the reactor runs, in a program that owns its reactor (the C{conchshare}
-    command, not a library user's program).
+    Make C{reactor}, if it is conchshare's polling reactor (see the module
+    docstring), poll for C{spin} seconds before it sleeps.  Call it before
+    the reactor runs, in a program that owns its reactor.
 
-    @param busy: see L{SpinningPoller}.
-    @return: the poller now in use, or L{None} if the reactor is another
-        (or polling cannot pay here: L{worthSpinning}).
+    Twisted's own epoll reactor is no longer changed (that wrote one of its
+    private attributes): it is left as it is, with a C{DeprecationWarning}
+    that says how to install conchshare's instead.
+
+    @param busy: see L{Spinner}.
+    @return: the L{Spinner} now in use, or L{None} if the reactor is
+        another, polling cannot pay here (L{worthSpinning}), or the switch
+        C{CONCHSHARE_REACTOR_POLL} is off.
     """
-    poller = getattr(reactor, "_poller", None)
-    epoll = getattr(select, "epoll", None)
-    if epoll is None or not isinstance(poller, epoll) or not worthSpinning():
+    if not switchedOn(SWITCH) or not worthSpinning():
         return None
-    spinning = SpinningPoller(poller, busy, spin)
-    reactor._poller = spinning
-    return spinning
+    if isSpinningReactor(reactor):
+        spinner: Spinner = reactor.pollBeforeSleeping(busy, spin)
+        return spinner
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:
+        return None
+    if isinstance(reactor, EPollReactor):
+        warnings.warn(
+            "conchshare.spin.spinBeforeSleeping no longer changes Twisted's own "
+            "epoll reactor, which now sleeps at once: install conchshare's with "
+            "conchshare.spinreactor.install() before twisted.internet.reactor is "
+            "imported (twistd: --reactor=conchshare-epoll)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def stopSpinning(reactor: Any) -> None:
     """
     Undo L{spinBeforeSleeping}: C{reactor} sleeps at once again.
     """
-    poller = getattr(reactor, "_poller", None)
-    if isinstance(poller, SpinningPoller):
-        reactor._poller = poller.poller
+    if isSpinningReactor(reactor):
+        reactor.sleepAtOnce()
+
+
+def commandReactor() -> Any:
+    """
+    The global reactor for a program that owns it (the C{conchshare}
+    commands): first, if no reactor is installed yet, polling can pay
+    here (L{worthSpinning}) and the switch C{CONCHSHARE_REACTOR_POLL} is
+    on, conchshare's polling epoll reactor is installed as the global one.
+    It polls only once L{spinBeforeSleeping} is called.
+    """
+    if switchedOn(SWITCH) and worthSpinning() and "twisted.internet.reactor" not in sys.modules:
+        try:
+            from conchshare.spinreactor import install
+        except ImportError:  # no epoll here: the default reactor
+            pass
+        else:
+            install()
+    from conchshare.reactors import orGlobalReactor
+
+    return orGlobalReactor(None)
