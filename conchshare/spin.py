@@ -96,14 +96,17 @@ class Spinner:
         self._clock = clock
         self._lastReady = float("-inf")
 
-    def poll(self, pollOnce: Callable[[float | None], bool], timeout: float | None) -> None:
+    def poll(
+        self, poll: Callable[[float, int], list[tuple[int, int]]], timeout: float, maxevents: int
+    ) -> list[tuple[int, int]]:
         """
-        One poll of at most C{timeout} seconds (L{None} or negative: no
-        limit; 0: do not wait), made as C{pollOnce(timeout)} calls that
-        handle what is ready and return whether anything was.  After recent
-        activity, and while not busy, a poll that may wait first polls with
-        timeout 0 until something is ready or C{spin} seconds have passed,
-        then waits for what is left of C{timeout}.
+        Like C{poll(timeout, maxevents)} (C{select.epoll.poll}: a negative
+        C{timeout} waits without limit, 0 does not wait), which it calls:
+        after recent activity, and while not busy, a poll that may wait is
+        first made with timeout 0 until something is ready or C{spin}
+        seconds have passed, then with what is left of C{timeout}.
+
+        @return: what the last C{poll} call returned.
         """
         clock = self._clock
         if timeout != 0:
@@ -112,14 +115,17 @@ class Spinner:
                 deadline = started + self._spin
                 now = started
                 while now < deadline:
-                    if pollOnce(0):
+                    events = poll(0, maxevents)
+                    if events:
                         self._lastReady = clock()
-                        return
+                        return events
                     now = clock()
-                if timeout is not None and timeout > 0:
+                if timeout > 0:
                     timeout = max(0.0, timeout - (now - started))
-        if pollOnce(timeout):
+        events = poll(timeout, maxevents)
+        if events:
             self._lastReady = clock()
+        return events
 
 
 def isSpinningReactor(reactor: object) -> bool:

@@ -12,7 +12,6 @@ import select
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,17 +53,22 @@ def spinningReactor(case: SynchronousTestCase) -> Any:
     return reactor
 
 
-class CountingClock:
+class SteppingClock:
     """
-    The monotonic clock, counting how often it is read.
+    A clock that advances by C{step} seconds each time it is read, and
+    counts the reads: what a reactor does with it does not depend on how
+    busy the machine is.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, step: float = 2**-12) -> None:
+        self.now = 1000.0
+        self.step = step
         self.reads = 0
 
     def __call__(self) -> float:
         self.reads += 1
-        return time.monotonic()
+        self.now += self.step
+        return self.now
 
 
 class Pair:
@@ -99,31 +103,30 @@ class Pair:
         self.send: Callable[[bytes], int] = left.send
 
 
-class FakePoll:
+class FakePoller:
     """
-    A poll stand-in (the C{pollOnce} of L{Spinner.poll}): each poll
-    advances the clock by C{step} and handles the next scripted events
-    (none once the script is spent); it says whether there were any.
+    An epoll stand-in: each poll advances the clock by C{step} and returns
+    the next scripted result (no events once the script is spent).
     """
 
     def __init__(self, clock: list[float], script: list[list[tuple[int, int]]], step: float):
         self.clock = clock
         self.script = script
         self.step = step
-        self.calls: list[float | None] = []
+        self.calls: list[float] = []
 
-    def __call__(self, timeout: float | None) -> bool:
+    def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
         self.calls.append(timeout)
         self.clock[0] += self.step
-        return bool(self.script.pop(0) if self.script else [])
+        return self.script.pop(0) if self.script else []
 
 
 class SpinnerTests(SynchronousTestCase):
     def build(
         self, script: list[list[tuple[int, int]]], busy: bool = False
-    ) -> tuple[Spinner, FakePoll, list[float]]:
+    ) -> tuple[Spinner, FakePoller, list[float]]:
         clock = [100.0]
-        fake = FakePoll(clock, script, step=0.00003)
+        fake = FakePoller(clock, script, step=0.00003)
         spinner = Spinner(lambda: busy, spin=0.0002, clock=lambda: clock[0])
         return spinner, fake, clock
 
@@ -132,7 +135,7 @@ class SpinnerTests(SynchronousTestCase):
         With no activity lately, a blocking poll blocks at once.
         """
         spinner, fake, _ = self.build([])
-        spinner.poll(fake, 5)
+        self.assertEqual(spinner.poll(fake.poll, 5, 10), [])
         self.assertEqual(fake.calls, [5])
 
     def test_spinsAfterActivity(self) -> None:
@@ -142,35 +145,32 @@ class SpinnerTests(SynchronousTestCase):
         what is left of its timeout.
         """
         spinner, fake, _ = self.build([[(3, select.EPOLLIN)]])
-        spinner.poll(fake, 5)
+        self.assertEqual(spinner.poll(fake.poll, 5, 10), [(3, select.EPOLLIN)])
         fake.calls.clear()
-        spinner.poll(fake, 5)
+        self.assertEqual(spinner.poll(fake.poll, 5, 10), [])
         zeros = fake.calls[:-1]
         self.assertEqual(set(zeros), {0})
         self.assertEqual(len(zeros), 7)  # 0.0002 s in steps of 0.00003 s
-        last = fake.calls[-1]
-        assert last is not None
-        self.assertAlmostEqual(last, 5 - 7 * 0.00003)
+        self.assertAlmostEqual(fake.calls[-1], 5 - 7 * 0.00003)
 
     def test_noLimitStaysNoLimit(self) -> None:
         """
-        A poll without a time limit (L{None}) blocks without one after
-        polling.
+        A poll without a time limit (-1) blocks without one after polling.
         """
         spinner, fake, _ = self.build([[(3, select.EPOLLIN)]])
-        spinner.poll(fake, None)
+        spinner.poll(fake.poll, -1, 10)
         fake.calls.clear()
-        spinner.poll(fake, None)
-        self.assertEqual(fake.calls, [0] * 7 + [None])
+        spinner.poll(fake.poll, -1, 10)
+        self.assertEqual(fake.calls, [0] * 7 + [-1])
 
     def test_eventsWhileSpinning(self) -> None:
         """
-        Events found while polling end the poll at once: no blocking poll.
+        Events found while polling are returned at once: no blocking poll.
         """
         spinner, fake, _ = self.build([[(3, select.EPOLLIN)], [], [], [(4, select.EPOLLOUT)]])
-        spinner.poll(fake, 5)
+        spinner.poll(fake.poll, 5, 10)
         fake.calls.clear()
-        spinner.poll(fake, 5)
+        self.assertEqual(spinner.poll(fake.poll, 5, 10), [(4, select.EPOLLOUT)])
         self.assertEqual(fake.calls, [0, 0, 0])
 
     def test_busySleepsAtOnce(self) -> None:
@@ -179,9 +179,9 @@ class SpinnerTests(SynchronousTestCase):
         the interpreter lock they need.
         """
         spinner, fake, _ = self.build([[(3, select.EPOLLIN)]], busy=True)
-        spinner.poll(fake, 5)
+        spinner.poll(fake.poll, 5, 10)
         fake.calls.clear()
-        spinner.poll(fake, 5)
+        spinner.poll(fake.poll, 5, 10)
         self.assertEqual(fake.calls, [5])
 
     def test_activityAges(self) -> None:
@@ -189,10 +189,10 @@ class SpinnerTests(SynchronousTestCase):
         Activity older than L{ACTIVE} seconds does not make it poll.
         """
         spinner, fake, clock = self.build([[(3, select.EPOLLIN)]])
-        spinner.poll(fake, 5)
+        spinner.poll(fake.poll, 5, 10)
         clock[0] += ACTIVE
         fake.calls.clear()
-        spinner.poll(fake, -1)
+        spinner.poll(fake.poll, -1, 10)
         self.assertEqual(fake.calls, [-1])
 
     def test_nonBlockingPassesThrough(self) -> None:
@@ -200,9 +200,9 @@ class SpinnerTests(SynchronousTestCase):
         A poll that does not block is made as it is, once.
         """
         spinner, fake, _ = self.build([[(3, select.EPOLLIN)]])
-        spinner.poll(fake, 5)
+        spinner.poll(fake.poll, 5, 10)
         fake.calls.clear()
-        spinner.poll(fake, 0)
+        self.assertEqual(spinner.poll(fake.poll, 0, 10), [])
         self.assertEqual(fake.calls, [0])
 
 
@@ -232,12 +232,13 @@ class SpinningReactorTests(SynchronousTestCase):
     def test_spinsAfterActivity(self) -> None:
         """
         After it handled a descriptor, the reactor's next iteration that
-        may wait polls first (its clock read again and again), and an idle
-        one does not: it knows whether an iteration handled anything.
+        may wait polls without waiting for C{spin} seconds first (its clock
+        read at each poll), and an idle one does not.
         """
         reactor = spinningReactor(self)
-        clock = CountingClock()
-        reactor.pollBeforeSleeping(lambda: False, 0.002, clock)
+        # Steps and spin exact in binary: 8 steps are the spin exactly.
+        clock = SteppingClock(step=2**-12)
+        reactor.pollBeforeSleeping(lambda: False, 2**-9, clock)
         pair = Pair(self, reactor)
         reactor.doIteration(0)  # nothing ready: no activity
         reactor.doIteration(0.001)
@@ -247,7 +248,9 @@ class SpinningReactorTests(SynchronousTestCase):
         self.assertEqual(pair.received, [b"ping"])
         clock.reads = 0
         reactor.doIteration(0.01)
-        self.assertGreater(clock.reads, 3)
+        # The start, then one read after each of the 8 polls; the blocking
+        # poll finds nothing.
+        self.assertEqual(clock.reads, 9)
 
     def test_eventsEndPolling(self) -> None:
         """
@@ -255,15 +258,16 @@ class SpinningReactorTests(SynchronousTestCase):
         iteration ends then (not after the polling time).
         """
         reactor = spinningReactor(self)
-        reactor.pollBeforeSleeping(lambda: False, 30.0)
+        clock = SteppingClock()
+        reactor.pollBeforeSleeping(lambda: False, 30.0, clock)
         pair = Pair(self, reactor)
         pair.send(b"ping")
         reactor.doIteration(1)
         pair.send(b"pong")
-        started = time.monotonic()
+        clock.reads = 0
         reactor.doIteration(30)
         self.assertEqual(pair.received, [b"ping", b"pong"])
-        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(clock.reads, 2)  # the start; the first poll found it
 
     def test_stopSpinning(self) -> None:
         """
@@ -271,7 +275,7 @@ class SpinningReactorTests(SynchronousTestCase):
         is gone and it never polls first.
         """
         reactor = spinningReactor(self)
-        clock = CountingClock()
+        clock = SteppingClock()
         reactor.pollBeforeSleeping(lambda: False, 0.002, clock)
         stopSpinning(reactor)
         self.assertIsNone(reactor.spinner)
