@@ -30,6 +30,7 @@ from twisted.python import usage
 
 from conchshare.errors import ConchShareError, UsageError
 from conchshare.options import makeParser, parseArguments
+from conchshare.reactors import orGlobalReactor
 
 __all__ = [
     "TwistdOptions",
@@ -104,14 +105,12 @@ def _setUpLogging(verbose: bool, stream: IO[str]) -> None:
 
 
 def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
-    from twisted.internet import reactor as globalReactor
-
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
     from conchshare.fdlimit import raiseFileLimit
     from conchshare.spin import spinBeforeSleeping
 
-    reactor: Any = globalReactor
+    reactor: Any = orGlobalReactor(None)
     try:
         args = parseArguments(kind, argv)
         # As many SFTP handles as the system allows (before any is opened).
@@ -271,11 +270,7 @@ class _StopReactorOnFailure(Service):
     def _stopped(self, result: object) -> None:
         if not self.running:
             return
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = orGlobalReactor(self._reactor)
         if reactor.running:
             reactor.stop()
 
@@ -291,11 +286,7 @@ class _SpinWhileRunning(Service):
         self._reactor = reactor
 
     def _getReactor(self) -> Any:
-        if self._reactor is not None:
-            return self._reactor
-        from twisted.internet import reactor
-
-        return reactor
+        return orGlobalReactor(self._reactor)
 
     def startService(self) -> None:
         from conchshare.spin import spinBeforeSleeping

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from conchshare.errors import ConchShareError, MountFailed
 from conchshare.events import EventObserver, makeEvent
+from conchshare.reactors import orGlobalReactor
 from conchshare.shares import ShareSet
 
 __all__ = ["VIAS", "RemoteMount", "remoteShellPath"]
@@ -320,10 +321,7 @@ class RemoteMount:
         for option in sshfsOptions:
             if "," in option or not option:
                 raise ValueError(f"an sshfs option cannot be empty or contain a comma: {option!r}")
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = orGlobalReactor(reactor)
         self.connection = connection
         self.shares = shares
         self.remoteDir = remoteDir

@@ -56,6 +56,7 @@ from conchshare.errors import (
     HostKeyError,
 )
 from conchshare.fdlimit import childLimitCommand
+from conchshare.reactors import orGlobalReactor
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.fastpath import FastTransportMixin, fastCiphers, fastMACs
 from conchshare.tunnel.knownhosts import HostKeyVerifier, Prompt, fingerprint
@@ -75,14 +76,6 @@ _HOST_KEY_ORDER = [
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 ]
-
-
-def _defaultReactor(reactor: Any) -> Any:
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        return _reactor
-    return reactor
 
 
 class _NagleSession(SSHChannel):
@@ -166,7 +159,7 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         self.connection = connection
         self.keyCache = keyCache if keyCache is not None else {}
         self.verifier = verifier
-        self.reactor = _defaultReactor(reactor)
+        self.reactor = orGlobalReactor(reactor)
         self.prompt = prompt
         self.hostKeyFingerprint: str | None = None
         self.failure: ConchShareError | None = None
@@ -521,7 +514,7 @@ class SSHClientFactory(ClientFactory):
     ) -> None:
         self.options = options
         self.connectionFactory = connectionFactory
-        self.reactor = _defaultReactor(reactor)
+        self.reactor = orGlobalReactor(reactor)
         self.prompt = prompt
         self.verifier = HostKeyVerifier(options, prompt=prompt, reactor=self.reactor)
         # Passphrases are asked once per factory, not once per reconnect.
@@ -596,7 +589,7 @@ def sshEndpoint(
     Connect failures are L{ConnectionFailed} (or the hop's
     L{HostKeyError}/L{AuthenticationFailed}).
     """
-    reactor = _defaultReactor(reactor)
+    reactor = orGlobalReactor(reactor)
     if options.proxyJump:
         from conchshare.tunnel.proxy import JumpEndpoint
 
@@ -637,7 +630,7 @@ def connectSSH(
         L{ConchShareError}: L{ConnectionFailed}, L{HostKeyError},
         L{AuthenticationFailed}.
     """
-    reactor = _defaultReactor(reactor)
+    reactor = orGlobalReactor(reactor)
     factory = SSHClientFactory(options, connectionFactory, reactor=reactor, prompt=prompt)
     endpoint = sshEndpoint(reactor, options, prompt=prompt)
     d: Deferred[Any] = endpoint.connect(factory)

@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.errors import ConnectionFailed, ForwardRefused
+from conchshare.reactors import orGlobalReactor
 from conchshare.tunnel.channels import (
     TRANSPORT,
     ChannelGroup,
@@ -156,11 +157,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
             (default: the process's, L{processMemoryBudget}).
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self._reactor = reactor
+        self._reactor = orGlobalReactor(reactor)
         self.memoryBudget = memoryBudget if memoryBudget is not None else processMemoryBudget()
         self.group = ChannelGroup()
         self.listeners: list[Listener] = []
