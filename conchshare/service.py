@@ -508,7 +508,8 @@ class ShareService(Service):
 
     def _makeClientService(self) -> ClientService:
         from conchshare.tunnel import sshconfig
-        from conchshare.tunnel.client import SSHClientFactory, sshEndpoint
+        from conchshare.tunnel.client import SSHClientFactory
+        from conchshare.tunnel.endpoint import sshEndpoint
 
         reactor = self._getReactor()
         options = self.options

@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from conchshare.errors import AuthenticationFailed
 from conchshare.reactors import orGlobalReactor
-from conchshare.tunnel.knownhosts import Prompt, callPrompt, fingerprint, keyTypeName
+from conchshare.tunnel.prompt import Prompt, callPrompt, fingerprint, keyTypeName
 from conchshare.tunnel.sshconfig import ConnectOptions, isTerminal
 
 _log = Logger()
