@@ -44,6 +44,21 @@ from twisted.logger import Logger
 
 from conchshare.errors import ConchShareError, MountFailed
 from conchshare.events import EventObserver, makeEvent
+from conchshare.mountscripts import (
+    CHECK,
+    INSTALL_HINT,
+    PID_MARK,
+    PREPARE,
+    UNMOUNT,
+    lastLine,
+    quoteAssignment,
+    remoteShellPath,
+    script,
+    shellCommand,
+    socatEscape,
+    sshfsPid,
+    words,
+)
 from conchshare.reactors import orGlobalReactor
 from conchshare.shares import ShareSet
 
@@ -69,185 +84,6 @@ EXIT_TIMEOUT = 3.0
 #: REMOUNT_LIMIT times within REMOUNT_WINDOW seconds; then it is given up.
 REMOUNT_LIMIT = 3
 REMOUNT_WINDOW = 60.0
-
-#: The line the sshfs command prints on stderr before it becomes sshfs: its
-#: process id (also its process group's: sshd starts every command in a
-#: session of its own).
-_PID_MARK = "conchshare-sshfs-pid="
-
-_INSTALL_HINT = {
-    "sshfs": "install it (apt-get install sshfs)",
-    "fusermount": "install FUSE (apt-get install fuse3)",
-    "socat": "install it (apt-get install socat)",
-    "ssh": "install it (apt-get install openssh-client)",
-}
-
-
-def remoteShellPath(path: str) -> str:
-    """
-    A remote path as a word of a POSIX shell command.  Everything is quoted;
-    only a leading C{~} or C{~/} becomes C{"$HOME"} so it still names the
-    remote home directory.
-    """
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        rest = path[2:]
-        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"'
-    return shlex.quote(path)
-
-
-def _shellCommand(script: str) -> bytes:
-    """
-    The exec request for C{script}: run by C{sh} whatever the login shell.
-    """
-    return ("/bin/sh -c " + shlex.quote(script)).encode("utf-8", "surrogateescape")
-
-
-#: The keys of the records our remote scripts print.
-_RECORD_KEYS = frozenset(
-    {
-        "missing",
-        "nofuse",
-        "nopassive",
-        "fusermount",
-        "notdir",
-        "mkdir",
-        "created",
-        "mounted",
-        "path",
-        "result",
-        "error",
-    }
-)
-
-
-def _words(data: bytes) -> dict[str, str]:
-    """
-    Parse the records our remote scripts print, each C{NUL key=value NUL}.
-    What comes before the first record (a chatty login script's output) is
-    ignored.
-    """
-    result: dict[str, str] = {}
-    for record in data.split(b"\0")[1:]:
-        key, equals, value = record.decode("utf-8", "surrogateescape").partition("=")
-        if equals and key in _RECORD_KEYS:
-            result[key] = value
-    return result
-
-
-def _lastLine(data: bytes) -> str:
-    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line and not line.startswith(_PID_MARK)]
-    return lines[-1] if lines else ""
-
-
-def _sshfsPid(stderr: bytes) -> int | None:
-    """
-    The process id the sshfs command printed on its stderr, if it did.
-    """
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        if line.startswith(_PID_MARK) and line[len(_PID_MARK) :].strip().isdigit():
-            return int(line[len(_PID_MARK) :])
-    return None
-
-
-# Shell functions shared by our scripts.  ismnt: is $1 a mount point?
-# (util-linux mountpoint when present, else compare device numbers).
-_FUNCTIONS = r"""
-ismnt() {
-  if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$1"
-  else [ "$(stat -c %d -- "$1" 2>/dev/null)" != "$(stat -c %d -- "$1/.." 2>/dev/null)" ]; fi
-}
-rec() { printf '\0%s=%s\0' "$1" "$2"; }
-# $(...) drops the trailing newlines of what it captures, and a path may end
-# with one: these keep them, answering in $r.
-absdir() { r=$(cd -- "$1" && pwd && echo .) && r=${r%??}; }
-parentdir() { r=$(dirname -- "$1" && echo .) && r=${r%??}; }
-unset CDPATH
-"""
-
-# Checks the tools, then prepares the mount point; prints records.  Nothing
-# is created unless every check passed.
-_PREPARE = r"""
-missing=
-command -v sshfs >/dev/null 2>&1 || missing="$missing sshfs"
-if command -v fusermount3 >/dev/null 2>&1; then fm=fusermount3
-elif command -v fusermount >/dev/null 2>&1; then fm=fusermount
-else missing="$missing fusermount"; fi
-for tool in $extra; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
-if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
-if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
-if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
-rec fusermount "$fm"
-# A relative path starting with "-" is no option, and cd's "-" no $OLDPWD
-# (an empty one stays empty: mkdir refuses it).
-case $d in /* | '') ;; *) d=./$d ;; esac
-if [ -n "$oldpid" ] && [ -r "/proc/$oldpid/environ" ] &&
-   tr '\0' '\n' <"/proc/$oldpid/environ" | grep -qxF -e "CONCHSHARE_MOUNT=$token"; then
-  # The sshfs of the old connection still runs (its sshd may be stopped):
-  # it must be dead before a new mount takes the path, or its exit would
-  # unmount the path, new mount and all.  Killed, it unmounts nothing.
-  kill -KILL "-$oldpid" 2>/dev/null || kill -KILL "$oldpid" 2>/dev/null
-  i=0
-  while [ -e "/proc/$oldpid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$oldpid/status" 2>/dev/null; do
-    i=$((i+1)); [ "$i" -ge 50 ] && break; sleep 0.1
-  done
-fi
-if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
-if [ -e "$d" ] || [ -L "$d" ]; then
-  if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi
-else
-  top=$d; parentdir "$d"; p=$r
-  while [ ! -e "$p" ] && [ ! -L "$p" ]; do top=$p; parentdir "$p"; p=$r; done
-  if ! err=$(mkdir -p -- "$d" 2>&1); then rec mkdir "$err"; exit 0; fi
-  absdir "$top" && rec created "$r"
-fi
-if ismnt "$d"; then absdir "$d" || r=$d; rec mounted "$r"; exit 0; fi
-absdir "$d" || exit 0
-rec path "$r"
-"""
-
-# Answers (exit 0) once $d is a mount point that lists.
-_CHECK = r"""
-ismnt "$d" && ls -a -- "$d" >/dev/null 2>&1
-"""
-
-# Unmounts $d with $fm, retrying a busy mount, then lazily; removes the
-# directories we created ($created: the top-most one).
-_UNMOUNT = r"""
-i=0
-while :; do
-  if out=$(LC_ALL=C "$fm" -u -- "$d" 2>&1); then rec result unmounted; break; fi
-  case $out in
-    *busy*) ;;
-    *) if ! ismnt "$d"; then rec result notmounted; break; fi ;;
-  esac
-  i=$((i+1))
-  if [ "$i" -ge "$attempts" ]; then
-    if out=$(LC_ALL=C "$fm" -u -z -- "$d" 2>&1); then rec result lazy
-    else rec result failed; rec error "$out"; fi
-    break
-  fi
-  sleep "$pause"
-done
-if [ -n "$created" ]; then
-  p=$d
-  while rmdir -- "$p" 2>/dev/null; do
-    [ "$p" = "$created" ] && break
-    parentdir "$p"; p=$r
-  done
-fi
-"""
-
-
-def _script(body: str, **variables: str) -> bytes:
-    """
-    A remote command: shell variables assigned from quoted values, our
-    functions, then C{body}.
-    """
-    assignments = "".join(f"{name}={value}\n" for name, value in variables.items())
-    return _shellCommand(assignments + _FUNCTIONS + body)
 
 
 def _defaultAvatar(shares: ShareSet, reactor: Any) -> object:
@@ -432,13 +268,13 @@ class RemoteMount:
                 f"CS_MOUNT={self.remotePath}",
                 "exec",
                 "socat",
-                "UNIX-CONNECT:" + _socatEscape(listener.socketPath),
+                "UNIX-CONNECT:" + socatEscape(listener.socketPath),
                 script,
             ]
-            return _shellCommand(self._marked(" ".join(_quoteAssignment(w) for w in words)))
+            return shellCommand(self._marked(" ".join(quoteAssignment(w) for w in words)))
         else:
             raise MountFailed(f"--via {self.via} is not available")
-        return _shellCommand(self._marked(" ".join(shlex.quote(w) for w in words)))
+        return shellCommand(self._marked(" ".join(shlex.quote(w) for w in words)))
 
     def _marked(self, command: str) -> str:
         """
@@ -447,7 +283,7 @@ class RemoteMount:
         then tell this sshfs from any other process and kill it.
         """
         return (
-            f"printf '{_PID_MARK}%s\\n' \"$$\" >&2; export CONCHSHARE_MOUNT={self._token}; "
+            f"printf '{PID_MARK}%s\\n' \"$$\" >&2; export CONCHSHARE_MOUNT={self._token}; "
             + command
         )
 
@@ -507,7 +343,7 @@ class RemoteMount:
             # sshfs may still run (L{_mount} kills it before mounting).
             self.state = "idle"
             if self._sshfs is not None and self._sshfsPid is None:
-                self._sshfsPid = _sshfsPid(self._sshfs.stderr)
+                self._sshfsPid = sshfsPid(self._sshfs.stderr)
             self._sshfs = None
         # Forwards went with the old connection; the session key files are
         # left to the old connection's clean-ups.
@@ -519,8 +355,8 @@ class RemoteMount:
         extra = {"socket": "socat", "ssh": "ssh"}.get(self.via, "")
         try:
             status, out, err = await self._run(
-                _script(
-                    _PREPARE,
+                script(
+                    PREPARE,
                     d=self._remotePathWord,
                     extra=shlex.quote(extra),
                     passive="1" if self.via in ("passive", "socket") else "''",
@@ -531,12 +367,12 @@ class RemoteMount:
             )
         except Exception as e:
             raise MountFailed(f"could not check the remote host for sshfs: {_reason(e)}")
-        records = _words(out)
+        records = words(out)
         where = self.remoteDir
         if "missing" in records:
             tool = records["missing"].split()[0]
             raise MountFailed(
-                f"the remote host has no {tool}: {_INSTALL_HINT.get(tool, 'install it')}"
+                f"the remote host has no {tool}: {INSTALL_HINT.get(tool, 'install it')}"
             )
         if "nofuse" in records:
             raise MountFailed(
@@ -559,7 +395,7 @@ class RemoteMount:
             )
         if "path" not in records or status != 0:
             raise MountFailed(
-                f"could not prepare the remote mount point {where}: {_lastLine(err) or 'unknown error'}"
+                f"could not prepare the remote mount point {where}: {lastLine(err) or 'unknown error'}"
             )
         self._fusermount = records.get("fusermount", "fusermount")
         if "created" in records and self._created is None:
@@ -573,7 +409,7 @@ class RemoteMount:
             await self._cleanUp(quick=True)
             raise
         if self._sshfs is not None:
-            self._sshfsPid = _sshfsPid(self._sshfs.stderr)
+            self._sshfsPid = sshfsPid(self._sshfs.stderr)
         return self.remotePath
 
     async def _startSSHFS(self) -> None:
@@ -611,7 +447,7 @@ class RemoteMount:
         """
         if channel is not self._sshfs or self.state != "mounted" or not self._connected():
             return
-        why = _lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
+        why = lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
         path = self.remotePath
         now = self._reactor.seconds()
         self._endings = [t for t in self._endings if now - t < REMOUNT_WINDOW] + [now]
@@ -697,12 +533,12 @@ class RemoteMount:
         assert self.remotePath is not None
         channel = self._sshfs
         deadline = self._reactor.seconds() + self.mountTimeout
-        check = _script(_CHECK, d=shlex.quote(self.remotePath))
+        check = script(CHECK, d=shlex.quote(self.remotePath))
         while True:
             if channel is not None and channel.isClosed:
                 raise MountFailed(
                     "sshfs failed on the remote host: "
-                    + (_lastLine(channel.stderr) or f"it exited with status {channel.exitStatus}")
+                    + (lastLine(channel.stderr) or f"it exited with status {channel.exitStatus}")
                 )
             try:
                 status, _, _ = await self._run(check, timeout=max(1.0, self.mountTimeout))
@@ -785,8 +621,8 @@ class RemoteMount:
         if self.remotePath is not None and self._connected():
             try:
                 _, out, _ = await self._run(
-                    _script(
-                        _UNMOUNT,
+                    script(
+                        UNMOUNT,
                         d=shlex.quote(self.remotePath),
                         fm=shlex.quote(self._fusermount),
                         created=shlex.quote(self._created or ""),
@@ -794,7 +630,7 @@ class RemoteMount:
                         pause=str(UNMOUNT_PAUSE),
                     )
                 )
-                records = _words(out)
+                records = words(out)
                 result = records.get("result", "")
                 if result == "failed":
                     result = records.get("error", "") or "fusermount failed"
@@ -818,7 +654,7 @@ class RemoteMount:
 
     async def _removeQuietly(self, path: str) -> None:
         try:
-            await self._run(_shellCommand("rm -rf -- " + shlex.quote(path)))
+            await self._run(shellCommand("rm -rf -- " + shlex.quote(path)))
         except Exception as e:
             self._log.warn("could not remove {path}: {error}", path=path, error=_reason(e))
 
@@ -859,20 +695,6 @@ class RemoteMount:
             self._log.warn("could not cancel the forward: {error}", error=_reason(e))
         if listener.socketDirectory:
             await self._removeQuietly(listener.socketDirectory)
-
-
-def _quoteAssignment(word: str) -> str:
-    name, equals, value = word.partition("=")
-    if equals and name.isidentifier() and name.isupper():
-        return name + "=" + shlex.quote(value)
-    return shlex.quote(word)
-
-
-def _socatEscape(text: str) -> str:
-    """
-    Escape what socat's address parser would interpret.
-    """
-    return "".join("\\" + c if c in "\\\"'(){}[],:!; " else c for c in text)
 
 
 def _reason(e: BaseException) -> str:
