@@ -34,7 +34,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -60,12 +60,22 @@ from conchshare.mountscripts import (
     words,
 )
 from conchshare.reactors import orGlobalReactor
+from conchshare.serving import ForwardServer
+from conchshare.shareoptions import MOUNT_VIAS
 from conchshare.shares import ShareSet
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh.keys import Key
+
+    from conchshare.tunnel.channels import ForwardedChannel
+    from conchshare.tunnel.connection import Listener, ShareConnection
+    from conchshare.tunnel.remote import ExecChannel
+    from conchshare.tunnel.sessionkey import InstalledSessionKey
 
 __all__ = ["VIAS", "RemoteMount", "remoteShellPath"]
 
 #: The transports C{conchshare mount --via} accepts.
-VIAS = ("passive", "ssh", "socket", "raw-tcp")
+VIAS = MOUNT_VIAS
 
 #: Seconds a mount may take to answer.
 MOUNT_TIMEOUT = 20.0
@@ -86,7 +96,7 @@ REMOUNT_LIMIT = 3
 REMOUNT_WINDOW = 60.0
 
 
-def _defaultAvatar(shares: ShareSet, reactor: Any) -> object:
+def _defaultAvatar(shares: ShareSet, reactor: object) -> object:
     from conchshare.sftp.avatar import ShareSFTPServer
 
     return ShareSFTPServer(shares, reactor=reactor)
@@ -115,7 +125,7 @@ class RemoteMount:
 
     def __init__(
         self,
-        connection: Any,
+        connection: ShareConnection,
         shares: ShareSet,
         remoteDir: str,
         *,
@@ -126,12 +136,11 @@ class RemoteMount:
         sshfsOptions: Sequence[str] = (),
         serverProtocolFactory: Callable[[object], IProtocol] | None = None,
         mountTimeout: float = MOUNT_TIMEOUT,
-        hostKey: Any = None,
-        authorizedKeys: Sequence[Any] = (),
+        hostKey: Key | None = None,
+        authorizedKeys: Sequence[Key] = (),
     ) -> None:
         """
-        @param connection: the connected outbound SSH connection (a Conch
-            C{SSHConnection}, usually L{conchshare.tunnel.connection.ShareConnection}).
+        @param connection: the connected outbound SSH connection.
         @param shares: what to mount.
         @param remoteDir: the mount point on the remote host; relative to
             the remote home directory unless absolute; C{~/} works.
@@ -173,9 +182,9 @@ class RemoteMount:
         self._fusermount = "fusermount"
         self._created: str | None = None
         self._wasMounted = False
-        self._sshfs: Any = None
-        self.listener: Any = None
-        self._sessionKey: Any = None
+        self._sshfs: ExecChannel | None = None
+        self.listener: Listener | None = None
+        self._sessionKey: InstalledSessionKey | None = None
         self._hostKey = hostKey
         self._authorizedKeys = list(authorizedKeys)
         self._mountWaiters: list[defer.Deferred[None]] = []
@@ -216,11 +225,7 @@ class RemoteMount:
         Whether the connection can still carry a command.  (Conch keeps
         C{transport} set after the connection is lost.)
         """
-        if getattr(self.connection, "_lost", False):
-            return False
-        transport = getattr(self.connection, "transport", None)
-        tcp = getattr(transport, "transport", None)
-        return tcp is not None and bool(getattr(tcp, "connected", True))
+        return self.connection.isOpen()
 
     @property
     def _remotePathWord(self) -> str:
@@ -234,7 +239,7 @@ class RemoteMount:
     def _sshfsOptionList(self, *first: str) -> str:
         return ",".join(first + ("idmap=user",) + self.sshfsOptions)
 
-    def _sshfsCommand(self, listener: Any = None) -> bytes:
+    def _sshfsCommand(self, listener: Listener | None = None) -> bytes:
         """
         The remote command that runs sshfs in the foreground for C{via}.
         """
@@ -245,6 +250,7 @@ class RemoteMount:
             words += [source, self.remotePath]
         elif self.via == "ssh":
             key = self._sessionKey
+            assert key is not None and listener is not None
             options = self._sshfsOptionList(
                 f"IdentityFile={key.keyPath}",
                 "IdentitiesOnly=yes",
@@ -255,9 +261,12 @@ class RemoteMount:
             words = ["exec", "sshfs", "-f", "-p", str(listener.port), "-o", options]
             words += [f"{key.user}@127.0.0.1{source}", self.remotePath]
         elif self.via == "raw-tcp":
+            assert listener is not None
             options = self._sshfsOptionList(f"directport={listener.port}")
             words = ["exec", "sshfs", "-f", "-o", options, "127.0.0.1" + source, self.remotePath]
         elif self.via == "socket":
+            socketPath = listener.socketPath if listener is not None else None
+            assert socketPath is not None
             # socat parses its address strings (quotes, commas, colons), so
             # the paths reach sshfs through the environment, unsplit
             # (IFS empty) and unglobbed (set -f).
@@ -268,7 +277,7 @@ class RemoteMount:
                 f"CS_MOUNT={self.remotePath}",
                 "exec",
                 "socat",
-                "UNIX-CONNECT:" + socatEscape(listener.socketPath),
+                "UNIX-CONNECT:" + socatEscape(socketPath),
                 script,
             ]
             return shellCommand(self._marked(" ".join(quoteAssignment(w) for w in words)))
@@ -327,7 +336,7 @@ class RemoteMount:
         for waiter in waiters:
             waiter.callback(None)
 
-    def remount(self, connection: Any | None = None) -> defer.Deferred[str]:
+    def remount(self, connection: ShareConnection | None = None) -> defer.Deferred[str]:
         """
         Mount again, on a new connection after a reconnect: the previous
         C{sshfs} ended with the old connection.  A stale mount left at the
@@ -432,12 +441,12 @@ class RemoteMount:
             raise MountFailed(f"could not start sshfs on the remote host: {_reason(e)}")
         self._sshfs.notifyOnClose(self._sshfsClosed)
 
-    def _sshfsClosed(self, channel: Any) -> None:
+    def _sshfsClosed(self, channel: ForwardedChannel) -> None:
         # Decide once the connection has finished closing, if it is: a lost
         # connection is the service's to handle (it reconnects and remounts).
         self._reactor.callLater(0, self._sshfsEnded, channel)
 
-    def _sshfsEnded(self, channel: Any) -> None:
+    def _sshfsEnded(self, channel: ForwardedChannel) -> None:
         """
         sshfs ended while mounted and the connection is up: it failed, or
         the mount went away on the remote host.  The mount is still wanted:
@@ -445,9 +454,15 @@ class RemoteMount:
         seconds at most); if that fails, or it keeps ending, clean up and
         report C{unmounted}.
         """
-        if channel is not self._sshfs or self.state != "mounted" or not self._connected():
+        sshfs = self._sshfs
+        if (
+            sshfs is None
+            or channel is not sshfs
+            or self.state != "mounted"
+            or not self._connected()
+        ):
             return
-        why = lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
+        why = lastLine(sshfs.stderr) or f"exit status {sshfs.exitStatus}"
         path = self.remotePath
         now = self._reactor.seconds()
         self._endings = [t for t in self._endings if now - t < REMOUNT_WINDOW] + [now]
@@ -498,36 +513,37 @@ class RemoteMount:
                 ),
             )
 
-    async def _forward(self, avatar: object) -> Any:
+    async def _forward(self, avatar: object) -> Listener:
         """
-        Ask the remote sshd to forward a Unix socket (C{socket}) or a
-        loopback TCP port (C{raw-tcp}) to a raw SFTP server.
+        Ask the remote sshd for the forward that leads to our server: a
+        Unix socket (C{socket}) or a loopback TCP port (C{raw-tcp}) to raw
+        SFTP; or (C{ssh}, X2Go's way) a loopback TCP port to a nested SSH
+        server that takes a session key made for this mount (installed on
+        the remote host with a known_hosts line for the nested host key)
+        and the C{authorizedKeys}.
 
         @raise ForwardRefused: the server refused the forward.
         """
-        from conchshare.tunnel.connection import Listener
-
-        if not hasattr(self.connection, "requestForward"):
-            raise MountFailed(f"--via {self.via} needs a ShareConnection")
-        if self.via == "ssh":
-            return await self._forwardNested(avatar)
-        if self.via == "socket":
-            listener = Listener(
-                mode="raw",
-                protocolFactory=lambda: self._serverProtocolFactory(avatar),
-                streamlocal=True,
-            )
-        elif self.via == "raw-tcp":
-            listener = Listener(
-                mode="raw",
-                protocolFactory=lambda: self._serverProtocolFactory(avatar),
-                address="127.0.0.1",
-                port=0,
-            )
-        else:
+        if self.via not in ("ssh", "socket", "raw-tcp"):
             raise MountFailed(f"--via {self.via} is not available")
-        self.listener = await self.connection.requestForward(listener)
-        return self.listener
+        server = ForwardServer(
+            "ssh" if self.via == "ssh" else "raw",
+            lambda: self._serverProtocolFactory(avatar),
+            hostKey=self._hostKey,
+            authorizedKeys=self._authorizedKeys,
+            withSessionKey=self.via == "ssh",
+            reactor=self._reactor,
+        )
+        if self.via == "socket":
+            wanted = server.listener(streamlocal=True)
+        else:
+            wanted = server.listener(address="127.0.0.1", port=0)
+        listener = self.listener = await self.connection.requestForward(wanted)
+        if self.via == "ssh":
+            self._sessionKey = await server.installSessionKey(
+                self.connection, listener.port, "conchshare"
+            )
+        return listener
 
     async def _waitMounted(self) -> None:
         assert self.remotePath is not None
@@ -658,37 +674,7 @@ class RemoteMount:
         except Exception as e:
             self._log.warn("could not remove {path}: {error}", path=path, error=_reason(e))
 
-    async def _forwardNested(self, avatar: object) -> Any:
-        """
-        X2Go's way: a loopback TCP forward to a nested SSH server that takes
-        only a session key made for this mount, installed on the remote host
-        with a known_hosts line for the nested host key.
-        """
-        from conchshare.tunnel.connection import Listener
-        from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
-        from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
-
-        sessionKey: Any = generateSessionKey()
-        hostKey = self._hostKey or loadOrCreateHostKey(None)
-        server = NestedSSHServer(
-            hostKey,
-            [sessionKey.public(), *self._authorizedKeys],
-            lambda: self._serverProtocolFactory(avatar),
-            reactor=self._reactor,
-        )
-        listener = Listener(
-            mode="ssh",
-            protocolFactory=lambda: server.buildProtocol(None),
-            address="127.0.0.1",
-            port=0,
-        )
-        self.listener = await self.connection.requestForward(listener)
-        self._sessionKey = await installSessionKey(
-            self.connection, sessionKey, hostKey, self.listener.port, "conchshare"
-        )
-        return self.listener
-
-    async def _cancelForward(self, listener: Any) -> None:
+    async def _cancelForward(self, listener: Listener) -> None:
         try:
             await self.connection.cancelForward(listener)
         except Exception as e:
@@ -710,7 +696,7 @@ def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
     return d
 
 
-async def _closedWithin(reactor: Any, channel: Any, seconds: float) -> None:
+async def _closedWithin(reactor: Any, channel: ExecChannel, seconds: float) -> None:
     """
     Wait until C{channel} has closed, at most C{seconds}.
     """

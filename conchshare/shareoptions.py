@@ -14,7 +14,7 @@ from conchshare.errors import UsageError
 
 __all__ = ["MODES", "MOUNT_VIAS", "ForwardSpec", "ShareOptions"]
 
-#: Endpoint modes of a forward.
+#: Endpoint modes of a forward (C{share --mode}).
 MODES = ("ssh", "raw")
 
 #: Transports of C{conchshare mount --via}.

@@ -224,6 +224,17 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         self._lostWaiters.append(d)
         return d
 
+    def isOpen(self) -> bool:
+        """
+        Whether the connection can still carry a command, a channel or a
+        forward request: not lost, and its SSH transport still connected.
+        (Conch keeps C{transport} set after the connection is lost.)
+        """
+        if self._lost:
+            return False
+        tcp = getattr(self.transport, "transport", None)
+        return tcp is not None and bool(getattr(tcp, "connected", True))
+
     # -- channels ----------------------------------------------------------
 
     def channelAccepted(self, channel: Any) -> None:
