@@ -23,7 +23,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
@@ -31,6 +31,9 @@ from twisted.python import usage
 from conchshare.errors import ConchShareError, UsageError
 from conchshare.options import makeParser, parseArguments
 from conchshare.reactors import orGlobalReactor
+
+if TYPE_CHECKING:
+    from conchshare.service import ShareOptions, ShareService
 
 __all__ = [
     "TwistdOptions",
@@ -43,7 +46,7 @@ __all__ = [
 ]
 
 
-def shareOptions(args: argparse.Namespace) -> Any:
+def shareOptions(args: argparse.Namespace) -> ShareOptions:
     """
     The L{conchshare.service.ShareOptions} for parsed arguments.
     """
@@ -76,7 +79,7 @@ def shareOptions(args: argparse.Namespace) -> Any:
     return options
 
 
-def buildService(args: argparse.Namespace, reactor: Any = None) -> Any:
+def buildService(args: argparse.Namespace, reactor: Any = None) -> ShareService:
     """
     The L{conchshare.service.ShareService} for parsed arguments.
 
@@ -259,7 +262,7 @@ class _StopReactorOnFailure(Service):
     stop the reactor too.
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 
@@ -281,7 +284,7 @@ class _SpinWhileRunning(Service):
     L{conchshare.spin}).
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 

@@ -49,8 +49,8 @@ def _imports(tree: ast.AST, name: str, isPackage: bool, modules: set[str]) -> se
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _isTypeChecking(node.test):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             for alias in node.names:
