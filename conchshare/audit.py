@@ -81,7 +81,7 @@ class AuditingAvatar:
     are never logged; what the client sent is escaped (L{auditText}).  It provides the interfaces the avatar provides.
     """
 
-    def __init__(self, avatar: Any, session: str) -> None:
+    def __init__(self, avatar: object, session: str) -> None:
         self._avatar = avatar
         self._session = session
         directlyProvides(self, providedBy(avatar))
