@@ -140,7 +140,9 @@ class ShareService(Service):
         self.shares = shares
         self.options = options
         self.error: ConchShareError | None = None
-        self._reactor = orGlobalReactor(reactor)
+        # The global reactor, if none was given, is looked up at first use:
+        # building a service installs no reactor.
+        self._reactor = reactor
         self._observers: list[EventObserver] = []
         self._state = "stopped"
         self._paused = False
@@ -197,10 +199,11 @@ class ShareService(Service):
                 _log.failure("Event observer {observer!r} failed", observer=observer)
 
     def _clock(self) -> IReactorTime:
-        clock: IReactorTime = self._reactor
+        clock: IReactorTime = self._getReactor()
         return clock
 
     def _getReactor(self) -> Any:
+        self._reactor = orGlobalReactor(self._reactor)
         return self._reactor
 
     # -- public API -------------------------------------------------------
@@ -411,7 +414,7 @@ class ShareService(Service):
             hostKeyPath=self.options.hostKey,
             authorizedKeysPath=self.options.authorizedKeys,
             withSessionKey=self.options.wantsSessionKey(),
-            reactor=self._reactor,
+            reactor=self._getReactor(),
         )
 
     def _protocolFactory(self) -> Callable[[], IProtocol]:
