@@ -52,12 +52,12 @@ from conchshare.mountscripts import (
     UNMOUNT,
     lastLine,
     quoteAssignment,
+    readRecords,
+    remoteScript,
     remoteShellPath,
-    script,
     shellCommand,
     socatEscape,
     sshfsPid,
-    words,
 )
 from conchshare.reactors import orGlobalReactor
 from conchshare.serving import ForwardServer
@@ -364,7 +364,7 @@ class RemoteMount:
         extra = {"socket": "socat", "ssh": "ssh"}.get(self.via, "")
         try:
             status, out, err = await self._run(
-                script(
+                remoteScript(
                     PREPARE,
                     d=self._remotePathWord,
                     extra=shlex.quote(extra),
@@ -376,7 +376,7 @@ class RemoteMount:
             )
         except Exception as e:
             raise MountFailed(f"could not check the remote host for sshfs: {_reason(e)}")
-        records = words(out)
+        records = readRecords(out)
         where = self.remoteDir
         if "missing" in records:
             tool = records["missing"].split()[0]
@@ -549,7 +549,7 @@ class RemoteMount:
         assert self.remotePath is not None
         channel = self._sshfs
         deadline = self._reactor.seconds() + self.mountTimeout
-        check = script(CHECK, d=shlex.quote(self.remotePath))
+        check = remoteScript(CHECK, d=shlex.quote(self.remotePath))
         while True:
             if channel is not None and channel.isClosed:
                 raise MountFailed(
@@ -637,7 +637,7 @@ class RemoteMount:
         if self.remotePath is not None and self._connected():
             try:
                 _, out, _ = await self._run(
-                    script(
+                    remoteScript(
                         UNMOUNT,
                         d=shlex.quote(self.remotePath),
                         fm=shlex.quote(self._fusermount),
@@ -646,7 +646,7 @@ class RemoteMount:
                         pause=str(UNMOUNT_PAUSE),
                     )
                 )
-                records = words(out)
+                records = readRecords(out)
                 result = records.get("result", "")
                 if result == "failed":
                     result = records.get("error", "") or "fusermount failed"

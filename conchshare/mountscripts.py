@@ -17,13 +17,13 @@ __all__ = [
     "PREPARE",
     "UNMOUNT",
     "lastLine",
+    "readRecords",
     "quoteAssignment",
+    "remoteScript",
     "remoteShellPath",
-    "script",
     "shellCommand",
     "socatEscape",
     "sshfsPid",
-    "words",
 ]
 
 #: The line the sshfs command prints on stderr before it becomes sshfs: its
@@ -78,7 +78,7 @@ _RECORD_KEYS = frozenset(
 )
 
 
-def words(data: bytes) -> dict[str, str]:
+def readRecords(data: bytes) -> dict[str, str]:
     """
     Parse the records our remote scripts print, each C{NUL key=value NUL}.
     What comes before the first record (a chatty login script's output) is
@@ -197,7 +197,7 @@ fi
 """
 
 
-def script(body: str, **variables: str) -> bytes:
+def remoteScript(body: str, **variables: str) -> bytes:
     """
     A remote command: shell variables assigned from quoted values, our
     functions, then C{body}.
