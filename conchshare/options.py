@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conchshare.errors import UsageError, sentence
-from conchshare.shareoptions import MODES, MOUNT_VIAS
+from conchshare.modes import MODES, MOUNT_VIAS
 
 __all__ = [
     "CTL_COMMANDS",

@@ -11,14 +11,9 @@ import os
 from dataclasses import dataclass, field
 
 from conchshare.errors import UsageError
+from conchshare.modes import MODES, MOUNT_VIAS
 
 __all__ = ["MODES", "MOUNT_VIAS", "ForwardSpec", "ShareOptions"]
-
-#: Endpoint modes of a forward (C{share --mode}).
-MODES = ("ssh", "raw")
-
-#: Transports of C{conchshare mount --via}.
-MOUNT_VIAS = ("passive", "ssh", "socket", "raw-tcp")
 
 
 @dataclass(frozen=True)
