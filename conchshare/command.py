@@ -23,13 +23,17 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from conchshare.errors import ConchShareError, UsageError
 from conchshare.options import makeParser, parseArguments
+from conchshare.reactors import orGlobalReactor
+
+if TYPE_CHECKING:
+    from conchshare.service import ShareOptions, ShareService
 
 __all__ = [
     "TwistdOptions",
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 
-def shareOptions(args: argparse.Namespace) -> Any:
+def shareOptions(args: argparse.Namespace) -> ShareOptions:
     """
     The L{conchshare.service.ShareOptions} for parsed arguments.
     """
@@ -75,7 +79,7 @@ def shareOptions(args: argparse.Namespace) -> Any:
     return options
 
 
-def buildService(args: argparse.Namespace, reactor: Any = None) -> Any:
+def buildService(args: argparse.Namespace, reactor: Any = None) -> ShareService:
     """
     The L{conchshare.service.ShareService} for parsed arguments.
 
@@ -261,7 +265,7 @@ class _StopReactorOnFailure(Service):
     stop the reactor too.
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 
@@ -272,11 +276,7 @@ class _StopReactorOnFailure(Service):
     def _stopped(self, result: object) -> None:
         if not self.running:
             return
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = orGlobalReactor(self._reactor)
         if reactor.running:
             reactor.stop()
 
@@ -287,16 +287,12 @@ class _SpinWhileRunning(Service):
     conchshare's polling reactor (see L{conchshare.spin}).
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 
     def _getReactor(self) -> Any:
-        if self._reactor is not None:
-            return self._reactor
-        from twisted.internet import reactor
-
-        return reactor
+        return orGlobalReactor(self._reactor)
 
     def startService(self) -> None:
         from conchshare.spin import isSpinningReactor, spinBeforeSleeping

@@ -29,7 +29,8 @@ from conchshare.errors import (
     HostKeyChanged,
     HostKeyUnknown,
 )
-from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, connectSSH, sshEndpoint
+from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport
+from conchshare.tunnel.endpoint import connectSSH, sshEndpoint
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 from tests.sshd import ThrowawaySSHD, available, freePort, keygen
 from tests.tunnelhelpers import sshdConnectOptions

@@ -25,7 +25,8 @@ from twisted.trial import unittest
 
 from conchshare import mount as mountModule
 from conchshare.errors import MountFailed
-from conchshare.mount import RemoteMount, _words, remoteShellPath
+from conchshare.mount import RemoteMount, remoteShellPath
+from conchshare.mountscripts import readRecords as _words
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
 from tests.sshd import ThrowawaySSHD, available

@@ -18,8 +18,8 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from conchshare.tunnel.client import connectSSH
 from conchshare.tunnel.connection import ShareConnection
+from conchshare.tunnel.endpoint import connectSSH
 from conchshare.tunnel.sshconfig import ConnectOptions
 from tests.sshd import ThrowawaySSHD
 
