@@ -107,8 +107,30 @@ def _setUpLogging(verbose: bool, stream: IO[str]) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
+def commandReactor() -> Any:
+    """
+    The global reactor for a program that owns it (the C{conchshare}
+    commands): first, if no reactor is installed yet, polling can pay
+    here (L{conchshare.spin.worthSpinning}) and the switch
+    C{CONCHSHARE_REACTOR_POLL} is on, conchshare's polling epoll reactor
+    (L{conchshare.spinreactor}) is installed as the global one.  It polls
+    only once L{conchshare.spin.spinBeforeSleeping} is called.
+    """
+    from conchshare.spin import SWITCH, worthSpinning
+    from conchshare.switches import switchedOn
+
+    if switchedOn(SWITCH) and worthSpinning() and "twisted.internet.reactor" not in sys.modules:
+        try:
+            from conchshare.spinreactor import install
+        except ImportError:  # no epoll here: the default reactor
+            pass
+        else:
+            install()
+    return orGlobalReactor(None)
+
+
 def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
-    from conchshare.spin import commandReactor, spinBeforeSleeping
+    from conchshare.spin import spinBeforeSleeping
 
     # First: conchshare's polling reactor, before anything imports one.
     reactor: Any = commandReactor()

@@ -18,7 +18,7 @@ polling takes the CPU from the client's side of the round trip.
 
 The reactor that does it is L{conchshare.spinreactor.SpinningEPollReactor}
 (Twisted's epoll reactor with its public C{doPoll} overridden), installed
-by the C{conchshare} commands (L{commandReactor}), by
+by the C{conchshare} commands (L{conchshare.command.commandReactor}), by
 C{twistd --reactor=conchshare-epoll}, or by an embedding program with
 L{conchshare.spinreactor.install}.  L{spinBeforeSleeping} turns it on for a
 service; any other reactor is left as it is.  The switch
@@ -31,11 +31,10 @@ L{worthSpinning} from it).
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from conchshare.switches import switchedOn
 
@@ -43,7 +42,7 @@ __all__ = [
     "ACTIVE",
     "SPIN",
     "Spinner",
-    "commandReactor",
+    "PollingReactor",
     "isSpinningReactor",
     "spinBeforeSleeping",
     "stopSpinning",
@@ -128,16 +127,33 @@ class Spinner:
         return events
 
 
+@runtime_checkable
+class PollingReactor(Protocol):
+    """
+    A reactor that can poll before it sleeps: conchshare's
+    (L{conchshare.spinreactor.SpinningEPollReactor}).  A protocol, so that
+    this module need not import the reactor (nor Twisted).
+    """
+
+    def pollBeforeSleeping(
+        self, busy: Callable[[], bool], spin: float = ..., clock: Callable[[], float] = ...
+    ) -> Spinner:
+        """
+        Poll for C{spin} seconds before sleeping, while C{busy()}.
+        """
+
+    def sleepAtOnce(self) -> None:
+        """
+        Sleep at once again.
+        """
+
+
 def isSpinningReactor(reactor: object) -> bool:
     """
     Whether C{reactor} is conchshare's polling reactor
     (L{conchshare.spinreactor.SpinningEPollReactor}).
     """
-    try:
-        from conchshare.spinreactor import SpinningEPollReactor
-    except ImportError:  # no epoll here
-        return False
-    return isinstance(reactor, SpinningEPollReactor)
+    return isinstance(reactor, PollingReactor)
 
 
 def spinBeforeSleeping(
@@ -184,23 +200,3 @@ def stopSpinning(reactor: Any) -> None:
     """
     if isSpinningReactor(reactor):
         reactor.sleepAtOnce()
-
-
-def commandReactor() -> Any:
-    """
-    The global reactor for a program that owns it (the C{conchshare}
-    commands): first, if no reactor is installed yet, polling can pay
-    here (L{worthSpinning}) and the switch C{CONCHSHARE_REACTOR_POLL} is
-    on, conchshare's polling epoll reactor is installed as the global one.
-    It polls only once L{spinBeforeSleeping} is called.
-    """
-    if switchedOn(SWITCH) and worthSpinning() and "twisted.internet.reactor" not in sys.modules:
-        try:
-            from conchshare.spinreactor import install
-        except ImportError:  # no epoll here: the default reactor
-            pass
-        else:
-            install()
-    from conchshare.reactors import orGlobalReactor
-
-    return orGlobalReactor(None)

@@ -4,7 +4,7 @@ conchshare's polling reactor: Twisted's epoll reactor that, once told to
 moment before it sleeps (why, and when: L{conchshare.spin}).
 
 It is installed by the C{conchshare} commands
-(L{conchshare.spin.commandReactor}), by C{twistd
+(L{conchshare.command.commandReactor}), by C{twistd
 --reactor=conchshare-epoll} (the reactor plugin in
 C{twisted/plugins/conchshare_plugin.py}) and by an embedding program with
 L{install}, before anything imports C{twisted.internet.reactor}.  Importing

@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("shares", nargs="+")
     args = parser.parse_args(argv)
 
-    from conchshare.spin import commandReactor, spinBeforeSleeping
+    from conchshare.command import commandReactor
+    from conchshare.spin import spinBeforeSleeping
 
     # The reactor conchshare share installs (its polling one).
     reactor: Any = commandReactor()

@@ -344,7 +344,7 @@ import sys
 if sys.argv[1:] == ["preinstalled"]:
     from twisted.internet import selectreactor
     selectreactor.install()
-from conchshare.spin import commandReactor
+from conchshare.command import commandReactor
 print(type(commandReactor()).__name__)
 """
 
