@@ -19,9 +19,13 @@ Three shares of one L{MemoryBudget}:
     to be sent (the connection is the bottleneck) are bounded by the same
     share: while they fill it (L{MemoryBudget.outputFull}), a channel that
     has replies waiting pauses its server until others are sent, first
-    paused first resumed (one channel alone is never held).  Only the
-    channels that carry SFTP replies themselves count (L{addReplyChannel}):
-    not those that carry a nested SSH connection, whose channels count.
+    paused first resumed (one client alone is never held).  The channels
+    that carry SFTP replies count (L{addReplyChannel}), and so do those
+    that carry a nested SSH connection (ssh mode): the replies of its
+    channels wait there while the connection to the SSH server is full; a
+    carrying channel that has bytes waiting while the share is full holds
+    its nested connection's channels instead of its own input (see
+    L{conchshare.tunnel.channels}).
   - C{packets}: the large SFTP packets (WRITE data) being received or
     written, every server together.  A server allocates such a packet whole
     once its length is known, and holds it until the request is answered;
@@ -237,22 +241,28 @@ class MemoryBudget:
     def addReplyChannel(self, channel: Any) -> None:
         """
         C{channel} (added with L{addChannel}, with a C{pendingOutput}
-        attribute and an C{outputRoom()} method) carries replies: what
-        waits in it to be sent counts in the reply share.
+        attribute and an C{outputRoom()} method) carries replies, or a
+        nested SSH connection whose channels carry them: what waits in it
+        to be sent counts in the reply share.
         """
         self._replyChannels.add(channel)
+
+    def _queuedReplies(self) -> int:
+        # One client alone is never held: one channel carries replies, or
+        # one SFTP server is served (in ssh mode its channel and the
+        # channel that carries its nested connection both count).
+        if len(self._replyChannels) <= 1 or len(self._servers) == 1:
+            return 0
+        queued: int = sum(c.pendingOutput for c in list(self._replyChannels))
+        return queued
 
     def outputFull(self) -> bool:
         """
         Whether the bytes waiting to be sent in the channels that carry
         replies (C{pendingOutput}) fill the reply share; never with one
-        such channel.
+        such channel, nor with one SFTP server.
         """
-        channels = list(self._replyChannels)
-        if len(channels) <= 1:
-            return False
-        queued: int = sum(c.pendingOutput for c in channels)
-        return queued + LARGEST_REQUEST > self.replies
+        return self._queuedReplies() + LARGEST_REQUEST > self.replies
 
     def waitForOutput(self, channel: Any) -> None:
         """
@@ -271,8 +281,7 @@ class MemoryBudget:
         waiters = self._outputWaiters
         if not waiters:
             return
-        channels = list(self._replyChannels)
-        queued = sum(c.pendingOutput for c in channels) if len(channels) > 1 else 0
+        queued = self._queuedReplies()
         room = max(1, (self.replies - queued) // LARGEST_REQUEST) if queued < self.replies else 0
         while waiters and room:
             room -= 1

@@ -307,6 +307,27 @@ class OutputShareTests(unittest.SynchronousTestCase):
         _Queue(budget, 10 * LARGEST_REQUEST)
         self.assertFalse(budget.outputFull())
 
+    def test_oneServerAlone(self) -> None:
+        """
+        One SFTP server alone is never held either, though two channels
+        carry its replies (in ssh mode, its own and the one that carries
+        its nested SSH connection); with a second server the share holds.
+        """
+
+        class Server:
+            def setMaxInFlight(self, limit: int) -> None:
+                pass
+
+        budget = MemoryBudget(replies=LARGEST_REQUEST)
+        channels = [_Queue(budget, 10 * LARGEST_REQUEST) for _ in range(2)]
+        first = Server()
+        budget.addServer(first)
+        self.assertFalse(budget.outputFull())
+        second = Server()
+        budget.addServer(second)
+        self.assertTrue(budget.outputFull())
+        self.assertEqual(len(channels), 2)
+
     def test_fullThenRoom(self) -> None:
         """
         With several channels, the share is full once one more reply would

@@ -22,17 +22,20 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from conchshare.budget import MIN_WINDOW, MemoryBudget
+from conchshare.budget import LARGEST_REQUEST, MIN_WINDOW, MemoryBudget
 from conchshare.tunnel.channels import (
     MAX_PACKET,
     OUTPUT_HIGH,
     WINDOW_SIZE,
     ChannelGroup,
+    ConnectionPressure,
     ForwardedChannel,
 )
 from conchshare.tunnel.connection import Listener, ShareConnection, _TransportPressure
+from conchshare.tunnel.nested import NestedConnection, NestedSessionChannel, _NestedUser
 
 
 class RecordingProtocol(Protocol):
@@ -65,9 +68,11 @@ class Harness:
     A ShareConnection with one TCP listener; the 'server' opens channels.
     """
 
-    def __init__(self, protocolFactory: Any = RecordingProtocol) -> None:
+    def __init__(
+        self, protocolFactory: Any = RecordingProtocol, budget: MemoryBudget | None = None
+    ) -> None:
         self.clock = Clock()
-        self.conn = ShareConnection(reactor=self.clock, memoryBudget=MemoryBudget())
+        self.conn = ShareConnection(reactor=self.clock, memoryBudget=budget or MemoryBudget())
         self.transport = FakeSSHTransport()
         self.conn.transport = self.transport
         self.protocols: list[Any] = []
@@ -494,3 +499,155 @@ class ChannelGroupTests(unittest.SynchronousTestCase):
         self.assertTrue(a.paused and b.paused)
         group.setReason("transport", False)
         self.assertFalse(a.paused or b.paused)
+
+
+@implementer(IPushProducer)
+class Replier(Protocol):
+    """
+    What an SFTP server is to its channel: it joins the budget as a server,
+    its channel carries replies, and it is the channel's producer (paused:
+    it makes no more replies).
+    """
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.paused = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.budget.addServer(self)
+        transport.carriesReplies()
+        transport.registerProducer(self, True)
+
+    def setMaxInFlight(self, limit: int) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _CarriedTransport:
+    """
+    The nested SSH server transport as its connection sees it: packets go,
+    as bytes, to the forwarded channel that carries it (its transport).
+    """
+
+    def __init__(self, carrier: ForwardedChannel, avatar: Any) -> None:
+        self.transport = carrier
+        self.avatar = avatar
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.transport.write(bytes((kind,)) + payload)
+
+
+class Nested:
+    """
+    ssh mode on a L{Harness}: a nested SSH connection served on a forwarded
+    channel (the carrier), its session channels each serving a L{Replier}.
+    """
+
+    def __init__(self, h: Harness, window: int = 1 << 30) -> None:
+        budget = h.conn.memoryBudget
+        carrier = h.open(window=window)
+        assert carrier is not None
+        self.carrier = carrier
+        self.repliers: list[Replier] = []
+
+        def sftp() -> Replier:
+            replier = Replier(budget)
+            self.repliers.append(replier)
+            return replier
+
+        self.conn = NestedConnection()
+        self.conn.memoryBudget = budget  # type: ignore[attr-defined]
+        self.conn.transport = _CarriedTransport(carrier, _NestedUser(sftp))
+        self.conn.serviceStarted()
+
+    def open(self) -> tuple[NestedSessionChannel, Replier]:
+        """
+        The nested client opens a session channel and starts C{sftp} on it.
+        """
+        self.conn.ssh_CHANNEL_OPEN(
+            common.NS(b"session") + struct.pack(">3L", 7, 1 << 30, MAX_PACKET)
+        )
+        channel: NestedSessionChannel = self.conn.channels[self.conn.localChannelID - 1]
+        self.assertRequest = channel.request_subsystem(common.NS(b"sftp"))
+        return channel, self.repliers[-1]
+
+
+class NestedConnectionTests(unittest.SynchronousTestCase):
+    """
+    ssh mode: the forwarded channel carries a nested SSH connection, whose
+    session channels carry the SFTP replies.
+    """
+
+    def test_interfaces(self) -> None:
+        self.assertTrue(verifyObject(IPushProducer, ConnectionPressure(ChannelGroup())))
+
+    def test_heldWhileTheCarrierCannotSend(self) -> None:
+        """
+        While the TCP connection to the SSH server is full, the servers of
+        the nested channels make no more replies (before, they went on, and
+        their replies piled up in the carrying channels: +23 MiB with 64
+        clients); a reply already under way still goes to the carrier,
+        where it waits, and a channel opened meanwhile starts held.  Once
+        the connection drains, all of it is sent and the servers go on.
+        """
+        h = Harness()
+        nested = Nested(h)
+        inner, replier = nested.open()
+        self.assertFalse(replier.paused)
+        h.sent()
+        tcp = _TransportPressure(h.conn.group)
+        tcp.pauseProducing()
+        self.assertTrue(replier.paused)
+        inner.write(b"r" * 100)
+        self.assertEqual(h.sent(), b"")
+        self.assertGreater(nested.carrier.pendingOutput, 100)
+        _, later = nested.open()
+        self.assertTrue(later.paused)
+        tcp.resumeProducing()
+        self.assertFalse(replier.paused or later.paused)
+        self.assertIn(b"r" * 100, h.sent())
+
+    def test_carrierCountsInTheReplyShare(self) -> None:
+        """
+        With several clients, the bytes waiting in a carrying channel (its
+        peer's window is spent) count in the reply share: once they fill
+        it, that nested connection's servers make no more replies, while
+        the carrier still takes input (the nested channels' window credit
+        comes that way); once they are sent, the servers go on.
+        """
+        h = Harness(budget=MemoryBudget(replies=2 * LARGEST_REQUEST))
+        slow = Nested(h, window=1000)
+        inner, replier = slow.open()
+        _, other = Nested(h).open()
+        h.sent()
+        inner.write(b"r" * 2 * LARGEST_REQUEST)
+        self.assertGreater(slow.carrier.pendingOutput, LARGEST_REQUEST)
+        self.assertTrue(replier.paused)
+        self.assertFalse(other.paused)
+        self.assertFalse(slow.carrier.paused)
+        h.send(slow.carrier, b"window credit")
+        self.assertEqual(h.protocols[0].received, [b"window credit"])
+        h.conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", slow.carrier.id, 1 << 20))
+        self.assertEqual(slow.carrier.pendingOutput, 0)
+        h.clock.advance(0)
+        self.assertFalse(replier.paused)
+
+    def test_oneClientAloneNotHeld(self) -> None:
+        """
+        One client alone (its channel and the carrier of its nested
+        connection) is never held by the reply share.
+        """
+        h = Harness(budget=MemoryBudget(replies=2 * LARGEST_REQUEST))
+        nested = Nested(h, window=1000)
+        inner, replier = nested.open()
+        inner.write(b"r" * (4 * LARGEST_REQUEST))
+        self.assertFalse(replier.paused)

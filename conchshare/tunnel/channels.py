@@ -5,8 +5,16 @@ State rules (the whole module follows them):
   - A channel is I{paused} while any reason is set: C{"group"} (the
     L{ChannelGroup} paused everything), C{"protocol"} (our protocol called
     C{pauseProducing} on its transport, the channel), C{"output"} (more than
-    L{OUTPUT_HIGH} bytes wait to be sent) or C{"transport"} (the TCP
-    connection's send buffer is full).
+    L{OUTPUT_HIGH} bytes wait to be sent), C{"transport"} (the TCP
+    connection's send buffer is full) or C{"carrier"} (the channel that
+    carries our nested SSH connection cannot send now).
+  - A channel that carries a nested SSH connection (L{carriesConnection})
+    holds that connection (its L{ConnectionPressure}: every channel of it
+    gets C{"carrier"}) while it is paused for C{"group"}, C{"output"} or
+    C{"transport"}, and while the replies waiting in all channels fill the
+    memory budget's reply share and bytes wait in it; it keeps taking
+    input meanwhile, since the window credit of the nested channels
+    arrives that way.
   - While paused, received bytes are kept in order, not handed to the
     protocol, and no window credit is granted: the peer can send at most one
     window more.  Credit is sent only for bytes the protocol has consumed.
@@ -65,6 +73,10 @@ GROUP = "group"
 PROTOCOL = "protocol"
 OUTPUT = "output"
 TRANSPORT = "transport"
+CARRIER = "carrier"
+#: The reasons that pause the protocol's producer too (it makes no more
+#: output), not only our delivery of received bytes.
+_PRODUCER = frozenset((GROUP, OUTPUT, TRANSPORT, CARRIER))
 #: The reasons that hold our writes too: a paused group, and a full TCP
 #: send buffer (what would go there waits here, where it counts as
 #: pending output and stops the protocol from making more).
@@ -234,6 +246,8 @@ class ForwardedChannel(SSHChannel):
         self._flushCall: Any = None
         self._roomCall: Any = None
         self._carriesReplies = False
+        self._carrier = False
+        self._roomWait = False
 
     # -- state -------------------------------------------------------------
 
@@ -354,7 +368,7 @@ class ForwardedChannel(SSHChannel):
         if reason in self._reasons or self._isClosed:
             return False
         self._reasons.add(reason)
-        if reason in (GROUP, OUTPUT, TRANSPORT):
+        if reason in _PRODUCER:
             self._pauseProducer()
         return True
 
@@ -370,7 +384,7 @@ class ForwardedChannel(SSHChannel):
         self._reasons.discard(reason)
         if reason in _HOLDING:
             self._flush()
-        if not (self._reasons & {GROUP, OUTPUT, TRANSPORT}):
+        if not (self._reasons & _PRODUCER or self._roomWait):
             self._resumeProducer()
         if not self._isClosed and not self._reasons:
             # Never hand bytes over from inside resumeProducing or write:
@@ -422,7 +436,7 @@ class ForwardedChannel(SSHChannel):
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
         self._producerPaused = False
-        if self._reasons & {GROUP, OUTPUT, TRANSPORT}:
+        if self._reasons & _PRODUCER or self._roomWait:
             self._pauseProducer()
         elif not streaming:
             producer.resumeProducing()
@@ -522,7 +536,14 @@ class ForwardedChannel(SSHChannel):
         elif self._carriesReplies and self._budget.outputFull():
             # The replies of every channel together fill the budget: make
             # no more here until others are sent.
-            if self._outgoingBytes or OUTPUT in self._reasons:
+            if self._carrier:
+                # Hold the nested connection, not our input: the nested
+                # channels' window credit comes that way.
+                if self._outgoingBytes and not self._roomWait:
+                    self._roomWait = True
+                    self._pauseProducer()
+                    self._budget.waitForOutput(self)
+            elif self._outgoingBytes or OUTPUT in self._reasons:
                 self.pause(OUTPUT)
                 self._budget.waitForOutput(self)
         elif self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
@@ -542,17 +563,33 @@ class ForwardedChannel(SSHChannel):
         self._carriesReplies = True
         self._budget.addReplyChannel(self)
 
+    def carriesConnection(self) -> None:
+        """
+        The attached protocol is a nested SSH connection whose channels
+        carry replies: what waits here to be sent counts in the budget's
+        reply share too, and the connection (the producer registered here,
+        a L{ConnectionPressure}) is held while this channel cannot send or
+        while the replies of all channels fill the share.
+        """
+        self._carrier = True
+        self.carriesReplies()
+
     def outputRoom(self) -> None:
         """
         The replies waiting in all channels left room (the budget calls
         this for a channel that waited): resume the producer on a later
         reactor turn, if this channel's own bytes allow.
         """
-        if OUTPUT in self._reasons and self._roomCall is None and not self._isClosed:
+        waiting = OUTPUT in self._reasons or self._roomWait
+        if waiting and self._roomCall is None and not self._isClosed:
             self._roomCall = self._reactor().callLater(0, self._scheduledRoom)
 
     def _scheduledRoom(self) -> None:
         self._roomCall = None
+        if self._roomWait:
+            self._roomWait = False
+            if not self._reasons & _PRODUCER:
+                self._resumeProducer()
         if self._outgoingBytes < OUTPUT_LOW and OUTPUT in self._reasons:
             self.resume(OUTPUT)
 
@@ -621,6 +658,30 @@ class ForwardedChannel(SSHChannel):
                 observer(self)
             except Exception:
                 self._log.failure("channel close observer failed")
+
+
+@implementer(interfaces.IPushProducer)
+class ConnectionPressure:
+    """
+    Registered as the producer of a channel that carries a nested SSH
+    connection (see L{ForwardedChannel.carriesConnection}): while that
+    channel cannot send, every channel of the nested connection (its
+    L{ChannelGroup}) is paused for C{"carrier"}: their protocols make no
+    more replies.  Replies already made still go to the carrying channel,
+    where they count in the memory budget's reply share.
+    """
+
+    def __init__(self, group: ChannelGroup) -> None:
+        self.group = group
+
+    def pauseProducing(self) -> None:
+        self.group.setReason(CARRIER, True)
+
+    def resumeProducing(self) -> None:
+        self.group.setReason(CARRIER, False)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ChannelGroup:

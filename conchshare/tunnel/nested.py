@@ -33,7 +33,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from conchshare.errors import UsageError
-from conchshare.tunnel.channels import ChannelServingMixin, ForwardedChannel
+from conchshare.tunnel.channels import (
+    ChannelGroup,
+    ChannelServingMixin,
+    ConnectionPressure,
+    ForwardedChannel,
+)
 from conchshare.tunnel.fastpath import FastTransportMixin
 
 SFTPFactory = Callable[[], interfaces.IProtocol]
@@ -180,8 +185,28 @@ class NestedConnection(ChannelServingMixin, SSHConnection):
     """
     The nested server's C{ssh-connection} service: channel windows follow
     the consumption of the SFTP protocol; unknown channel types (port
-    forwarding, X11, agent) are refused quietly.
+    forwarding, X11, agent) are refused quietly.  When the forwarded
+    channel that carries it cannot send (see
+    L{ForwardedChannel.carriesConnection}), its channels make no more
+    replies until it can.
+
+    @ivar group: the channels it serves.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.group = ChannelGroup()
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        carrier = getattr(self.transport, "transport", None)
+        if isinstance(carrier, ForwardedChannel):
+            carrier.carriesConnection()
+            carrier.registerProducer(ConnectionPressure(self.group), True)
+
+    def channelAccepted(self, channel: Any) -> None:
+        if isinstance(channel, ForwardedChannel):
+            self.group.add(channel)
 
 
 class _UserAuthServer(userauth.SSHUserAuthServer):
