@@ -19,9 +19,10 @@ import threading
 
 from twisted.trial.unittest import SkipTest, TestCase
 
+from tests.support import CHECKOUT
 from tests.test_fuzz_sftp import snapshot
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 SFTP = shutil.which("sftp")
 SECRET = b"TOP SECRET sentinel\n"
 

@@ -31,8 +31,8 @@ from conchshare.errors import (
 )
 from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, connectSSH, sshEndpoint
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
-from tests.sshd import ThrowawaySSHD, available, freePort, keygen
-from tests.tunnelhelpers import sshdConnectOptions
+from tests.support.sshd import ThrowawaySSHD, available, freePort, keygen
+from tests.support.tunnelhelpers import sshdConnectOptions
 
 
 class _ExecChannel(SSHChannel):  # type: ignore[misc]

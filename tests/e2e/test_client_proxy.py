@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from conchshare.errors import ConnectionFailed, HostKeyUnknown
 from conchshare.tunnel.client import SSHClientTransport
 from conchshare.tunnel.sshconfig import resolve
-from tests.sshd import ThrowawaySSHD, freePort
+from tests.support.sshd import ThrowawaySSHD, freePort
 from tests.test_client import ClientTestMixin, descendants, runRemote
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.sshd import ThrowawaySSHD, startForTest
+from tests.support.sshd import ThrowawaySSHD, startForTest
 
 #: Seconds any single wait may take before the test fails.
 WAIT = 30.0
@@ -987,7 +987,7 @@ class ShareCommandErrorTests(_Base):
         """
         Nothing listens: exit 3 with ssh's sentence.
         """
-        from tests.sshd import freePort
+        from tests.support.sshd import freePort
 
         result = subprocess.run(
             [sys.executable, "-m", "conchshare", "share", "-F", "none", "--control", self.control]

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.sshd import ThrowawaySSHD, available
+from tests.support.sshd import ThrowawaySSHD, available
 from tests.test_command_e2e import WAIT, Running, holdOpen, shortTempDir, sshArgs
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"

@@ -14,9 +14,9 @@ from twisted.trial import unittest
 from conchshare.errors import ForwardRefused
 from conchshare.tunnel.connection import Listener
 from conchshare.tunnel.remote import RemoteCommandFailed, openExecProtocol, runRemote
-from tests import sshd as sshdmodule
-from tests.sshd import ThrowawaySSHD
-from tests.tunnelhelpers import EchoProtocol, connect, run, sleep, waitFor
+from tests.support import sshd as sshdmodule
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.tunnelhelpers import EchoProtocol, connect, run, sleep, waitFor
 
 skip = sshdmodule.available()
 

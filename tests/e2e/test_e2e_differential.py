@@ -12,10 +12,10 @@ C{REALPATH(".")} and absolute paths mean the same everywhere:
   - C{stdio}: C{conchshare sftp-server} (threads, L{conchshare.sftp.threaded});
   - C{channel}: what serves a forwarded channel in C{conchshare share}
     (the avatar, its workers and io_uring ring on an epoll reactor), on
-    stdio through L{tests.channelserver}.
+    stdio through L{tests.support.channelserver}.
 
 Each sequence runs in a fresh folder; its batches are sent one write each
-(pipelined).  Replies are normalised only as L{tests.sftpdiff.normalise}
+(pipelined).  Replies are normalised only as L{tests.support.sftpdiff.normalise}
 says, and READ data compare equal when one is a non-empty prefix of the
 other (a server may read short).  The differences we keep on purpose are
 in L{KNOWN_DIFFERENCES} (and in README's "Differences from OpenSSH's
@@ -43,7 +43,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.sftpdiff import (
+from tests.support.sftpdiff import (
     ATTRS,
     EVERY_TIME,
     FX_BAD_MESSAGE,
@@ -279,7 +279,10 @@ class Differential:
                 "stdio",
                 [python, "-m", "conchshare", "sftp-server", "-u", "{umask}", "--share", "{share}"],
             ),
-            ("channel", [python, "-m", "tests.channelserver", "--umask", "{umask}", "{share}"]),
+            (
+                "channel",
+                [python, "-m", "tests.support.channelserver", "--umask", "{umask}", "{share}"],
+            ),
         ]:
             # Bases of one length: link sizes and names compare as they are.
             base = os.path.join(root, name[0])

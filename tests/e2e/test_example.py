@@ -8,11 +8,10 @@ import os
 import signal
 import sys
 
+from tests.support import CHECKOUT
 from tests.test_command_e2e import Running, _Base, rawSftp
 
-EXAMPLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "embed.py"
-)
+EXAMPLE = os.path.join(CHECKOUT, "examples", "embed.py")
 
 
 class EmbedExampleTests(_Base):

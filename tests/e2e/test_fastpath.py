@@ -43,7 +43,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from conchshare.tunnel.fastpath import GCM_CIPHERS, FastCiphers, FastTransportMixin
-from tests.sshd import ThrowawaySSHD, available, freePort, keygen
+from tests.support.sshd import ThrowawaySSHD, available, freePort, keygen
 
 GCM128 = b"aes128-gcm@openssh.com"
 GCM256 = b"aes256-gcm@openssh.com"

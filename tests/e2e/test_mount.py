@@ -28,8 +28,8 @@ from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
-from tests.sshd import ThrowawaySSHD, available
-from tests.workload import readFile, writeFile
+from tests.support.sshd import ThrowawaySSHD, available
+from tests.support.workload import readFile, writeFile
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
 

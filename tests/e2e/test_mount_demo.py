@@ -12,11 +12,10 @@ import sys
 
 from twisted.trial import unittest
 
+from tests.support import CHECKOUT
 from tests.test_mount import _skipReason
 
-DEMO = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo", "run-demo.sh"
-)
+DEMO = os.path.join(CHECKOUT, "demo", "run-demo.sh")
 
 
 class DemoTests(unittest.TestCase):

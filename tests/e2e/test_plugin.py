@@ -22,11 +22,12 @@ from conchshare.command import Options, makeService, makeTwistdService
 from conchshare.control import ControlService
 from conchshare.service import ShareService
 from conchshare.spin import SpinningPoller
+from tests.support import CHECKOUT
 from tests.test_command_e2e import WAIT, Running, _Base, rawSftp, sshArgs
 from tests.test_spin import epollReactor
 
 #: The checkout the tests come from.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 
 #: twistd, run by this Python, with this checkout last on its path: twistd
 #: finds plugins by scanning sys.path for twisted/plugins directories, where

@@ -34,8 +34,9 @@ from twisted.trial import unittest
 from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount
 from conchshare.shares import ShareSet
-from tests import sshd as sshdmodule
-from tests.sshd import ThrowawaySSHD
+from tests.support import sshd as sshdmodule
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.tunnelhelpers import connect, run, spawn, waitFor
 from tests.test_command_e2e import WAIT, Running, shortTempDir, sshArgs
 from tests.test_command_mount_e2e import (
     FUSERMOUNT,
@@ -47,7 +48,6 @@ from tests.test_command_mount_e2e import (
 )
 from tests.test_tunnel_e2e import _SSH_OPTIONS
 from tests.test_tunnel_e2e import _Base as _TunnelBase
-from tests.tunnelhelpers import connect, run, spawn, waitFor
 
 
 def _mountSkipReason() -> str | None:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from conchshare.errors import HostKeyUnknown
 from conchshare.service import ShareService
-from tests.sshd import startForTest
+from tests.support.sshd import startForTest
 
 WAIT = 30.0
 

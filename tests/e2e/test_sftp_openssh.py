@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import CHECKOUT
+
+ROOT = CHECKOUT
 SFTP = shutil.which("sftp")
 BIG = 20 * 1024 * 1024
 

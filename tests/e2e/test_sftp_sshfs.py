@@ -14,7 +14,7 @@ import sys
 
 from twisted.trial import unittest
 
-from tests.workload import (
+from tests.support.workload import (
     SshfsMount,
     describeTree,
     makeTree,

@@ -15,9 +15,10 @@ import sys
 from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.sftp.stdio import main
+from tests.support import CHECKOUT
 from tests.test_sftp_core import INIT, extended, name1, ok, packets, request, s, u32, u64
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 
 
 def runServer(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:

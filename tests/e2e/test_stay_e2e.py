@@ -18,7 +18,7 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.sshd import ThrowawaySSHD
+from tests.support.sshd import ThrowawaySSHD
 from tests.test_command_e2e import WAIT, Running, _Base, holdOpen
 from tests.test_command_mount_e2e import (
     _MountBase,

@@ -16,10 +16,10 @@ from conchshare.sftp.protocol import SFTPServerProtocol
 from conchshare.tunnel.connection import Listener, ShareConnection
 from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
 from conchshare.tunnel.sessionkey import InstalledSessionKey, generateSessionKey, installSessionKey
-from tests import sshd as sshdmodule
-from tests.sshd import ThrowawaySSHD
-from tests.tunnelhelpers import connect, makeFile, run, sha256
-from tests.workload import mountSshfs, runSshfsWorkload, sshfsAvailable
+from tests.support import sshd as sshdmodule
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.tunnelhelpers import connect, makeFile, run, sha256
+from tests.support.workload import mountSshfs, runSshfsWorkload, sshfsAvailable
 
 skip = sshdmodule.available()
 

@@ -21,10 +21,10 @@ from conchshare.tunnel.channels import WINDOW_SIZE
 from conchshare.tunnel.connection import Listener, ShareConnection
 from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
 from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
-from tests import sshd as sshdmodule
-from tests.sshd import ThrowawaySSHD
-from tests.tunnelhelpers import connect, killSSHD, makeFile, run, sha256, sleep, waitFor
-from tests.workload import mountSshfs, sshfsAvailable
+from tests.support import sshd as sshdmodule
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.tunnelhelpers import connect, killSSHD, makeFile, run, sha256, sleep, waitFor
+from tests.support.workload import mountSshfs, sshfsAvailable
 
 skip = sshdmodule.available()
 

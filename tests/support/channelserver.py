@@ -1,7 +1,7 @@
 """
 Test-only: the channel engine on standard input and output.
 
-C{python -m tests.channelserver [--umask UMASK] SHARE...} serves SFTP on
+C{python -m tests.support.channelserver [--umask UMASK] SHARE...} serves SFTP on
 stdin/stdout exactly as C{conchshare share} serves each forwarded channel
 in raw mode: the avatar and the protocol come from L{ShareService}'s own
 factories (its workers, and its io_uring ring on an epoll reactor), the
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
 
     @return: the exit code (0).
     """
-    parser = argparse.ArgumentParser(prog="python -m tests.channelserver")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.channelserver")
     parser.add_argument("--umask", default="022")
     parser.add_argument("shares", nargs="+")
     args = parser.parse_args(argv)

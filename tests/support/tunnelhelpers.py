@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from conchshare.tunnel.client import connectSSH
 from conchshare.tunnel.connection import ShareConnection
 from conchshare.tunnel.sshconfig import ConnectOptions
-from tests.sshd import ThrowawaySSHD
+from tests.support.sshd import ThrowawaySSHD
 
 
 def sshdConnectOptions(sshd: ThrowawaySSHD, **overrides: Any) -> ConnectOptions:

@@ -18,7 +18,7 @@ from conchshare.budget import LARGEST_REQUEST, PACKET_WAIT, MemoryBudget, trimMe
 from conchshare.sftp import wire
 from conchshare.sftp.core import SFTPServerCore
 from conchshare.sftp.protocol import SFTPServerProtocol
-from tests.sftpfake import FakeSFTPServer
+from tests.support.sftpfake import FakeSFTPServer
 
 
 class InFlightTests(unittest.SynchronousTestCase):

@@ -36,8 +36,9 @@ from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer, synchronousRunner
 from conchshare.sftp.protocol import SFTPServerProtocol
 from conchshare.shares import ShareSet
+from tests.support import CHECKOUT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 
 REPLY_TYPES = {
     wire.FXP_VERSION,

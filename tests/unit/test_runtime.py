@@ -24,6 +24,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from conchshare.sftp import avatar as avatarModule
 from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
 from conchshare.shares import ShareSet
+from tests.support import CHECKOUT
 from tests.test_confined import makeTree, read, write
 from tests.test_sftp_core import INIT, Harness, extended, packets, request, s, u32, u64
 
@@ -372,7 +373,7 @@ class StopEndToEndTests(TestCase):
         """
         import socket
 
-        from tests.sshd import startForTest
+        from tests.support.sshd import startForTest
         from tests.test_command_e2e import Running, shortTempDir, sshArgs
 
         sshd = startForTest(self, needs=("socat",))
@@ -586,7 +587,7 @@ class CopyDataOpenSSHTests(SynchronousTestCase):
         data = os.urandom(20_000_000)
         write(os.path.join(share, "big"), data)
         server = shlex.join([sys.executable, "-m", "conchshare", "sftp-server", "docs=" + share])
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = CHECKOUT
         done = subprocess.run(
             [sftp, "-q", "-b", "-", "-D", server],
             input="cp /docs/big /docs/copy\n",

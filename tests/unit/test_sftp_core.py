@@ -27,7 +27,7 @@ from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, budgetFor
 from conchshare.sftp.core import EXTENSIONS, SFTPServerCore
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
-from tests.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
+from tests.support.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
 
 
 # Independent encoders, so that a bug in conchshare.sftp.wire cannot hide.

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare.sftp import wire
 from conchshare.sftp.protocol import SFTPServerFactory, SFTPServerProtocol, subsystemFactory
-from tests.sftpfake import FakeSFTPServer
+from tests.support.sftpfake import FakeSFTPServer
 from tests.test_sftp_core import INIT, NO_ATTRS, READ, name1, ok, packets, request, s, u32
 
 

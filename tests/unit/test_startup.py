@@ -12,7 +12,9 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.support import CHECKOUT
+
+ROOT = CHECKOUT
 
 # Run in a fresh interpreter: import what `conchshare sftp-server` imports
 # (recording the C functions ctypes looks up and its errno reads meanwhile:

@@ -37,8 +37,9 @@ from conchshare.sftp.avatar import ShareFile, ShareSFTPServer
 from conchshare.sftp.workers import FALLBACK, RingCall
 from conchshare.shares import ShareSet
 from conchshare.uring import OpenHow, Ring, ringFor
+from tests.support import CHECKOUT
+from tests.support.workload import readFile, writeFile
 from tests.test_spin import epollReactor
-from tests.workload import readFile, writeFile
 
 #: Why the tests that need io_uring are skipped (L{None}: they run).
 UNUSABLE = (
@@ -54,7 +55,7 @@ RESOLVE_BENEATH = 0x08
 STATX_BASIC = 0x7FF
 
 # The project's checkout: the folder above tests/.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 
 
 def currentUmask() -> int:
