@@ -40,8 +40,8 @@ from common import (
     measure,
 )
 
-from tests.sshd import ThrowawaySSHD, freePort
-from tests.workload import SshfsMount, mountSshfs
+from tests.support.sshd import ThrowawaySSHD, freePort
+from tests.support.workload import SshfsMount, mountSshfs
 
 SHARE = "bench"
 

@@ -15,15 +15,10 @@ from conchshare.errors import ForwardRefused
 from conchshare.tunnel.connection import Listener
 from conchshare.tunnel.remote import RemoteCommandFailed, openExecProtocol, runRemote
 from tests.support import sshd as sshdmodule
-from tests.support.sshd import ThrowawaySSHD
+from tests.support.sshd import ThrowawaySSHD, portOpen
 from tests.support.tunnelhelpers import EchoProtocol, connect, run, sleep, waitFor
 
 skip = sshdmodule.available()
-
-
-def _portOpen(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ForwardTests(unittest.TestCase):
@@ -157,7 +152,7 @@ class ForwardTests(unittest.TestCase):
         """
         conn = await connect(self, self.sshd)
         listener = await conn.requestForward(Listener("raw", EchoProtocol))
-        self.assertTrue(_portOpen(listener.port))
+        self.assertTrue(portOpen(listener.port))
         s = socket.create_connection(("127.0.0.1", listener.port))
         self.addCleanup(s.close)
         await waitFor(lambda: len(conn.group) == 1)
@@ -166,7 +161,7 @@ class ForwardTests(unittest.TestCase):
         await sleep(0.1)
         await conn.stop()
         self.assertIsNone(conn.transport.transport.connected or None)
-        await waitFor(lambda: not _portOpen(listener.port), timeout=5)
+        await waitFor(lambda: not portOpen(listener.port), timeout=5)
 
     async def test_runRemote(self) -> None:
         """

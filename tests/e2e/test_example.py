@@ -9,7 +9,7 @@ import signal
 import sys
 
 from tests.support import CHECKOUT
-from tests.test_command_e2e import Running, _Base, rawSftp
+from tests.support.command import Running, _Base, rawSftp
 
 EXAMPLE = os.path.join(CHECKOUT, "examples", "embed.py")
 

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from tests.test_command_e2e import WAIT, Running, _Base, rawSftpCommand
+from tests.support.command import WAIT, Running, _Base, rawSftpCommand
 
 MiB = 1024 * 1024
 #: How far above the idle process's RSS the peak may go.

@@ -29,9 +29,7 @@ from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
 from tests.support.sshd import ThrowawaySSHD, available
-from tests.support.workload import readFile, writeFile
-
-FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount"
+from tests.support.workload import FUSERMOUNT, isMounted, readFile, writeFile
 
 
 def _skipReason() -> str | None:
@@ -138,10 +136,6 @@ def sha256File(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def isMounted(path: str) -> bool:
-    return subprocess.run(["mountpoint", "-q", "--", path], check=False).returncode == 0
 
 
 def forceUnmount(path: str) -> None:

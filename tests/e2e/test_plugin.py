@@ -23,7 +23,7 @@ from conchshare.control import ControlService
 from conchshare.service import ShareService
 from conchshare.spin import SpinningPoller
 from tests.support import CHECKOUT
-from tests.test_command_e2e import WAIT, Running, _Base, rawSftp, sshArgs
+from tests.support.command import WAIT, Running, _Base, rawSftp, sshArgs
 from tests.test_spin import epollReactor
 
 #: The checkout the tests come from.

@@ -35,19 +35,17 @@ from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount
 from conchshare.shares import ShareSet
 from tests.support import sshd as sshdmodule
-from tests.support.sshd import ThrowawaySSHD
-from tests.support.tunnelhelpers import connect, run, spawn, waitFor
-from tests.test_command_e2e import WAIT, Running, shortTempDir, sshArgs
-from tests.test_command_mount_e2e import (
-    FUSERMOUNT,
+from tests.support.command import WAIT, Running, shortTempDir, sshArgs
+from tests.support.mounting import (
     _MountBase,
     forceUnmount,
     listRemote,
-    mountedPaths,
     remote,
 )
-from tests.test_tunnel_e2e import _SSH_OPTIONS
-from tests.test_tunnel_e2e import _Base as _TunnelBase
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.tunnelhelpers import _SSH_OPTIONS, connect, run, spawn, waitFor
+from tests.support.tunnelhelpers import _Base as _TunnelBase
+from tests.support.workload import FUSERMOUNT, mountedPaths
 
 
 def _mountSkipReason() -> str | None:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from conchshare.errors import HostKeyUnknown
 from conchshare.service import ShareService
-from tests.support.sshd import startForTest
+from tests.support.sshd import portOpen, startForTest
 
 WAIT = 30.0
 
@@ -60,12 +60,6 @@ def sftp(port: int, batch: str) -> Deferred[tuple[bytes, bytes, int]]:
         env=dict(os.environ),
         stdinBytes=batch.encode(),
     )
-
-
-def portOpen(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class ServiceEndToEndTests(TestCase):

@@ -18,14 +18,14 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests.support.sshd import ThrowawaySSHD
-from tests.test_command_e2e import WAIT, Running, _Base, holdOpen
-from tests.test_command_mount_e2e import (
+from tests.support.command import WAIT, Running, _Base, holdOpen
+from tests.support.mounting import (
     _MountBase,
     forceUnmount,
-    isMounted,
     readRemote,
 )
+from tests.support.sshd import ThrowawaySSHD
+from tests.support.workload import isMounted
 
 #: Keep-alives every second, two unanswered ones end the connection.
 FAST_KEEPALIVE = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"]

@@ -9,7 +9,6 @@ reported without a hang.
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 from twisted.internet import threads
@@ -22,7 +21,7 @@ from conchshare.tunnel.connection import Listener, ShareConnection
 from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
 from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
 from tests.support import sshd as sshdmodule
-from tests.support.sshd import ThrowawaySSHD
+from tests.support.sshd import ThrowawaySSHD, portOpen
 from tests.support.tunnelhelpers import connect, killSSHD, makeFile, run, sha256, sleep, waitFor
 from tests.support.workload import mountSshfs, sshfsAvailable
 
@@ -33,11 +32,6 @@ SIZE = 64 * 1024 * 1024
 # every ClientAliveInterval seconds: 2 s here; we hold pauses for 4 s.
 KEEPALIVE = ["ClientAliveInterval 1", "ClientAliveCountMax 2"]
 HOLD = 4.0
-
-
-def _portOpen(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class PauseTests(unittest.TestCase):
@@ -167,7 +161,7 @@ class PauseTests(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
         code, _, _ = await done
         self.assertNotEqual(code, 0)
-        self.assertFalse(_portOpen(listener.port))
+        self.assertFalse(portOpen(listener.port))
 
     async def test_stopDuringTransfers(self) -> None:
         """
@@ -181,7 +175,7 @@ class PauseTests(unittest.TestCase):
         for d in (first, second):
             code, _, _ = await d
             self.assertNotEqual(code, 0)
-        self.assertFalse(_portOpen(listener.port))
+        self.assertFalse(portOpen(listener.port))
 
     async def test_sshdKilled(self) -> None:
         """

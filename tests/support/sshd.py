@@ -41,6 +41,15 @@ def freePort(host: str = "127.0.0.1") -> int:
         return port
 
 
+def portOpen(port: int) -> bool:
+    """
+    Whether something accepts TCP connections on C{127.0.0.1:port}.
+    """
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def keygen(path: str, keyType: str = "ed25519", passphrase: str = "", comment: str = "") -> str:
     """
     Make a key pair with C{ssh-keygen}; return the public key line.

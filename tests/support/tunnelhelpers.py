@@ -17,9 +17,14 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
+from conchshare.sftp.avatar import ShareSFTPServer
+from conchshare.sftp.protocol import SFTPServerProtocol
 from conchshare.tunnel.client import connectSSH
-from conchshare.tunnel.connection import ShareConnection
+from conchshare.tunnel.connection import Listener, ShareConnection
+from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
+from conchshare.tunnel.sessionkey import InstalledSessionKey, generateSessionKey, installSessionKey
 from conchshare.tunnel.sshconfig import ConnectOptions
 from tests.support.sshd import ThrowawaySSHD
 
@@ -236,3 +241,50 @@ def killSSHD(sshd: ThrowawaySSHD) -> None:
     """
     sshd.killSessions()
     sshd.kill()
+
+
+_SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "GlobalKnownHostsFile=/dev/null"]
+
+
+class _Base(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.sshd = ThrowawaySSHD.start(self.mktemp())
+        self.addCleanup(self.sshd.stop)
+        self.share = os.path.abspath(self.mktemp())
+        os.makedirs(self.share)
+        self.avatar = ShareSFTPServer.fromSpecs([f"s={self.share}"])
+
+    def sftpFactory(self) -> SFTPServerProtocol:
+        return SFTPServerProtocol(self.avatar)
+
+    async def raw(self) -> tuple[ShareConnection, Listener]:
+        conn = await connect(self, self.sshd)
+        listener = await conn.requestForward(Listener("raw", self.sftpFactory))
+        return conn, listener
+
+    async def nested(self) -> tuple[ShareConnection, Listener, InstalledSessionKey]:
+        conn = await connect(self, self.sshd)
+        self.sessionKey = generateSessionKey()
+        self.server = NestedSSHServer(
+            loadOrCreateHostKey(None), [self.sessionKey.public()], self.sftpFactory
+        )
+        listener = await conn.requestForward(Listener("ssh", self.server.buildProtocol))
+        installed = await installSessionKey(
+            conn, self.sessionKey, self.server.hostKey, listener.port, "anyone"
+        )
+        return conn, listener, installed
+
+    def rawSftp(self, listener: Listener, batch: str) -> object:
+        return run(
+            self,
+            ["sftp", "-D", f"socat STDIO TCP:127.0.0.1:{listener.port}", "-b", "-"],
+            batch.encode(),
+        )
+
+    def nestedSftp(self, installed: InstalledSessionKey, batch: str, *extra: str) -> object:
+        args = ["sftp", "-P", str(installed.port), *_SSH_OPTIONS]
+        for option in installed._options():
+            args += ["-o", option]
+        return run(self, args + [*extra, "-b", "-", f"{installed.user}@127.0.0.1"], batch.encode())

@@ -254,11 +254,28 @@ def _expect(condition: bool, message: str) -> None:
 # sshfs mounts
 
 
+def mountedPaths() -> list[str]:
+    """
+    The mount points of this machine, from C{/proc/self/mounts} (whose
+    octal escapes, C{\\040} for a space, are decoded).
+    """
+    paths = []
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[1]
+            paths.append(os.fsdecode(field.decode("unicode_escape").encode("latin-1")))
+    return paths
+
+
 def isMounted(mountPoint: str) -> bool:
     """
-    Whether something is mounted on C{mountPoint}.
+    Whether something is mounted on C{mountPoint}.  Read from the mount
+    table: nothing on the mount itself is looked at, so a hung FUSE mount
+    answers at once.
     """
-    return subprocess.run(["mountpoint", "-q", mountPoint]).returncode == 0
+    absolute = os.path.abspath(mountPoint)
+    parent, name = os.path.split(absolute)
+    return os.path.join(os.path.realpath(parent), name) in mountedPaths()
 
 
 def unmount(mountPoint: str) -> None:

@@ -373,8 +373,8 @@ class StopEndToEndTests(TestCase):
         """
         import socket
 
+        from tests.support.command import Running, shortTempDir, sshArgs
         from tests.support.sshd import startForTest
-        from tests.test_command_e2e import Running, shortTempDir, sshArgs
 
         sshd = startForTest(self, needs=("socat",))
         tmp = shortTempDir(self)
