@@ -20,7 +20,7 @@ import threading
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support import CHECKOUT
-from tests.test_fuzz_sftp import snapshot
+from tests.support.sharetree import snapshot
 
 ROOT = CHECKOUT
 SFTP = shutil.which("sftp")

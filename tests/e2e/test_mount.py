@@ -28,20 +28,9 @@ from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount, _words, remoteShellPath
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
-from tests.support.sshd import ThrowawaySSHD, available
+from tests.support.mounting import mountSkipReason
+from tests.support.sshd import ThrowawaySSHD
 from tests.support.workload import FUSERMOUNT, isMounted, readFile, writeFile
-
-
-def _skipReason() -> str | None:
-    reason = available()
-    if reason:
-        return reason
-    if not shutil.which("sshfs"):
-        return "sshfs is not installed (apt-get install sshfs)"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse here"
-    return None
-
 
 # -- a minimal SSH client (the product's own client lives in conchshare.tunnel)
 
@@ -155,7 +144,7 @@ class MountTestsMixin:
     Start an sshd, connect, build shares; clean up every mount.
     """
 
-    skip = _skipReason()
+    skip = mountSkipReason()
     extraConfig: list[str] = []
 
     def setUpSSHD(self, extraConfig: list[str] | None = None) -> defer.Deferred[Any]:

@@ -13,7 +13,7 @@ import sys
 from twisted.trial import unittest
 
 from tests.support import CHECKOUT
-from tests.test_mount import _skipReason
+from tests.support.mounting import mountSkipReason
 
 DEMO = os.path.join(CHECKOUT, "demo", "run-demo.sh")
 
@@ -24,7 +24,7 @@ class DemoTests(unittest.TestCase):
     and writes through the mount from the remote side, stops and cleans up.
     """
 
-    skip = _skipReason()
+    skip = mountSkipReason()
 
     def runDemo(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, CONCHSHARE_DEMO_NO_INSTALL="1")

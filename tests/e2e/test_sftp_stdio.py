@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from conchshare.sftp.stdio import main
 from tests.support import CHECKOUT
-from tests.test_sftp_core import INIT, extended, name1, ok, packets, request, s, u32, u64
+from tests.support.wire import INIT, extended, name1, ok, packets, request, s, u32, u64
 
 ROOT = CHECKOUT
 

@@ -7,7 +7,6 @@ timeouts, so that a hung mount fails a test instead of hanging it).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.command import WAIT, Running, shortTempDir, sshArgs
 from tests.support.sshd import ThrowawaySSHD, available
-from tests.support.workload import FUSERMOUNT, isMounted
+from tests.support.workload import FUSERMOUNT, isMounted, sshfsAvailable
 
 
 def forceUnmount(path: str) -> None:
@@ -87,17 +86,12 @@ def writeLocal(path: str, text: str) -> None:
         f.write(text)
 
 
-def _skipReason() -> str | None:
-    reason = available()
-    if reason is not None:
-        return reason
-    if not shutil.which("sshfs"):
-        return "sshfs is not installed (apt-get install sshfs)"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse here"
-    if not shutil.which("mountpoint"):
-        return "mountpoint is not installed (util-linux)"
-    return None
+def mountSkipReason() -> str | None:
+    """
+    Why a remote sshfs mount cannot be tested here (no sshd, sshfs or
+    FUSE), or L{None} if it can.
+    """
+    return available() or sshfsAvailable()
 
 
 class _MountBase(TestCase):
@@ -106,7 +100,7 @@ class _MountBase(TestCase):
     sshdConfig: list[str] = []
 
     def setUp(self) -> None:
-        reason = _skipReason()
+        reason = mountSkipReason()
         if reason is not None:
             raise SkipTest(reason)
         self.tmp = shortTempDir(self)

@@ -29,6 +29,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tests.support.wire import s, u32, u64
+
 # Packet types and status codes (draft-ietf-secsh-filexfer-02).
 INIT, VERSION = 1, 2
 OPEN, CLOSE, READ, WRITE, LSTAT, FSTAT, SETSTAT, FSETSTAT = 3, 4, 5, 6, 7, 8, 9, 10
@@ -47,18 +49,6 @@ REPLY_TIMEOUT = 20.0
 
 Op = tuple[Any, ...]
 Batch = list[Op]
-
-
-def u32(n: int) -> bytes:
-    return struct.pack(">I", n)
-
-
-def u64(n: int) -> bytes:
-    return struct.pack(">Q", n)
-
-
-def s(b: bytes) -> bytes:
-    return u32(len(b)) + b
 
 
 def attrsBytes(attrs: dict[str, int]) -> bytes:

@@ -44,8 +44,9 @@ from conchshare.sftp.avatar import (
 )
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.shares import ShareSet
-from tests.test_confined import SECRET, makeTree, read, write
-from tests.test_sftp_core import Harness, packet, request, s, status, u32
+from tests.support.harness import Harness
+from tests.support.sharetree import SECRET, makeTree, read, write
+from tests.support.wire import packet, request, s, status, u32
 
 
 class ManualRunner:

@@ -32,54 +32,7 @@ from conchshare.confined import (
 )
 from conchshare.sftp import wire
 from conchshare.shares import ShareSet
-
-SECRET = b"OUTSIDE-SECRET"
-
-
-def write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def makeTree(base: str) -> None:
-    """
-    Three shares (C{one}, C{two}, read-only C{ro}), a multi-component share
-    C{home/alice/docs}, an C{outside} folder with a secret, and symlinks
-    leading in and out at several depths.
-    """
-    j = os.path.join
-    for d in ("outside/dir", "one/sub/deeper", "two", "ro/d", "alice"):
-        os.makedirs(j(base, d))
-    write(j(base, "outside", "secret"), SECRET)
-    write(j(base, "one", "f"), b"inside")
-    write(j(base, "one", "sub", "g"), b"deep")
-    write(j(base, "two", "t"), b"two")
-    write(j(base, "ro", "r"), b"read-only")
-    write(j(base, "alice", "a"), b"alice")
-    links = {
-        "one/esc_abs": j(base, "outside"),
-        "one/esc_rel": "../outside",
-        "one/esc_root": "/",
-        "one/sub/deeper/esc": "../../../outside",
-        "one/sub/esc_file": j(base, "outside", "secret"),
-        "one/to_sibling": j(base, "two"),
-        "one/rel_sibling": "../two",
-        "one/in_rel": "sub",
-        "one/in_abs": j(base, "one", "sub"),
-        "one/in_dotdot": "sub/deeper/..",
-        "one/sub/deeper/up": "../g",
-        "one/chain": "in_rel",
-        "one/loop": "loop",
-        "one/dangling": "nothing-here",
-        "ro/l": "r",
-    }
-    for name, target in links.items():
-        os.symlink(target, j(base, name))
+from tests.support.sharetree import SECRET, makeTree, read, write
 
 
 class ConfinedTestCase(SynchronousTestCase):

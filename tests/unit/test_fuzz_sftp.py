@@ -18,7 +18,6 @@ Every run is deterministic (fixed seeds).  What is asserted:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import struct
@@ -37,6 +36,8 @@ from conchshare.sftp.avatar import ShareSFTPServer, synchronousRunner
 from conchshare.sftp.protocol import SFTPServerProtocol
 from conchshare.shares import ShareSet
 from tests.support import CHECKOUT
+from tests.support.sharetree import snapshot
+from tests.support.wire import s, u32, u64
 
 ROOT = CHECKOUT
 
@@ -66,18 +67,6 @@ EXTENSION_NAMES = [
     b"",
     b"\xff\x00garbage",
 ]
-
-
-def u32(n: int) -> bytes:
-    return struct.pack(">I", n & 0xFFFFFFFF)
-
-
-def u64(n: int) -> bytes:
-    return struct.pack(">Q", n & 0xFFFFFFFFFFFFFFFF)
-
-
-def s(b: bytes) -> bytes:
-    return u32(len(b)) + b
 
 
 def frame(body: bytes) -> bytes:
@@ -110,29 +99,6 @@ def parseReplies(data: bytes) -> list[tuple[int, int, bytes]]:
         (rid,) = struct.unpack_from(">I", body, 1)
         replies.append((kind, rid, body))
     return replies
-
-
-def snapshot(top: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[object, ...]]:
-    """
-    Every entry under C{top} (not following symlinks), with its type, mode,
-    size, mtime, link target or content digest; C{skip} subtrees left out.
-    """
-    result: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            extra: object = None
-            if os.path.islink(path):
-                extra = os.readlink(path)
-            elif os.path.isfile(path):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            result[path] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, extra)
-    st = os.lstat(top)
-    result[top] = (st.st_mode, st.st_mtime_ns)
-    return result
 
 
 class Tree:

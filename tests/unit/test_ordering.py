@@ -35,7 +35,7 @@ from conchshare.sftp.core import SFTPServerCore
 from conchshare.sftp.ordering import KeyOrder
 from conchshare.sftp.workers import Job
 from conchshare.shares import ShareSet
-from tests.test_sftp_core import INIT, NO_ATTRS, request, s, u32, u64
+from tests.support.wire import INIT, NO_ATTRS, request, s, u32, u64
 
 TIMEOUT = 10.0
 

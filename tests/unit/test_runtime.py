@@ -25,8 +25,9 @@ from conchshare.sftp import avatar as avatarModule
 from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
 from conchshare.shares import ShareSet
 from tests.support import CHECKOUT
-from tests.test_confined import makeTree, read, write
-from tests.test_sftp_core import INIT, Harness, extended, packets, request, s, u32, u64
+from tests.support.harness import Harness
+from tests.support.sharetree import makeTree, read, write
+from tests.support.wire import INIT, extended, packets, request, s, u32, u64
 
 READ, WRITE, CREAT = 1, 2, 8
 NO_ATTRS = u32(0)

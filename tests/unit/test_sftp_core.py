@@ -27,54 +27,28 @@ from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, budgetFor
 from conchshare.sftp.core import EXTENSIONS, SFTPServerCore
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from tests.support.harness import Harness
 from tests.support.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
+from tests.support.wire import (
+    CREAT,
+    EXCL,
+    INIT,
+    NO_ATTRS,
+    READ,
+    WRITE,
+    extended,
+    handle,
+    name1,
+    ok,
+    packet,
+    packets,
+    request,
+    s,
+    status,
+    u32,
+    u64,
+)
 
-
-# Independent encoders, so that a bug in conchshare.sftp.wire cannot hide.
-def u32(n: int) -> bytes:
-    return struct.pack(">I", n)
-
-
-def u64(n: int) -> bytes:
-    return struct.pack(">Q", n)
-
-
-def s(b: bytes) -> bytes:
-    return u32(len(b)) + b
-
-
-def packet(kind: int, body: bytes) -> bytes:
-    return u32(len(body) + 1) + bytes([kind]) + body
-
-
-def request(kind: int, rid: int, body: bytes = b"") -> bytes:
-    return packet(kind, u32(rid) + body)
-
-
-def status(rid: int, code: int, message: bytes) -> bytes:
-    return packet(101, u32(rid) + u32(code) + s(message) + s(b""))
-
-
-def ok(rid: int) -> bytes:
-    return status(rid, 0, b"Success")
-
-
-def handle(rid: int, h: bytes) -> bytes:
-    return packet(102, u32(rid) + s(h))
-
-
-def name1(rid: int, path: bytes) -> bytes:
-    return packet(104, u32(rid) + u32(1) + s(path) + s(path) + u32(0))
-
-
-def extended(rid: int, extName: bytes, body: bytes = b"") -> bytes:
-    return request(200, rid, s(extName) + body)
-
-
-INIT = packet(1, u32(3))
-NO_ATTRS = u32(0)
-# OPEN flags
-READ, WRITE, APPEND, CREAT, TRUNC, EXCL = 1, 2, 4, 8, 0x10, 0x20
 NO_SUCH_HANDLE = b"No such handle"
 
 #: OpenSSH 9's sftp-server advertisement, in its order.
@@ -91,60 +65,6 @@ OPENSSH_EXTENSIONS = [
     (b"home-directory", b"1"),
     (b"users-groups-by-id@openssh.com", b"1"),
 ]
-
-
-class Harness:
-    """
-    One core with its avatar, recording what it writes and asks for.
-    """
-
-    def __init__(self, avatar: object | None = None, **options: int) -> None:
-        self.avatar = avatar if avatar is not None else FakeSFTPServer()
-        self.out = bytearray()
-        self.pauses = 0
-        self.resumes = 0
-        self.disconnects = 0
-        self.core = SFTPServerCore(
-            self.avatar,
-            self.out.extend,
-            pauseReading=self._pause,
-            resumeReading=self._resume,
-            disconnect=self._disconnect,
-            **options,
-        )
-
-    def _pause(self) -> None:
-        self.pauses += 1
-
-    def _resume(self) -> None:
-        self.resumes += 1
-
-    def _disconnect(self) -> None:
-        self.disconnects += 1
-
-    def feed(self, data: bytes) -> None:
-        self.core.dataReceived(data)
-
-    def take(self) -> bytes:
-        out = bytes(self.out)
-        self.out.clear()
-        return out
-
-    def init(self) -> bytes:
-        self.feed(INIT)
-        return self.take()
-
-
-def packets(data: bytes) -> list[bytes]:
-    """
-    Split replies into packets (length prefix included).
-    """
-    result = []
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        result.append(data[: 4 + length])
-        data = data[4 + length :]
-    return result
 
 
 def feedWhole(h: Harness, data: bytes) -> None:

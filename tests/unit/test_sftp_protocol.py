@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from conchshare.sftp import wire
 from conchshare.sftp.protocol import SFTPServerFactory, SFTPServerProtocol, subsystemFactory
 from tests.support.sftpfake import FakeSFTPServer
-from tests.test_sftp_core import INIT, NO_ATTRS, READ, name1, ok, packets, request, s, u32
+from tests.support.wire import INIT, NO_ATTRS, READ, name1, ok, packets, request, s, u32
 
 
 def connect(avatar: FakeSFTPServer, **options: int) -> tuple[SFTPServerProtocol, StringTransport]:

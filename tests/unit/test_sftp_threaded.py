@@ -18,7 +18,7 @@ from conchshare.sftp import threaded, wire
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.threaded import SLOW, SPIN, ThreadedServer
 from conchshare.shares import ShareSet
-from tests.test_sftp_core import INIT, NO_ATTRS, READ, ok, request, s, u32
+from tests.support.wire import INIT, NO_ATTRS, READ, ok, request, s, u32
 
 TIMEOUT = 10.0
 

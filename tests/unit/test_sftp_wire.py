@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare.sftp import wire
-from tests.test_sftp_core import packet, s, u32, u64
+from tests.support.wire import packet, s, u32, u64
 
 FULL_ATTRS = (
     u32(0x8000000F)
