@@ -16,8 +16,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from conchshare.errors import ConnectionFailed, HostKeyUnknown
 from conchshare.tunnel.client import SSHClientTransport
 from conchshare.tunnel.sshconfig import resolve
+from tests.support.sshclient import ClientTestMixin, descendants, runRemote
 from tests.support.sshd import ThrowawaySSHD, freePort
-from tests.test_client import ClientTestMixin, descendants, runRemote
 
 
 def signalAll(pids: list[int], number: int) -> None:

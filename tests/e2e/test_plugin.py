@@ -24,7 +24,7 @@ from conchshare.service import ShareService
 from conchshare.spin import SpinningPoller
 from tests.support import CHECKOUT
 from tests.support.command import WAIT, Running, _Base, rawSftp, sshArgs
-from tests.test_spin import epollReactor
+from tests.support.engines import epollReactor
 
 #: The checkout the tests come from.
 ROOT = CHECKOUT

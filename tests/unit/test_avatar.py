@@ -28,7 +28,6 @@ from twisted.conch.ssh.filetransfer import (
 )
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.testing import MemoryReactor
-from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -44,34 +43,10 @@ from conchshare.sftp.avatar import (
 )
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.shares import ShareSet
+from tests.support.engines import ManualRunner
 from tests.support.harness import Harness
 from tests.support.sharetree import SECRET, makeTree, read, write
 from tests.support.wire import packet, request, s, status, u32
-
-
-class ManualRunner:
-    """
-    A runner that holds every call until the test runs it.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[
-            tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Deferred[Any]]
-        ] = []
-
-    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((function, args, kwargs, d))
-        return d
-
-    def runNext(self) -> None:
-        function, args, kwargs, d = self.calls.pop(0)
-        try:
-            result = function(*args, **kwargs)
-        except BaseException:
-            d.errback(Failure())
-        else:
-            d.callback(result)
 
 
 class AvatarTestCase(SynchronousTestCase):

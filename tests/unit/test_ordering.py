@@ -308,7 +308,7 @@ class ThreadedEngine(Engine):
     blocking = True
 
     def __init__(self, base: str) -> None:
-        from tests.test_sftp_threaded import Served
+        from tests.support.engines import Served
 
         self.served = Served(base)
         self.avatar = self.served.avatar

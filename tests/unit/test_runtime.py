@@ -416,7 +416,7 @@ class DirectoryCloseTests(SynchronousTestCase):
 
     def _openedInWorker(self, local: bool) -> tuple[Any, Any, Deferred[None]]:
         from conchshare import confined
-        from tests.test_avatar import ManualRunner
+        from tests.support.engines import ManualRunner
 
         confined.probeSystemCalls()
         if confined._memory is None:

@@ -8,27 +8,13 @@ from __future__ import annotations
 import os
 import select
 import socket
-from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare import spin
 from conchshare.spin import ACTIVE, SpinningPoller, spinBeforeSleeping
-
-
-def epollReactor(case: SynchronousTestCase) -> Any:
-    """
-    A new (not installed) epoll reactor, its poller closed after C{case};
-    skips C{case} where there is none.
-    """
-    try:
-        from twisted.internet.epollreactor import EPollReactor
-    except ImportError:
-        raise SkipTest("No epoll reactor here")
-    reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
-    case.addCleanup(reactor._poller.close)
-    return reactor
+from tests.support.engines import epollReactor
 
 
 class FakePoller:

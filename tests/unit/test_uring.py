@@ -38,8 +38,8 @@ from conchshare.sftp.workers import FALLBACK, RingCall
 from conchshare.shares import ShareSet
 from conchshare.uring import OpenHow, Ring, ringFor
 from tests.support import CHECKOUT
+from tests.support.engines import epollReactor
 from tests.support.workload import readFile, writeFile
-from tests.test_spin import epollReactor
 
 #: Why the tests that need io_uring are skipped (L{None}: they run).
 UNUSABLE = (
