@@ -24,7 +24,19 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from tests.support import CHECKOUT
 from tests.support.sshd import ThrowawaySSHD, startForTest
+
+#: twistd, run by this Python, with this checkout last on its path: twistd
+#: finds plugins by scanning sys.path for twisted/plugins directories, where
+#: a real install puts ours (and is found first) but an editable one does not.
+TWISTD = [
+    sys.executable,
+    "-c",
+    f"import sys; sys.path.append({CHECKOUT!r});"
+    " from twisted.scripts.twistd import run; sys.exit(run())",
+]
+
 
 #: Seconds any single wait may take before the test fails.
 WAIT = 30.0

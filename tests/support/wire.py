@@ -51,6 +51,14 @@ def extended(rid: int, extName: bytes, body: bytes = b"") -> bytes:
     return request(200, rid, s(extName) + body)
 
 
+def usersGroups(rid: int, uids: list[int], gids: list[int]) -> bytes:
+    """
+    A users-groups-by-id@openssh.com request for C{uids} and C{gids}.
+    """
+    packed = b"".join(u32(i) for i in uids), b"".join(u32(i) for i in gids)
+    return extended(rid, b"users-groups-by-id@openssh.com", s(packed[0]) + s(packed[1]))
+
+
 INIT = packet(1, u32(3))
 NO_ATTRS = u32(0)
 # OPEN flags
