@@ -1,5 +1,5 @@
 """
-Issue 3, section 7: the reverse tunnel.  A throwaway sshd (tests/sshd.py)
+Issue 3, section 7: the reverse tunnel.  A throwaway sshd (tests/support/sshd.py)
 is the remote host; the remote clients (sftp, sshfs) run here too and reach
 the share through the port that sshd listens on.
 
