@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import CHECKOUT
 from tests.support.sshd import ThrowawaySSHD, startForTest
+from tests.support.wire import packet
 
 #: twistd, run by this Python, with this checkout last on its path: twistd
 #: finds plugins by scanning sys.path for twisted/plugins directories, where
@@ -288,7 +289,7 @@ class RawSFTPClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         testCase.addCleanup(self.sock.close)
         self.buffer = b""
-        self.sock.sendall(sftpPacket(1, struct.pack(">I", 3)))
+        self.sock.sendall(packet(1, struct.pack(">I", 3)))
         self.replies(1)
 
     def replies(self, count: int) -> list[bytes]:
@@ -314,9 +315,7 @@ class RawSFTPClient:
         Send C{count} OPENs (read) of C{path} at once; their replies.
         """
         body = struct.pack(">I", len(path)) + path + struct.pack(">II", 1, 0)
-        self.sock.sendall(
-            b"".join(sftpPacket(3, struct.pack(">I", i) + body) for i in range(count))
-        )
+        self.sock.sendall(b"".join(packet(3, struct.pack(">I", i) + body) for i in range(count)))
         return self.replies(count)
 
     def limits(self) -> tuple[int, ...]:
@@ -325,13 +324,9 @@ class RawSFTPClient:
         """
         name = b"limits@openssh.com"
         body = struct.pack(">I", 7) + struct.pack(">I", len(name)) + name
-        self.sock.sendall(sftpPacket(200, body))
+        self.sock.sendall(packet(200, body))
         (reply,) = self.replies(1)
         return struct.unpack(">QQQQ", reply[5:37])
-
-
-def sftpPacket(kind: int, body: bytes) -> bytes:
-    return struct.pack(">IB", len(body) + 1, kind) + body
 
 
 class _Base(TestCase):
