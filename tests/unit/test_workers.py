@@ -345,8 +345,9 @@ class WorkersTests(TestCase):
 
 class _Later(RingCall):
     """
-    A call "in the kernel" that reports C{outcome} from the reactor a
-    little later (or raises, or is refused), noting when it started.
+    A call "in the kernel" that reports C{outcome} from the reactor on its
+    next turn, after C{start} returned (or raises, or is refused), noting
+    when it started.
     """
 
     def __init__(self, log: list[str], name: str, outcome: Any, *, refuse: bool = False) -> None:
@@ -363,7 +364,7 @@ class _Later(RingCall):
         if self.refuse:
             return False
         self.log.append(f"ring {self.name}")
-        reactor.callLater(0.01, report, self.outcome)  # type: ignore[attr-defined]
+        reactor.callLater(0, report, self.outcome)  # type: ignore[attr-defined]
         return True
 
 
@@ -530,7 +531,7 @@ class _Keeping(RingCall):
     """
     A call "in the kernel" that keeps its data and its report while it
     runs, as the calls of L{conchshare.confined} do, and reports success
-    from the reactor a little later.
+    from the reactor on its next turn.
     """
 
     def __init__(self, data: Any) -> None:
@@ -540,7 +541,7 @@ class _Keeping(RingCall):
         from twisted.internet import reactor
 
         self.report = report
-        reactor.callLater(0.01, report, (True, None))  # type: ignore[attr-defined]
+        reactor.callLater(0, report, (True, None))  # type: ignore[attr-defined]
         return True
 
 
