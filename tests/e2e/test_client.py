@@ -1,6 +1,7 @@
 """
 The outbound SSH client against a throwaway OpenSSH sshd: key types, agent,
-passphrases, host keys, auth failures, connect errors, keep-alive.
+passphrases, host keys, auth failures, connect errors, keep-alive.  Direct
+sends, which need no sshd, are tested in L{tests.unit.test_client}.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """
-Tests for C{twistd conchshare}: the plugin, C{makeService} without a
-reactor, and twistd started as a real process against a throwaway sshd.
+Tests for C{twistd conchshare}: twistd started as a real process against a
+throwaway sshd.  The plugin and C{makeService} are tested in
+L{tests.unit.test_plugin}.
 """
 
 from __future__ import annotations

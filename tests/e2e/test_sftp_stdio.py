@@ -1,6 +1,7 @@
 """
-Tests for C{conchshare sftp-server} (L{conchshare.sftp.stdio}): the command
-line in process, and the protocol on a real process's stdin/stdout.
+Tests for C{conchshare sftp-server} (L{conchshare.sftp.stdio}): the protocol
+on a real process's stdin/stdout, driven by raw requests and by OpenSSH's
+C{sftp}.  Its command line is tested in L{tests.unit.test_sftp_stdio}.
 """
 
 from __future__ import annotations

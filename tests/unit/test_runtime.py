@@ -1,6 +1,7 @@
 """
 Tests for what runs where: name lookups in workers, copy-data in steps, a
-stop with calls in flight.  Each holds a call in a blocking fake (a real
+stop with calls in flight (end to end, with OpenSSH's C{sftp} and a real
+stop, in L{tests.e2e.test_runtime}).  Each holds a call in a blocking fake (a real
 implementation that waits for the test) so that what must not wait for it
 is seen not to, every time.
 """

@@ -1,6 +1,7 @@
 """
 ssh_config resolution: Host, Match, Include, first value wins, the command
-line wins, tokens, errors.
+line wins, tokens, errors.  The agreement with OpenSSH's C{ssh -G} is tested
+in L{tests.e2e.test_sshconfig}.
 """
 
 from __future__ import annotations
