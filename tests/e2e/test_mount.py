@@ -28,9 +28,9 @@ from conchshare.errors import MountFailed
 from conchshare.mount import RemoteMount
 from conchshare.shares import ShareSet
 from conchshare.tunnel.connection import ShareConnection
-from tests.support.mounting import mountSkipReason
+from tests.support.mounting import forceUnmount, mountSkipReason
 from tests.support.sshd import ThrowawaySSHD
-from tests.support.workload import FUSERMOUNT, isMounted, readFile, writeFile
+from tests.support.workload import FUSERMOUNT, isMounted, readFile, sha256File, writeFile
 
 # -- a minimal SSH client (the product's own client lives in conchshare.tunnel)
 
@@ -117,19 +117,6 @@ def connect(testCase: unittest.TestCase, sshd: ThrowawaySSHD) -> defer.Deferred[
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256File(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def forceUnmount(path: str) -> None:
-    if isMounted(path):
-        subprocess.run([FUSERMOUNT, "-u", "-z", "--", path], check=False, capture_output=True)
 
 
 def inThread(f: Any, *args: Any) -> defer.Deferred[Any]:

@@ -14,8 +14,8 @@ from twisted.trial import unittest
 from conchshare.tunnel.connection import Listener
 from conchshare.tunnel.sessionkey import InstalledSessionKey
 from tests.support import sshd as sshdmodule
-from tests.support.tunnelhelpers import _SSH_OPTIONS, _Base, connect, makeFile, run, sha256
-from tests.support.workload import mountSshfs, runSshfsWorkload, sshfsAvailable
+from tests.support.tunnelhelpers import _SSH_OPTIONS, _Base, connect, makeFile, run
+from tests.support.workload import mountSshfs, runSshfsWorkload, sha256File, sshfsAvailable
 
 skip = sshdmodule.available()
 
@@ -34,7 +34,7 @@ class RawModeTests(_Base):
             f"put {src} /s/a\nls -l /s\nrename /s/a /s/b\nget /s/b {back}\nrm /s/b\nls /\n",
         )
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(back), digest)
+        self.assertEqual(sha256File(back), digest)
         self.assertEqual(os.listdir(self.share), [])
         self.assertIn(b"s", out)
 
@@ -52,7 +52,7 @@ class RawModeTests(_Base):
             f"get /s/f {back}\n".encode(),
         )
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(back), digest)
+        self.assertEqual(sha256File(back), digest)
 
     async def test_ipv6Listener(self) -> None:
         """
@@ -95,7 +95,7 @@ class RawModeTests(_Base):
         )
         for i, (code, _, err) in enumerate(results):
             self.assertEqual(code, 0, err)
-            self.assertEqual(sha256(outs[i]), digests[i])
+            self.assertEqual(sha256File(outs[i]), digests[i])
 
     async def test_sshfsDirectport(self) -> None:
         """
@@ -127,7 +127,7 @@ class NestedModeTests(_Base):
         back = os.path.abspath(self.mktemp())
         code, out, err = await self.nestedSftp(installed, f"get /s/big {back}\nls /s\n")
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(back), digest)
+        self.assertEqual(sha256File(back), digest)
         await conn.stop()
         self.assertFalse(os.path.exists(installed.directory))
 

@@ -22,8 +22,8 @@ from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
 from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
 from tests.support import sshd as sshdmodule
 from tests.support.sshd import ThrowawaySSHD, portOpen
-from tests.support.tunnelhelpers import connect, killSSHD, makeFile, run, sha256, sleep, waitFor
-from tests.support.workload import mountSshfs, sshfsAvailable
+from tests.support.tunnelhelpers import connect, killSSHD, makeFile, run, sleep, waitFor
+from tests.support.workload import mountSshfs, sha256File, sshfsAvailable
 
 skip = sshdmodule.available()
 
@@ -90,7 +90,7 @@ class PauseTests(unittest.TestCase):
         self.assertEqual(conn.resume(), 1)
         code, _, err = await done
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(target), self.digest)
+        self.assertEqual(sha256File(target), self.digest)
         self.assertFalse(conn._lost)
         self.assertNotIn("Timeout, client not responding", self.sshd.log())
 
@@ -117,7 +117,7 @@ class PauseTests(unittest.TestCase):
         conn.resume()
         code, _, err = await done
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(target), self.digest)
+        self.assertEqual(sha256File(target), self.digest)
 
     async def test_hundredCycles(self) -> None:
         """
@@ -144,7 +144,7 @@ class PauseTests(unittest.TestCase):
         code, _, err = await done
         self.assertEqual(code, 0, err)
         for target in targets:
-            self.assertEqual(sha256(target), self.digest)
+            self.assertEqual(sha256File(target), self.digest)
 
     async def test_stopWhilePaused(self) -> None:
         """
@@ -228,4 +228,4 @@ class PauseTests(unittest.TestCase):
         conn.resume()
         code, _, err = await done
         self.assertEqual(code, 0, err)
-        self.assertEqual(sha256(target), self.digest)
+        self.assertEqual(sha256File(target), self.digest)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,14 +176,6 @@ def makeFile(path: str, size: int) -> str:
     return h.hexdigest()
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
@@ -203,13 +194,6 @@ async def waitFor(predicate: Callable[[], bool], timeout: float = 20, step: floa
         waited += step
 
 
-def unmount(path: str) -> None:
-    """
-    Lazily unmount a FUSE mount, ignoring "not mounted".
-    """
-    subprocess.run(["fusermount3", "-uz", path], capture_output=True)
-
-
 class EchoProtocol(Protocol):
     """
     Echoes what it receives (a stand-in endpoint protocol).
@@ -217,17 +201,6 @@ class EchoProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(data)
-
-
-def fuseAvailable() -> str | None:
-    """
-    Why sshfs mounts cannot run here, or L{None}.
-    """
-    if not shutil.which("sshfs") or not shutil.which("fusermount3"):
-        return "sshfs/fusermount3 not installed"
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse missing"
-    return None
 
 
 def killSSHD(sshd: ThrowawaySSHD) -> None:
