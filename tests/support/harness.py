@@ -5,6 +5,8 @@ by hand: what it writes, and whether it paused, resumed or disconnected.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
+
 from conchshare.sftp.core import SFTPServerCore
 from tests.support.sftpfake import FakeSFTPServer
 from tests.support.wire import INIT
@@ -21,14 +23,30 @@ class Harness:
         self.pauses = 0
         self.resumes = 0
         self.disconnects = 0
+        self._writeWaiters: list[Deferred[None]] = []
         self.core = SFTPServerCore(
             self.avatar,
-            self.out.extend,
+            self._write,
             pauseReading=self._pause,
             resumeReading=self._resume,
             disconnect=self._disconnect,
             **options,
         )
+
+    def _write(self, data: bytes) -> None:
+        self.out.extend(data)
+        waiters, self._writeWaiters = self._writeWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenWritten(self) -> Deferred[None]:
+        """
+        Fire once the core writes again (a reply delivered later, from a
+        worker or the ring, through the reactor).
+        """
+        waiter: Deferred[None] = Deferred()
+        self._writeWaiters.append(waiter)
+        return waiter
 
     def _pause(self) -> None:
         self.pauses += 1

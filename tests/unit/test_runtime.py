@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.error import TimeoutError
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from conchshare.sftp import avatar as avatarModule
@@ -29,6 +29,10 @@ from tests.support.wire import extended, packets, request, s, u32, u64, usersGro
 
 READ, WRITE, CREAT = 1, 2, 8
 NO_ATTRS = u32(0)
+
+
+#: Seconds any single wait of a test may take.
+WAIT = 10.0
 
 
 def handleOf(reply: bytes) -> bytes:
@@ -52,16 +56,24 @@ def requestId(reply: bytes) -> int:
     return int(struct.unpack(">I", reply[5:9])[0])
 
 
-async def until(condition: Callable[[], object], what: str) -> None:
+async def within(waiting: Deferred[Any], what: str) -> Any:
     """
-    Let the reactor run until C{condition()} is true (failing after ten
-    seconds).
+    The result of C{waiting}, which the reactor keeps running for; fails
+    after ten seconds.
     """
-    deadline = time.monotonic() + 10
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out waiting for {what}")
-        await deferLater(reactor, 0.002, lambda: None)
+    try:
+        return await waiting.addTimeout(WAIT, reactor)
+    except TimeoutError:
+        raise AssertionError(f"Timed out waiting for {what}")
+
+
+async def entered(event: threading.Event, what: str) -> None:
+    """
+    Let the reactor run until a worker sets C{event} (a held call entered);
+    fails after ten seconds.
+    """
+    if not await within(deferToThread(event.wait, WAIT), what):
+        raise AssertionError(f"Timed out waiting for {what}")
 
 
 class Client:
@@ -83,7 +95,12 @@ class Client:
         return self.replies
 
     async def reply(self, rid: int) -> bytes:
-        await until(lambda: rid in self.collect(), f"reply {rid}")
+        """
+        The reply to request C{rid}, once the core has written it (the
+        reactor runs meanwhile).
+        """
+        while rid not in self.collect():
+            await within(self.harness.whenWritten(), f"reply {rid}")
         return self.replies[rid]
 
 
@@ -145,7 +162,7 @@ class NameLookupTests(_Base):
         self.assertEqual(stat[4], 105)  # ATTRS
         self.assertEqual(self.lookup.inReactorThread, 0)
         self.assertEqual(slow.collect(), {})  # nothing yet
-        await until(self.lookup.entered.is_set, "the lookup")
+        await entered(self.lookup.entered, "the lookup")
         self.lookup.released.set()
         names = await slow.reply(1)
         self.assertEqual(
@@ -206,7 +223,7 @@ class StopTests(_Base):
         client.send(request(3, 2, s(b"/one/f") + u32(READ) + NO_ATTRS))
         written, kept = handleOf(await client.reply(1)), handleOf(await client.reply(2))
         client.send(usersGroups(3, [0], []))
-        await until(self.lookup.entered.is_set, "the held call")
+        await entered(self.lookup.entered, "the held call")
         avatar.workers.stop()
         client.send(request(6, 4, s(written) + u64(0) + s(b"data")))  # WRITE
         client.send(request(4, 5, s(written)))  # CLOSE
@@ -239,10 +256,12 @@ class HeldCopy:
         self.first = threading.Event()
         self.rest = threading.Event()
         self.entered: list[int] = []
+        self.started = threading.Event()
         self.copied: list[int] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.entered.append(len(self.entered))
+        self.started.set()
         (self.rest if len(self.entered) > 1 else self.first).wait(10)
         result = self.copy(*args, **kwargs)
         self.copied.append(result if result is not None else -1)
@@ -276,7 +295,7 @@ class CopyDataTests(_Base):
         copier.send(
             extended(3, b"copy-data", s(sourceHandle) + u64(0) + u64(0) + s(copyHandle) + u64(0))
         )
-        await until(lambda: held.entered, "the first step")
+        await entered(held.started, "the first step")
         other.send(request(17, 4, s(b"/one/f")))  # STAT, waiting for the worker
         copier.send(request(6, 5, s(copyHandle) + u64(0) + s(b"ZZ")))  # after the copy
         held.first.set()
