@@ -23,7 +23,7 @@ from tests.support.mounting import (
     writeLocal,
     writeRemote,
 )
-from tests.support.workload import isMounted, mountedPaths
+from tests.support.workload import inMountTable, mountedPaths
 
 
 class MountReconnectTests(_MountBase):
@@ -37,7 +37,7 @@ class MountReconnectTests(_MountBase):
         at = os.path.join(self.tmp, "mnt")
         running = self.mount(at)
         self.assertEqual(running.event("mounted")["remote_path"], at)
-        self.assertTrue(isMounted(at))
+        self.assertTrue(inMountTable(at))
         self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
 
         self.sshd.killSessions()
@@ -58,7 +58,7 @@ class MountReconnectTests(_MountBase):
         self.assertIn("new.txt", listRemote(at))
 
         self.stopped(running, at)
-        self.assertFalse(isMounted(at))
+        self.assertFalse(inMountTable(at))
         self.assertFalse(os.path.exists(at))
         self.assertEqual(
             readLocal(os.path.join(self.share, "after reconnect.txt")),
@@ -82,11 +82,11 @@ class MountBusyTests(_MountBase):
         unmounted = self.stopped(running, at)
         self.assertIs(unmounted.get("lazy"), True, unmounted)
         self.assertIn("lazily", unmounted["message"])
-        self.assertFalse(isMounted(at))
+        self.assertFalse(inMountTable(at))
         self.assertIsNone(holder.poll())
         holder.kill()
         holder.wait(WAIT)
-        self.assertFalse(isMounted(at))
+        self.assertFalse(inMountTable(at))
         self.assertNotEqual(remote("mountpoint", "-q", "--", at).returncode, 0)
         self.assertFalse(os.path.exists(at))
 
@@ -214,7 +214,7 @@ class AwkwardPathTests(_MountBase):
         writeRemote(os.path.join(at, "it's new.txt"), "from remote\n")
         self.assertEqual(readLocal(os.path.join(folder, "it's new.txt")), "from remote\n")
         self.stopped(running, at)
-        self.assertFalse(isMounted(at))
+        self.assertFalse(inMountTable(at))
         self.assertFalse(os.path.exists(at))
         self.assertEqual(os.listdir(parent), [])
 

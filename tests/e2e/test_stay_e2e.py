@@ -25,7 +25,7 @@ from tests.support.mounting import (
     readRemote,
 )
 from tests.support.sshd import ThrowawaySSHD
-from tests.support.workload import isMounted
+from tests.support.workload import inMountTable
 
 #: Keep-alives every second, two unanswered ones end the connection.
 FAST_KEEPALIVE = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"]
@@ -216,7 +216,7 @@ class MountComesBackTests(_MountBase):
             event = json.loads(line)
             running.events.append(event)
             self.assertNotEqual(event["event"], "unmounted", event)
-        self.assertTrue(isMounted(at))
+        self.assertTrue(inMountTable(at))
         self.assertEqual(readRemote(os.path.join(at, "hello.txt")), "hello from the local side\n")
         self.stopped(running, at)
-        self.assertFalse(isMounted(at))
+        self.assertFalse(inMountTable(at))

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.support.command import WAIT, Running, shortTempDir, sshArgs
 from tests.support.sshd import ThrowawaySSHD, available
-from tests.support.workload import FUSERMOUNT, isMounted, sshfsAvailable
+from tests.support.workload import FUSERMOUNT, inMountTable, sshfsAvailable
 
 
 def forceUnmount(path: str) -> None:
@@ -24,7 +24,7 @@ def forceUnmount(path: str) -> None:
     Detach every mount at C{path} (a cleanup: never leave a mount behind).
     """
     for _ in range(10):
-        if not isMounted(path):
+        if not inMountTable(path):
             return
         subprocess.run(
             [FUSERMOUNT, "-u", "-z", "--", path],

@@ -269,9 +269,18 @@ def mountedPaths() -> list[str]:
 
 def isMounted(mountPoint: str) -> bool:
     """
-    Whether something is mounted on C{mountPoint}.  Read from the mount
-    table: nothing on the mount itself is looked at, so a hung FUSE mount
-    answers at once.
+    Whether C{mountPoint} is a mount point that answers (C{mountpoint(1)}:
+    its root can be looked at).  A mount whose root fails is not; one that
+    hangs makes this hang: see L{inMountTable}.
+    """
+    return subprocess.run(["mountpoint", "-q", "--", mountPoint]).returncode == 0
+
+
+def inMountTable(mountPoint: str) -> bool:
+    """
+    Whether something is mounted on C{mountPoint}, read from the mount
+    table: nothing on the mount itself is looked at, so a hung or broken
+    FUSE mount answers at once (and counts as mounted).
     """
     absolute = os.path.abspath(mountPoint)
     parent, name = os.path.split(absolute)
