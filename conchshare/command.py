@@ -23,13 +23,17 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.python import usage
 
 from conchshare.errors import ConchShareError, UsageError
 from conchshare.options import makeParser, parseArguments
+from conchshare.reactors import orGlobalReactor
+
+if TYPE_CHECKING:
+    from conchshare.service import ShareOptions, ShareService
 
 __all__ = [
     "TwistdOptions",
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 
-def shareOptions(args: argparse.Namespace) -> Any:
+def shareOptions(args: argparse.Namespace) -> ShareOptions:
     """
     The L{conchshare.service.ShareOptions} for parsed arguments.
     """
@@ -75,7 +79,7 @@ def shareOptions(args: argparse.Namespace) -> Any:
     return options
 
 
-def buildService(args: argparse.Namespace, reactor: Any = None) -> Any:
+def buildService(args: argparse.Namespace, reactor: Any = None) -> ShareService:
     """
     The L{conchshare.service.ShareService} for parsed arguments.
 
@@ -103,15 +107,38 @@ def _setUpLogging(verbose: bool, stream: IO[str]) -> None:
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
+def commandReactor() -> Any:
+    """
+    The global reactor for a program that owns it (the C{conchshare}
+    commands): first, if no reactor is installed yet, polling can pay
+    here (L{conchshare.spin.worthSpinning}) and the switch
+    C{CONCHSHARE_REACTOR_POLL} is on, conchshare's polling epoll reactor
+    (L{conchshare.spinreactor}) is installed as the global one.  It polls
+    only once L{conchshare.spin.spinBeforeSleeping} is called.
+    """
+    from conchshare.spin import SWITCH, worthSpinning
+    from conchshare.switches import switchedOn
+
+    if switchedOn(SWITCH) and worthSpinning() and "twisted.internet.reactor" not in sys.modules:
+        try:
+            from conchshare.spinreactor import install
+        except ImportError:  # no epoll here: the default reactor
+            pass
+        else:
+            install()
+    return orGlobalReactor(None)
+
+
 def _run(kind: str, argv: Sequence[str], stdout: IO[str], stderr: IO[str]) -> int:
-    from twisted.internet import reactor as globalReactor
+    from conchshare.spin import spinBeforeSleeping
+
+    # First: conchshare's polling reactor, before anything imports one.
+    reactor: Any = commandReactor()
 
     from conchshare.control import ControlService
     from conchshare.events import ConsoleRenderer, JSONLinesRenderer
     from conchshare.fdlimit import raiseFileLimit
-    from conchshare.spin import spinBeforeSleeping
 
-    reactor: Any = globalReactor
     try:
         args = parseArguments(kind, argv)
         # As many SFTP handles as the system allows (before any is opened).
@@ -260,7 +287,7 @@ class _StopReactorOnFailure(Service):
     stop the reactor too.
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 
@@ -271,37 +298,32 @@ class _StopReactorOnFailure(Service):
     def _stopped(self, result: object) -> None:
         if not self.running:
             return
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = orGlobalReactor(self._reactor)
         if reactor.running:
             reactor.stop()
 
 
 class _SpinWhileRunning(Service):
     """
-    While running, the reactor polls before it sleeps (see
-    L{conchshare.spin}).
+    While running, the reactor polls before it sleeps, if it is
+    conchshare's polling reactor (see L{conchshare.spin}).
     """
 
-    def __init__(self, share: Any, reactor: Any = None) -> None:
+    def __init__(self, share: ShareService, reactor: Any = None) -> None:
         self._share = share
         self._reactor = reactor
 
     def _getReactor(self) -> Any:
-        if self._reactor is not None:
-            return self._reactor
-        from twisted.internet import reactor
-
-        return reactor
+        return orGlobalReactor(self._reactor)
 
     def startService(self) -> None:
-        from conchshare.spin import spinBeforeSleeping
+        from conchshare.spin import isSpinningReactor, spinBeforeSleeping
 
         super().startService()
-        spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
+        # Only twistd --reactor=conchshare-epoll polls; its default reactor
+        # is left as it is.
+        if isSpinningReactor(self._getReactor()):
+            spinBeforeSleeping(self._getReactor(), self._share.callsRunning)
 
     def stopService(self) -> Any:
         from conchshare.spin import stopSpinning
@@ -348,7 +370,8 @@ Options = TwistdOptions
 def makeService(options: TwistdOptions) -> MultiService:
     """
     twistd's entry point: L{makeTwistdService} with the global reactor,
-    which polls before it sleeps as the command's does (twistd runs this
+    which polls before it sleeps as the command's does if it is
+    conchshare's (C{twistd --reactor=conchshare-epoll}; twistd runs this
     service alone).
     """
     return makeTwistdService(options, spin=True)

@@ -39,6 +39,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from conchshare.errors import ConchShareError
 from conchshare.options import CTL_COMMANDS as COMMANDS
 from conchshare.options import makeParser
+from conchshare.reactors import orGlobalReactor
 
 __all__ = [
     "COMMANDS",
@@ -327,10 +328,7 @@ class ControlService(Service):
             # is left alone (nothing is created in the default places).
             self.path = chooseControlPath()
         _checkLength(self.path)
-        if self._reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            self._reactor = globalReactor
+        self._reactor = orGlobalReactor(self._reactor)
         directory = os.path.dirname(self.path)
         if not self._chosen and (
             not os.path.isdir(directory) or directory == defaultControlDirectory()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -44,12 +44,38 @@ from twisted.logger import Logger
 
 from conchshare.errors import ConchShareError, MountFailed
 from conchshare.events import EventObserver, makeEvent
+from conchshare.mountscripts import (
+    CHECK,
+    INSTALL_HINT,
+    PID_MARK,
+    PREPARE,
+    UNMOUNT,
+    lastLine,
+    quoteAssignment,
+    readRecords,
+    remoteScript,
+    remoteShellPath,
+    shellCommand,
+    socatEscape,
+    sshfsPid,
+)
+from conchshare.reactors import orGlobalReactor
+from conchshare.serving import ForwardServer
+from conchshare.shareoptions import MOUNT_VIAS
 from conchshare.shares import ShareSet
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh.keys import Key
+
+    from conchshare.tunnel.channels import ForwardedChannel
+    from conchshare.tunnel.connection import Listener, ShareConnection
+    from conchshare.tunnel.remote import ExecChannel
+    from conchshare.tunnel.sessionkey import InstalledSessionKey
 
 __all__ = ["VIAS", "RemoteMount", "remoteShellPath"]
 
 #: The transports C{conchshare mount --via} accepts.
-VIAS = ("passive", "ssh", "socket", "raw-tcp")
+VIAS = MOUNT_VIAS
 
 #: Seconds a mount may take to answer.
 MOUNT_TIMEOUT = 20.0
@@ -69,187 +95,8 @@ EXIT_TIMEOUT = 3.0
 REMOUNT_LIMIT = 3
 REMOUNT_WINDOW = 60.0
 
-#: The line the sshfs command prints on stderr before it becomes sshfs: its
-#: process id (also its process group's: sshd starts every command in a
-#: session of its own).
-_PID_MARK = "conchshare-sshfs-pid="
 
-_INSTALL_HINT = {
-    "sshfs": "install it (apt-get install sshfs)",
-    "fusermount": "install FUSE (apt-get install fuse3)",
-    "socat": "install it (apt-get install socat)",
-    "ssh": "install it (apt-get install openssh-client)",
-}
-
-
-def remoteShellPath(path: str) -> str:
-    """
-    A remote path as a word of a POSIX shell command.  Everything is quoted;
-    only a leading C{~} or C{~/} becomes C{"$HOME"} so it still names the
-    remote home directory.
-    """
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        rest = path[2:]
-        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"'
-    return shlex.quote(path)
-
-
-def _shellCommand(script: str) -> bytes:
-    """
-    The exec request for C{script}: run by C{sh} whatever the login shell.
-    """
-    return ("/bin/sh -c " + shlex.quote(script)).encode("utf-8", "surrogateescape")
-
-
-#: The keys of the records our remote scripts print.
-_RECORD_KEYS = frozenset(
-    {
-        "missing",
-        "nofuse",
-        "nopassive",
-        "fusermount",
-        "notdir",
-        "mkdir",
-        "created",
-        "mounted",
-        "path",
-        "result",
-        "error",
-    }
-)
-
-
-def _words(data: bytes) -> dict[str, str]:
-    """
-    Parse the records our remote scripts print, each C{NUL key=value NUL}.
-    What comes before the first record (a chatty login script's output) is
-    ignored.
-    """
-    result: dict[str, str] = {}
-    for record in data.split(b"\0")[1:]:
-        key, equals, value = record.decode("utf-8", "surrogateescape").partition("=")
-        if equals and key in _RECORD_KEYS:
-            result[key] = value
-    return result
-
-
-def _lastLine(data: bytes) -> str:
-    lines = [line.strip() for line in data.decode("utf-8", "replace").splitlines()]
-    lines = [line for line in lines if line and not line.startswith(_PID_MARK)]
-    return lines[-1] if lines else ""
-
-
-def _sshfsPid(stderr: bytes) -> int | None:
-    """
-    The process id the sshfs command printed on its stderr, if it did.
-    """
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        if line.startswith(_PID_MARK) and line[len(_PID_MARK) :].strip().isdigit():
-            return int(line[len(_PID_MARK) :])
-    return None
-
-
-# Shell functions shared by our scripts.  ismnt: is $1 a mount point?
-# (util-linux mountpoint when present, else compare device numbers).
-_FUNCTIONS = r"""
-ismnt() {
-  if command -v mountpoint >/dev/null 2>&1; then mountpoint -q -- "$1"
-  else [ "$(stat -c %d -- "$1" 2>/dev/null)" != "$(stat -c %d -- "$1/.." 2>/dev/null)" ]; fi
-}
-rec() { printf '\0%s=%s\0' "$1" "$2"; }
-# $(...) drops the trailing newlines of what it captures, and a path may end
-# with one: these keep them, answering in $r.
-absdir() { r=$(cd -- "$1" && pwd && echo .) && r=${r%??}; }
-parentdir() { r=$(dirname -- "$1" && echo .) && r=${r%??}; }
-unset CDPATH
-"""
-
-# Checks the tools, then prepares the mount point; prints records.  Nothing
-# is created unless every check passed.
-_PREPARE = r"""
-missing=
-command -v sshfs >/dev/null 2>&1 || missing="$missing sshfs"
-if command -v fusermount3 >/dev/null 2>&1; then fm=fusermount3
-elif command -v fusermount >/dev/null 2>&1; then fm=fusermount
-else missing="$missing fusermount"; fi
-for tool in $extra; do command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"; done
-if [ -n "$missing" ]; then rec missing "$missing"; exit 0; fi
-if [ ! -e /dev/fuse ]; then rec nofuse 1; exit 0; fi
-if [ -n "$passive" ] && ! sshfs --help 2>&1 | grep -q -e 'passive'; then rec nopassive 1; exit 0; fi
-rec fusermount "$fm"
-# A relative path starting with "-" is no option, and cd's "-" no $OLDPWD
-# (an empty one stays empty: mkdir refuses it).
-case $d in /* | '') ;; *) d=./$d ;; esac
-if [ -n "$oldpid" ] && [ -r "/proc/$oldpid/environ" ] &&
-   tr '\0' '\n' <"/proc/$oldpid/environ" | grep -qxF -e "CONCHSHARE_MOUNT=$token"; then
-  # The sshfs of the old connection still runs (its sshd may be stopped):
-  # it must be dead before a new mount takes the path, or its exit would
-  # unmount the path, new mount and all.  Killed, it unmounts nothing.
-  kill -KILL "-$oldpid" 2>/dev/null || kill -KILL "$oldpid" 2>/dev/null
-  i=0
-  while [ -e "/proc/$oldpid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$oldpid/status" 2>/dev/null; do
-    i=$((i+1)); [ "$i" -ge 50 ] && break; sleep 0.1
-  done
-fi
-if [ -n "$stale" ]; then "$fm" -u -z -- "$d" >/dev/null 2>&1; fi
-if [ -e "$d" ] || [ -L "$d" ]; then
-  if [ ! -d "$d" ]; then rec notdir 1; exit 0; fi
-else
-  top=$d; parentdir "$d"; p=$r
-  while [ ! -e "$p" ] && [ ! -L "$p" ]; do top=$p; parentdir "$p"; p=$r; done
-  if ! err=$(mkdir -p -- "$d" 2>&1); then rec mkdir "$err"; exit 0; fi
-  absdir "$top" && rec created "$r"
-fi
-if ismnt "$d"; then absdir "$d" || r=$d; rec mounted "$r"; exit 0; fi
-absdir "$d" || exit 0
-rec path "$r"
-"""
-
-# Answers (exit 0) once $d is a mount point that lists.
-_CHECK = r"""
-ismnt "$d" && ls -a -- "$d" >/dev/null 2>&1
-"""
-
-# Unmounts $d with $fm, retrying a busy mount, then lazily; removes the
-# directories we created ($created: the top-most one).
-_UNMOUNT = r"""
-i=0
-while :; do
-  if out=$(LC_ALL=C "$fm" -u -- "$d" 2>&1); then rec result unmounted; break; fi
-  case $out in
-    *busy*) ;;
-    *) if ! ismnt "$d"; then rec result notmounted; break; fi ;;
-  esac
-  i=$((i+1))
-  if [ "$i" -ge "$attempts" ]; then
-    if out=$(LC_ALL=C "$fm" -u -z -- "$d" 2>&1); then rec result lazy
-    else rec result failed; rec error "$out"; fi
-    break
-  fi
-  sleep "$pause"
-done
-if [ -n "$created" ]; then
-  p=$d
-  while rmdir -- "$p" 2>/dev/null; do
-    [ "$p" = "$created" ] && break
-    parentdir "$p"; p=$r
-  done
-fi
-"""
-
-
-def _script(body: str, **variables: str) -> bytes:
-    """
-    A remote command: shell variables assigned from quoted values, our
-    functions, then C{body}.
-    """
-    assignments = "".join(f"{name}={value}\n" for name, value in variables.items())
-    return _shellCommand(assignments + _FUNCTIONS + body)
-
-
-def _defaultAvatar(shares: ShareSet, reactor: Any) -> object:
+def _defaultAvatar(shares: ShareSet, reactor: object) -> object:
     from conchshare.sftp.avatar import ShareSFTPServer
 
     return ShareSFTPServer(shares, reactor=reactor)
@@ -278,7 +125,7 @@ class RemoteMount:
 
     def __init__(
         self,
-        connection: Any,
+        connection: ShareConnection,
         shares: ShareSet,
         remoteDir: str,
         *,
@@ -289,12 +136,11 @@ class RemoteMount:
         sshfsOptions: Sequence[str] = (),
         serverProtocolFactory: Callable[[object], IProtocol] | None = None,
         mountTimeout: float = MOUNT_TIMEOUT,
-        hostKey: Any = None,
-        authorizedKeys: Sequence[Any] = (),
+        hostKey: Key | None = None,
+        authorizedKeys: Sequence[Key] = (),
     ) -> None:
         """
-        @param connection: the connected outbound SSH connection (a Conch
-            C{SSHConnection}, usually L{conchshare.tunnel.connection.ShareConnection}).
+        @param connection: the connected outbound SSH connection.
         @param shares: what to mount.
         @param remoteDir: the mount point on the remote host; relative to
             the remote home directory unless absolute; C{~/} works.
@@ -320,10 +166,7 @@ class RemoteMount:
         for option in sshfsOptions:
             if "," in option or not option:
                 raise ValueError(f"an sshfs option cannot be empty or contain a comma: {option!r}")
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = orGlobalReactor(reactor)
         self.connection = connection
         self.shares = shares
         self.remoteDir = remoteDir
@@ -339,9 +182,9 @@ class RemoteMount:
         self._fusermount = "fusermount"
         self._created: str | None = None
         self._wasMounted = False
-        self._sshfs: Any = None
-        self.listener: Any = None
-        self._sessionKey: Any = None
+        self._sshfs: ExecChannel | None = None
+        self.listener: Listener | None = None
+        self._sessionKey: InstalledSessionKey | None = None
         self._hostKey = hostKey
         self._authorizedKeys = list(authorizedKeys)
         self._mountWaiters: list[defer.Deferred[None]] = []
@@ -382,11 +225,7 @@ class RemoteMount:
         Whether the connection can still carry a command.  (Conch keeps
         C{transport} set after the connection is lost.)
         """
-        if getattr(self.connection, "_lost", False):
-            return False
-        transport = getattr(self.connection, "transport", None)
-        tcp = getattr(transport, "transport", None)
-        return tcp is not None and bool(getattr(tcp, "connected", True))
+        return self.connection.isOpen()
 
     @property
     def _remotePathWord(self) -> str:
@@ -400,7 +239,7 @@ class RemoteMount:
     def _sshfsOptionList(self, *first: str) -> str:
         return ",".join(first + ("idmap=user",) + self.sshfsOptions)
 
-    def _sshfsCommand(self, listener: Any = None) -> bytes:
+    def _sshfsCommand(self, listener: Listener | None = None) -> bytes:
         """
         The remote command that runs sshfs in the foreground for C{via}.
         """
@@ -411,6 +250,7 @@ class RemoteMount:
             words += [source, self.remotePath]
         elif self.via == "ssh":
             key = self._sessionKey
+            assert key is not None and listener is not None
             options = self._sshfsOptionList(
                 f"IdentityFile={key.keyPath}",
                 "IdentitiesOnly=yes",
@@ -421,9 +261,12 @@ class RemoteMount:
             words = ["exec", "sshfs", "-f", "-p", str(listener.port), "-o", options]
             words += [f"{key.user}@127.0.0.1{source}", self.remotePath]
         elif self.via == "raw-tcp":
+            assert listener is not None
             options = self._sshfsOptionList(f"directport={listener.port}")
             words = ["exec", "sshfs", "-f", "-o", options, "127.0.0.1" + source, self.remotePath]
         elif self.via == "socket":
+            socketPath = listener.socketPath if listener is not None else None
+            assert socketPath is not None
             # socat parses its address strings (quotes, commas, colons), so
             # the paths reach sshfs through the environment, unsplit
             # (IFS empty) and unglobbed (set -f).
@@ -434,13 +277,13 @@ class RemoteMount:
                 f"CS_MOUNT={self.remotePath}",
                 "exec",
                 "socat",
-                "UNIX-CONNECT:" + _socatEscape(listener.socketPath),
+                "UNIX-CONNECT:" + socatEscape(socketPath),
                 script,
             ]
-            return _shellCommand(self._marked(" ".join(_quoteAssignment(w) for w in words)))
+            return shellCommand(self._marked(" ".join(quoteAssignment(w) for w in words)))
         else:
             raise MountFailed(f"--via {self.via} is not available")
-        return _shellCommand(self._marked(" ".join(shlex.quote(w) for w in words)))
+        return shellCommand(self._marked(" ".join(shlex.quote(w) for w in words)))
 
     def _marked(self, command: str) -> str:
         """
@@ -449,7 +292,7 @@ class RemoteMount:
         then tell this sshfs from any other process and kill it.
         """
         return (
-            f"printf '{_PID_MARK}%s\\n' \"$$\" >&2; export CONCHSHARE_MOUNT={self._token}; "
+            f"printf '{PID_MARK}%s\\n' \"$$\" >&2; export CONCHSHARE_MOUNT={self._token}; "
             + command
         )
 
@@ -493,7 +336,7 @@ class RemoteMount:
         for waiter in waiters:
             waiter.callback(None)
 
-    def remount(self, connection: Any | None = None) -> defer.Deferred[str]:
+    def remount(self, connection: ShareConnection | None = None) -> defer.Deferred[str]:
         """
         Mount again, on a new connection after a reconnect: the previous
         C{sshfs} ended with the old connection.  A stale mount left at the
@@ -509,7 +352,7 @@ class RemoteMount:
             # sshfs may still run (L{_mount} kills it before mounting).
             self.state = "idle"
             if self._sshfs is not None and self._sshfsPid is None:
-                self._sshfsPid = _sshfsPid(self._sshfs.stderr)
+                self._sshfsPid = sshfsPid(self._sshfs.stderr)
             self._sshfs = None
         # Forwards went with the old connection; the session key files are
         # left to the old connection's clean-ups.
@@ -521,8 +364,8 @@ class RemoteMount:
         extra = {"socket": "socat", "ssh": "ssh"}.get(self.via, "")
         try:
             status, out, err = await self._run(
-                _script(
-                    _PREPARE,
+                remoteScript(
+                    PREPARE,
                     d=self._remotePathWord,
                     extra=shlex.quote(extra),
                     passive="1" if self.via in ("passive", "socket") else "''",
@@ -533,12 +376,12 @@ class RemoteMount:
             )
         except Exception as e:
             raise MountFailed(f"could not check the remote host for sshfs: {_reason(e)}")
-        records = _words(out)
+        records = readRecords(out)
         where = self.remoteDir
         if "missing" in records:
             tool = records["missing"].split()[0]
             raise MountFailed(
-                f"the remote host has no {tool}: {_INSTALL_HINT.get(tool, 'install it')}"
+                f"the remote host has no {tool}: {INSTALL_HINT.get(tool, 'install it')}"
             )
         if "nofuse" in records:
             raise MountFailed(
@@ -561,7 +404,7 @@ class RemoteMount:
             )
         if "path" not in records or status != 0:
             raise MountFailed(
-                f"could not prepare the remote mount point {where}: {_lastLine(err) or 'unknown error'}"
+                f"could not prepare the remote mount point {where}: {lastLine(err) or 'unknown error'}"
             )
         self._fusermount = records.get("fusermount", "fusermount")
         if "created" in records and self._created is None:
@@ -575,7 +418,7 @@ class RemoteMount:
             await self._cleanUp(quick=True)
             raise
         if self._sshfs is not None:
-            self._sshfsPid = _sshfsPid(self._sshfs.stderr)
+            self._sshfsPid = sshfsPid(self._sshfs.stderr)
         return self.remotePath
 
     async def _startSSHFS(self) -> None:
@@ -598,12 +441,12 @@ class RemoteMount:
             raise MountFailed(f"could not start sshfs on the remote host: {_reason(e)}")
         self._sshfs.notifyOnClose(self._sshfsClosed)
 
-    def _sshfsClosed(self, channel: Any) -> None:
+    def _sshfsClosed(self, channel: ForwardedChannel) -> None:
         # Decide once the connection has finished closing, if it is: a lost
         # connection is the service's to handle (it reconnects and remounts).
         self._reactor.callLater(0, self._sshfsEnded, channel)
 
-    def _sshfsEnded(self, channel: Any) -> None:
+    def _sshfsEnded(self, channel: ForwardedChannel) -> None:
         """
         sshfs ended while mounted and the connection is up: it failed, or
         the mount went away on the remote host.  The mount is still wanted:
@@ -611,9 +454,15 @@ class RemoteMount:
         seconds at most); if that fails, or it keeps ending, clean up and
         report C{unmounted}.
         """
-        if channel is not self._sshfs or self.state != "mounted" or not self._connected():
+        sshfs = self._sshfs
+        if (
+            sshfs is None
+            or channel is not sshfs
+            or self.state != "mounted"
+            or not self._connected()
+        ):
             return
-        why = _lastLine(channel.stderr) or f"exit status {channel.exitStatus}"
+        why = lastLine(sshfs.stderr) or f"exit status {sshfs.exitStatus}"
         path = self.remotePath
         now = self._reactor.seconds()
         self._endings = [t for t in self._endings if now - t < REMOUNT_WINDOW] + [now]
@@ -664,47 +513,48 @@ class RemoteMount:
                 ),
             )
 
-    async def _forward(self, avatar: object) -> Any:
+    async def _forward(self, avatar: object) -> Listener:
         """
-        Ask the remote sshd to forward a Unix socket (C{socket}) or a
-        loopback TCP port (C{raw-tcp}) to a raw SFTP server.
+        Ask the remote sshd for the forward that leads to our server: a
+        Unix socket (C{socket}) or a loopback TCP port (C{raw-tcp}) to raw
+        SFTP; or (C{ssh}, X2Go's way) a loopback TCP port to a nested SSH
+        server that takes a session key made for this mount (installed on
+        the remote host with a known_hosts line for the nested host key)
+        and the C{authorizedKeys}.
 
         @raise ForwardRefused: the server refused the forward.
         """
-        from conchshare.tunnel.connection import Listener
-
-        if not hasattr(self.connection, "requestForward"):
-            raise MountFailed(f"--via {self.via} needs a ShareConnection")
-        if self.via == "ssh":
-            return await self._forwardNested(avatar)
-        if self.via == "socket":
-            listener = Listener(
-                mode="raw",
-                protocolFactory=lambda: self._serverProtocolFactory(avatar),
-                streamlocal=True,
-            )
-        elif self.via == "raw-tcp":
-            listener = Listener(
-                mode="raw",
-                protocolFactory=lambda: self._serverProtocolFactory(avatar),
-                address="127.0.0.1",
-                port=0,
-            )
-        else:
+        if self.via not in ("ssh", "socket", "raw-tcp"):
             raise MountFailed(f"--via {self.via} is not available")
-        self.listener = await self.connection.requestForward(listener)
-        return self.listener
+        server = ForwardServer(
+            "ssh" if self.via == "ssh" else "raw",
+            lambda: self._serverProtocolFactory(avatar),
+            hostKey=self._hostKey,
+            authorizedKeys=self._authorizedKeys,
+            withSessionKey=self.via == "ssh",
+            reactor=self._reactor,
+        )
+        if self.via == "socket":
+            wanted = server.listener(streamlocal=True)
+        else:
+            wanted = server.listener(address="127.0.0.1", port=0)
+        listener = self.listener = await self.connection.requestForward(wanted)
+        if self.via == "ssh":
+            self._sessionKey = await server.installSessionKey(
+                self.connection, listener.port, "conchshare"
+            )
+        return listener
 
     async def _waitMounted(self) -> None:
         assert self.remotePath is not None
         channel = self._sshfs
         deadline = self._reactor.seconds() + self.mountTimeout
-        check = _script(_CHECK, d=shlex.quote(self.remotePath))
+        check = remoteScript(CHECK, d=shlex.quote(self.remotePath))
         while True:
             if channel is not None and channel.isClosed:
                 raise MountFailed(
                     "sshfs failed on the remote host: "
-                    + (_lastLine(channel.stderr) or f"it exited with status {channel.exitStatus}")
+                    + (lastLine(channel.stderr) or f"it exited with status {channel.exitStatus}")
                 )
             try:
                 status, _, _ = await self._run(check, timeout=max(1.0, self.mountTimeout))
@@ -787,8 +637,8 @@ class RemoteMount:
         if self.remotePath is not None and self._connected():
             try:
                 _, out, _ = await self._run(
-                    _script(
-                        _UNMOUNT,
+                    remoteScript(
+                        UNMOUNT,
                         d=shlex.quote(self.remotePath),
                         fm=shlex.quote(self._fusermount),
                         created=shlex.quote(self._created or ""),
@@ -796,7 +646,7 @@ class RemoteMount:
                         pause=str(UNMOUNT_PAUSE),
                     )
                 )
-                records = _words(out)
+                records = readRecords(out)
                 result = records.get("result", "")
                 if result == "failed":
                     result = records.get("error", "") or "fusermount failed"
@@ -820,61 +670,17 @@ class RemoteMount:
 
     async def _removeQuietly(self, path: str) -> None:
         try:
-            await self._run(_shellCommand("rm -rf -- " + shlex.quote(path)))
+            await self._run(shellCommand("rm -rf -- " + shlex.quote(path)))
         except Exception as e:
             self._log.warn("could not remove {path}: {error}", path=path, error=_reason(e))
 
-    async def _forwardNested(self, avatar: object) -> Any:
-        """
-        X2Go's way: a loopback TCP forward to a nested SSH server that takes
-        only a session key made for this mount, installed on the remote host
-        with a known_hosts line for the nested host key.
-        """
-        from conchshare.tunnel.connection import Listener
-        from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
-        from conchshare.tunnel.sessionkey import generateSessionKey, installSessionKey
-
-        sessionKey: Any = generateSessionKey()
-        hostKey = self._hostKey or loadOrCreateHostKey(None)
-        server = NestedSSHServer(
-            hostKey,
-            [sessionKey.public(), *self._authorizedKeys],
-            lambda: self._serverProtocolFactory(avatar),
-            reactor=self._reactor,
-        )
-        listener = Listener(
-            mode="ssh",
-            protocolFactory=lambda: server.buildProtocol(None),
-            address="127.0.0.1",
-            port=0,
-        )
-        self.listener = await self.connection.requestForward(listener)
-        self._sessionKey = await installSessionKey(
-            self.connection, sessionKey, hostKey, self.listener.port, "conchshare"
-        )
-        return self.listener
-
-    async def _cancelForward(self, listener: Any) -> None:
+    async def _cancelForward(self, listener: Listener) -> None:
         try:
             await self.connection.cancelForward(listener)
         except Exception as e:
             self._log.warn("could not cancel the forward: {error}", error=_reason(e))
         if listener.socketDirectory:
             await self._removeQuietly(listener.socketDirectory)
-
-
-def _quoteAssignment(word: str) -> str:
-    name, equals, value = word.partition("=")
-    if equals and name.isidentifier() and name.isupper():
-        return name + "=" + shlex.quote(value)
-    return shlex.quote(word)
-
-
-def _socatEscape(text: str) -> str:
-    """
-    Escape what socat's address parser would interpret.
-    """
-    return "".join("\\" + c if c in "\\\"'(){}[],:!; " else c for c in text)
 
 
 def _reason(e: BaseException) -> str:
@@ -890,7 +696,7 @@ def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
     return d
 
 
-async def _closedWithin(reactor: Any, channel: Any, seconds: float) -> None:
+async def _closedWithin(reactor: Any, channel: ExecChannel, seconds: float) -> None:
     """
     Wait until C{channel} has closed, at most C{seconds}.
     """

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conchshare.errors import UsageError, sentence
+from conchshare.modes import MODES, MOUNT_VIAS
 
 __all__ = [
     "CTL_COMMANDS",
@@ -151,14 +152,14 @@ def _shareParser(kind: str, prog: str | None) -> argparse.ArgumentParser:
         )
         parser.add_argument(
             "--via",
-            choices=("passive", "ssh", "socket", "raw-tcp"),
+            choices=MOUNT_VIAS,
             default="passive",
             help="how the remote sshfs reaches the shares (default: passive)",
         )
     else:
         parser.add_argument(
             "--mode",
-            choices=("ssh", "raw"),
+            choices=MODES,
             default="ssh",
             help="endpoint mode of the forward (default: ssh)",
         )

@@ -31,30 +31,19 @@ Rules:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.error import (
-    ConnectError,
-    ConnectionDone,
-    ConnectionLost,
-    DNSLookupError,
-    TimeoutError,
-)
-from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IProtocol, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
 
+from conchshare.audit import AuditingAvatar, auditText
 from conchshare.errors import (
     ConchShareError,
     ConnectionFailed,
@@ -64,7 +53,26 @@ from conchshare.errors import (
     sentence,
 )
 from conchshare.events import Event, EventObserver, makeEvent
+from conchshare.failures import asConchShareError
+from conchshare.reactors import orGlobalReactor
+from conchshare.reporting import (
+    FailureRecordingEndpoint,
+    LossReportingFactory,
+    LossReportingProtocol,
+)
+from conchshare.serving import ForwardServer
+from conchshare.shareoptions import MODES, MOUNT_VIAS, ForwardSpec, ShareOptions
 from conchshare.shares import ShareError, ShareSet
+
+if TYPE_CHECKING:
+    from twisted.conch.ssh.keys import Key
+
+    from conchshare.mount import RemoteMount
+    from conchshare.sftp.avatar import ShareSFTPServer
+    from conchshare.tunnel.client import SSHClientTransport
+    from conchshare.tunnel.connection import Listener, ShareConnection
+    from conchshare.tunnel.sessionkey import InstalledSessionKey
+    from conchshare.tunnel.sshconfig import ConnectOptions
 
 __all__ = [
     "MODES",
@@ -73,179 +81,11 @@ __all__ = [
     "ForwardSpec",
     "ShareOptions",
     "ShareService",
+    "asConchShareError",
+    "auditText",
 ]
 
-#: Endpoint modes of a forward.
-MODES = ("ssh", "raw")
-
-#: Transports of C{conchshare mount --via}.
-MOUNT_VIAS = ("passive", "ssh", "socket", "raw-tcp")
-
 _log = Logger(namespace="conchshare.service")
-
-
-@dataclass(frozen=True)
-class ForwardSpec:
-    """
-    One forward to request: a TCP C{address} and C{port} (0: any), or a
-    remote Unix C{socket} path (C{""}: a fresh one).
-    """
-
-    address: str = "127.0.0.1"
-    port: int = 0
-    socket: str | None = None
-
-
-@dataclass
-class ShareOptions:
-    """
-    How a L{ShareService} connects, forwards and serves.  The fields mirror
-    the options of C{conchshare share} and C{conchshare mount}.
-
-    @ivar mode: C{"ssh"} (nested SSH server) or C{"raw"} (SFTP straight on
-        the channel).
-    @ivar remoteListen: TCP forwards as C{(address, port)}; L{None} means
-        C{[("127.0.0.1", 0)]}, or none if C{remoteSocket} is set.
-    @ivar remoteSocket: a remote Unix socket path to forward, C{""} for a
-        fresh path, L{None} for no socket forward.
-    @ivar identities: C{-i} key files.
-    @ivar knownHosts: C{--known-hosts} (C{-o UserKnownHostsFile=}).
-    @ivar acceptNew: C{--accept-new} (C{-o StrictHostKeyChecking=accept-new}).
-    @ivar authorizedKeys: keys the nested SSH server accepts (ssh mode, and
-        a mount C{via} C{ssh}, besides the mount's own session key).
-    @ivar hostKey: the nested SSH server's host key file (created if missing).
-    @ivar sessionKey: install a session key on the remote host; L{None}: in
-        ssh mode when there is no C{authorizedKeys}.
-    @ivar readOnly: refuse every change to the shares.
-    @ivar umask: applied to files and folders the remote side creates.
-    @ivar verbose: log every SFTP request (an audit trail).
-    @ivar configFile: C{-F}; C{port}: C{-p}; C{jump}: C{-J};
-        C{sshOptions}: C{-o} values.
-    @ivar mountAt: mount the shares at this remote folder (C{mount}).
-    @ivar mountVia: C{passive}, C{ssh}, C{socket} or C{raw-tcp}.
-    @ivar retryInitialDelay: first reconnect delay, seconds.
-    @ivar retryMaxDelay: longest reconnect delay, seconds (before jitter).
-    @ivar stepTimeout: longest wait for each step of a stop, seconds.
-    """
-
-    mode: str = "ssh"
-    remoteListen: list[tuple[str, int]] | None = None
-    remoteSocket: str | None = None
-    identities: list[str] = field(default_factory=list)
-    knownHosts: str | None = None
-    acceptNew: bool = False
-    authorizedKeys: str | None = None
-    hostKey: str | None = None
-    sessionKey: bool | None = None
-    readOnly: bool = False
-    umask: int = 0o022
-    verbose: bool = False
-    configFile: str | None = None
-    port: int | None = None
-    jump: str | None = None
-    sshOptions: list[str] = field(default_factory=list)
-    mountAt: str | None = None
-    mountVia: str = "passive"
-    retryInitialDelay: float = 1.0
-    retryMaxDelay: float = 60.0
-    stepTimeout: float = 10.0
-
-    def check(self) -> None:
-        """
-        @raise UsageError: the options contradict each other.
-        """
-        if self.mode not in MODES:
-            raise UsageError(f"Unknown mode {self.mode!r}; use ssh or raw.")
-        if self.mountVia not in MOUNT_VIAS:
-            raise UsageError(f"Unknown --via {self.mountVia!r}; use {', '.join(MOUNT_VIAS)}.")
-        if self.mountAt is not None:
-            # The mount's own sshfs runs unattended on the remote host: it
-            # logs in to the nested server with the session key the mount
-            # installs, so that key cannot be left out.
-            if self.sessionKey is False:
-                raise UsageError(
-                    "A mount always installs a session key for its own sshfs;"
-                    " --no-session-key is for share."
-                )
-            if self.authorizedKeys is not None and self.mountVia != "ssh":
-                raise UsageError("--authorized-keys needs --via ssh.")
-        elif self.authorizedKeys is not None and self.mode != "ssh":
-            raise UsageError("--authorized-keys needs --mode ssh.")
-        if self.sessionKey and self.mode != "ssh":
-            raise UsageError("--session-key needs --mode ssh.")
-        if not 0 <= self.umask <= 0o777:
-            raise UsageError(f"Bad umask {self.umask:o}.")
-
-    def effectiveMode(self) -> str:
-        """
-        The endpoint mode of the forwards, after C{mountVia}.
-        """
-        if self.mountAt is not None:
-            return "ssh" if self.mountVia == "ssh" else "raw"
-        return self.mode
-
-    def wantsSessionKey(self) -> bool:
-        """
-        Whether a session key is installed on the remote host.
-        """
-        if self.effectiveMode() != "ssh" or self.mountAt is not None:
-            return False  # a mount installs its own key
-        if self.sessionKey is not None:
-            return self.sessionKey
-        return self.authorizedKeys is None
-
-    def forwards(self) -> list[ForwardSpec]:
-        """
-        The forwards the service requests, in order (none for a mount: the
-        remote mount requests the one its C{mountVia} needs).
-        """
-        if self.mountAt is not None:
-            return []  # the remote mount requests the forward it needs
-        specs = [ForwardSpec(address=a, port=p) for a, p in (self.remoteListen or [])]
-        if self.remoteSocket is not None:
-            specs.append(ForwardSpec(socket=self.remoteSocket))
-        if not specs:
-            specs.append(ForwardSpec())
-        return specs
-
-    def sshOptionList(self) -> list[str]:
-        """
-        The C{-o} values, with C{--known-hosts} and C{--accept-new} first.
-        """
-        result: list[str] = []
-        if self.knownHosts is not None:
-            result.append(f"UserKnownHostsFile={os.path.abspath(self.knownHosts)}")
-        if self.acceptNew:
-            result.append("StrictHostKeyChecking=accept-new")
-        return result + list(self.sshOptions)
-
-
-def asConchShareError(failure: Failure | BaseException) -> ConchShareError:
-    """
-    The person-readable error for a failure of the tunnel.
-    """
-    exc = failure.value if isinstance(failure, Failure) else failure
-    if exc is None:
-        return ConnectionFailed("The connection failed.")
-    if isinstance(exc, ConchShareError):
-        return exc
-    if isinstance(exc, ShareError):
-        return UsageError(str(exc))
-    if isinstance(exc, DNSLookupError):
-        return ConnectionFailed(f"Could not resolve the host name: {_reasonText(exc)}")
-    if isinstance(exc, TimeoutError):
-        return ConnectionFailed("The connection timed out.")
-    if isinstance(exc, ConnectError):
-        return ConnectionFailed(f"Could not connect: {_reasonText(exc)}")
-    if isinstance(exc, ConnectionDone):
-        return ConnectionFailed("The server closed the connection.")
-    return ConnectionFailed(f"The connection failed: {_reasonText(exc)}")
-
-
-def _reasonText(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    text = text.rstrip(".")
-    return text + "."
 
 
 class ShareService(Service):
@@ -300,17 +140,19 @@ class ShareService(Service):
         self.shares = shares
         self.options = options
         self.error: ConchShareError | None = None
+        # The global reactor, if none was given, is looked up at first use:
+        # building a service installs no reactor.
         self._reactor = reactor
         self._observers: list[EventObserver] = []
         self._state = "stopped"
         self._paused = False
         self._client: ClientService | None = None
-        self._protocol: Any = None
-        self._connection: Any = None
-        self._forwards: list[Any] = []
+        self._protocol: SSHClientTransport | None = None
+        self._connection: ShareConnection | None = None
+        self._forwards: list[Listener] = []
         self._previousPorts: dict[ForwardSpec, int] = {}
-        self._sessionKey: Any = None
-        self._mount: Any = None
+        self._sessionKey: InstalledSessionKey | None = None
+        self._mount: RemoteMount | None = None
         self._everUp = False
         self._attempt = 0
         self._retryAt: float | None = None
@@ -324,12 +166,11 @@ class ShareService(Service):
         self._policy = backoffPolicy(
             initialDelay=options.retryInitialDelay, maxDelay=options.retryMaxDelay
         )
-        self._connectOptions: Any = None
-        self._avatar: Any = None
-        self._serveChannel: Any = None
-        self._sessionPrivateKey: Any = None
+        self._connectOptions: ConnectOptions | None = None
+        self._avatar: ShareSFTPServer | None = None
+        #: What serves the channels of our forwards (none for a mount).
+        self._forwardServer: ForwardServer | None = None
         self._sessions = 0
-        self._nestedServer: Any = None
 
     # -- events -----------------------------------------------------------
 
@@ -358,13 +199,11 @@ class ShareService(Service):
                 _log.failure("Event observer {observer!r} failed", observer=observer)
 
     def _clock(self) -> IReactorTime:
-        return self._getReactor()  # type: ignore[no-any-return]
+        clock: IReactorTime = self._getReactor()
+        return clock
 
     def _getReactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = orGlobalReactor(self._reactor)
         return self._reactor
 
     # -- public API -------------------------------------------------------
@@ -443,8 +282,11 @@ class ShareService(Service):
         Whether filesystem calls of the SFTP sessions are running in worker
         threads (or waiting for one).
         """
+        # The one place the service looks into the SFTP layer's execution
+        # engine: the avatar's "workers" is being redefined (issue 13, item
+        # 2, the execution seam); this follows whatever it becomes.
         workers = getattr(self._avatar, "workers", None)
-        return workers is not None and workers.busy()
+        return workers is not None and bool(workers.busy())
 
     def status(self) -> dict[str, Any]:
         """
@@ -461,12 +303,11 @@ class ShareService(Service):
         """
         bytesIn, bytesOut = self._closedBytes
         channels = 0
-        group = self._group()
-        if group is not None:
-            for channel in group:
+        if self._connection is not None:
+            for channel in self._connection.group:
                 channels += 1
-                bytesIn += getattr(channel, "bytesIn", 0)
-                bytesOut += getattr(channel, "bytesOut", 0)
+                bytesIn += channel.bytesIn
+                bytesOut += channel.bytesOut
         retryIn = None
         if self._state == "reconnecting" and self._retryAt is not None:
             retryIn = max(0.0, self._retryAt - self._clock().seconds())
@@ -482,7 +323,7 @@ class ShareService(Service):
             "retry_in": retryIn,
             "destination": self.destination,
             "pid": os.getpid(),
-            "remote_path": getattr(self._mount, "remotePath", None),
+            "remote_path": None if self._mount is None else self._mount.remotePath,
             "error": None if self.error is None else str(self.error),
         }
 
@@ -508,7 +349,8 @@ class ShareService(Service):
 
     def _makeClientService(self) -> ClientService:
         from conchshare.tunnel import sshconfig
-        from conchshare.tunnel.client import SSHClientFactory, sshEndpoint
+        from conchshare.tunnel.client import SSHClientFactory
+        from conchshare.tunnel.endpoint import sshEndpoint
 
         reactor = self._getReactor()
         options = self.options
@@ -522,11 +364,11 @@ class ShareService(Service):
         )
         self._avatar = self._makeAvatar()
         if options.forwards():
-            self._serveChannel = self._protocolFactory()
-        endpoint = _FailureRecordingEndpoint(
+            self._forwardServer = self._makeForwardServer()
+        endpoint = FailureRecordingEndpoint(
             sshEndpoint(reactor, self._connectOptions), self._connectFailed
         )
-        factory = _LossReportingFactory(
+        factory = LossReportingFactory(
             SSHClientFactory(self._connectOptions, self._buildConnection, reactor=reactor),
             self._connectionLost,
         )
@@ -538,7 +380,7 @@ class ShareService(Service):
             prepareConnection=self._connectionMade,
         )
 
-    def _makeAvatar(self) -> Any:
+    def _makeAvatar(self) -> ShareSFTPServer:
         """
         The SFTP avatar serving every channel (shared by every connection).
         """
@@ -547,7 +389,7 @@ class ShareService(Service):
         reactor = self._getReactor()
         avatar = ShareSFTPServer(self.shares, umask=self.options.umask, reactor=reactor)
 
-        def moved(share: Any, message: str) -> None:
+        def moved(share: object, message: str) -> None:
             # Noticed in a worker thread: the event is emitted in the
             # reactor's; the service goes on serving the other shares.
             reactor.callFromThread(self._emit, "error", message=message)
@@ -555,64 +397,50 @@ class ShareService(Service):
         avatar.filesystem.shareMoved = moved
         return avatar
 
-    def _protocolFactory(self) -> Any:
+    def _makeForwardServer(self) -> ForwardServer:
         """
-        What serves one forwarded channel in the endpoint mode.
+        What serves our forwards' channels in the endpoint mode: SFTP
+        sessions on the shared avatar, straight on each channel (C{raw}) or
+        in the nested SSH server (C{ssh}: its host key loaded, or created
+        where C{--host-key} says, the authorized keys and the session key).
         """
         from conchshare.sftp.protocol import SFTPServerProtocol
 
         avatar = self._avatar
-        if self.options.effectiveMode() == "raw":
-            return lambda: SFTPServerProtocol(self._sessionAvatar(avatar))
-        return self._nestedServerFactory(avatar)
+        assert avatar is not None
+        return ForwardServer.fromFiles(
+            self.options.effectiveMode(),
+            lambda: SFTPServerProtocol(self._sessionAvatar(avatar)),
+            hostKeyPath=self.options.hostKey,
+            authorizedKeysPath=self.options.authorizedKeys,
+            withSessionKey=self.options.wantsSessionKey(),
+            reactor=self._getReactor(),
+        )
 
-    def _sessionAvatar(self, avatar: Any) -> Any:
+    def _protocolFactory(self) -> Callable[[], IProtocol]:
+        """
+        What serves one forwarded channel in the endpoint mode.
+        """
+        return self._makeForwardServer().buildProtocol
+
+    def _sessionAvatar(self, avatar: ShareSFTPServer) -> ShareSFTPServer | AuditingAvatar:
         """
         The avatar one SFTP session uses: the shared avatar's view for one
         connection (its requests are ordered among themselves only); with
         C{verbose}, one that logs every request (L{AuditingAvatar}).
         """
-        avatar = avatar.forConnection()
+        view = avatar.forConnection()
         if not self.options.verbose:
-            return avatar
+            return view
         self._sessions += 1
-        return AuditingAvatar(avatar, f"session {self._sessions}")
+        return AuditingAvatar(view, f"session {self._sessions}")
 
-    def _nestedServerFactory(self, avatar: Any) -> Any:
-        """
-        The nested SSH server of the C{ssh} mode: its host key (loaded, or
-        created where C{--host-key} says), the authorized keys and the
-        session key.
-        """
-        from conchshare.sftp.protocol import SFTPServerProtocol
-        from conchshare.tunnel import nested, sessionkey
-
-        hostKey = nested.loadOrCreateHostKey(self.options.hostKey)
-        authorized = []
-        if self.options.authorizedKeys is not None:
-            authorized.extend(nested.readAuthorizedKeys(self.options.authorizedKeys))
-        if self.options.wantsSessionKey():
-            self._sessionPrivateKey = sessionkey.generateSessionKey()
-            authorized.append(self._sessionPrivateKey.public())
-        self._nestedServer = nested.NestedSSHServer(
-            hostKey,
-            authorized,
-            lambda: SFTPServerProtocol(self._sessionAvatar(avatar)),
-            reactor=self._getReactor(),
-        )
-        return self._nestedServer.buildProtocol
-
-    def _buildConnection(self) -> Any:
+    def _buildConnection(self) -> ShareConnection:
         from conchshare.tunnel.connection import ShareConnection
 
         connection = ShareConnection(reactor=self._getReactor())
         connection.addObserver(self._connectionEvent)
         return connection
-
-    def _group(self) -> Any:
-        if self._connection is None:
-            return None
-        return getattr(self._connection, "group", None)
 
     def _connectionEvent(self, event: Event) -> None:
         """
@@ -626,7 +454,7 @@ class ShareService(Service):
     def _connectFailed(self, failure: Failure) -> None:
         self._lastReason = str(asConchShareError(failure))
 
-    def _connectionLost(self, protocol: Any, reason: Failure) -> None:
+    def _connectionLost(self, protocol: SSHClientTransport, reason: Failure) -> None:
         if protocol is not self._protocol:
             return
         self._protocol = None
@@ -635,42 +463,48 @@ class ShareService(Service):
         if self._setupError is None:
             # The transport's own sentence when it ended the connection (a
             # dead peer: keep-alives unanswered), not how the socket closed.
-            failure = getattr(protocol, "failure", None)
+            failure = protocol.failure
             self._lastReason = str(
                 failure if isinstance(failure, ConchShareError) else asConchShareError(reason)
             )
 
-    def _connectionMade(self, protocol: Any) -> None:
+    def _connectionMade(self, proxy: IProtocol) -> None:
         """
         C{prepareConnection} of the L{ClientService}: start setting the
         connection up, asynchronously.  It never fails: a failure drops the
         connection (see the module docstring), which is how ClientService
         learns to retry.
         """
-        # ClientService hands us its proxy around ours.
-        protocol = getattr(protocol, "_protocol", protocol)
+        # ClientService hands us its proxy around our LossReportingProtocol;
+        # both pass attribute reads on to what they wrap.
+        protocol = cast("LossReportingProtocol[SSHClientTransport]", proxy).wrapped
         self._protocol = protocol
         self._setupError = None
         d = Deferred.fromCoroutine(self._setUp(protocol))
         d.addErrback(self._setUpFailed, protocol)
 
-    async def _setUp(self, protocol: Any) -> None:
-        connection = await protocol.whenReady()
+    async def _setUp(self, protocol: SSHClientTransport) -> None:
+        from conchshare.tunnel.connection import ShareConnection
+
+        ready = await protocol.whenReady()
+        assert isinstance(ready, ShareConnection)  # from _buildConnection
+        connection = ready
         if self._stopping is not None or protocol is not self._protocol:
             return
         self._connection = connection
         options = self._connectOptions
+        assert options is not None
         self._state = "connected"
         self._emit(
             "connected",
             host=options.host,
             port=options.port,
             user=options.user,
-            host_key=getattr(protocol, "hostKeyFingerprint", None),
+            host_key=protocol.hostKeyFingerprint,
         )
         if self._paused:
             connection.group.pause()
-        forwards: list[Any] = []
+        forwards: list[Listener] = []
         for spec in self.options.forwards():
             forwards.append(await self._requestForward(connection, spec))
             self._forwards = list(forwards)
@@ -687,7 +521,7 @@ class ShareService(Service):
         for w in waiters:
             w.callback(listeners)
 
-    def _allForwards(self) -> list[Any]:
+    def _allForwards(self) -> list[Listener]:
         """
         The granted listeners: ours, and the remote mount's.
         """
@@ -699,32 +533,24 @@ class ShareService(Service):
             (f.socketPath or "") if f.isUnix else (f.address, f.port) for f in self._allForwards()
         ]
 
-    async def _requestForward(self, connection: Any, spec: ForwardSpec) -> Any:
+    async def _requestForward(self, connection: ShareConnection, spec: ForwardSpec) -> Listener:
         """
         Request one forward; on a reconnect, the port allocated before first.
 
         @return: the granted L{conchshare.tunnel.connection.Listener}.
         @raise ForwardRefused: the server refused it.
         """
-        from conchshare.tunnel.connection import Listener
-
-        mode = self.options.effectiveMode()
+        server = self._forwardServer
+        assert server is not None
         if spec.socket is not None:
-            listener = Listener(
-                mode=mode,
-                protocolFactory=self._serveChannel,
-                socketPath=spec.socket or None,
-                streamlocal=True,
-            )
+            listener = server.listener(socketPath=spec.socket or None, streamlocal=True)
             return await connection.requestForward(listener)
         ports = [spec.port]
         previous = self._previousPorts.get(spec)
         if previous is not None and previous != spec.port:
             ports.insert(0, previous)
         for index, port in enumerate(ports):
-            listener = Listener(
-                mode=mode, protocolFactory=self._serveChannel, address=spec.address, port=port
-            )
+            listener = server.listener(address=spec.address, port=port)
             try:
                 granted = await connection.requestForward(listener)
             except ForwardRefused:
@@ -735,18 +561,14 @@ class ShareService(Service):
             return granted
         raise AssertionError("unreachable")
 
-    async def _installSessionKey(self, connection: Any) -> None:
-        from conchshare.tunnel import sessionkey
-
+    async def _installSessionKey(self, connection: ShareConnection) -> None:
         tcp = [f for f in self._forwards if not f.isUnix]
-        if not tcp or self._sessionPrivateKey is None:
+        server = self._forwardServer
+        if not tcp or server is None or server.sessionKey is None:
             return
-        installed = await sessionkey.installSessionKey(
-            connection,
-            self._sessionPrivateKey,
-            self._nestedServer.hostKey,
-            tcp[0].port,
-            self._connectOptions.user,
+        assert self._connectOptions is not None
+        installed = await server.installSessionKey(
+            connection, tcp[0].port, self._connectOptions.user
         )
         previous, self._sessionKey = self._sessionKey, installed
         if previous is not None and previous.directory != installed.directory:
@@ -760,18 +582,20 @@ class ShareService(Service):
         home = self.shares.home.decode("utf-8", "surrogateescape")
         self._emit("session-key", **installed.event(remotePath=home))
 
-    async def _startMount(self, connection: Any) -> None:
+    async def _startMount(self, connection: ShareConnection) -> None:
         from conchshare.mount import RemoteMount
 
         if self._mount is None:
             assert self.options.mountAt is not None
+            avatar = self._avatar
+            assert avatar is not None
             self._mount = RemoteMount(
                 connection,
                 self.shares,
                 self.options.mountAt,
                 via=self.options.mountVia,
                 reactor=self._getReactor(),
-                avatarFactory=lambda shares: self._sessionAvatar(self._avatar),
+                avatarFactory=lambda shares: self._sessionAvatar(avatar),
                 hostKey=self._mountHostKey(),
                 authorizedKeys=self._mountAuthorizedKeys(),
                 observer=self._publish,
@@ -781,21 +605,21 @@ class ShareService(Service):
         else:
             await self._mount.remount(connection)
 
-    def _mountHostKey(self) -> Any:
+    def _mountHostKey(self) -> Key | None:
         if self.options.mountVia != "ssh" or self.options.hostKey is None:
             return None
         from conchshare.tunnel.nested import loadOrCreateHostKey
 
         return loadOrCreateHostKey(self.options.hostKey)
 
-    def _mountAuthorizedKeys(self) -> list[Any]:
+    def _mountAuthorizedKeys(self) -> list[Key]:
         if self.options.mountVia != "ssh" or self.options.authorizedKeys is None:
             return []
         from conchshare.tunnel.nested import readAuthorizedKeys
 
         return readAuthorizedKeys(self.options.authorizedKeys)
 
-    def _setUpFailed(self, failure: Failure, protocol: Any) -> None:
+    def _setUpFailed(self, failure: Failure, protocol: SSHClientTransport) -> None:
         if protocol is not self._protocol or self._stopping is not None:
             return
         if not failure.check(ConchShareError, ConnectError, ConnectionDone, ConnectionLost):
@@ -808,9 +632,8 @@ class ShareService(Service):
             self._fatal(error)
             return
         _log.warn("Setting the connection up failed: {error}", error=str(error))
-        transport = getattr(protocol, "transport", None)
-        if transport is not None:
-            transport.loseConnection()
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
 
     def _retryDelay(self, failedAttempts: int) -> float:
         """
@@ -883,7 +706,12 @@ class ShareService(Service):
         self._stopping.addBoth(done)
         return d
 
-    async def _step(self, what: str, action: Any, extra: float = 0.0) -> None:
+    async def _step(
+        self,
+        what: str,
+        action: Callable[[], Deferred[Any] | Coroutine[Any, Any, Any] | None],
+        extra: float = 0.0,
+    ) -> None:
         try:
             d = action()
             if d is None:
@@ -926,169 +754,3 @@ class ShareService(Service):
                 s.errback(error)
             else:
                 s.callback(None)
-
-
-#: Avatar methods logged by L{AuditingAvatar}: those that name paths.
-_AUDITED = frozenset(
-    {
-        "openFile",
-        "removeFile",
-        "renameFile",
-        "makeDirectory",
-        "removeDirectory",
-        "openDirectory",
-        "getAttrs",
-        "setAttrs",
-        "readLink",
-        "makeLink",
-        "realPath",
-        "posixRename",
-        "statVFS",
-        "hardLink",
-        "lsetStat",
-        "expandPath",
-        "copyData",
-    }
-)
-
-_audit = Logger(namespace="conchshare.audit")
-
-#: Characters a client could use to forge or hide audit lines: C1 controls
-#: and the Unicode line and paragraph separators (str.splitlines() breaks
-#: lines at them).
-_AUDIT_ESCAPED_UNICODE = frozenset(chr(c) for c in range(0x80, 0xA0)) | {"\u2028", "\u2029"}
-
-
-def auditText(value: bytes | str) -> str:
-    """
-    A client-supplied string as the audit log shows it: on one line and
-    unambiguous.  C{\\}, bytes below 0x20, 0x7f, bytes that are not UTF-8,
-    C1 controls and U+2028/U+2029 are written as C{\\xNN} (one per byte
-    of their UTF-8 form); everything else is kept.
-    """
-    if isinstance(value, bytes):
-        raw = value
-    else:
-        # Undecodable bytes come back as they were (surrogateescape); any
-        # other lone surrogate as its (invalid) UTF-8 bytes.
-        raw = b"".join(
-            c.encode("utf-8", "surrogateescape" if "\udc80" <= c <= "\udcff" else "surrogatepass")
-            for c in value
-        )
-    out = []
-    for char in raw.decode("utf-8", "surrogateescape"):
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == "\\" or code < 0x20 or code == 0x7F or char in _AUDIT_ESCAPED_UNICODE:
-            out.append("".join(f"\\x{b:02x}" for b in char.encode("utf-8")))
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-class AuditingAvatar:
-    """
-    Wraps a share avatar and logs each request that names a path (the
-    audit trail of C{-v}), at info level in the C{conchshare.audit}
-    namespace: session, operation, virtual paths, result.  File contents
-    are never logged; what the client sent is escaped (L{auditText}).  It provides the interfaces the avatar provides.
-    """
-
-    def __init__(self, avatar: Any, session: str) -> None:
-        self._avatar = avatar
-        self._session = session
-        directlyProvides(self, providedBy(avatar))
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._avatar, name)
-        if name not in _AUDITED or not callable(attribute):
-            return attribute
-
-        def audited(*args: Any, **kwargs: Any) -> Any:
-            paths = " ".join(auditText(a) for a in args if isinstance(a, bytes))
-            d: Deferred[Any] = maybeDeferred(attribute, *args, **kwargs)
-
-            def ok(result: object) -> object:
-                _audit.info(
-                    "{session}: {operation} {paths} -> ok",
-                    session=self._session,
-                    operation=name,
-                    paths=paths,
-                )
-                return result
-
-            def failed(reason: Failure) -> Failure:
-                _audit.info(
-                    "{session}: {operation} {paths} -> {error}",
-                    session=self._session,
-                    operation=name,
-                    paths=paths,
-                    # The message may quote the client's path.
-                    error=f"{type(reason.value).__name__}: {auditText(reason.getErrorMessage())}",
-                )
-                return reason
-
-            return d.addCallbacks(ok, failed)
-
-        return audited
-
-
-@implementer(IStreamClientEndpoint)
-class _FailureRecordingEndpoint:
-    """
-    Wraps the SSH endpoint to remember why a connection attempt failed.
-    """
-
-    def __init__(self, endpoint: Any, onFailure: Any) -> None:
-        self._endpoint = endpoint
-        self._onFailure = onFailure
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self._endpoint.connect(factory)
-
-        def failed(f: Failure) -> Failure:
-            self._onFailure(f)
-            return f
-
-        return d.addErrback(failed)
-
-
-@implementer(IProtocol)
-class _LossReportingProtocol:
-    """
-    A protocol proxy that reports C{connectionLost} after the protocol saw it.
-    """
-
-    def __init__(self, protocol: Any, onLost: Any) -> None:
-        self._protocol = protocol
-        self._onLost = onLost
-
-    def makeConnection(self, transport: Any) -> None:
-        self.transport = transport
-        self._protocol.makeConnection(transport)
-
-    def connectionLost(self, reason: Failure) -> None:
-        try:
-            self._protocol.connectionLost(reason)
-        finally:
-            self._onLost(self, reason)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._protocol, name)
-
-
-@implementer(IProtocolFactory)
-class _LossReportingFactory:
-    def __init__(self, factory: Any, onLost: Any) -> None:
-        self._factory = factory
-        self._onLost = onLost
-
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = self._factory.buildProtocol(addr)
-        if protocol is None:
-            return None
-        return _LossReportingProtocol(protocol, self._onLost)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory, name)

@@ -6,36 +6,44 @@ next request (LOOKUP, OPEN, FSTAT, WRITE, SETSTAT, ...), and the next one
 comes back through the tunnel a few hundred microseconds later.  A reactor
 that blocked in C{epoll_wait} meanwhile is woken by the kernel, which on a
 virtual machine means waking an idle virtual CPU and reloading the
-interpreter's caches: measured on a two-CPU VM, an sshfs untar of 2,000
-files through a raw-mode tunnel took 3.8 s with a reactor that sleeps at
-once and 2.1-2.9 s with one that polls for 100-200 µs first (OpenSSH's
-reference: 1.3-1.7 s in the same runs).
+interpreter's caches (figures: C{bench/README.md}).
 
 The reactor polls only while a filesystem call it handed to a worker
 thread is not running: a reactor thread spinning for Python's global
-interpreter lock would slow down the very call it waits for (measured:
-polling regardless made the same untar slower, 5.1 s).  And only right
-after activity (L{ACTIVE}): an idle tunnel's reactor sleeps as usual.  The
-cost is at most L{SPIN} of CPU time per wake-up of the reactor.
+interpreter lock would slow down the very call it waits for.  And only
+right after activity (L{ACTIVE}): an idle tunnel's reactor sleeps as usual.
+The cost is at most L{SPIN} of CPU time per wake-up of the reactor.  Only
+where the process may run on two CPUs or more (L{worthSpinning}): on one,
+polling takes the CPU from the client's side of the round trip.
 
-Only the C{epoll} reactor (Linux) is changed; any other is left as it is;
-and only where the process may run on two CPUs or more: on one, polling
-takes the CPU from the client's side of the round trip (the same untar,
-everything on one CPU: 1.26 s sleeping at once, 1.54 s polling).
+The reactor that does it is L{conchshare.spinreactor.SpinningEPollReactor}
+(Twisted's epoll reactor with its public C{doPoll} overridden), installed
+by the C{conchshare} commands (L{conchshare.command.commandReactor}), by
+C{twistd --reactor=conchshare-epoll}, or by an embedding program with
+L{conchshare.spinreactor.install}.  L{spinBeforeSleeping} turns it on for a
+service; any other reactor is left as it is.  The switch
+C{CONCHSHARE_REACTOR_POLL=0} (L{conchshare.switches}) turns it off.
+
+This module imports no Twisted (C{conchshare sftp-server} reads
+L{worthSpinning} from it).
 """
 
 from __future__ import annotations
 
 import os
-import select
+import warnings
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from conchshare.switches import switchedOn
 
 __all__ = [
     "ACTIVE",
     "SPIN",
-    "SpinningPoller",
+    "Spinner",
+    "PollingReactor",
+    "isSpinningReactor",
     "spinBeforeSleeping",
     "stopSpinning",
     "worthSpinning",
@@ -46,6 +54,9 @@ SPIN = 0.0002
 
 #: Poll only if descriptors were ready this recently (seconds).
 ACTIVE = 0.01
+
+#: The switch of L{conchshare.switches} that governs this module.
+SWITCH = "CONCHSHARE_REACTOR_POLL"
 
 
 def worthSpinning() -> bool:
@@ -60,41 +71,42 @@ def worthSpinning() -> bool:
         return (os.cpu_count() or 1) > 1
 
 
-class SpinningPoller:
+class Spinner:
     """
-    An C{epoll} object whose blocking L{poll} first polls without waiting,
-    for up to C{spin} seconds, when descriptors were ready lately and
-    C{busy()} is false.  Everything else goes to the wrapped object.
+    When to poll without waiting before a blocking poll: for up to C{spin}
+    seconds, when descriptors were ready lately and C{busy()} is false.
+    Pure policy: the polling itself is a function it is given.
     """
 
     def __init__(
         self,
-        poller: Any,
         busy: Callable[[], bool],
         spin: float = SPIN,
         clock: Callable[[], float] = monotonic,
     ) -> None:
         """
-        @param poller: the reactor's C{select.epoll}.
         @param busy: whether work handed to other threads is running (then
             sleep at once: they need the interpreter lock).
         @param spin: how long to poll before sleeping (seconds).
         @param clock: a monotonic clock.
         """
-        self.poller = poller
         self._busy = busy
         self._spin = spin
         self._clock = clock
         self._lastReady = float("-inf")
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.poller, name)
+    def poll(
+        self, poll: Callable[[float, int], list[tuple[int, int]]], timeout: float, maxevents: int
+    ) -> list[tuple[int, int]]:
+        """
+        Like C{poll(timeout, maxevents)} (C{select.epoll.poll}: a negative
+        C{timeout} waits without limit, 0 does not wait), which it calls:
+        after recent activity, and while not busy, a poll that may wait is
+        first made with timeout 0 until something is ready or C{spin}
+        seconds have passed, then with what is left of C{timeout}.
 
-    def poll(self, timeout: float = -1, maxevents: int = -1) -> Any:
+        @return: what the last C{poll} call returned.
         """
-        Like C{select.epoll.poll}.
-        """
-        poll = self.poller.poll
         clock = self._clock
         if timeout != 0:
             started = clock()
@@ -107,7 +119,7 @@ class SpinningPoller:
                         self._lastReady = clock()
                         return events
                     now = clock()
-                if timeout is not None and timeout > 0:
+                if timeout > 0:
                     timeout = max(0.0, timeout - (now - started))
         events = poll(timeout, maxevents)
         if events:
@@ -115,32 +127,76 @@ class SpinningPoller:
         return events
 
 
+@runtime_checkable
+class PollingReactor(Protocol):
+    """
+    A reactor that can poll before it sleeps: conchshare's
+    (L{conchshare.spinreactor.SpinningEPollReactor}).  A protocol, so that
+    this module need not import the reactor (nor Twisted).
+    """
+
+    def pollBeforeSleeping(
+        self, busy: Callable[[], bool], spin: float = ..., clock: Callable[[], float] = ...
+    ) -> Spinner:
+        """
+        Poll for C{spin} seconds before sleeping, while C{busy()}.
+        """
+
+    def sleepAtOnce(self) -> None:
+        """
+        Sleep at once again.
+        """
+
+
+def isSpinningReactor(reactor: object) -> bool:
+    """
+    Whether C{reactor} is conchshare's polling reactor
+    (L{conchshare.spinreactor.SpinningEPollReactor}).
+    """
+    return isinstance(reactor, PollingReactor)
+
+
 def spinBeforeSleeping(
     reactor: Any, busy: Callable[[], bool], spin: float = SPIN
-) -> SpinningPoller | None:
+) -> Spinner | None:
     """
-    Make C{reactor}, if it is Twisted's C{epoll} reactor, poll for C{spin}
-    seconds before it sleeps (see the module docstring).  Call it before
-    the reactor runs, in a program that owns its reactor (the C{conchshare}
-    command, not a library user's program).
+    Make C{reactor}, if it is conchshare's polling reactor (see the module
+    docstring), poll for C{spin} seconds before it sleeps.  Call it before
+    the reactor runs, in a program that owns its reactor.
 
-    @param busy: see L{SpinningPoller}.
-    @return: the poller now in use, or L{None} if the reactor is another
-        (or polling cannot pay here: L{worthSpinning}).
+    Twisted's own epoll reactor is no longer changed (that wrote one of its
+    private attributes): it is left as it is, with a C{DeprecationWarning}
+    that says how to install conchshare's instead.
+
+    @param busy: see L{Spinner}.
+    @return: the L{Spinner} now in use, or L{None} if the reactor is
+        another, polling cannot pay here (L{worthSpinning}), or the switch
+        C{CONCHSHARE_REACTOR_POLL} is off.
     """
-    poller = getattr(reactor, "_poller", None)
-    epoll = getattr(select, "epoll", None)
-    if epoll is None or not isinstance(poller, epoll) or not worthSpinning():
+    if not switchedOn(SWITCH) or not worthSpinning():
         return None
-    spinning = SpinningPoller(poller, busy, spin)
-    reactor._poller = spinning
-    return spinning
+    if isSpinningReactor(reactor):
+        spinner: Spinner = reactor.pollBeforeSleeping(busy, spin)
+        return spinner
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:
+        return None
+    if isinstance(reactor, EPollReactor):
+        warnings.warn(
+            "conchshare.spin.spinBeforeSleeping no longer changes Twisted's own "
+            "epoll reactor, which now sleeps at once: install conchshare's with "
+            "conchshare.spinreactor.install() before twisted.internet.reactor is "
+            "imported (twistd: --reactor=conchshare-epoll)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return None
 
 
 def stopSpinning(reactor: Any) -> None:
     """
     Undo L{spinBeforeSleeping}: C{reactor} sleeps at once again.
     """
-    poller = getattr(reactor, "_poller", None)
-    if isinstance(poller, SpinningPoller):
-        reactor._poller = poller.poller
+    if isSpinningReactor(reactor):
+        reactor.sleepAtOnce()

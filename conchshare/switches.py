@@ -41,6 +41,26 @@ SWITCHES: dict[str, Switch] = {
             "io_uring for create, write, close and stat; 0: worker threads only.",
         ),
         Switch(
+            "CONCHSHARE_REACTOR_POLL",
+            "1",
+            "The reactor of the conchshare commands polls its descriptors for "
+            "up to 200 µs before it sleeps, after activity (conchshare.spin); "
+            "0: Twisted's epoll reactor, sleeping at once.",
+        ),
+        Switch(
+            "CONCHSHARE_WORKERS_WAIT",
+            "1",
+            "After handing calls to worker threads, the reactor thread waits up "
+            "to 300 µs for them (Workers.waitBriefly); 0: it goes back to the "
+            "reactor at once.",
+        ),
+        Switch(
+            "CONCHSHARE_THREADED_WAIT",
+            "1",
+            "conchshare sftp-server's reading thread polls stdin for up to 100 "
+            "µs before it blocks in read (ThreadedServer); 0: it blocks at once.",
+        ),
+        Switch(
             "CONCHSHARE_PORTABLE_FS",
             "0",
             "1: none of the Linux-only file system calls (openat2, statx, "

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
 from conchshare.spin import worthSpinning
+from conchshare.switches import switchedOn
 
 __all__ = ["READ_SIZE", "ThreadedServer"]
 
@@ -107,7 +108,8 @@ class ThreadedServer:
             polling for 100 µs first (OpenSSH's sftp-server: 0.7-1.0 s).
             The cost is at most C{spin} of CPU time per request.  Default:
             L{SPIN} where the process may run on two CPUs or more, 0 on
-            one (see L{conchshare.spin.worthSpinning}).
+            one (see L{conchshare.spin.worthSpinning}) or with the switch
+            C{CONCHSHARE_THREADED_WAIT=0}.
         """
         self._input = inputFd
         self._output = outputFd
@@ -134,7 +136,8 @@ class ThreadedServer:
         self._outputGone = False
         self._finished = threading.Event()
         if spin is None:
-            spin = SPIN if worthSpinning() else 0.0
+            # Off (CONCHSHARE_THREADED_WAIT=0): block in read at once.
+            spin = SPIN if worthSpinning() and switchedOn("CONCHSHARE_THREADED_WAIT") else 0.0
         self._spin = spin
         # Where stdin is read: WRITE data is kept there (see _freshBuffer).
         self._buffer = bytearray(READ_SIZE)

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp.ordering import KeyOrder, orderedKeys
+from conchshare.switches import switchedOn
 
 __all__ = [
     "AGAIN",
@@ -312,6 +313,8 @@ class Workers:
         self._between = 0  # awake threads not in a call: they take ready calls
         self._calling = 0
         self._lastCall = 0.0  # how long the last call took (seconds)
+        # Off (CONCHSHARE_WORKERS_WAIT=0): waitBriefly never waits for threads.
+        self._waitForThreads = switchedOn("CONCHSHARE_WORKERS_WAIT")
         self._stopped = False
         self._shutdownTrigger = False
         self._wakeHeldBack = False  # in _holding
@@ -580,7 +583,9 @@ class Workers:
         In the reactor thread: wait up to L{WAIT} seconds for the calls
         handed over so far, and deliver the results that are ready.  While
         calls take much longer than that (a slow disk), it does not wait at
-        all: the reactor is not held up call after call.
+        all: the reactor is not held up call after call.  Nor with the
+        switch C{CONCHSHARE_WORKERS_WAIT=0} (the wait for the ring is
+        L{conchshare.uring.Ring.spin}'s).
         """
         ring = self.ring
         if ring is not None and self._inRing and not (self._ready or self._calling):
@@ -589,7 +594,7 @@ class Workers:
             if ring.spin(self.WAIT, monotonic):
                 ring.doRead()  # its eventfd too: no wake-up for nothing
             return
-        if self._lastCall > 4 * self.WAIT:
+        if not self._waitForThreads or self._lastCall > 4 * self.WAIT:
             return
         if not (self._ready or self._calling or self._done):
             # Nothing handed over (answered inline): nothing to wait for.

@@ -40,7 +40,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.errors import AuthenticationFailed
-from conchshare.tunnel.knownhosts import Prompt, callPrompt, fingerprint, keyTypeName
+from conchshare.reactors import orGlobalReactor
+from conchshare.tunnel.prompt import Prompt, callPrompt, fingerprint, keyTypeName
 from conchshare.tunnel.sshconfig import ConnectOptions, isTerminal
 
 _log = Logger()
@@ -227,12 +228,8 @@ class ShareUserAuthClient(userauth.SSHUserAuthClient):
             passphrase again (in memory only, like ssh-agent).
         """
         super().__init__(options.user.encode("utf-8"), instance)
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
         self.options = options
-        self.reactor = reactor
+        self.reactor = orGlobalReactor(reactor)
         self.prompt = prompt
         self.terminal = terminal
         self.keyCache = keyCache if keyCache is not None else {}

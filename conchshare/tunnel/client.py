@@ -1,5 +1,8 @@
 """
-The outbound SSH connection: transport, factory, endpoint, C{connectSSH}.
+The outbound SSH connection: transport, factory, direct endpoint.
+
+(C{sshEndpoint} and C{connectSSH}, which add C{ProxyJump}, are in
+L{conchshare.tunnel.endpoint}.)
 
 Life of one connection (L{SSHClientTransport}):
   1. TCP (or ProxyCommand, or a ProxyJump channel) is up: C{TCP_NODELAY} on,
@@ -43,7 +46,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,9 +59,11 @@ from conchshare.errors import (
     HostKeyError,
 )
 from conchshare.fdlimit import childLimitCommand
+from conchshare.reactors import orGlobalReactor
 from conchshare.tunnel.auth import ShareUserAuthClient
 from conchshare.tunnel.fastpath import FastTransportMixin, fastCiphers, fastMACs
-from conchshare.tunnel.knownhosts import HostKeyVerifier, Prompt, fingerprint
+from conchshare.tunnel.knownhosts import HostKeyVerifier
+from conchshare.tunnel.prompt import Prompt, fingerprint
 from conchshare.tunnel.sshconfig import ConnectOptions
 
 _log = Logger()
@@ -75,14 +80,6 @@ _HOST_KEY_ORDER = [
     b"rsa-sha2-512",
     b"rsa-sha2-256",
 ]
-
-
-def _defaultReactor(reactor: Any) -> Any:
-    if reactor is None:
-        from twisted.internet import reactor as _reactor
-
-        return _reactor
-    return reactor
 
 
 class _NagleSession(SSHChannel):
@@ -166,7 +163,7 @@ class SSHClientTransport(FastTransportMixin, transport.SSHClientTransport):  # t
         self.connection = connection
         self.keyCache = keyCache if keyCache is not None else {}
         self.verifier = verifier
-        self.reactor = _defaultReactor(reactor)
+        self.reactor = orGlobalReactor(reactor)
         self.prompt = prompt
         self.hostKeyFingerprint: str | None = None
         self.failure: ConchShareError | None = None
@@ -521,7 +518,7 @@ class SSHClientFactory(ClientFactory):
     ) -> None:
         self.options = options
         self.connectionFactory = connectionFactory
-        self.reactor = _defaultReactor(reactor)
+        self.reactor = orGlobalReactor(reactor)
         self.prompt = prompt
         self.verifier = HostKeyVerifier(options, prompt=prompt, reactor=self.reactor)
         # Passphrases are asked once per factory, not once per reconnect.
@@ -583,24 +580,16 @@ class _TranslatingEndpoint:
         return d.addErrback(_translate, self.options, self.via)
 
 
-def sshEndpoint(
-    reactor: Any, options: ConnectOptions, *, prompt: Prompt | None = None
-) -> IStreamClientEndpoint:
+def directEndpoint(reactor: Any, options: ConnectOptions) -> IStreamClientEndpoint:
     """
-    The stream endpoint that reaches C{options.host}'s SSH port: TCP (IPv4
-    or IPv6, C{ConnectTimeout}), a C{ProxyCommand} run by C{/bin/sh -c}
-    (its stdio is the connection), or the C{ProxyJump} hops (each an SSH
-    connection of our own, checked and authenticated, carrying the next in
-    a C{direct-tcpip} channel).
+    The stream endpoint that reaches C{options.host}'s SSH port without a
+    jump host: TCP (IPv4 or IPv6, C{ConnectTimeout}), or a C{ProxyCommand}
+    run by C{/bin/sh -c} (its stdio is the connection).  C{ProxyJump} is
+    L{conchshare.tunnel.endpoint.sshEndpoint}'s.
 
-    Connect failures are L{ConnectionFailed} (or the hop's
-    L{HostKeyError}/L{AuthenticationFailed}).
+    Connect failures are L{ConnectionFailed}.
     """
-    reactor = _defaultReactor(reactor)
-    if options.proxyJump:
-        from conchshare.tunnel.proxy import JumpEndpoint
-
-        return JumpEndpoint(reactor, options, prompt=prompt)
+    reactor = orGlobalReactor(reactor)
     if options.proxyCommand:
         endpoint = ProcessEndpoint(
             reactor,
@@ -617,33 +606,3 @@ def sshEndpoint(
         HostnameEndpoint(reactor, options.host, options.port, timeout=options.connectTimeout),
         options,
     )
-
-
-def connectSSH(
-    options: ConnectOptions,
-    connectionFactory: Callable[[], sshconnection.SSHConnection],
-    *,
-    reactor: Any = None,
-    prompt: Prompt | None = None,
-) -> Deferred[sshconnection.SSHConnection]:
-    """
-    Connect, check the host key, authenticate and start a connection
-    service.
-
-    @param connectionFactory: makes the connection service (e.g.
-        C{ShareConnection}).
-    @return: a Deferred firing with the started connection service (its
-        C{transport} is the L{SSHClientTransport}), or failing with a
-        L{ConchShareError}: L{ConnectionFailed}, L{HostKeyError},
-        L{AuthenticationFailed}.
-    """
-    reactor = _defaultReactor(reactor)
-    factory = SSHClientFactory(options, connectionFactory, reactor=reactor, prompt=prompt)
-    endpoint = sshEndpoint(reactor, options, prompt=prompt)
-    d: Deferred[Any] = endpoint.connect(factory)
-
-    def connected(proto: Protocol) -> Deferred[sshconnection.SSHConnection]:
-        assert isinstance(proto, SSHClientTransport)  # our factory built it
-        return proto.whenReady()
-
-    return d.addCallback(connected)

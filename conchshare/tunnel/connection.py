@@ -39,6 +39,7 @@ from zope.interface import implementer
 
 from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.errors import ConnectionFailed, ForwardRefused
+from conchshare.reactors import orGlobalReactor
 from conchshare.tunnel.channels import (
     TRANSPORT,
     ChannelGroup,
@@ -156,11 +157,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
             (default: the process's, L{processMemoryBudget}).
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as _reactor
-
-            reactor = _reactor
-        self._reactor = reactor
+        self._reactor = orGlobalReactor(reactor)
         self.memoryBudget = memoryBudget if memoryBudget is not None else processMemoryBudget()
         self.group = ChannelGroup()
         self.listeners: list[Listener] = []
@@ -226,6 +223,17 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         d: defer.Deferred[None] = defer.Deferred()
         self._lostWaiters.append(d)
         return d
+
+    def isOpen(self) -> bool:
+        """
+        Whether the connection can still carry a command, a channel or a
+        forward request: not lost, and its SSH transport still connected.
+        (Conch keeps C{transport} set after the connection is lost.)
+        """
+        if self._lost:
+            return False
+        tcp = getattr(self.transport, "transport", None)
+        return tcp is not None and bool(getattr(tcp, "connected", True))
 
     # -- channels ----------------------------------------------------------
 

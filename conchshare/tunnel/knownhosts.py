@@ -35,47 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.conch.ssh.keys import Key
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from conchshare.errors import HostKeyChanged, HostKeyError, HostKeyUnknown
+from conchshare.tunnel.prompt import Prompt, blobFingerprint, callPrompt, fingerprint, keyTypeName
 from conchshare.tunnel.sshconfig import ConnectOptions, _matchPatternList, isTerminal
 
 _log = Logger()
-
-#: Ask a person: C{prompt(text, echo)} returns the answer (or a Deferred
-#: firing with it).  Used for host keys, passphrases and passwords.
-Prompt = Callable[[str, bool], "Deferred[str] | str"]
-
-
-def callPrompt(prompt: Prompt, text: str, echo: bool) -> Deferred[str]:
-    """
-    Call a L{Prompt}; a Deferred firing with its answer or failing with
-    its exception.
-    """
-    try:
-        answer = prompt(text, echo)
-    except Exception:
-        return fail()
-    if isinstance(answer, Deferred):
-        return answer
-    return succeed(answer)
-
-
-def fingerprint(key: Key) -> str:
-    """
-    The OpenSSH C{SHA256:...} fingerprint of a public key.
-    """
-    return _blobFingerprint(key.blob())
-
-
-def keyTypeName(key: Key) -> str:
-    """
-    The key type as C{ssh-keygen -l} names it: C{ED25519}, C{ECDSA}, C{RSA}.
-    """
-    name: str = key.type()
-    return {"EC": "ECDSA", "Ed25519": "ED25519"}.get(name, name.upper())
 
 
 def knownHostsName(hostname: str, port: int) -> str:
@@ -116,7 +84,7 @@ class KnownHostEntry:
         """
         The OpenSSH C{SHA256:...} fingerprint of the recorded key.
         """
-        return _blobFingerprint(self.blob)
+        return blobFingerprint(self.blob)
 
     @property
     def typeName(self) -> str:
@@ -124,11 +92,6 @@ class KnownHostEntry:
         The key type as C{ssh-keygen -l} names it (C{ED25519}, C{DSA}, ...).
         """
         return sshTypeName(self.keyType)
-
-
-def _blobFingerprint(blob: bytes) -> str:
-    digest = hashlib.sha256(blob).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def sshTypeName(keyType: bytes) -> str:

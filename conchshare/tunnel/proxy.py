@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from conchshare.errors import ConchShareError, ConnectionFailed
-from conchshare.tunnel.knownhosts import Prompt
+from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, directEndpoint
+from conchshare.tunnel.prompt import Prompt
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 
 _log = Logger()
@@ -200,8 +201,6 @@ class JumpEndpoint:
         return defer.ensureDeferred(self._connect(protocolFactory))
 
     async def _connect(self, protocolFactory: IProtocolFactory) -> IProtocol:
-        from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, sshEndpoint
-
         hops = self.hopOptions()
         transports: list[SSHClientTransport] = []
 
@@ -215,7 +214,7 @@ class JumpEndpoint:
             for hop in hops:
                 endpoint: IStreamClientEndpoint
                 if connection is None:
-                    endpoint = sshEndpoint(self.reactor, hop, prompt=self.prompt)
+                    endpoint = directEndpoint(self.reactor, hop)
                 else:
                     endpoint = DirectTCPIPEndpoint(
                         connection, hop.host, hop.port, onClose=closeHops

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.ssh import keys
@@ -19,6 +19,9 @@ from twisted.internet import defer
 
 from conchshare.errors import ConchShareError
 from conchshare.tunnel.remote import quote, runRemote
+
+if TYPE_CHECKING:
+    from conchshare.tunnel.connection import ShareConnection
 
 
 def generateSessionKey() -> keys.Key:
@@ -96,7 +99,7 @@ class InstalledSessionKey:
 
 
 def installSessionKey(
-    connection: Any,
+    connection: ShareConnection,
     sessionKey: keys.Key,
     hostKey: keys.Key,
     port: int,
@@ -116,7 +119,7 @@ def installSessionKey(
 
 
 async def _install(
-    connection: Any, sessionKey: keys.Key, hostKey: keys.Key, port: int, user: str
+    connection: ShareConnection, sessionKey: keys.Key, hostKey: keys.Key, port: int, user: str
 ) -> InstalledSessionKey:
     hostLine = f"[127.0.0.1]:{port} {hostKey.public().toString('openssh').decode('ascii')}\n"
     script = (

@@ -26,7 +26,8 @@ from conchshare.errors import (
     HostKeyChanged,
     HostKeyUnknown,
 )
-from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport, sshEndpoint
+from conchshare.tunnel.client import SSHClientFactory, SSHClientTransport
+from conchshare.tunnel.endpoint import sshEndpoint
 from conchshare.tunnel.sshconfig import ConnectOptions, resolve
 from tests.support.sshclient import ClientTestMixin, descendants, runRemote, sshKeygenFingerprint
 from tests.support.sshd import freePort, keygen

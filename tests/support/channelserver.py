@@ -29,16 +29,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("shares", nargs="+")
     args = parser.parse_args(argv)
 
-    from twisted.internet import epollreactor
+    from conchshare.command import commandReactor
+    from conchshare.spin import spinBeforeSleeping
 
-    epollreactor.install()
-    from twisted.internet import reactor as installed
+    # The reactor conchshare share installs (its polling one).
+    reactor: Any = commandReactor()
     from twisted.internet.stdio import StandardIO
 
     from conchshare.service import ShareOptions, ShareService
-    from conchshare.spin import spinBeforeSleeping
 
-    reactor: Any = installed
     # Never started: only its factories of what serves a channel are used.
     service = ShareService(
         "unused.invalid",

@@ -2,7 +2,8 @@
 The engines that run an avatar's calls, set up for a test: a runner that
 holds every call until the test runs it (L{ManualRunner}), C{conchshare
 sftp-server}'s engine on a pair of pipes (L{Served}), and a fresh epoll
-reactor (L{epollReactor}).
+reactor, Twisted's or conchshare's polling one (L{epollReactor},
+L{spinningReactor}).
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def epollReactor(case: SynchronousTestCase) -> Any:
     except ImportError:
         raise SkipTest("No epoll reactor here")
     reactor: Any = EPollReactor()  # type: ignore[no-untyped-call]
+    case.addCleanup(reactor._poller.close)
+    return reactor
+
+
+def spinningReactor(case: SynchronousTestCase) -> Any:
+    """
+    A new (not installed) L{conchshare.spinreactor.SpinningEPollReactor},
+    its poller closed after C{case}; skips C{case} where there is no epoll.
+    """
+    try:
+        from conchshare.spinreactor import SpinningEPollReactor
+    except ImportError:
+        raise SkipTest("No epoll reactor here")
+    reactor: Any = SpinningEPollReactor()
     case.addCleanup(reactor._poller.close)
     return reactor
 

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SkipTest
 from conchshare.errors import (
     ConchShareError,
 )
-from conchshare.tunnel.client import SSHClientTransport, connectSSH
+from conchshare.tunnel.client import SSHClientTransport
+from conchshare.tunnel.endpoint import connectSSH
 from conchshare.tunnel.sshconfig import ConnectOptions
 from tests.support.sshd import ThrowawaySSHD, available
 from tests.support.tunnelhelpers import sshdConnectOptions

@@ -20,8 +20,8 @@ from twisted.trial import unittest
 
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.protocol import SFTPServerProtocol
-from conchshare.tunnel.client import connectSSH
 from conchshare.tunnel.connection import Listener, ShareConnection
+from conchshare.tunnel.endpoint import connectSSH
 from conchshare.tunnel.nested import NestedSSHServer, loadOrCreateHostKey
 from conchshare.tunnel.sessionkey import InstalledSessionKey, generateSessionKey, installSessionKey
 from conchshare.tunnel.sshconfig import ConnectOptions

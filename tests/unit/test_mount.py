@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from conchshare.mount import _words, remoteShellPath
+from conchshare.mount import remoteShellPath
+from conchshare.mountscripts import readRecords as _words
 
 
 class RemoteShellPathTests(unittest.SynchronousTestCase):

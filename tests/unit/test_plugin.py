@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
+from twisted.application.reactors import IReactorInstaller
 from twisted.application.service import IService, IServiceCollection, IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -18,9 +20,13 @@ from conchshare import spin
 from conchshare.command import Options, makeService, makeTwistdService
 from conchshare.control import ControlService
 from conchshare.service import ShareService
-from conchshare.spin import SpinningPoller
+from conchshare.spin import Spinner
+from tests.support import CHECKOUT
 from tests.support.command import TWISTD, WAIT
-from tests.support.engines import epollReactor
+from tests.support.engines import epollReactor, spinningReactor
+
+#: The checkout the tests come from.
+ROOT = CHECKOUT
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -67,23 +73,22 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_spinWhileRunning(self) -> None:
         """
-        The service twistd runs makes its epoll reactor poll before it
-        sleeps while it runs, and undoes that when it stops.
+        The service twistd runs makes conchshare's reactor (C{twistd
+        --reactor=conchshare-epoll}) poll before it sleeps while it runs,
+        and undoes that when it stops.
         """
-        reactor = epollReactor(self)
-        epoll = reactor._poller
+        reactor = spinningReactor(self)
         self.patch(spin, "worthSpinning", lambda: True)
         options = Options()
         options.parseOptions(["share", "--mode", "raw", "h", self.share])
         top = makeTwistdService(options, reactor, spin=True)
-        self.assertIs(reactor._poller, epoll)
+        self.assertIsNone(reactor.spinner)
         spinners = [s for s in top if type(s).__name__ == "_SpinWhileRunning"]
         self.assertEqual(len(spinners), 1)
         spinners[0].startService()
-        self.assertIsInstance(reactor._poller, SpinningPoller)
-        self.assertIs(reactor._poller.poller, epoll)
+        self.assertIsInstance(reactor.spinner, Spinner)
         spinners[0].stopService()
-        self.assertIs(reactor._poller, epoll)
+        self.assertIsNone(reactor.spinner)
         # Without spin (embedding programs, tests): nothing of the kind.
         self.assertFalse(
             [
@@ -92,6 +97,46 @@ class MakeServiceTests(SynchronousTestCase):
                 if type(s).__name__ == "_SpinWhileRunning"
             ]
         )
+
+    def test_twistdDefaultReactorLeftAlone(self) -> None:
+        """
+        twistd's default (Twisted's epoll) reactor is left as it is, without
+        a warning.
+        """
+        reactor = epollReactor(self)
+        epoll = reactor._poller
+        self.patch(spin, "worthSpinning", lambda: True)
+        options = Options()
+        options.parseOptions(["share", "--mode", "raw", "h", self.share])
+        top = makeTwistdService(options, reactor, spin=True)
+        [spinner] = [s for s in top if type(s).__name__ == "_SpinWhileRunning"]
+        spinner.startService()
+        spinner.stopService()
+        self.assertIs(reactor._poller, epoll)
+        self.assertEqual(self.flushWarnings(), [])
+
+    def test_reactorPlugin(self) -> None:
+        """
+        twistd finds the C{conchshare-epoll} reactor, and installing it (as
+        C{twistd --reactor=conchshare-epoll} does) installs conchshare's
+        polling reactor.
+        """
+        installers = {p.shortName: p for p in getPlugins(IReactorInstaller)}
+        self.assertIn("conchshare-epoll", installers)
+        self.assertEqual(installers["conchshare-epoll"].moduleName, "conchshare.spinreactor")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import sys; sys.path.append({ROOT!r});"
+                " from twisted.application.reactors import installReactor;"
+                " print(type(installReactor('conchshare-epoll')).__name__)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual((result.stdout, result.stderr), ("SpinningEPollReactor\n", ""))
 
     def test_usageErrors(self) -> None:
         """

@@ -175,3 +175,31 @@ class ServiceWithoutConnectionTests(SynchronousTestCase):
         error = asConchShareError(ConnectionRefusedError())
         self.assertIsInstance(error, ConnectionFailed)
         self.assertTrue(str(error).endswith("."))
+
+
+class NoReactorInstalledTests(SynchronousTestCase):
+    """
+    Building a L{ShareService} with no reactor installs none: a program
+    embedding it may still install the reactor it wants until it starts
+    the service.
+    """
+
+    def test_buildingInstallsNoReactor(self) -> None:
+        import subprocess
+        import sys
+
+        folder = self.mktemp()
+        os.mkdir(folder)
+        code = (
+            "import sys\n"
+            "from conchshare import ShareService\n"
+            f"ShareService('me@example.invalid', [{folder!r}], mode='raw')\n"
+            "print('twisted.internet.reactor' in sys.modules)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "False\n", ""))

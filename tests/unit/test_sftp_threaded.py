@@ -6,6 +6,7 @@ sftp-server}, on real pipes and the real share avatar, in-process.
 from __future__ import annotations
 
 import os
+import select
 import struct
 import threading
 import time
@@ -175,6 +176,57 @@ class SpinTests(SynchronousTestCase):
             self.patch(threaded, "worthSpinning", lambda worth=worth: worth)
             self.assertEqual(ThreadedServer(0, 1)._spin, expected)
         self.assertEqual(ThreadedServer(0, 1, spin=0.5)._spin, 0.5)
+
+    def zeroPolls(self) -> int:
+        """
+        Serve a STAT; how often the reading thread polled stdin without
+        waiting meanwhile.
+        """
+        self.patch(threaded, "worthSpinning", lambda: True)
+        polls: list[CountingPoll] = []
+        real = select.poll
+
+        class CountingPoll:
+            """
+            C{select.poll}, counting the polls that do not wait.
+            """
+
+            def __init__(self) -> None:
+                self.poller = real()
+                self.zeros = 0
+                polls.append(self)
+
+            def register(self, fd: int, mask: int) -> None:
+                self.poller.register(fd, mask)
+
+            def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+                if timeout == 0:
+                    self.zeros += 1
+                return self.poller.poll(timeout)
+
+        self.patch(select, "poll", CountingPoll)
+        served = Served(os.path.realpath(self.mktemp()))
+        self.addCleanup(served.stop)
+        served.send(request(7, 1, s(b"/s/f")))
+        kind, _ = served.receive()
+        self.assertEqual(kind, wire.FXP_ATTRS)
+        [poll] = polls
+        return poll.zeros
+
+    def test_spins(self) -> None:
+        """
+        By default the reading thread polls stdin before it reads.
+        """
+        self.assertGreater(self.zeroPolls(), 0)
+
+    def test_switchOff(self) -> None:
+        """
+        With C{CONCHSHARE_THREADED_WAIT=0} the reading thread never polls
+        stdin before it reads: it blocks in read at once.
+        """
+        self.patch(os, "environ", {**os.environ, "CONCHSHARE_THREADED_WAIT": "0"})
+        self.assertEqual(self.zeroPolls(), 0)
+        self.assertEqual(ThreadedServer(0, 1)._spin, 0.0)
 
 
 class BackpressureTests(SynchronousTestCase):

@@ -236,6 +236,23 @@ class WorkersTests(TestCase):
         gate.set()
         return d
 
+    def test_waitBrieflySwitchOff(self) -> Deferred[Any]:
+        """
+        With C{CONCHSHARE_WORKERS_WAIT=0}, L{Workers.waitBriefly} does not
+        wait for a call handed to a thread: it returns while the call is
+        held, and the result comes through the reactor as usual.
+        """
+        self.patch(os, "environ", {**os.environ, "CONCHSHARE_WORKERS_WAIT": "0"})
+        workers = self.workers()
+        workers.WAIT = 30.0
+        gate = threading.Event()
+        d = workers.run([b"k"], gate.wait, 10)
+        workers.waitBriefly()
+        self.assertNoResult(d)
+        gate.set()
+        d.addCallback(self.assertTrue)
+        return d
+
     def test_batch(self) -> Deferred[Any]:
         """
         Calls that wait behind one another run together through their
