@@ -362,9 +362,8 @@ class WorkersTests(TestCase):
 
 class _Later(RingCall):
     """
-    A call "in the kernel" that reports C{outcome} from the reactor on its
-    next turn, after C{start} returned (or raises, or is refused), noting
-    when it started.
+    A call "in the kernel" that reports C{outcome} from the reactor a
+    little later (or raises, or is refused), noting when it started.
     """
 
     def __init__(self, log: list[str], name: str, outcome: Any, *, refuse: bool = False) -> None:
@@ -548,7 +547,7 @@ class _Keeping(RingCall):
     """
     A call "in the kernel" that keeps its data and its report while it
     runs, as the calls of L{conchshare.confined} do, and reports success
-    from the reactor on its next turn.
+    from the reactor a little later.
     """
 
     def __init__(self, data: Any) -> None:
