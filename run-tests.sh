@@ -2,10 +2,15 @@
 # Install what the tests need on a clean Debian machine, then run the tests
 # with trial, warnings as errors, each time in a FRESH virtual environment
 # holding the package as a user installs it (pip install ., not editable):
-#   1. every test, with the newest dependency versions a user gets;
-#   2. the fast tests (no sshd, no sshfs) with the lowest versions
-#      pyproject.toml allows (tests/constraints-lowest.txt).
-# Ends with a plain tally line of both runs: "N passed, N failed, N skipped".
+#   1. the unit tests (tests/unit: no sshd, no FUSE, no OpenSSH client or
+#      server), then the end-to-end tests (tests/e2e: a throwaway sshd,
+#      OpenSSH's sftp and sftp-server, sshfs), with the newest dependency
+#      versions a user gets;
+#   2. the unit tests with the lowest versions pyproject.toml allows
+#      (tests/constraints-lowest.txt);
+#   3. the unit tests with CONCHSHARE_PORTABLE_FS=1 (the file system layer
+#      without its Linux-only calls, as on macOS or an old kernel).
+# Ends with a plain tally line of every run: "N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,18 +21,6 @@ $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
     openssh-client openssh-server openssh-sftp-server sshfs fuse3 socat procps \
     python3-venv
-
-# The tests that start no sshd and no sshfs: quick, and what the lowest
-# dependency versions are checked with.
-FAST_TESTS=(
-    tests.test_audit tests.test_avatar tests.test_channels tests.test_cli
-    tests.test_client_auth tests.test_command tests.test_confined tests.test_control
-    tests.test_depwarnings tests.test_destination tests.test_events tests.test_fuzz_sftp
-    tests.test_knownhosts tests.test_nested tests.test_service tests.test_sftp_core
-    tests.test_sftp_protocol tests.test_sftp_threaded tests.test_sftp_wire tests.test_shares
-    tests.test_spin tests.test_sshconfig tests.test_uring tests.test_workers
-    tests.test_ordering tests.test_budget tests.test_options tests.test_startup
-)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/conchshare-ci.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -60,29 +53,65 @@ tally() {
     echo "${passed:-0} $(( ${failures:-0} + ${errors:-0} + ${unexpected:-0} )) ${skips:-0}"
 }
 
-set +e
-# 1. The suite with the newest versions.  Run from the checkout, so the
-#    tests import its conchshare; the processes they start (conchshare,
-#    twistd) run in trial's temporary directory and use the installed copy.
-newestLog="$work/newest.log"
-"$work/newest/bin/python" -W error -m twisted.trial tests 2>&1 | tee "$newestLog"
-rcNewest=${PIPESTATUS[0]}
+# quietly PYTHON LOG TRIAL-ARGS...: run trial with warnings as errors, its
+# output in LOG; print only the failures, if any, and the summary (the same
+# tests are listed in full above).  Returns trial's exit code.
+quietly() {
+    local python=$1 log=$2 rc
+    shift 2
+    "$python" -W error -m twisted.trial "$@" >"$log" 2>&1
+    rc=$?
+    if [ "$rc" = 0 ]; then
+        tail -3 "$log"
+    elif grep -q '^====' "$log"; then
+        sed -n '/^====/,$p' "$log"
+    else
+        tail -20 "$log"  # trial did not get to its summary
+    fi
+    return "$rc"
+}
 
-# 2. The fast tests with the lowest versions.
+set +e
+# 1. Every test with the newest versions: the unit tests first (quick),
+#    then the end-to-end tests.  Run from the checkout, so the tests import
+#    its conchshare; the processes they start (conchshare, twistd) run in
+#    trial's temporary directory and use the installed copy.
+unitLog="$work/unit.log"
+echo "== the unit tests (tests/unit), newest versions"
+"$work/newest/bin/python" -W error -m twisted.trial tests.unit 2>&1 | tee "$unitLog"
+rcUnit=${PIPESTATUS[0]}
+
+e2eLog="$work/e2e.log"
+echo "== the end-to-end tests (tests/e2e), newest versions"
+"$work/newest/bin/python" -W error -m twisted.trial tests.e2e 2>&1 | tee "$e2eLog"
+rcE2e=${PIPESTATUS[0]}
+
+# 2. The unit tests with the lowest versions.
 lowestLog="$work/lowest.log"
-echo "== the fast tests with the lowest versions (tests/constraints-lowest.txt)"
-"$work/lowest/bin/python" -W error -m twisted.trial --temp-directory=_trial_temp.lowest \
-    "${FAST_TESTS[@]}" >"$lowestLog" 2>&1
+echo "== the unit tests with the lowest versions (tests/constraints-lowest.txt)"
+quietly "$work/lowest/bin/python" "$lowestLog" --temp-directory=_trial_temp.lowest tests.unit
 rcLowest=$?
-# The failures, if any, and the summary (the tests are listed above).
-if [ "$rcLowest" != 0 ]; then sed -n '/^====/,$p' "$lowestLog"; else tail -3 "$lowestLog"; fi
+
+# 3. The unit tests on the portable file system code paths.
+portableLog="$work/portable.log"
+echo "== the unit tests with CONCHSHARE_PORTABLE_FS=1, newest versions"
+CONCHSHARE_PORTABLE_FS=1 quietly "$work/newest/bin/python" "$portableLog" \
+    --temp-directory=_trial_temp.portable tests.unit
+rcPortable=$?
 set -e
 
-read -r p1 f1 s1 < <(tally "$newestLog")
-read -r p2 f2 s2 < <(tally "$lowestLog")
+read -r p1 f1 s1 < <(tally "$unitLog")
+read -r p2 f2 s2 < <(tally "$e2eLog")
+read -r p3 f3 s3 < <(tally "$lowestLog")
+read -r p4 f4 s4 < <(tally "$portableLog")
 rc=0
-if [ "$rcNewest" != 0 ] || [ "$rcLowest" != 0 ] || [ $((f1 + f2)) != 0 ]; then rc=1; fi
-echo "newest versions: $p1 passed, $f1 failed, $s1 skipped;" \
-    "lowest versions (fast tests): $p2 passed, $f2 failed, $s2 skipped"
-echo "$((p1 + p2)) passed, $((f1 + f2)) failed, $((s1 + s2)) skipped"
+for code in "$rcUnit" "$rcE2e" "$rcLowest" "$rcPortable"; do
+    if [ "$code" != 0 ]; then rc=1; fi
+done
+if [ $((f1 + f2 + f3 + f4)) != 0 ]; then rc=1; fi
+echo "newest versions: unit $p1 passed, $f1 failed, $s1 skipped;" \
+    "end-to-end $p2 passed, $f2 failed, $s2 skipped;" \
+    "lowest versions (unit): $p3 passed, $f3 failed, $s3 skipped;" \
+    "portable file system (unit): $p4 passed, $f4 failed, $s4 skipped"
+echo "$((p1 + p2 + p3 + p4)) passed, $((f1 + f2 + f3 + f4)) failed, $((s1 + s2 + s3 + s4)) skipped"
 exit "$rc"

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.workload import (  # noqa: E402
+from tests.support.workload import (  # noqa: E402
     SshfsMount,
     makeLargeFile,
     makeTarball,

@@ -26,7 +26,7 @@ from common import ROOT, Data, Endpoint, Row, Sizes, log, ratio, table  # noqa: 
 
 sys.path.insert(0, ROOT)
 
-from tests.workload import sshfsAvailable  # noqa: E402
+from tests.support.workload import sshfsAvailable  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from common import (
     measure,
 )
 
-from tests.workload import SshfsMount, mountSshfsPassive
+from tests.support.workload import SshfsMount, mountSshfsPassive
 
 
 def _passive(serverCommand: list[str], remotePath: str, mountPoint: str) -> SshfsMount:

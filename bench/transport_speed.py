@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
 
-from tests.sshd import ThrowawaySSHD  # noqa: E402
-from tests.test_fastpath import _FastClient, _StockClient, runExec  # noqa: E402
+from tests.support.conchclient import _FastClient, _StockClient, runExec  # noqa: E402
+from tests.support.sshd import ThrowawaySSHD  # noqa: E402
 
 SHA256 = [b"hmac-sha2-256"]
 CASES = [

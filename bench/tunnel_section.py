@@ -1,5 +1,5 @@
 """
-Issue 3, section 7: the reverse tunnel.  A throwaway sshd (tests/sshd.py)
+Issue 3, section 7: the reverse tunnel.  A throwaway sshd (tests/support/sshd.py)
 is the remote host; the remote clients (sftp, sshfs) run here too and reach
 the share through the port that sshd listens on.
 
@@ -40,8 +40,8 @@ from common import (
     measure,
 )
 
-from tests.sshd import ThrowawaySSHD, freePort
-from tests.workload import SshfsMount, mountSshfs
+from tests.support.sshd import ThrowawaySSHD, freePort
+from tests.support.workload import SshfsMount, mountSshfs
 
 SHARE = "bench"
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_fastpath -*-
+# -*- test-case-name: tests.unit.test_fastpath,tests.e2e.test_fastpath -*-
 """
 A faster SSH binary packet layer for Conch transports, client and server.
 
