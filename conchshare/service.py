@@ -443,8 +443,7 @@ class ShareService(Service):
         Whether filesystem calls of the SFTP sessions are running in worker
         threads (or waiting for one).
         """
-        workers = getattr(self._avatar, "workers", None)
-        return workers is not None and workers.busy()
+        return self._avatar is not None and self._avatar.engine.busy()
 
     def status(self) -> dict[str, Any]:
         """

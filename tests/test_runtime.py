@@ -22,7 +22,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from conchshare.sftp import avatar as avatarModule
-from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
+from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer
+from conchshare.sftp.engine import OrderedEngine
+from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.test_confined import makeTree, read, write
 from tests.test_sftp_core import INIT, Harness, extended, packets, request, s, u32, u64
@@ -130,8 +132,8 @@ class _Base(TestCase):
             lookUpUser=self.lookup,
             lookUpGroup=self.lookup,
         )
-        assert avatar.workers is not None
-        self.addCleanup(avatar.workers.stop)
+        assert isinstance(avatar.engine, Workers)
+        self.addCleanup(avatar.engine.stop)
         return avatar
 
 
@@ -182,7 +184,7 @@ class NameLookupLimitTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "one"))
         avatar = ShareSFTPServer(
             ShareSet.fromSpecs(["one"], cwd=base),
-            runner=synchronousRunner,
+            engine=OrderedEngine(),
             lookUpUser=lookUp,
             lookUpGroup=lookUp,
         )
@@ -205,14 +207,14 @@ class StopTests(_Base):
 
     async def _stopWithCallsInFlight(self) -> None:
         avatar = self.avatar()
-        assert avatar.workers is not None
+        assert isinstance(avatar.engine, Workers)
         client = Client(avatar)
         client.send(request(3, 1, s(b"/one/new") + u32(WRITE | CREAT) + NO_ATTRS))
         client.send(request(3, 2, s(b"/one/f") + u32(READ) + NO_ATTRS))
         written, kept = handleOf(await client.reply(1)), handleOf(await client.reply(2))
         client.send(usersGroups(3, [0], []))
         await until(self.lookup.entered.is_set, "the held call")
-        avatar.workers.stop()
+        avatar.engine.stop()
         client.send(request(6, 4, s(written) + u64(0) + s(b"data")))  # WRITE
         client.send(request(4, 5, s(written)))  # CLOSE
         client.send(request(5, 6, s(kept) + u64(0) + u32(100)))  # READ
@@ -268,8 +270,8 @@ class CopyDataTests(_Base):
         # Every worker busy copying; the STAT goes to a worker too (not
         # answered from the kernel's caches, nor by io_uring).
         avatar = self.avatar(threads=1, ring=False)
-        assert avatar.workers is not None
-        avatar.workers.inlineReads = False
+        assert isinstance(avatar.engine, Workers)
+        avatar.engine.inlineReads = False
         held = HeldCopy(avatar.filesystem.copyData)
         self.addCleanup(held.rest.set)
         self.addCleanup(held.first.set)
@@ -318,7 +320,7 @@ class CopyDataStepsTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "one"))
         data = os.urandom(1024) * (20 * 1024)
         write(os.path.join(base, "one", "source"), data)
-        avatar = ShareSFTPServer(ShareSet.fromSpecs(["one"], cwd=base), runner=synchronousRunner)
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["one"], cwd=base), engine=OrderedEngine())
         held = HeldCopy(avatar.filesystem.copyData)
         held.first.set()
         held.rest.set()
@@ -424,7 +426,7 @@ class DirectoryCloseTests(SynchronousTestCase):
         makeTree(base)
         runner = ManualRunner()
         avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["one"], cwd=base), runner=runner, inlineCalls=True
+            ShareSet.fromSpecs(["one"], cwd=base), engine=OrderedEngine(runner, inlineReads=True)
         )
         # Through a symlink: not from the kernel's caches, by a worker.
         opened = avatar.openDirectory(b"/one/in_rel")

@@ -14,17 +14,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp.workers import (
-    FALLBACK,
-    Batch,
-    Job,
-    KeyOrder,
-    RingCall,
-    Workers,
-    afterDelivery,
-    holdWakeups,
-    releaseWakeups,
-)
+from conchshare.sftp.engine import Batch, Job
+from conchshare.sftp.ordering import KeyOrder
+from conchshare.sftp.workers import FALLBACK, RingCall, Workers
 from conchshare.shares import Share
 
 
@@ -38,7 +30,7 @@ class KeyOrderTests(SynchronousTestCase):
         Shared calls on a key run together; an exclusive call waits for
         them, and a shared call made after it waits for it.
         """
-        order = KeyOrder()
+        order = KeyOrder[Job]()
         r1, r2, w, r3 = job((b"k",), True), job((b"k",), True), job((b"k",)), job((b"k",), True)
         self.assertTrue(order.add(r1))
         self.assertTrue(order.add(r2))
@@ -57,7 +49,7 @@ class KeyOrderTests(SynchronousTestCase):
         The shared calls queued behind an exclusive one all start when it
         ends, up to the next exclusive call.
         """
-        order = KeyOrder()
+        order = KeyOrder[Job]()
         w1, r1, r2, w2 = job((b"k",)), job((b"k",), True), job((b"k",), True), job((b"k",))
         for j in (w1, r1, r2, w2):
             order.add(j)
@@ -70,7 +62,7 @@ class KeyOrderTests(SynchronousTestCase):
         A call on two keys waits for both, and holds up later calls on
         either; calls on other keys go by.
         """
-        order = KeyOrder()
+        order = KeyOrder[Job]()
         a, b = job((b"a",)), job((b"b",))
         ab, a2, c = job((b"a", b"b")), job((b"a",), True), job((b"c",))
         self.assertTrue(order.add(a))
@@ -100,7 +92,7 @@ class BatchTests(SynchronousTestCase):
         on its key that the batch accepts, up to the first it does not:
         another batch, a shared call, a call on more keys, or one refused.
         """
-        order = KeyOrder()
+        order = KeyOrder[Job]()
         batch, other = _Pairs(), _Pairs()
         running = job((b"k",))
         self.assertTrue(order.add(running))
@@ -198,11 +190,11 @@ class WorkersTests(TestCase):
         def delivered(result: object) -> None:
             self.assertEqual(threading.get_ident(), main)
             events.append("result")
-            self.assertTrue(afterDelivery(lambda: events.append("after")))
+            self.assertTrue(workers.afterDelivery(lambda: events.append("after")))
 
         d = workers.run([b"k"], lambda: None)
         d.addCallback(delivered)
-        self.assertFalse(afterDelivery(lambda: None))
+        self.assertFalse(workers.afterDelivery(lambda: None))
         waiter: Deferred[None] = Deferred()
 
         def check() -> None:
@@ -300,11 +292,11 @@ class WorkersTests(TestCase):
                 super().call(jobs)
 
         batch = Recording()
-        self.assertTrue(holdWakeups())
-        self.assertFalse(holdWakeups())  # nested: the outer one releases
+        self.assertTrue(workers.holdWakeups())
+        self.assertFalse(workers.holdWakeups())  # nested: the outer one releases
         calls = [workers.run([b"k"], lambda n: n, n, batch=batch) for n in range(5)]
         self.assertEqual(workers.threads, 0)
-        releaseWakeups()
+        workers.releaseWakeups()
         d = gatherResults(calls)
         d.addCallback(self.assertEqual, [("together", n) for n in range(5)])
         d.addCallback(lambda _: self.assertEqual(groups, [5]))

@@ -32,8 +32,8 @@ State and its rules, all kept on the core:
     exception becomes a status in one place (L{_failed}, through
     L{statusForException}).
   - C{_outbox}: replies not yet written.  Replies are held back (corked)
-    while a feed is dispatched and while the avatar's workers deliver a
-    batch of results (L{afterDelivery}), then written at once; never more
+    while a feed is dispatched and while the engine delivers a batch of
+    results (the C{afterDelivery} given), then written at once; never more
     than L{_CORK_LIMIT} bytes are held.
   - After the connection is lost nothing is written, and every handle, those
     that in-flight OPEN and OPENDIR requests create included, is closed.
@@ -44,7 +44,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.interfaces import ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
@@ -56,7 +56,9 @@ from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, processBudget
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareDirectory, IShareSFTPServer
-from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
+
+if TYPE_CHECKING:
+    from conchshare.budget import MemoryBudget
 
 #: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
 READDIR_BATCH = 100
@@ -119,6 +121,10 @@ def _nameEntry(filename: bytes, longname: bytes, attrs: Any) -> bytes:
             _encodeAttrs(attrs),
         )
     )
+
+
+def _notDelivering(call: Callable[[], object]) -> bool:
+    return False
 
 
 def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
@@ -342,7 +348,8 @@ class SFTPServerCore:
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
         budget: HandleBudget | None = None,
-        memory: Any = None,
+        memory: MemoryBudget | None = None,
+        afterDelivery: Callable[[Callable[[], object]], bool] | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
@@ -367,6 +374,10 @@ class SFTPServerCore:
         @param memory: a L{conchshare.budget.MemoryBudget} whose packet
             share large packets are taken from (default: none; give one only
             if C{pauseReading} does pause).
+        @param afterDelivery: the engine's
+            L{conchshare.sftp.engine.ICallEngine.afterDelivery}: replies
+            made while it delivers a batch of results are written together,
+            at its end (default: each at once).
         """
         self.avatar: Any = ISFTPServer(avatar)
         self._write = write
@@ -375,6 +386,7 @@ class SFTPServerCore:
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
+        self._afterDelivery = afterDelivery if afterDelivery is not None else _notDelivering
         self._pauseReading = pauseReading
         self._resumeReading = resumeReading
         self._disconnect = disconnect
@@ -535,6 +547,15 @@ class SFTPServerCore:
         self._outputPaused = True
         self._updateReading()
 
+    def limitInFlight(self, limit: int) -> None:
+        """
+        Keep at most C{limit} (at least 1) requests in flight from now on;
+        reading resumes at half of it.  Read at every dispatch: a change
+        takes effect with the next packet.
+        """
+        self._maxInFlight = max(1, limit)
+        self._resumeAt = self._maxInFlight // 2
+
     def resumeOutput(self) -> None:
         """
         The consumer of our replies has room again.
@@ -660,9 +681,9 @@ class SFTPServerCore:
         if self._processing:
             return
         self._processing = True
-        # Replies made while dispatching go out in one write at the end;
-        # worker threads are woken at the end too, to find every call the
-        # feed brought.
+        # Replies made while dispatching go out in one write at the end.
+        # (Worker threads are woken at the end of the feed, by its owner:
+        # see ICallEngine.holdWakeups.)
         flush = not self._corked
         self._corked = True
         keep = self._keepable
@@ -672,9 +693,7 @@ class SFTPServerCore:
             data, self._buffer = self._buffer, bytearray()
             keep = True
         view = memoryview(data)
-        holding = False
         try:
-            holding = holdWakeups()
             if head is not None:
                 # Ours alone (detached from the buffer): the packet body is
                 # a view of it, not a copy.
@@ -723,8 +742,6 @@ class SFTPServerCore:
         finally:
             view.release()
             self._processing = False
-            if holding:
-                releaseWakeups()
             if flush:
                 self._flush()
 
@@ -772,6 +789,7 @@ class SFTPServerCore:
 
     def _releaseWhenAnswered(self, result: object, charge: int) -> None:
         memory = self._memory
+        assert memory is not None  # a charge was taken from it
         if isinstance(result, Deferred) and not result.called:
 
             def release(value: object) -> object:
@@ -819,7 +837,7 @@ class SFTPServerCore:
                 self._flush()
                 self._corked = True
             return
-        if afterDelivery(self._flush):
+        if self._afterDelivery(self._flush):
             # More replies come in this batch of results: one write for all.
             self._corked = True
             return

@@ -1,7 +1,9 @@
 """
 The order in which one connection's SFTP requests run: pure bookkeeping
-(no threads, no I/O), shared by both engines (L{conchshare.sftp.workers.Workers}
-for channels, L{conchshare.sftp.avatar.PathOrder} for C{sftp-server}).
+(no threads, no I/O, nothing imported from the engines), the pure part of
+the execution seam (L{conchshare.sftp.engine}): every engine keeps its
+calls in a L{KeyOrder} (L{conchshare.sftp.workers.Workers} for channels,
+L{conchshare.sftp.engine.OrderedEngine} for C{sftp-server} and tests).
 
 The rule (the SFTP v3 draft, filexfer-02 section 6.1: the results are "the
 same as if it had sent the requests one at a time"):
@@ -55,12 +57,54 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from itertools import count
-from typing import TYPE_CHECKING
+from typing import Any, Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from conchshare.sftp.workers import Job
+__all__ = ["ConnectionOrder", "KeyOrder", "Ordered", "orderedKeys"]
 
-__all__ = ["ConnectionOrder", "KeyOrder", "orderedKeys"]
+
+class Joining(Protocol):
+    """
+    What lets calls run as one (L{conchshare.sftp.engine.Batch}), as far
+    as the order is concerned.
+    """
+
+    def accepts(self, jobs: list[Any], job: Any) -> bool:
+        """
+        Whether C{job} may join C{jobs} (taken so far, in call order).
+        """
+
+
+class Ordered(Protocol):
+    """
+    A call as L{KeyOrder} sees it (L{conchshare.sftp.engine.Job}).
+    """
+
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """
+        Its keys, no repeats.
+        """
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether it holds them all shared...
+        """
+
+    @property
+    def solo(self) -> tuple[bytes, ...]:
+        """
+        ... except these, held exclusive.
+        """
+
+    @property
+    def batch(self) -> Joining | None:
+        """
+        What may run it together with the calls right behind it.
+        """
+
+
+_J = TypeVar("_J", bound=Ordered)
 
 _connections = count(1)
 _handles = count(1)
@@ -109,32 +153,32 @@ class ConnectionOrder:
         return (self.key, self.closeKey)
 
 
-class _Key:
+class _Key(Generic[_J]):
     __slots__ = ("running", "exclusive", "waiting")
 
     def __init__(self) -> None:
         self.running = 0
         self.exclusive = False
-        self.waiting: deque[Job] = deque()
+        self.waiting: deque[_J] = deque()
 
 
-def _exclusive(job: Job, key: bytes) -> bool:
+def _exclusive(job: Ordered, key: bytes) -> bool:
     # Whether job holds key exclusive.
     return not job.shared or key in job.solo
 
 
-class KeyOrder:
+class KeyOrder(Generic[_J]):
     """
     The ordering state of every key in use.  Not thread-safe: its user
     holds a lock (L{conchshare.sftp.workers.Workers}) or stays in one
     thread.
 
-    A job has C{keys} (no repeats), C{shared} (it holds them all shared)
-    and C{solo} (keys it holds exclusive even so).
+    A job (an L{Ordered}) has C{keys} (no repeats), C{shared} (it holds
+    them all shared) and C{solo} (keys it holds exclusive even so).
     """
 
     def __init__(self) -> None:
-        self._keys: dict[bytes, _Key] = {}
+        self._keys: dict[bytes, _Key[_J]] = {}
 
     def __len__(self) -> int:
         """
@@ -153,14 +197,14 @@ class KeyOrder:
                 return False
         return True
 
-    def add(self, job: Job) -> bool:
+    def add(self, job: _J) -> bool:
         """
         Take C{job} in.
 
         @return: whether it may start now (it then counts as running);
             otherwise it waits until L{finish} returns it.
         """
-        states = []
+        states: list[_Key[_J]] = []
         ready = True
         for key in job.keys:
             state = self._keys.get(key)
@@ -178,7 +222,7 @@ class KeyOrder:
                 state.waiting.append(job)
         return ready
 
-    def finish(self, job: Job) -> list[Job]:
+    def finish(self, job: _J) -> list[_J]:
         """
         C{job}, which was running, is done.
 
@@ -192,7 +236,7 @@ class KeyOrder:
                 state.exclusive = False
                 if not state.waiting:
                     del self._keys[key]
-        started: list[Job] = []
+        started: list[_J] = []
         check = list(job.keys)
         for key in check:  # grows as calls start
             waiting = self._keys.get(key)
@@ -210,14 +254,14 @@ class KeyOrder:
                 check.extend(head.keys)
         return started
 
-    def alone(self, job: Job) -> bool:
+    def alone(self, job: _J) -> bool:
         """
         Whether no call waiting right behind C{job} (running) could run
         as one with it (see L{joining}).
         """
         return self._next(job) is None
 
-    def joining(self, job: Job) -> list[Job]:
+    def joining(self, job: _J) -> list[_J]:
         """
         C{job}, which was just started, and the calls waiting right behind
         it that its L{Batch} accepts: they count as started with it (and
@@ -235,7 +279,7 @@ class KeyOrder:
                 self._keys[key].waiting.popleft()
             jobs.append(candidate)
 
-    def _next(self, job: Job) -> Job | None:
+    def _next(self, job: _J) -> _J | None:
         # The call waiting right behind job on every key of it, made with
         # the same batch and keys, exclusive: one that may join job.
         batch = job.batch
@@ -255,7 +299,7 @@ class KeyOrder:
                 return None
         return candidate
 
-    def _startable(self, job: Job) -> bool:
+    def _startable(self, job: _J) -> bool:
         for key in job.keys:
             state = self._keys[key]
             if state.waiting[0] is not job:
