@@ -25,7 +25,8 @@ from zope.interface.verify import verifyObject
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, budgetFor
-from conchshare.sftp.core import EXTENSIONS, SFTPServerCore
+from conchshare.sftp.core import SFTPServerCore
+from conchshare.sftp.extensions import EXTENSIONS
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from tests.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
 
