@@ -32,8 +32,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.core import SFTPServerCore
-from conchshare.sftp.engine import Job, OrderedEngine
-from conchshare.sftp.ordering import KeyOrder
+from conchshare.sftp.engine import OrderedEngine
+from conchshare.sftp.ordering import Job, KeyOrder
 from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.test_sftp_core import INIT, NO_ATTRS, request, s, u32, u64
@@ -670,7 +670,7 @@ class KeyOrderTests(SynchronousTestCase):
         the connection and the handle, join one batch; a reader between
         them ends the batch.
         """
-        from conchshare.sftp.engine import Batch
+        from conchshare.sftp.ordering import Batch
 
         class All(Batch):
             def accepts(self, jobs: list[Job], job: Job) -> bool:

@@ -14,8 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp.engine import Batch, Job
-from conchshare.sftp.ordering import KeyOrder
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.sftp.workers import FALLBACK, RingCall, Workers
 from conchshare.shares import Share
 
@@ -30,7 +29,7 @@ class KeyOrderTests(SynchronousTestCase):
         Shared calls on a key run together; an exclusive call waits for
         them, and a shared call made after it waits for it.
         """
-        order = KeyOrder[Job]()
+        order = KeyOrder()
         r1, r2, w, r3 = job((b"k",), True), job((b"k",), True), job((b"k",)), job((b"k",), True)
         self.assertTrue(order.add(r1))
         self.assertTrue(order.add(r2))
@@ -49,7 +48,7 @@ class KeyOrderTests(SynchronousTestCase):
         The shared calls queued behind an exclusive one all start when it
         ends, up to the next exclusive call.
         """
-        order = KeyOrder[Job]()
+        order = KeyOrder()
         w1, r1, r2, w2 = job((b"k",)), job((b"k",), True), job((b"k",), True), job((b"k",))
         for j in (w1, r1, r2, w2):
             order.add(j)
@@ -62,7 +61,7 @@ class KeyOrderTests(SynchronousTestCase):
         A call on two keys waits for both, and holds up later calls on
         either; calls on other keys go by.
         """
-        order = KeyOrder[Job]()
+        order = KeyOrder()
         a, b = job((b"a",)), job((b"b",))
         ab, a2, c = job((b"a", b"b")), job((b"a",), True), job((b"c",))
         self.assertTrue(order.add(a))
@@ -92,7 +91,7 @@ class BatchTests(SynchronousTestCase):
         on its key that the batch accepts, up to the first it does not:
         another batch, a shared call, a call on more keys, or one refused.
         """
-        order = KeyOrder[Job]()
+        order = KeyOrder()
         batch, other = _Pairs(), _Pairs()
         running = job((b"k",))
         self.assertTrue(order.add(running))

@@ -49,7 +49,7 @@ from conchshare.confined import (
 )
 from conchshare.reactors import orGlobalReactor
 from conchshare.sftp.engine import AGAIN, ICallEngine, OrderedEngine
-from conchshare.sftp.handles import ShareDirectory, ShareFile
+from conchshare.sftp.files import ShareDirectory, ShareFile
 from conchshare.sftp.interfaces import IEngineAvatar, IShareSFTPServer
 from conchshare.sftp.ordering import ConnectionOrder
 from conchshare.sftp.workers import Workers

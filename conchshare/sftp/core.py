@@ -47,13 +47,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.conch.interfaces import ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, processBudget
-from conchshare.sftp.directories import DirectoryRequests, OpenDirectory
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.extensions import (
     OK_MESSAGE,
@@ -62,6 +61,7 @@ from conchshare.sftp.extensions import (
     noSuchHandle,
     ourExtensions,
 )
+from conchshare.sftp.handles import HandleRequests, OpenDirectory
 from conchshare.sftp.receiving import BULK, U32, PacketReceiving
 
 if TYPE_CHECKING:
@@ -112,6 +112,28 @@ def _attrsReply(attrs: Any, requestId: int) -> bytes:
     return _REPLY_HEADER.pack(len(body) + 5, wire.FXP_ATTRS, requestId) + body
 
 
+# The requests whose handlers parse their fields from the body themselves:
+# the most frequent ones, so that no call into wire is on their way (see
+# ARCHITECTURE.rst, One request).
+_FIELDS_HERE = frozenset(
+    (wire.FXP_READ, wire.FXP_WRITE, wire.FXP_STAT, wire.FXP_LSTAT, wire.FXP_FSTAT)
+)
+_U64_U32 = struct.Struct(">QI")
+
+
+def _string(body: bytes | memoryview, offset: int) -> tuple[bytes, int]:
+    # A string field at offset, and where the next field starts; as
+    # wire.Reader.string.
+    start = offset + 4
+    if start > len(body):
+        raise wire.BadMessage("Packet too short")
+    (length,) = U32.unpack_from(body, offset)
+    end = start + length
+    if end > len(body):
+        raise wire.BadMessage("Packet too short")
+    return bytes(body[start:end]), end
+
+
 def _notDelivering(call: Callable[[], object]) -> bool:
     return False
 
@@ -142,7 +164,7 @@ def _nameReply(path: object, requestId: int) -> bytes:
     return wire.name(requestId, [wire.nameEntry(path, path, {})])
 
 
-class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
+class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
     """
     An SFTP v3 server for one client, without I/O.
 
@@ -226,6 +248,11 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
         self._outbox: list[bytes] = []
         #: Whether the last feed carried a large packet (WRITE data).
         self.fedBulk = False
+        #: Whether the last feed brought only small requests and left
+        #: nothing buffered: their answers may come within a fraction of a
+        #: millisecond (worth waiting for, see
+        #: L{conchshare.sftp.engine.ICallEngine.waitBriefly}).
+        self.settled = True
         self._outboxSize = 0
         self._corked = False
         self._processing = False
@@ -249,7 +276,8 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
         self._extensions = ourExtensions(self.avatar)
         self._avatarExtensions: dict[bytes, bytes] = {}
 
-        self._handlers: dict[int, Callable[[int, wire.Reader], Any]] = {
+        # Those of _FIELDS_HERE take the packet body, the others a Reader.
+        self._handlers: dict[int, Callable[[int, Any], Any]] = {
             wire.FXP_OPEN: self._open,
             wire.FXP_CLOSE: self._close,
             wire.FXP_READ: self._read,
@@ -283,30 +311,35 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
             and the caller may reuse its memory afterwards.  C{bytes} never
             change: they are always keepable.
         """
-        if self._closing:
-            return
-        self.fedBulk = False
-        if self._processing:
-            self._unhead()
-            self._buffer += data
-            self._process()
-        elif self._head is not None:
-            with memoryview(data) as view:
-                count = min(len(self._head) - self._headFill, len(view))
-                self._head[self._headFill : self._headFill + count] = view[:count]
-                self._headFill += count
-                self._headReceived(view[count:])
-        elif self._buffer:
-            self._completeHead(data)
-        else:
-            # Parsed where it is; only what is left over is copied.
-            self._keepable = keepable or type(data) is bytes
-            try:
-                self._process(data)
-            finally:
-                self._keepable = False
-        if not self._closing and len(self._buffer) > _MAX_BUFFERED:
-            self._abort("Client kept sending while paused")
+        try:
+            if self._closing:
+                return
+            self.fedBulk = False
+            if self._processing:
+                self._unhead()
+                self._buffer += data
+                self._process()
+            elif self._head is not None:
+                with memoryview(data) as view:
+                    count = min(len(self._head) - self._headFill, len(view))
+                    self._head[self._headFill : self._headFill + count] = view[:count]
+                    self._headFill += count
+                    self._headReceived(view[count:])
+            elif self._buffer:
+                self._completeHead(data)
+            else:
+                # Parsed where it is; only what is left over is copied.
+                self._keepable = keepable or type(data) is bytes
+                try:
+                    self._process(data)
+                finally:
+                    self._keepable = False
+            if not self._closing and len(self._buffer) > _MAX_BUFFERED:
+                self._abort("Client kept sending while paused")
+        finally:
+            # Read by the engine's owner right after the feed (one
+            # attribute, not a call: see ARCHITECTURE.rst, One request).
+            self.settled = not self.fedBulk and not self.buffered
 
     def pauseOutput(self) -> None:
         """
@@ -375,13 +408,6 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
         The number of open file and directory handles.
         """
         return len(self._files) + len(self._dirs)
-
-    @property
-    def handlesHeld(self) -> int:
-        """
-        The handles this client holds in the budget: open, or being opened.
-        """
-        return len(self._files) + len(self._dirs) + self._opening
 
     @property
     def buffered(self) -> int:
@@ -570,7 +596,10 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
             return
         self._inFlight += 1
         try:
-            result = handler(requestId, wire.Reader(body, 5))
+            if kind in _FIELDS_HERE:
+                result = handler(requestId, body)
+            else:
+                result = handler(requestId, wire.Reader(body, 5))
         except BaseException as e:
             self._replyFailed(Failure(e), requestId)
             return
@@ -616,35 +645,11 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
             self._process()
         self._checkIdle()
 
-    # Handles
-
-    def _newHandle(self) -> bytes:
-        self._nextHandle += 1
-        return b"%d" % self._nextHandle
-
     def _file(self, handle: bytes) -> Any:
         fileObj = self._files.get(handle)
         if fileObj is None:
             raise noSuchHandle()
         return fileObj
-
-    def _checkHandleRoom(self) -> None:
-        if self.handlesHeld >= self._maxOpenHandles or not self._budget.mayOpen(self):
-            raise SFTPError(wire.FX_FAILURE, "Too many open handles")
-
-    def _registered(self, obj: object, requestId: int) -> bytes:
-        self._opening -= 1
-        handle = self._newHandle()
-        # Looked up now: the tables are replaced when the connection is lost.
-        if isinstance(obj, OpenDirectory):
-            self._dirs[handle] = obj
-        else:
-            self._files[handle] = obj
-        return wire.reply(wire.FXP_HANDLE, requestId, wire.string(handle))
-
-    def _openFailed(self, reason: Failure) -> Failure:
-        self._opening -= 1
-        return reason
 
     # Requests (draft-02 section 6); each parses its fields, then calls the
     # avatar, and returns the reply or a Deferred firing with it.  A field
@@ -652,14 +657,6 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
     # session goes on; OpenSSH's sftp-server exits).  Bytes after the last
     # field are ignored, as OpenSSH's sftp-server does (process() there
     # consumes the rest of the message).
-
-    def _open(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
-        filename, flags, attrs = r.string(), r.u32(), r.attrs()
-        self._checkHandleRoom()
-        self._opening += 1
-        d = maybeDeferred(self.avatar.openFile, filename, flags, attrs)
-        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
-        return d
 
     def _close(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
@@ -673,8 +670,14 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
             raise SFTPError(wire.FX_NO_SUCH_FILE, "No such handle")
         return _then(result, _okReply, requestId)
 
-    def _read(self, requestId: int, r: wire.Reader) -> Any:
-        handle, offset, length = r.string(), r.u64(), r.u32()
+    # READ, WRITE, STAT, LSTAT and FSTAT parse their fields here (see
+    # _FIELDS_HERE), as wire.Reader does, failing alike.
+
+    def _read(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle, end = _string(body, 5)
+        if end + 12 > len(body):
+            raise wire.BadMessage("Packet too short")
+        offset, length = _U64_U32.unpack_from(body, end)
         fileObj = self._file(handle)
         # Capped, not refused: a short read is legal and every client
         # re-requests the rest.  Stock Conch would build a DATA reply larger
@@ -683,33 +686,36 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
 
         return _then(fileObj.readChunk(offset, length), _dataReply, requestId, length)
 
-    def _writeChunk(self, requestId: int, r: wire.Reader) -> Any:
-        handle, offset, length = r.string(), r.u64(), r.u32()
+    def _writeChunk(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle, start = _string(body, 5)
+        if start + 12 > len(body):
+            raise wire.BadMessage("Packet too short")
+        offset, length = _U64_U32.unpack_from(body, start)
+        start += 12
         # The data is the rest of the packet: a view of it, not a copy
-        # (what Reader.string would make).
+        # (what a string field would make).
         # Exactly length bytes are written: bytes after them are ignored,
         # as by every other request (a Go client reuses a 32 KiB buffer and
         # sends WRITE packets longer than their data).
-        packet = r._data
-        start = r.offset
-        if start + length > len(packet):
+        if start + length > len(body):
             raise wire.BadMessage("Packet too short")
+        packet = memoryview(body)
         fileObj = self._file(handle)
         chunk: Any = packet[start : start + length]
         if not getattr(fileObj, "writesViews", False):
             chunk = bytes(chunk)
         return self._status(requestId, fileObj.writeChunk, offset, chunk)
 
-    def _stat(self, requestId: int, r: wire.Reader) -> Any:
-        path = r.string()
+    def _stat(self, requestId: int, body: bytes | memoryview) -> Any:
+        path = _string(body, 5)[0]
         return self._attrs(requestId, self.avatar.getAttrs, path, True)
 
-    def _lstat(self, requestId: int, r: wire.Reader) -> Any:
-        path = r.string()
+    def _lstat(self, requestId: int, body: bytes | memoryview) -> Any:
+        path = _string(body, 5)[0]
         return self._attrs(requestId, self.avatar.getAttrs, path, False)
 
-    def _fstat(self, requestId: int, r: wire.Reader) -> Any:
-        handle = r.string()
+    def _fstat(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle = _string(body, 5)[0]
         return self._attrs(requestId, self._file(handle).getAttrs)
 
     def _setstat(self, requestId: int, r: wire.Reader) -> Any:
@@ -766,27 +772,3 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, DirectoryRequests):
         return _then(call(*args), _nameReply, requestId)
 
     # Extensions
-
-    # Closing everything when the connection is lost
-
-    def _reap(self) -> None:
-        files, self._files = self._files, {}
-        dirs, self._dirs = self._dirs, {}
-        closes: list[Deferred[Any]] = [maybeDeferred(f.close) for f in files.values()]
-        closes.extend(directory.close() for directory in dirs.values())
-        for d in closes:
-            self._pendingCloses += 1
-            d.addErrback(lambda f: self._log.failure("Closing an SFTP handle failed", f))
-            d.addBoth(self._reaped)
-        self._checkReaped()
-        self._checkIdle()
-
-    def _reaped(self, _: object) -> None:
-        self._pendingCloses -= 1
-        self._checkReaped()
-
-    def _checkReaped(self) -> None:
-        if self._inFlight == 0 and self._pendingCloses == 0 and self._opening == 0:
-            waiters, self._lostWaiters = self._lostWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)

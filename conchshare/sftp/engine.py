@@ -16,8 +16,8 @@ The engines:
     (synchronous: what the unit tests use, with a latch where the order
     is under test).
 
-Each engine keeps its calls in a L{conchshare.sftp.ordering.KeyOrder},
-the seam's pure part.
+Each engine keeps its calls (L{Job}s) in a
+L{conchshare.sftp.ordering.KeyOrder}, the seam's pure part.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from conchshare.sftp.ordering import KeyOrder
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
 
 __all__ = [
     "AGAIN",
     "Batch",
+    "Fed",
     "ICallEngine",
     "Job",
     "KernelCall",
@@ -46,6 +47,24 @@ __all__ = [
 #: its keys, once the calls ready to run when it returned have started
 #: (a long copy-data, in steps: other clients' calls go in between).
 AGAIN = object()
+
+
+class Fed(Protocol):
+    """
+    What L{ICallEngine.feed} feeds (L{conchshare.sftp.core.SFTPServerCore}).
+    """
+
+    @property
+    def settled(self) -> bool:
+        """
+        Whether the last feed brought only small requests and left nothing
+        buffered.
+        """
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Take bytes from the client.
+        """
 
 
 class KernelCall(Protocol):
@@ -63,97 +82,6 @@ class KernelCall(Protocol):
 
         @return: whether it was submitted (L{False}: it runs in a thread).
         """
-
-
-class Batch:
-    """
-    What lets calls run as one (see L{ICallEngine.run}): the calls made
-    with the same batch, on the same single key, one right behind the
-    other.
-    """
-
-    def accepts(self, jobs: list[Job], job: Job) -> bool:
-        """
-        Whether C{job} may join C{jobs} (taken so far, in call order;
-        never empty).  Called in a worker thread with the engine's lock
-        held: decide quickly, without blocking.
-        """
-        return False
-
-    def call(self, jobs: list[Job]) -> None:
-        """
-        Run C{jobs} (several, in call order) as one, setting each one's
-        result as L{Job.call} would have (C{ok} and C{value}); never
-        raises.  Called in a worker thread.
-        """
-        for job in jobs:
-            job.call()
-
-
-class Job:
-    """
-    One call: its keys, whether it only shares them, the callable and its
-    arguments, and the Deferred its result goes to.
-    """
-
-    __slots__ = (
-        "keys",
-        "shared",
-        "solo",
-        "function",
-        "args",
-        "deferred",
-        "ok",
-        "value",
-        "batch",
-        "ring",
-    )
-
-    def __init__(
-        self,
-        keys: tuple[bytes, ...],
-        shared: bool,
-        function: Callable[..., Any],
-        args: tuple[Any, ...],
-        batch: Batch | None = None,
-        ring: KernelCall | None = None,
-        solo: tuple[bytes, ...] = (),
-    ) -> None:
-        """
-        @param keys: its keys; repeats are dropped (in order).
-        """
-        if len(keys) > 1:
-            keys = tuple(dict.fromkeys(keys))
-        self.keys = keys
-        self.shared = shared
-        #: Keys held exclusive although C{shared} (see L{KeyOrder}).
-        self.solo = solo
-        self.function = function
-        self.args = args
-        self.batch = batch
-        self.ring = ring
-        self.deferred: Deferred[Any] = Deferred()
-        self.ok = True
-        self.value: Any = None
-
-    def call(self) -> None:
-        """
-        Run the call, keeping its result or exception (never raises).
-        """
-        try:
-            self.value = self.function(*self.args)
-        except BaseException as e:
-            self.ok = False
-            self.value = e
-
-    def fire(self) -> None:
-        """
-        Fire the Deferred with what L{call} kept (in the reactor thread).
-        """
-        if self.ok:
-            self.deferred.callback(self.value)
-        else:
-            self.deferred.errback(Failure(self.value))
 
 
 class ICallEngine(Interface):
@@ -209,19 +137,20 @@ class ICallEngine(Interface):
         Whether calls are running or waiting for a thread (a hint).
         """
 
-    def holdWakeups() -> bool:
+    def holdingWakeups(call: Callable[..., object], *args: object) -> None:
         """
-        Hold back the wake-ups of threads for the calls handed over from
-        now on, until L{releaseWakeups}: the calls one feed brings then
-        wait together, and a batch runs as one.
-
-        @return: whether this call started holding (L{False}: already
-            held; do not release).
+        Call C{call(*args)} with the wake-ups of threads held back: the
+        calls it hands over wait together (a batch runs as one), and
+        threads are woken once it returns.
         """
 
-    def releaseWakeups() -> None:
+    def feed(core: Fed, data: bytes, small: bool) -> None:
         """
-        Wake the threads held back since L{holdWakeups}.
+        Feed C{data} to C{core} holding wake-ups (L{holdingWakeups}); then,
+        if the feed was C{small} and left the core L{Fed.settled}, wait a
+        moment for the calls it handed over (L{waitBriefly}).  What the
+        protocol does with each chunk of bytes it receives: one call into
+        the engine per feed.
         """
 
     def afterDelivery(call: Callable[[], object]) -> bool:
@@ -269,7 +198,7 @@ class OrderedEngine:
         """
         self._start: Start = start if start is not None else maybeDeferred
         self.inlineReads = inlineReads
-        self._order: KeyOrder[Job] = KeyOrder()
+        self._order = KeyOrder()
 
     def __len__(self) -> int:
         """
@@ -286,11 +215,11 @@ class OrderedEngine:
         """
         return False
 
-    def holdWakeups(self) -> bool:
-        return False
+    def holdingWakeups(self, call: Callable[..., object], *args: object) -> None:
+        call(*args)
 
-    def releaseWakeups(self) -> None:
-        pass
+    def feed(self, core: Fed, data: bytes, small: bool) -> None:
+        core.dataReceived(data)
 
     def afterDelivery(self, call: Callable[[], object]) -> bool:
         return False
@@ -311,10 +240,11 @@ class OrderedEngine:
         """
         See L{ICallEngine.run}; C{batch} and C{ring} are ignored.
         """
-        job = Job(tuple(keys), shared, function, args, solo=solo)
-        if self._order.add(job):
+        d: Deferred[Any] = Deferred()
+        job, ready = self._order.take(d, tuple(keys), shared, function, args, solo=solo)
+        if ready:
             self._begin(job)
-        return job.deferred
+        return d
 
     def _begin(self, job: Job) -> None:
         # A call answering AGAIN is made again, still holding its keys: in
@@ -338,6 +268,7 @@ class OrderedEngine:
                 step.again = True
             return
         following = self._order.finish(job)
+        assert job.deferred is not None
         if isinstance(result, Failure):
             job.deferred.errback(result)
         else:

@@ -55,56 +55,15 @@ all of its queues once the calls before it are done (no deadlock).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from itertools import count
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ConnectionOrder", "KeyOrder", "Ordered", "orderedKeys"]
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
-
-class Joining(Protocol):
-    """
-    What lets calls run as one (L{conchshare.sftp.engine.Batch}), as far
-    as the order is concerned.
-    """
-
-    def accepts(self, jobs: list[Any], job: Any) -> bool:
-        """
-        Whether C{job} may join C{jobs} (taken so far, in call order).
-        """
-
-
-class Ordered(Protocol):
-    """
-    A call as L{KeyOrder} sees it (L{conchshare.sftp.engine.Job}).
-    """
-
-    @property
-    def keys(self) -> tuple[bytes, ...]:
-        """
-        Its keys, no repeats.
-        """
-
-    @property
-    def shared(self) -> bool:
-        """
-        Whether it holds them all shared...
-        """
-
-    @property
-    def solo(self) -> tuple[bytes, ...]:
-        """
-        ... except these, held exclusive.
-        """
-
-    @property
-    def batch(self) -> Joining | None:
-        """
-        What may run it together with the calls right behind it.
-        """
-
-
-_J = TypeVar("_J", bound=Ordered)
+__all__ = ["Batch", "ConnectionOrder", "Job", "KeyOrder", "orderedKeys"]
 
 _connections = count(1)
 _handles = count(1)
@@ -153,32 +112,119 @@ class ConnectionOrder:
         return (self.key, self.closeKey)
 
 
-class _Key(Generic[_J]):
+class Batch:
+    """
+    What lets calls run as one (see L{KeyOrder.joining}): the calls made
+    with the same batch, on the same single key, one right behind the
+    other.
+    """
+
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        """
+        Whether C{job} may join C{jobs} (taken so far, in call order;
+        never empty).  Called in a worker thread with the engine's lock
+        held: decide quickly, without blocking.
+        """
+        return False
+
+    def call(self, jobs: list[Job]) -> None:
+        """
+        Run C{jobs} (several, in call order) as one, setting each one's
+        result as L{Job.call} would have (C{ok} and C{value}); never
+        raises.  Called in a worker thread.
+        """
+        for job in jobs:
+            job.call()
+
+
+class Job:
+    """
+    One call: its keys, whether it only shares them, the callable and its
+    arguments, its result once made, and the Deferred the engine fires
+    with it.
+    """
+
+    __slots__ = (
+        "keys",
+        "shared",
+        "solo",
+        "function",
+        "args",
+        "deferred",
+        "ok",
+        "value",
+        "batch",
+        "ring",
+    )
+
+    def __init__(
+        self,
+        keys: tuple[bytes, ...],
+        shared: bool,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        batch: Batch | None = None,
+        ring: Any = None,
+        solo: tuple[bytes, ...] = (),
+        deferred: Deferred[Any] | None = None,
+    ) -> None:
+        """
+        @param keys: its keys; repeats are dropped (in order).
+        @param ring: how it may run in the kernel instead (a
+            L{conchshare.sftp.engine.KernelCall}), for the engine.
+        @param deferred: where the engine delivers its result.
+        """
+        if len(keys) > 1:
+            keys = tuple(dict.fromkeys(keys))
+        self.keys = keys
+        self.shared = shared
+        #: Keys held exclusive although C{shared}.
+        self.solo = solo
+        self.function = function
+        self.args = args
+        self.batch = batch
+        self.ring = ring
+        self.deferred = deferred
+        self.ok = True
+        self.value: Any = None
+
+    def call(self) -> None:
+        """
+        Run the call, keeping its result or exception (never raises).
+        """
+        try:
+            self.value = self.function(*self.args)
+        except BaseException as e:
+            self.ok = False
+            self.value = e
+
+
+class _Key:
     __slots__ = ("running", "exclusive", "waiting")
 
     def __init__(self) -> None:
         self.running = 0
         self.exclusive = False
-        self.waiting: deque[_J] = deque()
+        self.waiting: deque[Job] = deque()
 
 
-def _exclusive(job: Ordered, key: bytes) -> bool:
+def _exclusive(job: Job, key: bytes) -> bool:
     # Whether job holds key exclusive.
     return not job.shared or key in job.solo
 
 
-class KeyOrder(Generic[_J]):
+class KeyOrder:
     """
     The ordering state of every key in use.  Not thread-safe: its user
     holds a lock (L{conchshare.sftp.workers.Workers}) or stays in one
     thread.
 
-    A job (an L{Ordered}) has C{keys} (no repeats), C{shared} (it holds
-    them all shared) and C{solo} (keys it holds exclusive even so).
+    A L{Job} has C{keys} (no repeats), C{shared} (it holds them all
+    shared) and C{solo} (keys it holds exclusive even so).
     """
 
     def __init__(self) -> None:
-        self._keys: dict[bytes, _Key[_J]] = {}
+        self._keys: dict[bytes, _Key] = {}
 
     def __len__(self) -> int:
         """
@@ -197,14 +243,49 @@ class KeyOrder(Generic[_J]):
                 return False
         return True
 
-    def add(self, job: _J) -> bool:
+    def take(
+        self,
+        deferred: Deferred[Any],
+        keys: tuple[bytes, ...],
+        shared: bool,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        batch: Batch | None = None,
+        ring: Any = None,
+        solo: tuple[bytes, ...] = (),
+    ) -> tuple[Job, bool]:
+        """
+        Take a new call in (a L{Job} made of the arguments, see its
+        constructor).
+
+        @return: the job, and whether it may start now (as L{add}).
+        """
+        job = Job(keys, shared, function, args, batch, ring, solo, deferred)
+        return job, self.add(job)
+
+    def sharedFreeUnder(self, lock: AbstractContextManager[object]) -> Callable[..., bool]:
+        """
+        L{sharedFree}, taking C{lock} first: for an engine whose threads
+        change the order, to give its callers as its own C{sharedFree} (one
+        call, no hop through the engine: it is asked before every answer
+        given from the kernel's caches).
+        """
+        sharedFree = self.sharedFree
+
+        def sharedFreeLocked(*keys: bytes) -> bool:
+            with lock:
+                return sharedFree(*keys)
+
+        return sharedFreeLocked
+
+    def add(self, job: Job) -> bool:
         """
         Take C{job} in.
 
         @return: whether it may start now (it then counts as running);
             otherwise it waits until L{finish} returns it.
         """
-        states: list[_Key[_J]] = []
+        states: list[_Key] = []
         ready = True
         for key in job.keys:
             state = self._keys.get(key)
@@ -222,7 +303,7 @@ class KeyOrder(Generic[_J]):
                 state.waiting.append(job)
         return ready
 
-    def finish(self, job: _J) -> list[_J]:
+    def finish(self, job: Job) -> list[Job]:
         """
         C{job}, which was running, is done.
 
@@ -236,7 +317,7 @@ class KeyOrder(Generic[_J]):
                 state.exclusive = False
                 if not state.waiting:
                     del self._keys[key]
-        started: list[_J] = []
+        started: list[Job] = []
         check = list(job.keys)
         for key in check:  # grows as calls start
             waiting = self._keys.get(key)
@@ -254,14 +335,14 @@ class KeyOrder(Generic[_J]):
                 check.extend(head.keys)
         return started
 
-    def alone(self, job: _J) -> bool:
+    def alone(self, job: Job) -> bool:
         """
         Whether no call waiting right behind C{job} (running) could run
         as one with it (see L{joining}).
         """
         return self._next(job) is None
 
-    def joining(self, job: _J) -> list[_J]:
+    def joining(self, job: Job) -> list[Job]:
         """
         C{job}, which was just started, and the calls waiting right behind
         it that its L{Batch} accepts: they count as started with it (and
@@ -279,7 +360,7 @@ class KeyOrder(Generic[_J]):
                 self._keys[key].waiting.popleft()
             jobs.append(candidate)
 
-    def _next(self, job: _J) -> _J | None:
+    def _next(self, job: Job) -> Job | None:
         # The call waiting right behind job on every key of it, made with
         # the same batch and keys, exclusive: one that may join job.
         batch = job.batch
@@ -299,7 +380,7 @@ class KeyOrder(Generic[_J]):
                 return None
         return candidate
 
-    def _startable(self, job: _J) -> bool:
+    def _startable(self, job: Job) -> bool:
         for key in job.keys:
             state = self._keys[key]
             if state.waiting[0] is not job:

@@ -44,7 +44,7 @@ class SFTPServerProtocol(Protocol):
 
     With an avatar that runs its calls in an engine (an L{IEngineAvatar},
     such as L{conchshare.sftp.avatar.ShareSFTPServer}), each feed is
-    bracketed by the engine's L{ICallEngine.holdWakeups} (the calls one
+    made through the engine's L{ICallEngine.holdingWakeups} (the calls one
     feed brings wait together, so a batch runs as one), and replies made
     while the engine delivers results go out together.  Latency: after a
     small feed of metadata requests it lets the engine wait briefly for
@@ -125,18 +125,9 @@ class SFTPServerProtocol(Protocol):
             core.dataReceived(data)
             return
         # Threads are woken once the whole feed is dispatched, to find
-        # every call it brought.
-        holding = engine.holdWakeups()
-        try:
-            core.dataReceived(data)
-        finally:
-            if holding:
-                engine.releaseWakeups()
-        if len(data) < _WAIT_BELOW and not core.fedBulk and not core.buffered:
-            # Small requests (metadata): their answers come within a
-            # fraction of a millisecond, so wait for them rather than
-            # for a wake-up.  After data (WRITEs) read on.
-            engine.waitBriefly()
+        # every call it brought; after small requests the engine waits a
+        # moment for their answers.
+        engine.feed(core, data, len(data) < _WAIT_BELOW)
 
     def readConnectionLost(self) -> None:
         """
@@ -210,13 +201,10 @@ class SFTPServerProtocol(Protocol):
         if core is None:
             return
         engine = self._engine
-        holding = engine is not None and engine.holdWakeups()
-        try:
+        if engine is None:
             core.resumeOutput()
-        finally:
-            if holding:
-                assert engine is not None
-                engine.releaseWakeups()
+        else:
+            engine.holdingWakeups(core.resumeOutput)
 
     def stopProducing(self) -> None:
         transport: Any = self.transport

@@ -41,10 +41,11 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchshare.sftp.engine import AGAIN, Batch, ICallEngine, Job, KernelCall
-from conchshare.sftp.ordering import KeyOrder
+from conchshare.sftp.engine import AGAIN, Fed, ICallEngine, KernelCall
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
 
 __all__ = [
     "FALLBACK",
@@ -192,7 +193,11 @@ class Workers:
         self._idleWakes: list[threading.Lock] = []  # of idle threads, last idle last
         self._reactorWake = threading.Lock()
         self._reactorWake.acquire()
-        self._order: KeyOrder[Job] = KeyOrder()
+        self._order = KeyOrder()
+        #: Whether a shared call on C{keys} would start at once: nothing
+        #: exclusive runs or waits on them (C{sharedFree(*keys)}).  Only
+        #: calls made from the reactor thread can change that to C{False}.
+        self.sharedFree: Callable[..., bool] = self._order.sharedFreeUnder(self._lock)
         self._ready: deque[Job] = deque()
         self._done: list[Job] = []
         self._collecting = False
@@ -233,15 +238,6 @@ class Workers:
         """
         return bool(self._calling or self._ready)
 
-    def sharedFree(self, *keys: bytes) -> bool:
-        """
-        Whether a shared call on C{keys} would start at once: nothing
-        exclusive runs or waits on them.  Only calls made from the reactor
-        thread can change that to C{False}.
-        """
-        with self._lock:
-            return self._order.sharedFree(*keys)
-
     def holdWakeups(self) -> bool:
         """
         Hold back the wake-ups of worker threads for calls handed over from
@@ -266,6 +262,42 @@ class Workers:
         self._holding = False
         if self._wakeHeldBack:
             self._wakeHeld()
+
+    def feed(self, core: Fed, data: bytes, small: bool) -> None:
+        """
+        See L{ICallEngine.feed}: in the reactor thread.
+        """
+        if self._holding:
+            core.dataReceived(data)
+        else:
+            self._holding = True
+            try:
+                core.dataReceived(data)
+            finally:
+                self._holding = False
+                if self._wakeHeldBack:
+                    self._wakeHeld()
+        if small and core.settled:
+            # Small requests (metadata): their answers come within a
+            # fraction of a millisecond, so wait for them rather than for
+            # a wake-up.  After data (WRITEs) read on.
+            self.waitBriefly()
+
+    def holdingWakeups(self, call: Callable[..., object], *args: object) -> None:
+        """
+        Call C{call(*args)} between L{holdWakeups} and L{releaseWakeups}
+        (see L{ICallEngine.holdingWakeups}).
+        """
+        if self._holding:
+            call(*args)
+            return
+        self._holding = True
+        try:
+            call(*args)
+        finally:
+            self._holding = False
+            if self._wakeHeldBack:
+                self._wakeHeld()
 
     def afterDelivery(self, call: Callable[[], object]) -> bool:
         """
@@ -304,18 +336,19 @@ class Workers:
         @return: a Deferred firing, in the reactor thread, with the result
             or the exception.
         """
-        job = Job(tuple(keys), shared, function, args, batch, ring, solo)
+        d: Deferred[Any] = Deferred()
         wake = None
         with self._lock:
-            if not self._order.add(job):
-                return job.deferred
+            job, ready = self._order.take(d, tuple(keys), shared, function, args, batch, ring, solo)
+            if not ready:
+                return d
             if ring is None or self.ring is None:
                 wake = self._readied(job)
         if wake is not None:
             _signal(wake)
         elif ring is not None and self.ring is not None:
             self._startInRing(job)
-        return job.deferred
+        return d
 
     def _startInRing(self, job: Job) -> None:
         # In the reactor thread: job may start; start it in the kernel, or
@@ -564,7 +597,14 @@ class Workers:
         holding = self.holdWakeups()
         try:
             for job in done:
-                job.fire()
+                # Fired here, not through a method of the job: one module
+                # less on every reply's way (see ARCHITECTURE.rst).
+                deferred = job.deferred
+                assert deferred is not None
+                if job.ok:
+                    deferred.callback(job.value)
+                else:
+                    deferred.errback(Failure(job.value))
         finally:
             if holding:
                 self.releaseWakeups()
