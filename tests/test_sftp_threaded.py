@@ -290,7 +290,6 @@ class SpinTests(SynchronousTestCase):
             self.assertEqual(ThreadedServer(0, 1)._spin, expected)
         self.assertEqual(ThreadedServer(0, 1, spin=0.5)._spin, 0.5)
 
-
     def test_spinByTheClock(self) -> None:
         """
         The reading thread polls stdin until its injected clock says the

@@ -45,7 +45,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.conch.interfaces import ISFTPServer
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -218,7 +218,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             made while it delivers a batch of results are written together,
             at its end (default: each at once).
         """
-        self.avatar: Any = ISFTPServer(avatar)
+        self.avatar: ISFTPServer = ISFTPServer(avatar)
         self._write = write
         #: C{write} and C{writeSequence} take any buffer, not only bytes.
         self.writesBuffers = writesBuffers
@@ -266,7 +266,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         self._readingPaused = False
         self._outputPaused = False
         self._nextHandle = 0
-        self._files: dict[bytes, Any] = {}
+        self._files: dict[bytes, ISFTPFile] = {}
         self._dirs: dict[bytes, OpenDirectory] = {}
         self._pendingCloses = 0
         self._budget = budget if budget is not None else processBudget()
@@ -645,7 +645,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             self._process()
         self._checkIdle()
 
-    def _file(self, handle: bytes) -> Any:
+    def _file(self, handle: bytes) -> ISFTPFile:
         fileObj = self._files.get(handle)
         if fileObj is None:
             raise noSuchHandle()

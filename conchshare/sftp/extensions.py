@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -203,7 +204,7 @@ class ExtensionRequests:
     """
 
     _log: Logger
-    avatar: Any
+    avatar: ISFTPServer
     _initialised: bool
     _extensions: dict[bytes, Extension]
     _avatarExtensions: dict[bytes, bytes]
@@ -211,7 +212,7 @@ class ExtensionRequests:
     _budget: HandleBudget
     _abort: Callable[[str], None]
     _send: Callable[[bytes], None]
-    _file: Callable[[bytes], Any]
+    _file: Callable[[bytes], ISFTPFile]
 
     def _init(self, reader: wire.Reader) -> None:
         try:

@@ -10,8 +10,9 @@ its reads and close) and the NAME replies to READDIR (L{namesReply}).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -167,8 +168,8 @@ class HandleRequests:
     """
 
     _log: Logger
-    avatar: Any
-    _files: dict[bytes, Any]
+    avatar: ISFTPServer
+    _files: dict[bytes, ISFTPFile]
     _dirs: dict[bytes, OpenDirectory]
     _opening: int
     _nextHandle: int
@@ -203,7 +204,8 @@ class HandleRequests:
         if isinstance(obj, OpenDirectory):
             self._dirs[handle] = obj
         else:
-            self._files[handle] = obj
+            # What the avatar's openFile gave: an ISFTPFile, by its contract.
+            self._files[handle] = cast(ISFTPFile, obj)
         return wire.reply(wire.FXP_HANDLE, requestId, wire.string(handle))
 
     def _openFailed(self, reason: Failure) -> Failure:
