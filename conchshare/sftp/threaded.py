@@ -21,12 +21,11 @@ there is more to do than that: other calls ready (run alongside), or a
 call running longer than L{SLOW} (a watchdog thread then wakes one to read
 on).  So pipelined requests never wait for each other's disk I/O,
 beyond L{SLOW}: a slow call holds one thread, and the others go on
-serving.  Calls still apply in the connection's order (the avatar's
-L{conchshare.sftp.avatar.PathOrder}, see L{conchshare.sftp.ordering}), requests in
-flight are bounded (past the bound nobody reads: backpressure), and a
+serving.  Calls still apply in the connection's order (its L{engine},
+see L{conchshare.sftp.ordering}), requests in flight are bounded (past the bound nobody reads: backpressure), and a
 full stdout blocks the writer, under the lock, until the client reads.
 
-Its engine (L{ThreadedServer.engine}, an
+The engine (L{ThreadedServer.engine}, an
 L{conchshare.sftp.engine.OrderedEngine}) keeps the connection's order under
 that lock and starts each call, once its keys allow, by queueing it for a
 serving thread (L{ThreadedServer.start}).

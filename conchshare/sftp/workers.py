@@ -149,7 +149,7 @@ class Workers:
     back to poll for a wake-up: a cheap call (a stat) is answered without
     the round trip through the reactor's waker.  Whatever takes longer is
     handed back with C{callFromThread} as usual, so a slow call holds the
-    reactor up by L{WAIT} at most.  (Measured: bench/README.md.)
+    reactor up by L{WAIT} at most.
     """
 
     #: Whether the avatar may read cached file data in the reactor thread
