@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -826,3 +828,25 @@ class CloseTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.successResultOf(removed)
         self.successResultOf(closedAfter)
+
+
+class PurityTests(SynchronousTestCase):
+    def test_importsNoEngine(self) -> None:
+        """
+        The ordering module, the execution seam's pure part, imports no
+        engine and no Twisted (a fresh interpreter loads neither).
+        """
+        code = (
+            "import sys, conchshare.sftp.ordering\n"
+            "print(sorted(m for m in sys.modules if m.startswith("
+            "('twisted', 'conchshare.sftp.workers', 'conchshare.sftp.engine',"
+            " 'conchshare.sftp.threaded', 'conchshare.confined'))))"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+        self.assertEqual(result.stdout.strip(), b"[]")
