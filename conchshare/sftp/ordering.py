@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Batch", "ConnectionOrder", "Job", "KeyOrder", "orderedKeys"]
 
+# Process-wide numbering, so that keys never repeat: two connections (or
+# two handles) of one engine never share a key.  They pass no state
+# between layers.
 _connections = count(1)
 _handles = count(1)
 
