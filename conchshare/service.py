@@ -282,11 +282,7 @@ class ShareService(Service):
         Whether filesystem calls of the SFTP sessions are running in worker
         threads (or waiting for one).
         """
-        # The one place the service looks into the SFTP layer's execution
-        # engine: the avatar's "workers" is being redefined (issue 13, item
-        # 2, the execution seam); this follows whatever it becomes.
-        workers = getattr(self._avatar, "workers", None)
-        return workers is not None and bool(workers.busy())
+        return self._avatar is not None and self._avatar.engine.busy()
 
     def status(self) -> dict[str, Any]:
         """

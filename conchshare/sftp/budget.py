@@ -95,6 +95,8 @@ def budgetFor(softLimit: int) -> int:
     return min(softLimit - RESERVE, MAX_BUDGET)
 
 
+# The process-wide registry of the one handle budget (L{processBudget}):
+# every SFTP core of the process shares it.
 _process: list[HandleBudget] = []
 
 

@@ -32,8 +32,8 @@ State and its rules, all kept on the core:
     exception becomes a status in one place (L{_failed}, through
     L{statusForException}).
   - C{_outbox}: replies not yet written.  Replies are held back (corked)
-    while a feed is dispatched and while the avatar's workers deliver a
-    batch of results (L{afterDelivery}), then written at once; never more
+    while a feed is dispatched and while the engine delivers a batch of
+    results (the C{afterDelivery} given), then written at once; never more
     than L{_CORK_LIMIT} bytes are held.
   - After the connection is lost nothing is written, and every handle, those
     that in-flight OPEN and OPENDIR requests create included, is closed.
@@ -42,24 +42,31 @@ State and its rules, all kept on the core:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.conch.interfaces import ISFTPServer
+from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, processBudget
 from conchshare.sftp.errors import statusForException
-from conchshare.sftp.interfaces import IEncodedDirectory, IShareDirectory, IShareSFTPServer
-from conchshare.sftp.workers import afterDelivery, holdWakeups, releaseWakeups
+from conchshare.sftp.extensions import (
+    OK_MESSAGE,
+    ExtensionRequests,
+    asBytes,
+    noSuchHandle,
+    ourExtensions,
+)
+from conchshare.sftp.handles import HandleRequests, OpenDirectory
+from conchshare.sftp.receiving import BULK, U32, PacketReceiving
 
-#: Entries asked of the avatar per READDIR, as OpenSSH's sftp-server sends.
-READDIR_BATCH = 100
+if TYPE_CHECKING:
+    from conchshare.budget import MemoryBudget
+
 #: Default bound on requests in flight per client.
 MAX_IN_FLIGHT = 64
 #: Default bound on open handles per client (the process-wide budget may
@@ -69,16 +76,12 @@ MAX_OPEN_HANDLES = 1024
 # without bound.
 _MAX_BUFFERED = 64 * wire.MAX_PACKET_LENGTH
 
-_U32 = struct.Struct(">I")
-_OK = b"Success"
 _REPLY_HEADER = struct.Struct(">IBI")
-# A packet this long carries data (a WRITE), not a metadata request.
-_BULK = 16 * 1024
 # Replies held back to be written together, at most (bytes).
 _CORK_LIMIT = 64 * 1024
 # The most common replies, framed ahead: STATUS OK, and ATTRS with every
 # field (what a stat gives); anything else goes through L{wire}.
-_OK_BODY = wire.u32(wire.FX_OK) + wire.string(_OK) + wire.string(b"")
+_OK_BODY = wire.u32(wire.FX_OK) + wire.string(OK_MESSAGE) + wire.string(b"")
 _OK_LENGTH = len(_OK_BODY) + 5
 _ALL_ATTRS_KEYS = frozenset(("size", "uid", "gid", "permissions", "atime", "mtime"))
 
@@ -109,16 +112,30 @@ def _attrsReply(attrs: Any, requestId: int) -> bytes:
     return _REPLY_HEADER.pack(len(body) + 5, wire.FXP_ATTRS, requestId) + body
 
 
-def _nameEntry(filename: bytes, longname: bytes, attrs: Any) -> bytes:
-    return b"".join(
-        (
-            _U32.pack(len(filename)),
-            filename,
-            _U32.pack(len(longname)),
-            longname,
-            _encodeAttrs(attrs),
-        )
-    )
+# The requests whose handlers parse their fields from the body themselves:
+# the most frequent ones, so that no call into wire is on their way (see
+# ARCHITECTURE.rst, One request).
+_FIELDS_HERE = frozenset(
+    (wire.FXP_READ, wire.FXP_WRITE, wire.FXP_STAT, wire.FXP_LSTAT, wire.FXP_FSTAT)
+)
+_U64_U32 = struct.Struct(">QI")
+
+
+def _string(body: bytes | memoryview, offset: int) -> tuple[bytes, int]:
+    # A string field at offset, and where the next field starts; as
+    # wire.Reader.string.
+    start = offset + 4
+    if start > len(body):
+        raise wire.BadMessage("Packet too short")
+    (length,) = U32.unpack_from(body, offset)
+    end = start + length
+    if end > len(body):
+        raise wire.BadMessage("Packet too short")
+    return bytes(body[start:end]), end
+
+
+def _notDelivering(call: Callable[[], object]) -> bool:
+    return False
 
 
 def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
@@ -130,86 +147,9 @@ def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
     return callback(result, *args)
 
 
-@dataclass(frozen=True)
-class Extension:
-    """
-    One OpenSSH extension: drives both the VERSION advertisement and the
-    dispatch of C{EXTENDED} requests.
-
-    @ivar name: the request name, as advertised.
-    @ivar version: the advertised data (OpenSSH's version string; sshfs only
-        uses posix-rename as C{"1"} and statvfs as C{"2"}).
-    @ivar arguments: the request fields after the name: C{"string"},
-        C{"handle"} (an open file), C{"u64"}, C{"attrs"}, C{"u32list"} (a
-        string of packed uint32s).
-    @ivar method: the L{IShareSFTPServer} method called with the fields, or
-        C{None} when the core answers by itself.
-    @ivar reply: the reply kind: C{"status"}, C{"name"}, C{"statvfs"},
-        C{"limits"}, C{"users-groups"}.
-    """
-
-    name: bytes
-    version: bytes
-    arguments: tuple[str, ...]
-    method: str | None
-    reply: str
-
-
-#: OpenSSH's extensions, in the order its sftp-server advertises them.
-EXTENSIONS: tuple[Extension, ...] = (
-    Extension(b"posix-rename@openssh.com", b"1", ("string", "string"), "posixRename", "status"),
-    Extension(b"statvfs@openssh.com", b"2", ("string",), "statVFS", "statvfs"),
-    Extension(b"fstatvfs@openssh.com", b"2", ("handle",), "fstatVFS", "statvfs"),
-    Extension(b"hardlink@openssh.com", b"1", ("string", "string"), "hardLink", "status"),
-    Extension(b"fsync@openssh.com", b"1", ("handle",), "fsync", "status"),
-    Extension(b"lsetstat@openssh.com", b"1", ("string", "attrs"), "lsetStat", "status"),
-    Extension(b"limits@openssh.com", b"1", (), None, "limits"),
-    Extension(b"expand-path@openssh.com", b"1", ("string",), "expandPath", "name"),
-    Extension(b"copy-data", b"1", ("handle", "u64", "u64", "handle", "u64"), "copyData", "status"),
-    Extension(b"home-directory", b"1", ("string",), "homeDirectory", "name"),
-    Extension(
-        b"users-groups-by-id@openssh.com",
-        b"1",
-        ("u32list", "u32list"),
-        "usersGroupsById",
-        "users-groups",
-    ),
-)
-
-_STATVFS_FIELDS = (
-    "bsize",
-    "frsize",
-    "blocks",
-    "bfree",
-    "bavail",
-    "files",
-    "ffree",
-    "favail",
-    "fsid",
-    "flag",
-    "namemax",
-)
-
-
-def _sftpError(code: int, message: str) -> SFTPError:
-    return SFTPError(code, message)
-
-
-def _noSuchHandle() -> SFTPError:
-    return _sftpError(wire.FX_FAILURE, "No such handle")
-
-
-def _asBytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    raise TypeError(f"Expected bytes, got {type(value).__name__}")
-
-
 def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes | bytearray]:
-    if not isinstance(chunk, bytearray):
-        chunk = _asBytes(chunk)
+    if not isinstance(chunk, bytes | bytearray):
+        chunk = asBytes(chunk)
     if not chunk:
         raise EOFError()
     if len(chunk) > length:
@@ -220,106 +160,11 @@ def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes
 def _nameReply(path: object, requestId: int) -> bytes:
     # One entry whose long name is the path itself and no attributes, as
     # OpenSSH's sftp-server answers REALPATH and READLINK.
-    path = _asBytes(path)
+    path = asBytes(path)
     return wire.name(requestId, [wire.nameEntry(path, path, {})])
 
 
-class _Serial:
-    """
-    Runs callables one after another (a directory's reads and close).
-    """
-
-    def __init__(self) -> None:
-        self._tail: Deferred[None] = succeed(None)
-
-    def run(self, call: Callable[[], object]) -> Deferred[Any]:
-        result: Deferred[Any] = Deferred()
-
-        def step(_: object) -> Deferred[None]:
-            d = maybeDeferred(call)
-            d.addCallbacks(result.callback, result.errback)
-            return d.addBoth(lambda _: None)
-
-        self._tail.addCallback(step)
-        return result
-
-
-class _OpenDirectory:
-    """
-    A directory handle: the avatar's object, entries encoded but held over
-    by the reply size cap, and the order of its operations.
-    """
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-        self.heldOver: list[bytes] = []
-        self.serial = _Serial()
-        self._iterator: Iterator[object] | None = None
-        self._batch: Callable[[int], object] | None = None
-        #: L{readBatch} gives entries already encoded.
-        self.encoded = False
-        if IEncodedDirectory.providedBy(obj):
-            self._batch = obj.readEncoded
-            self.encoded = True
-        elif IShareDirectory.providedBy(obj):
-            self._batch = obj.readBatch
-        else:
-            self._iterator = iter(obj)  # type: ignore[call-overload]
-
-    def readBatch(self, maximum: int) -> Deferred[Any]:
-        """
-        @return: a Deferred firing with a non-empty list of C{(filename,
-            longname, attrs)} (encoded, if L{encoded}), or failing with
-            L{EOFError}.
-        """
-        if self._batch is not None:
-            return self.serial.run(lambda: self._batch(maximum) if self._batch else [])
-        return self.serial.run(lambda: _iterateBatch(self._iterator, maximum))
-
-    def close(self) -> Deferred[Any]:
-        """
-        @return: a Deferred firing when the avatar's directory is closed.
-        """
-        closer = getattr(self.obj, "close", None)
-        return self.serial.run(closer if closer is not None else lambda: None)
-
-
-def _iterateBatch(iterator: Iterator[object] | None, maximum: int) -> Deferred[list[Any]]:
-    """
-    Take up to C{maximum} entries from a stock Conch directory iterator,
-    whose items may be Deferreds (stock Conch fails on those).
-    """
-    entries: list[Any] = []
-    if iterator is None:
-        return fail(EOFError())
-
-    def take() -> Any:
-        while len(entries) < maximum:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                break
-            if isinstance(item, Deferred):
-                return item.addCallbacks(collected, ended)
-            entries.append(item)
-        if not entries:
-            raise EOFError()
-        return entries
-
-    def collected(entry: object) -> Any:
-        entries.append(entry)
-        return take()
-
-    def ended(reason: Failure) -> list[Any]:
-        reason.trap(StopIteration)
-        if not entries:
-            raise EOFError()
-        return entries
-
-    return maybeDeferred(take)
-
-
-class SFTPServerCore:
+class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
     """
     An SFTP v3 server for one client, without I/O.
 
@@ -342,7 +187,8 @@ class SFTPServerCore:
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
         budget: HandleBudget | None = None,
-        memory: Any = None,
+        memory: MemoryBudget | None = None,
+        afterDelivery: Callable[[Callable[[], object]], bool] | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
@@ -367,14 +213,19 @@ class SFTPServerCore:
         @param memory: a L{conchshare.budget.MemoryBudget} whose packet
             share large packets are taken from (default: none; give one only
             if C{pauseReading} does pause).
+        @param afterDelivery: the engine's
+            L{conchshare.sftp.engine.ICallEngine.afterDelivery}: replies
+            made while it delivers a batch of results are written together,
+            at its end (default: each at once).
         """
-        self.avatar: Any = ISFTPServer(avatar)
+        self.avatar: ISFTPServer = ISFTPServer(avatar)
         self._write = write
         #: C{write} and C{writeSequence} take any buffer, not only bytes.
         self.writesBuffers = writesBuffers
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
+        self._afterDelivery = afterDelivery if afterDelivery is not None else _notDelivering
         self._pauseReading = pauseReading
         self._resumeReading = resumeReading
         self._disconnect = disconnect
@@ -397,6 +248,11 @@ class SFTPServerCore:
         self._outbox: list[bytes] = []
         #: Whether the last feed carried a large packet (WRITE data).
         self.fedBulk = False
+        #: Whether the last feed brought only small requests and left
+        #: nothing buffered: their answers may come within a fraction of a
+        #: millisecond (worth waiting for, see
+        #: L{conchshare.sftp.engine.ICallEngine.waitBriefly}).
+        self.settled = True
         self._outboxSize = 0
         self._corked = False
         self._processing = False
@@ -410,21 +266,18 @@ class SFTPServerCore:
         self._readingPaused = False
         self._outputPaused = False
         self._nextHandle = 0
-        self._files: dict[bytes, Any] = {}
-        self._dirs: dict[bytes, _OpenDirectory] = {}
+        self._files: dict[bytes, ISFTPFile] = {}
+        self._dirs: dict[bytes, OpenDirectory] = {}
         self._pendingCloses = 0
         self._budget = budget if budget is not None else processBudget()
         self._budget.join(self)
         self._lostWaiters: list[Deferred[None]] = []
         self._idleWaiters: list[Deferred[None]] = []
-
-        self._extensions: dict[bytes, Extension] = {}
-        for extension in EXTENSIONS:
-            if extension.method is None or IShareSFTPServer.providedBy(self.avatar):
-                self._extensions[extension.name] = extension
+        self._extensions = ourExtensions(self.avatar)
         self._avatarExtensions: dict[bytes, bytes] = {}
 
-        self._handlers: dict[int, Callable[[int, wire.Reader], Any]] = {
+        # Those of _FIELDS_HERE take the packet body, the others a Reader.
+        self._handlers: dict[int, Callable[[int, Any], Any]] = {
             wire.FXP_OPEN: self._open,
             wire.FXP_CLOSE: self._close,
             wire.FXP_READ: self._read,
@@ -458,75 +311,35 @@ class SFTPServerCore:
             and the caller may reuse its memory afterwards.  C{bytes} never
             change: they are always keepable.
         """
-        if self._closing:
-            return
-        self.fedBulk = False
-        if self._processing:
-            self._unhead()
-            self._buffer += data
-            self._process()
-        elif self._head is not None:
-            with memoryview(data) as view:
-                count = min(len(self._head) - self._headFill, len(view))
-                self._head[self._headFill : self._headFill + count] = view[:count]
-                self._headFill += count
-                self._headReceived(view[count:])
-        elif self._buffer:
-            self._completeHead(data)
-        else:
-            # Parsed where it is; only what is left over is copied.
-            self._keepable = keepable or type(data) is bytes
-            try:
-                self._process(data)
-            finally:
-                self._keepable = False
-        if not self._closing and len(self._buffer) > _MAX_BUFFERED:
-            self._abort("Client kept sending while paused")
-
-    def receiveBuffer(self) -> memoryview | None:
-        """
-        Where the rest of the packet being received goes, to read it there
-        directly (no copy); then call L{receivedInto}.  Release the view
-        first.
-
-        @return: a writable view, or L{None} when no packet is part way
-            received (feed L{dataReceived} instead).
-        """
-        if self._head is None or self._processing or self._closing:
-            return None
-        return memoryview(self._head)[self._headFill :]
-
-    def receivedInto(self, count: int) -> None:
-        """
-        C{count} bytes were written at the start of the view that
-        L{receiveBuffer} gave (and released since).
-        """
-        if self._head is None or self._closing:
-            return
-        self.fedBulk = False
-        self._headFill += count
-        self._headReceived(b"")
-
-    def _headReceived(self, rest: bytes | memoryview) -> None:
-        # Bytes were added to the packet being received; rest follows it.
-        head = self._head
-        assert head is not None
-        if self._headFill < len(head):
-            return
-        self._head = None
-        if self._dispatching():
-            self._process(rest, head=head)
-        else:
-            self._buffer = head
-            self._buffer += rest
-            self._process()
-
-    def _unhead(self) -> None:
-        # The packet being received goes back to the buffer (a feed from a
-        # callback, while packets are dispatched).
-        if self._head is not None:
-            self._buffer[:0] = memoryview(self._head)[: self._headFill]
-            self._head = None
+        try:
+            if self._closing:
+                return
+            self.fedBulk = False
+            if self._processing:
+                self._unhead()
+                self._buffer += data
+                self._process()
+            elif self._head is not None:
+                with memoryview(data) as view:
+                    count = min(len(self._head) - self._headFill, len(view))
+                    self._head[self._headFill : self._headFill + count] = view[:count]
+                    self._headFill += count
+                    self._headReceived(view[count:])
+            elif self._buffer:
+                self._completeHead(data)
+            else:
+                # Parsed where it is; only what is left over is copied.
+                self._keepable = keepable or type(data) is bytes
+                try:
+                    self._process(data)
+                finally:
+                    self._keepable = False
+            if not self._closing and len(self._buffer) > _MAX_BUFFERED:
+                self._abort("Client kept sending while paused")
+        finally:
+            # Read by the engine's owner right after the feed (one
+            # attribute, not a call: see ARCHITECTURE.rst, One request).
+            self.settled = not self.fedBulk and not self.buffered
 
     def pauseOutput(self) -> None:
         """
@@ -534,6 +347,15 @@ class SFTPServerCore:
         """
         self._outputPaused = True
         self._updateReading()
+
+    def limitInFlight(self, limit: int) -> None:
+        """
+        Keep at most C{limit} (at least 1) requests in flight from now on;
+        reading resumes at half of it.  Read at every dispatch: a change
+        takes effect with the next packet.
+        """
+        self._maxInFlight = max(1, limit)
+        self._resumeAt = self._maxInFlight // 2
 
     def resumeOutput(self) -> None:
         """
@@ -588,13 +410,6 @@ class SFTPServerCore:
         return len(self._files) + len(self._dirs)
 
     @property
-    def handlesHeld(self) -> int:
-        """
-        The handles this client holds in the budget: open, or being opened.
-        """
-        return len(self._files) + len(self._dirs) + self._opening
-
-    @property
     def buffered(self) -> int:
         """
         The number of bytes received and not yet dispatched (the start of a
@@ -608,41 +423,6 @@ class SFTPServerCore:
         The number of requests dispatched and not yet answered.
         """
         return self._inFlight
-
-    def _completeHead(self, data: bytes | bytearray | memoryview) -> None:
-        # The buffer holds the start of a packet (what the last feed left
-        # over): complete it with the first bytes of data, dispatch it as
-        # it is (no copy), then the rest of data where it is.  Appending
-        # all of data to the buffer instead copied every byte of bulk
-        # uploads twice more (into the buffer, then out of it).
-        buffer = self._buffer
-        with memoryview(data) as view:
-            taken = 0
-            if self._dispatching() and not self._awaitingMemory:
-                if len(buffer) < 4:
-                    taken = min(4 - len(buffer), len(view))
-                    buffer += view[:taken]
-                if len(buffer) >= 4:
-                    (length,) = _U32.unpack_from(buffer)
-                    missing = 4 + length - len(buffer)
-                    if 0 < missing and length <= wire.MAX_PACKET_LENGTH:
-                        count = min(missing, len(view) - taken)
-                        buffer += view[taken : taken + count]
-                        taken += count
-                    if length <= wire.MAX_PACKET_LENGTH:
-                        if len(buffer) == 4 + length:
-                            # Exactly one whole packet: dispatched from here.
-                            self._buffer = bytearray()
-                            self._process(view[taken:], head=buffer)
-                            return
-                        if taken == len(view):
-                            # Still short of a whole packet: nothing to
-                            # dispatch (and the buffer stays as it is).
-                            self._updateReading()
-                            return
-            if taken < len(view):
-                buffer += view[taken:]
-        self._process()
 
     def _dispatching(self) -> bool:
         # Whether a whole packet would be dispatched now.
@@ -660,9 +440,9 @@ class SFTPServerCore:
         if self._processing:
             return
         self._processing = True
-        # Replies made while dispatching go out in one write at the end;
-        # worker threads are woken at the end too, to find every call the
-        # feed brought.
+        # Replies made while dispatching go out in one write at the end.
+        # (Worker threads are woken at the end of the feed, by its owner:
+        # see ICallEngine.holdWakeups.)
         flush = not self._corked
         self._corked = True
         keep = self._keepable
@@ -672,13 +452,11 @@ class SFTPServerCore:
             data, self._buffer = self._buffer, bytearray()
             keep = True
         view = memoryview(data)
-        holding = False
         try:
-            holding = holdWakeups()
             if head is not None:
                 # Ours alone (detached from the buffer): the packet body is
                 # a view of it, not a copy.
-                if len(head) - 4 >= _BULK:
+                if len(head) - 4 >= BULK:
                     self.fedBulk = True
                 charge, self._headCharge = self._headCharge, 0
                 result = self._packet(memoryview(head)[4:])
@@ -693,7 +471,7 @@ class SFTPServerCore:
                 and not self._outputPaused
                 and size - offset >= 4
             ):
-                (length,) = _U32.unpack_from(view, offset)
+                (length,) = U32.unpack_from(view, offset)
                 if length > wire.MAX_PACKET_LENGTH:
                     self._abort(f"Packet of {length} bytes is over the limit")
                     return
@@ -701,7 +479,7 @@ class SFTPServerCore:
                 if end > size:
                     partial = length
                     break
-                if length >= _BULK:
+                if length >= BULK:
                     self.fedBulk = True
                     # WRITE data: kept where it is if the feed allows.
                     body = view[offset + 4 : end] if keep else bytes(view[offset + 4 : end])
@@ -723,8 +501,6 @@ class SFTPServerCore:
         finally:
             view.release()
             self._processing = False
-            if holding:
-                releaseWakeups()
             if flush:
                 self._flush()
 
@@ -742,57 +518,6 @@ class SFTPServerCore:
         elif self._outputPaused or self._inFlight >= self._maxInFlight or self._awaitingMemory:
             self._readingPaused = True
             self._pauseReading()
-
-    def _reserve(self, size: int) -> bool:
-        # Whether a packet of size bytes (prefix included) may be allocated
-        # now; if not, wait for the memory budget (reading pauses).
-        if self._memory is None or size - 4 < _BULK or self._headCharge >= size:
-            return True
-        if self._awaitingMemory:
-            return False
-        if self._headCharge:
-            self._memory.releasePacket(self._headCharge)
-            self._headCharge = 0
-        if self._memory.takePacket(size, self._memoryGranted):
-            self._headCharge = size
-            return True
-        self._awaitingMemory = True
-        self._waitingFor = size
-        return False
-
-    def _memoryGranted(self) -> None:
-        # The budget took the bytes the packet in the buffer waited for.
-        self._awaitingMemory = False
-        self._headCharge = self._waitingFor
-        if self._closing:
-            self._releaseMemory()
-            return
-        self._process()
-        self._updateReading()
-
-    def _releaseWhenAnswered(self, result: object, charge: int) -> None:
-        memory = self._memory
-        if isinstance(result, Deferred) and not result.called:
-
-            def release(value: object) -> object:
-                memory.releasePacket(charge)
-                return value
-
-            result.addBoth(release)
-        else:
-            memory.releasePacket(charge)
-
-    def _releaseMemory(self) -> None:
-        # The connection ends: give back what the packet being received
-        # holds, and stop waiting.
-        if self._memory is None:
-            return
-        if self._awaitingMemory:
-            self._awaitingMemory = False
-            self._memory.cancelPacket(self._memoryGranted)
-        if self._headCharge:
-            charge, self._headCharge = self._headCharge, 0
-            self._memory.releasePacket(charge)
 
     def _abort(self, reason: str) -> None:
         self._log.warn("Disconnecting the SFTP client: {reason}", reason=reason)
@@ -819,7 +544,7 @@ class SFTPServerCore:
                 self._flush()
                 self._corked = True
             return
-        if afterDelivery(self._flush):
+        if self._afterDelivery(self._flush):
             # More replies come in this batch of results: one write for all.
             self._corked = True
             return
@@ -860,7 +585,7 @@ class SFTPServerCore:
         if len(body) < 5:
             self._send(wire.status(0, wire.FX_BAD_MESSAGE, b"Packet too short"))
             return
-        (requestId,) = _U32.unpack_from(body, 1)
+        (requestId,) = U32.unpack_from(body, 1)
         if self._logRequests:
             self._log.debug(
                 "SFTP request type {kind} id {requestId}", kind=kind, requestId=requestId
@@ -871,7 +596,10 @@ class SFTPServerCore:
             return
         self._inFlight += 1
         try:
-            result = handler(requestId, wire.Reader(body, 5))
+            if kind in _FIELDS_HERE:
+                result = handler(requestId, body)
+            else:
+                result = handler(requestId, wire.Reader(body, 5))
         except BaseException as e:
             self._replyFailed(Failure(e), requestId)
             return
@@ -917,62 +645,11 @@ class SFTPServerCore:
             self._process()
         self._checkIdle()
 
-    def _init(self, reader: wire.Reader) -> None:
-        try:
-            clientVersion = reader.u32()
-            clientExtensions: dict[bytes, bytes] = {}
-            while not reader.atEnd():
-                clientExtensions[reader.string()] = reader.string()
-        except wire.BadMessage:
-            self._abort("Malformed INIT")
-            return
-        self._initialised = True
-        self._avatarExtensions = {}
-        try:
-            theirs = self.avatar.gotVersion(clientVersion, clientExtensions)
-        except Exception:
-            self._log.failure("The SFTP avatar refused the version")
-            theirs = None
-        if isinstance(theirs, dict):
-            # Extensions of the avatar's own, beyond our table, answered
-            # with its extendedRequest as stock Conch does.
-            for extName, extData in theirs.items():
-                extName, extData = _asBytes(extName), _asBytes(extData)
-                if extName not in self._extensions:
-                    self._avatarExtensions[extName] = extData
-        advertised = [(e.name, e.version) for e in self._extensions.values()]
-        advertised.extend(self._avatarExtensions.items())
-        self._send(wire.version(advertised))
-
-    # Handles
-
-    def _newHandle(self) -> bytes:
-        self._nextHandle += 1
-        return b"%d" % self._nextHandle
-
-    def _file(self, handle: bytes) -> Any:
+    def _file(self, handle: bytes) -> ISFTPFile:
         fileObj = self._files.get(handle)
         if fileObj is None:
-            raise _noSuchHandle()
+            raise noSuchHandle()
         return fileObj
-
-    def _checkHandleRoom(self) -> None:
-        if self.handlesHeld >= self._maxOpenHandles or not self._budget.mayOpen(self):
-            raise _sftpError(wire.FX_FAILURE, "Too many open handles")
-
-    def _registered(self, obj: object, requestId: int) -> bytes:
-        self._opening -= 1
-        handle = self._newHandle()
-        # Looked up now: the tables are replaced when the connection is lost.
-        if isinstance(obj, _OpenDirectory):
-            self._dirs[handle] = obj
-        else:
-            self._files[handle] = obj
-        return wire.reply(wire.FXP_HANDLE, requestId, wire.string(handle))
-
-    def _openFailed(self, reason: Failure) -> Failure:
-        self._opening -= 1
-        return reason
 
     # Requests (draft-02 section 6); each parses its fields, then calls the
     # avatar, and returns the reply or a Deferred firing with it.  A field
@@ -980,23 +657,6 @@ class SFTPServerCore:
     # session goes on; OpenSSH's sftp-server exits).  Bytes after the last
     # field are ignored, as OpenSSH's sftp-server does (process() there
     # consumes the rest of the message).
-
-    def _open(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
-        filename, flags, attrs = r.string(), r.u32(), r.attrs()
-        self._checkHandleRoom()
-        self._opening += 1
-        d = maybeDeferred(self.avatar.openFile, filename, flags, attrs)
-        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
-        return d
-
-    def _opendir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
-        path = r.string()
-        self._checkHandleRoom()
-        self._opening += 1
-        d = maybeDeferred(self.avatar.openDirectory, path)
-        d.addCallback(_OpenDirectory)
-        d.addCallbacks(self._registered, self._openFailed, callbackArgs=(requestId,))
-        return d
 
     def _close(self, requestId: int, r: wire.Reader) -> Any:
         handle = r.string()
@@ -1007,11 +667,17 @@ class SFTPServerCore:
         else:
             # OpenSSH's sftp-server: ENOENT here (FAILURE for the other
             # requests on an unknown handle).
-            raise _sftpError(wire.FX_NO_SUCH_FILE, "No such handle")
+            raise SFTPError(wire.FX_NO_SUCH_FILE, "No such handle")
         return _then(result, _okReply, requestId)
 
-    def _read(self, requestId: int, r: wire.Reader) -> Any:
-        handle, offset, length = r.string(), r.u64(), r.u32()
+    # READ, WRITE, STAT, LSTAT and FSTAT parse their fields here (see
+    # _FIELDS_HERE), as wire.Reader does, failing alike.
+
+    def _read(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle, end = _string(body, 5)
+        if end + 12 > len(body):
+            raise wire.BadMessage("Packet too short")
+        offset, length = _U64_U32.unpack_from(body, end)
         fileObj = self._file(handle)
         # Capped, not refused: a short read is legal and every client
         # re-requests the rest.  Stock Conch would build a DATA reply larger
@@ -1020,33 +686,36 @@ class SFTPServerCore:
 
         return _then(fileObj.readChunk(offset, length), _dataReply, requestId, length)
 
-    def _writeChunk(self, requestId: int, r: wire.Reader) -> Any:
-        handle, offset, length = r.string(), r.u64(), r.u32()
+    def _writeChunk(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle, start = _string(body, 5)
+        if start + 12 > len(body):
+            raise wire.BadMessage("Packet too short")
+        offset, length = _U64_U32.unpack_from(body, start)
+        start += 12
         # The data is the rest of the packet: a view of it, not a copy
-        # (what Reader.string would make).
+        # (what a string field would make).
         # Exactly length bytes are written: bytes after them are ignored,
         # as by every other request (a Go client reuses a 32 KiB buffer and
         # sends WRITE packets longer than their data).
-        packet = r._data
-        start = r.offset
-        if start + length > len(packet):
+        if start + length > len(body):
             raise wire.BadMessage("Packet too short")
+        packet = memoryview(body)
         fileObj = self._file(handle)
         chunk: Any = packet[start : start + length]
         if not getattr(fileObj, "writesViews", False):
             chunk = bytes(chunk)
         return self._status(requestId, fileObj.writeChunk, offset, chunk)
 
-    def _stat(self, requestId: int, r: wire.Reader) -> Any:
-        path = r.string()
+    def _stat(self, requestId: int, body: bytes | memoryview) -> Any:
+        path = _string(body, 5)[0]
         return self._attrs(requestId, self.avatar.getAttrs, path, True)
 
-    def _lstat(self, requestId: int, r: wire.Reader) -> Any:
-        path = r.string()
+    def _lstat(self, requestId: int, body: bytes | memoryview) -> Any:
+        path = _string(body, 5)[0]
         return self._attrs(requestId, self.avatar.getAttrs, path, False)
 
-    def _fstat(self, requestId: int, r: wire.Reader) -> Any:
-        handle = r.string()
+    def _fstat(self, requestId: int, body: bytes | memoryview) -> Any:
+        handle = _string(body, 5)[0]
         return self._attrs(requestId, self._file(handle).getAttrs)
 
     def _setstat(self, requestId: int, r: wire.Reader) -> Any:
@@ -1056,42 +725,6 @@ class SFTPServerCore:
     def _fsetstat(self, requestId: int, r: wire.Reader) -> Any:
         handle, attrs = r.string(), r.attrs()
         return self._status(requestId, self._file(handle).setAttrs, attrs)
-
-    def _readdir(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
-        handle = r.string()
-        directory = self._dirs.get(handle)
-        if directory is None:
-            raise _noSuchHandle()
-        if directory.heldOver:
-            return succeed(self._names(requestId, directory, []))
-        d = directory.readBatch(READDIR_BATCH)
-        return d.addCallback(lambda entries: self._names(requestId, directory, entries))
-
-    def _names(self, requestId: int, directory: _OpenDirectory, entries: list[Any]) -> bytes:
-        if not entries and not directory.heldOver:
-            # The contract says never empty; an empty batch still ends.
-            raise EOFError()
-        if directory.encoded:
-            pending = directory.heldOver + entries
-        else:
-            pending = directory.heldOver + [
-                _nameEntry(_asBytes(filename), _asBytes(longname), attrs)
-                for filename, longname, attrs in entries
-            ]
-        # Keep the reply under what OpenSSH's client accepts; the rest is
-        # sent on the next READDIR.
-        room = wire.MAX_REPLY_LENGTH - 13
-        if sum(map(len, pending)) <= room:
-            directory.heldOver = []
-            return wire.name(requestId, pending)
-        count = 0
-        for entry in pending:
-            room -= len(entry)
-            if room < 0 and count:
-                break
-            count += 1
-        directory.heldOver = pending[count:]
-        return wire.name(requestId, pending[:count])
 
     def _remove(self, requestId: int, r: wire.Reader) -> Any:
         path = r.string()
@@ -1139,91 +772,3 @@ class SFTPServerCore:
         return _then(call(*args), _nameReply, requestId)
 
     # Extensions
-
-    def _extended(self, requestId: int, r: wire.Reader) -> Deferred[bytes]:
-        extName = r.string()
-        extension = self._extensions.get(extName)
-        if extension is None:
-            if extName in self._avatarExtensions:
-                d = maybeDeferred(self.avatar.extendedRequest, extName, r.rest())
-                return d.addCallback(
-                    lambda data: wire.reply(wire.FXP_EXTENDED_REPLY, requestId, _asBytes(data))
-                )
-            raise NotImplementedError()
-        args: list[object] = []
-        for kind in extension.arguments:
-            if kind == "string" or kind == "handle":
-                args.append(r.string())
-            elif kind == "u64":
-                args.append(r.u64())
-            elif kind == "attrs":
-                args.append(r.attrs())
-            else:
-                packed = wire.Reader(r.string())
-                ids = []
-                while not packed.atEnd():
-                    ids.append(packed.u32())
-                args.append(ids)
-        # Handles resolve only once the whole request parsed.
-        args = [
-            self._file(_asBytes(arg)) if kind == "handle" else arg
-            for kind, arg in zip(extension.arguments, args, strict=True)
-        ]
-        result: Deferred[Any] = succeed(None)
-        if extension.method is not None:
-            result = maybeDeferred(getattr(self.avatar, extension.method), *args)
-        return result.addCallback(self._extensionReply, extension.reply, requestId)
-
-    def _extensionReply(self, result: Any, kind: str, requestId: int) -> bytes:
-        if kind == "status":
-            return wire.status(requestId, wire.FX_OK, _OK)
-        if kind == "name":
-            path = _asBytes(result)
-            return wire.name(requestId, [wire.nameEntry(path, path, {})])
-        if kind == "statvfs":
-            return wire.reply(
-                wire.FXP_EXTENDED_REPLY,
-                requestId,
-                *(wire.u64(int(result[field])) for field in _STATVFS_FIELDS),
-            )
-        if kind == "users-groups":
-            users, groups = result
-            return wire.reply(
-                wire.FXP_EXTENDED_REPLY,
-                requestId,
-                wire.string(b"".join(wire.string(_asBytes(n)) for n in users)),
-                wire.string(b"".join(wire.string(_asBytes(n)) for n in groups)),
-            )
-        # limits@openssh.com: max packet, read, write lengths, open handles.
-        return wire.reply(
-            wire.FXP_EXTENDED_REPLY,
-            requestId,
-            wire.u64(wire.MAX_PACKET_LENGTH),
-            wire.u64(wire.MAX_READ_LENGTH),
-            wire.u64(wire.MAX_WRITE_LENGTH),
-            wire.u64(min(self._maxOpenHandles, self._budget.perClient)),
-        )
-
-    # Closing everything when the connection is lost
-
-    def _reap(self) -> None:
-        files, self._files = self._files, {}
-        dirs, self._dirs = self._dirs, {}
-        closes: list[Deferred[Any]] = [maybeDeferred(f.close) for f in files.values()]
-        closes.extend(directory.close() for directory in dirs.values())
-        for d in closes:
-            self._pendingCloses += 1
-            d.addErrback(lambda f: self._log.failure("Closing an SFTP handle failed", f))
-            d.addBoth(self._reaped)
-        self._checkReaped()
-        self._checkIdle()
-
-    def _reaped(self, _: object) -> None:
-        self._pendingCloses -= 1
-        self._checkReaped()
-
-    def _checkReaped(self) -> None:
-        if self._inFlight == 0 and self._pendingCloses == 0 and self._opening == 0:
-            waiters, self._lostWaiters = self._lostWaiters, []
-            for waiter in waiters:
-                waiter.callback(None)

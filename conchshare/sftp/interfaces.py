@@ -17,6 +17,10 @@ Rules both sides rely on:
     C{permissions}, C{atime}, C{mtime} (and C{ext_*} for extended pairs).
   - An L{ISFTPFile} serialises the requests made on it: they apply in the
     order they were made, even though each runs in a worker thread.
+  - An avatar that runs its calls in an engine says which
+    (L{IEngineAvatar}): the protocol around the core then brackets each
+    feed with the engine's wake-up hold and waits briefly after small ones
+    (L{conchshare.sftp.engine.ICallEngine}).
 """
 
 from __future__ import annotations
@@ -139,3 +143,14 @@ class IShareSFTPServer(Interface):
         """
 
     readOnly = Attribute("True when every share is read-only (informational).")
+
+
+class IEngineAvatar(Interface):
+    """
+    An avatar whose blocking calls run in an engine.
+    """
+
+    engine = Attribute(
+        "The L{conchshare.sftp.engine.ICallEngine} running its calls (the "
+        "same for every connection it serves)."
+    )

@@ -1,7 +1,9 @@
 """
 The order in which one connection's SFTP requests run: pure bookkeeping
-(no threads, no I/O), shared by both engines (L{conchshare.sftp.workers.Workers}
-for channels, L{conchshare.sftp.avatar.PathOrder} for C{sftp-server}).
+(no threads, no I/O, nothing imported from the engines), the pure part of
+the execution seam (L{conchshare.sftp.engine}): every engine keeps its
+calls in a L{KeyOrder} (L{conchshare.sftp.workers.Workers} for channels,
+L{conchshare.sftp.engine.OrderedEngine} for C{sftp-server} and tests).
 
 The rule (the SFTP v3 draft, filexfer-02 section 6.1: the results are "the
 same as if it had sent the requests one at a time"):
@@ -53,15 +55,19 @@ all of its queues once the calls before it are done (no deadlock).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from itertools import count
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conchshare.sftp.workers import Job
+    from twisted.internet.defer import Deferred
 
-__all__ = ["ConnectionOrder", "KeyOrder", "orderedKeys"]
+__all__ = ["Batch", "ConnectionOrder", "Job", "KeyOrder", "orderedKeys"]
 
+# Process-wide numbering, so that keys never repeat: two connections (or
+# two handles) of one engine never share a key.  They pass no state
+# between layers.
 _connections = count(1)
 _handles = count(1)
 
@@ -109,6 +115,93 @@ class ConnectionOrder:
         return (self.key, self.closeKey)
 
 
+class Batch:
+    """
+    What lets calls run as one (see L{KeyOrder.joining}): the calls made
+    with the same batch, on the same single key, one right behind the
+    other.
+    """
+
+    def accepts(self, jobs: list[Job], job: Job) -> bool:
+        """
+        Whether C{job} may join C{jobs} (taken so far, in call order;
+        never empty).  Called in a worker thread with the engine's lock
+        held: decide quickly, without blocking.
+        """
+        return False
+
+    def call(self, jobs: list[Job]) -> None:
+        """
+        Run C{jobs} (several, in call order) as one, setting each one's
+        result as L{Job.call} would have (C{ok} and C{value}); never
+        raises.  Called in a worker thread.
+        """
+        for job in jobs:
+            job.call()
+
+
+class Job:
+    """
+    One call: its keys, whether it only shares them, the callable and its
+    arguments, its result once made, and the Deferred the engine fires
+    with it.
+    """
+
+    __slots__ = (
+        "keys",
+        "shared",
+        "solo",
+        "function",
+        "args",
+        "deferred",
+        "ok",
+        "value",
+        "batch",
+        "ring",
+    )
+
+    def __init__(
+        self,
+        keys: tuple[bytes, ...],
+        shared: bool,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        batch: Batch | None = None,
+        ring: Any = None,
+        solo: tuple[bytes, ...] = (),
+        deferred: Deferred[Any] | None = None,
+    ) -> None:
+        """
+        @param keys: its keys; repeats are dropped (in order).
+        @param ring: how it may run in the kernel instead (a
+            L{conchshare.sftp.engine.KernelCall}), for the engine.
+        @param deferred: where the engine delivers its result.
+        """
+        if len(keys) > 1:
+            keys = tuple(dict.fromkeys(keys))
+        self.keys = keys
+        self.shared = shared
+        #: Keys held exclusive although C{shared}.
+        self.solo = solo
+        self.function = function
+        self.args = args
+        self.batch = batch
+        self.ring = ring
+        self.deferred = deferred
+        self.ok = True
+        self.value: Any = None
+
+    def call(self) -> None:
+        """
+        Run the call, keeping its result or exception (never raises).
+        """
+        try:
+            self.value = self.function(*self.args)
+        except BaseException as e:
+            self.ok = False
+            self.value = e
+
+
 class _Key:
     __slots__ = ("running", "exclusive", "waiting")
 
@@ -129,8 +222,8 @@ class KeyOrder:
     holds a lock (L{conchshare.sftp.workers.Workers}) or stays in one
     thread.
 
-    A job has C{keys} (no repeats), C{shared} (it holds them all shared)
-    and C{solo} (keys it holds exclusive even so).
+    A L{Job} has C{keys} (no repeats), C{shared} (it holds them all
+    shared) and C{solo} (keys it holds exclusive even so).
     """
 
     def __init__(self) -> None:
@@ -153,6 +246,41 @@ class KeyOrder:
                 return False
         return True
 
+    def take(
+        self,
+        deferred: Deferred[Any],
+        keys: tuple[bytes, ...],
+        shared: bool,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        batch: Batch | None = None,
+        ring: Any = None,
+        solo: tuple[bytes, ...] = (),
+    ) -> tuple[Job, bool]:
+        """
+        Take a new call in (a L{Job} made of the arguments, see its
+        constructor).
+
+        @return: the job, and whether it may start now (as L{add}).
+        """
+        job = Job(keys, shared, function, args, batch, ring, solo, deferred)
+        return job, self.add(job)
+
+    def sharedFreeUnder(self, lock: AbstractContextManager[object]) -> Callable[..., bool]:
+        """
+        L{sharedFree}, taking C{lock} first: for an engine whose threads
+        change the order, to give its callers as its own C{sharedFree} (one
+        call, no hop through the engine: it is asked before every answer
+        given from the kernel's caches).
+        """
+        sharedFree = self.sharedFree
+
+        def sharedFreeLocked(*keys: bytes) -> bool:
+            with lock:
+                return sharedFree(*keys)
+
+        return sharedFreeLocked
+
     def add(self, job: Job) -> bool:
         """
         Take C{job} in.
@@ -160,7 +288,7 @@ class KeyOrder:
         @return: whether it may start now (it then counts as running);
             otherwise it waits until L{finish} returns it.
         """
-        states = []
+        states: list[_Key] = []
         ready = True
         for key in job.keys:
             state = self._keys.get(key)

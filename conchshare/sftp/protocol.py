@@ -19,7 +19,8 @@ from zope.interface import implementer
 
 from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
-from conchshare.sftp.workers import Workers
+from conchshare.sftp.engine import ICallEngine
+from conchshare.sftp.interfaces import IEngineAvatar
 
 # Reads shorter than this wait briefly for the calls they handed over.
 _WAIT_BELOW = 64 * 1024
@@ -41,10 +42,15 @@ class SFTPServerProtocol(Protocol):
     producer with the transport, so when the transport's write buffer is
     full it dispatches nothing new and stops reading too.
 
-    Latency: with an avatar that runs its calls in L{Workers} (the default
-    L{conchshare.sftp.avatar.ShareSFTPServer}), after a small feed of
-    metadata requests it waits up to L{Workers.WAIT} for their answers
-    before returning to the reactor, which saves a wake-up per request.
+    With an avatar that runs its calls in an engine (an L{IEngineAvatar},
+    such as L{conchshare.sftp.avatar.ShareSFTPServer}), each feed is
+    made through the engine's L{ICallEngine.holdingWakeups} (the calls one
+    feed brings wait together, so a batch runs as one), and replies made
+    while the engine delivers results go out together.  Latency: after a
+    small feed of metadata requests it lets the engine wait briefly for
+    their answers (L{ICallEngine.waitBriefly}: up to
+    L{conchshare.sftp.workers.Workers.WAIT}) before returning to the
+    reactor, which saves a wake-up per request.
 
     @ivar core: the L{SFTPServerCore}, once connected.
     """
@@ -75,8 +81,9 @@ class SFTPServerProtocol(Protocol):
         self._maxOpenHandles = maxOpenHandles
         self._logRequests = logRequests
         self._closed: list[Deferred[None]] = []
-        workers = getattr(avatar, "workers", None)
-        self._workers = workers if isinstance(workers, Workers) else None
+        self._engine: ICallEngine | None = (
+            avatar.engine if IEngineAvatar.providedBy(avatar) else None
+        )
         self._finished = False
         self._producing = False
         self._memoryBudget = memoryBudget if memoryBudget is not None else processMemoryBudget()
@@ -99,6 +106,7 @@ class SFTPServerProtocol(Protocol):
             # Large packets wait for the budget's packet share only where
             # waiting can stop the client's data (reading pauses).
             memory=self._memoryBudget if pauses else None,
+            afterDelivery=self._engine.afterDelivery if self._engine is not None else None,
         )
         self._memoryBudget.addServer(self)
         carriesReplies = getattr(transport, "carriesReplies", None)
@@ -109,18 +117,17 @@ class SFTPServerProtocol(Protocol):
             self._producing = True
 
     def dataReceived(self, data: bytes) -> None:
-        if self.core is not None:
-            self.core.dataReceived(data)
-            if (
-                self._workers is not None
-                and len(data) < _WAIT_BELOW
-                and not self.core.fedBulk
-                and not self.core.buffered
-            ):
-                # Small requests (metadata): their answers come within a
-                # fraction of a millisecond, so wait for them rather than
-                # for a wake-up.  After data (WRITEs) read on.
-                self._workers.waitBriefly()
+        core = self.core
+        if core is None:
+            return
+        engine = self._engine
+        if engine is None:
+            core.dataReceived(data)
+            return
+        # Threads are woken once the whole feed is dispatched, to find
+        # every call it brought; after small requests the engine waits a
+        # moment for their answers.
+        engine.feed(core, data, len(data) < _WAIT_BELOW)
 
     def readConnectionLost(self) -> None:
         """
@@ -149,11 +156,7 @@ class SFTPServerProtocol(Protocol):
         core = self.core
         if core is None:
             return
-        limit = max(1, min(limit, self._maxInFlight))
-        # The core's bound (see its state rules); it reads it at every
-        # dispatch, so a change takes effect with the next packet.
-        core._maxInFlight = limit
-        core._resumeAt = limit // 2
+        core.limitInFlight(max(1, min(limit, self._maxInFlight)))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._memoryBudget.removeServer(self)
@@ -194,8 +197,14 @@ class SFTPServerProtocol(Protocol):
             self.core.pauseOutput()
 
     def resumeProducing(self) -> None:
-        if self.core is not None:
-            self.core.resumeOutput()
+        core = self.core
+        if core is None:
+            return
+        engine = self._engine
+        if engine is None:
+            core.resumeOutput()
+        else:
+            engine.holdingWakeups(core.resumeOutput)
 
     def stopProducing(self) -> None:
         transport: Any = self.transport

@@ -83,14 +83,13 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
     level = LEVELS[options.logLevel]
     # A pipe to one client: served by threads that answer the requests they
     # read (see conchshare.sftp.threaded), not by a reactor.
-    engine = ThreadedServer(logRequests=level == "debug")
+    threaded = ThreadedServer(logRequests=level == "debug")
     try:
         server = ShareSFTPServer.fromSpecs(
             options.allShares,
             readOnly=options.readOnly,
             umask=options.umask,
-            runner=engine.run,
-            inlineCalls=True,
+            engine=threaded.engine,
         )
     except ShareError as e:
         return _fail(stderr, str(e))
@@ -108,7 +107,7 @@ def main(argv: list[str], *, stderr: TextIO | None = None) -> int:
     for fd in (0, 1):
         _widenPipe(fd)
     try:
-        engine.serve(server)
+        threaded.serve(server)
     except KeyboardInterrupt:
         pass
     return 0
@@ -152,13 +151,12 @@ def keepFreedMemory() -> bool:
     )
 
 
-#: Bytes asked of stdin per read: a whole large WRITE at once.
-READ_SIZE = 1024 * 1024
-
-
 def _widenPipe(fd: int) -> None:
-    # A 1 MiB pipe (Linux's default pipe-max-size) instead of 64 KiB lets a
-    # 256 KiB packet pass in one go.  Not a pipe, or not Linux: leave it.
+    # A 1 MiB pipe (Linux's default pipe-max-size, and what the server asks
+    # of stdin per read) instead of 64 KiB lets a 256 KiB packet pass in
+    # one go.  Not a pipe, or not Linux: leave it.
+    from conchshare.sftp.threaded import READ_SIZE
+
     setSize = getattr(fcntl, "F_SETPIPE_SZ", None)
     if setSize is None:
         return

@@ -5,8 +5,8 @@ served by a few threads, without a reactor.
 Why not the reactor: on a pipe to one client, the reactor only relays.
 Reading a request there and running its filesystem call in a worker costs
 two thread wake-ups per request on top of the one the request's arrival
-costs (reactor to worker, worker back to reactor): about 100 µs a request
-on a virtual machine, most of the time of an sshfs metadata round trip.
+costs (reactor to worker, worker back to reactor): most of the time of an
+sshfs metadata round trip (measured: bench/README.md).
 
 How: one lock guards the protocol core (L{SFTPServerCore}) and the
 avatar's ordering state.  A serving thread that finds no call ready and no
@@ -21,10 +21,14 @@ there is more to do than that: other calls ready (run alongside), or a
 call running longer than L{SLOW} (a watchdog thread then wakes one to read
 on).  So pipelined requests never wait for each other's disk I/O,
 beyond L{SLOW}: a slow call holds one thread, and the others go on
-serving.  Calls still apply in the connection's order (the avatar's
-L{conchshare.sftp.avatar.PathOrder}, see L{conchshare.sftp.ordering}), requests in
-flight are bounded (past the bound nobody reads: backpressure), and a
+serving.  Calls still apply in the connection's order (its L{engine},
+see L{conchshare.sftp.ordering}), requests in flight are bounded (past the bound nobody reads: backpressure), and a
 full stdout blocks the writer, under the lock, until the client reads.
+
+The engine (L{ThreadedServer.engine}, an
+L{conchshare.sftp.engine.OrderedEngine}) keeps the connection's order under
+that lock and starts each call, once its keys allow, by queueing it for a
+serving thread (L{ThreadedServer.start}).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from conchshare.sftp.core import MAX_IN_FLIGHT, MAX_OPEN_HANDLES, SFTPServerCore
+from conchshare.sftp.engine import OrderedEngine
 from conchshare.spin import worthSpinning
 from conchshare.switches import switchedOn
 
@@ -52,8 +57,8 @@ READ_SIZE = 1024 * 1024
 
 #: A call running this long (seconds) gets another thread reading on.
 #: Also how often the watchdog thread wakes while calls run: each wake-up
-#: takes a CPU from the client's side of a round trip (on a two-CPU
-#: machine, an sshfs untar took 30% longer with 2 ms).
+#: takes a CPU from the client's side of a round trip (a shorter period
+#: made an sshfs untar slower: bench/README.md).
 SLOW = 0.01
 
 #: The watchdog sleeps for good after this long without a call (seconds).
@@ -72,8 +77,12 @@ class ThreadedServer:
     """
     SFTP on a pair of file descriptors, served by L{threads} threads.
 
-    Build it, build the avatar with L{run} as its runner (for example
-    C{ShareSFTPServer(shares, runner=server.run)}), then L{serve} it.
+    Build it, build the avatar with its L{engine} (for example
+    C{ShareSFTPServer(shares, engine=server.engine)}), then L{serve} it.
+
+    @ivar engine: the L{conchshare.sftp.engine.ICallEngine} to give the
+        avatar: its calls run in the serving threads, and the calls that
+        never wait in the thread that read the request.
     """
 
     _log = Logger()
@@ -88,6 +97,7 @@ class ThreadedServer:
         maxOpenHandles: int = MAX_OPEN_HANDLES,
         logRequests: bool = False,
         spin: float | None = None,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         """
         @param inputFd: where requests come from (blocking reads).
@@ -103,14 +113,15 @@ class ThreadedServer:
             SETSTAT, ...) sends its next request some tens of microseconds
             later; a thread that blocked meanwhile is woken by the kernel,
             which on a virtual machine costs a wake-up of an idle virtual CPU
-            and the reload of the interpreter's caches: measured, an sshfs
-            untar of 2,000 files took 2.2 s blocking at once and 1.3 s
-            polling for 100 µs first (OpenSSH's sftp-server: 0.7-1.0 s).
-            The cost is at most C{spin} of CPU time per request.  Default:
-            L{SPIN} where the process may run on two CPUs or more, 0 on
-            one (see L{conchshare.spin.worthSpinning}) or with the switch
+            and the reload of the interpreter's caches (measured:
+            bench/README.md).  The cost is at most C{spin} of CPU time per
+            request.  Default: L{SPIN} where the process may run on two CPUs
+            or more, 0 on one (see L{conchshare.spin.worthSpinning}) or with the switch
             C{CONCHSHARE_THREADED_WAIT=0}.
+        @param clock: seconds, monotonic: how long calls run, and how long
+            the reading thread polls.
         """
+        self._clock = clock
         self._input = inputFd
         self._output = outputFd
         self._threads = max(2, threads)
@@ -142,13 +153,14 @@ class ThreadedServer:
         # Where stdin is read: WRITE data is kept there (see _freshBuffer).
         self._buffer = bytearray(READ_SIZE)
         self.core: SFTPServerCore | None = None
+        self.engine = OrderedEngine(self.start, inlineReads=True)
 
-    # -- the avatar's runner ----------------------------------------------
+    # -- how the engine starts a call -------------------------------------
 
-    def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def start(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
-        Queue a blocking call for a serving thread (the avatar's runner,
-        called with the lock held, from the core).
+        Queue a blocking call for a serving thread (L{engine} calls it with
+        the lock held, from the core, once the call's keys allow).
 
         @return: a Deferred fired, lock held, with the call's result.
         """
@@ -215,8 +227,9 @@ class ThreadedServer:
         # nobody reads, wake a thread to read on.  Asleep after a quiet
         # _WATCH_IDLE (the next call wakes it).
         with self._lock:
+            clock = self._clock
             while not self._finished.is_set():
-                now = monotonic()
+                now = clock()
                 if not self._running and now - self._lastStart > _WATCH_IDLE:
                     self._watching = False
                     self._watchWakeup.wait()
@@ -225,7 +238,7 @@ class ThreadedServer:
                 self._watchWakeup.wait(SLOW)
                 if not (self._idle and self._mayRead()):
                     continue
-                now = monotonic()
+                now = clock()
                 if any(now - started >= SLOW for started in self._running.values()):
                     self._wakeup.notify()
 
@@ -239,14 +252,13 @@ class ThreadedServer:
         # Other calls ready: run alongside.  Requests still to read wait
         # for this call (or for SLOW): waking a thread costs more than most
         # calls take, and two threads taking turns at the interpreter lock
-        # made even uploads slower (sftp put: 1,223 MB/s, against 1,655
-        # MB/s reading and writing in turn).
+        # made even uploads slower (bench/README.md).
         wanted = len(self._ready)
         if wanted and self._idle:
             self._wakeup.notify(min(wanted, self._idle))
         self._calls += 1
         call = self._calls
-        self._running[call] = self._lastStart = monotonic()
+        self._running[call] = self._lastStart = self._clock()
         if not self._watching:
             self._watchWakeup.notify()
         self._lock.release()
@@ -322,8 +334,9 @@ class ThreadedServer:
         # Lock not held.  Poll stdin for up to self._spin seconds (see
         # __init__); then the caller blocks in read if nothing came.
         poll = self._poller.poll
-        deadline = monotonic() + self._spin
-        while not poll(0) and monotonic() < deadline:
+        clock = self._clock
+        deadline = clock() + self._spin
+        while not poll(0) and clock() < deadline:
             pass
 
     # -- the core's transport ---------------------------------------------

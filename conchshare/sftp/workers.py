@@ -37,173 +37,52 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from conchshare.sftp.ordering import KeyOrder, orderedKeys
+from conchshare.sftp.engine import AGAIN, Fed, ICallEngine, KernelCall
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.switches import switchedOn
 
 __all__ = [
-    "AGAIN",
     "FALLBACK",
-    "Batch",
-    "Job",
-    "KeyOrder",
-    "Workers",
-    "afterDelivery",
-    "holdWakeups",
-    "orderedKeys",
-    "releaseWakeups",
+    "KernelRing",
     "RingCall",
+    "Workers",
 ]
-
-# While Workers._collect fires a batch of results (in the reactor thread):
-# what to call once all are fired.
-_delivering: list[Callable[[], object]] | None = None
-
-
-def afterDelivery(call: Callable[[], object]) -> bool:
-    """
-    Defer C{call} to the end of the batch of results being delivered, if
-    one is: so that the replies a batch produces are written at once.
-
-    @return: whether C{call} will be called (L{False}: no batch is being
-        delivered; call it yourself).
-    """
-    if _delivering is None:
-        return False
-    _delivering.append(call)
-    return True
-
-
-# While the reactor thread dispatches what one feed brought: the Workers
-# whose threads are to be woken once it is done.
-_holding: list[Workers] | None = None
-
-
-def holdWakeups() -> bool:
-    """
-    Hold back the wake-ups of worker threads for calls handed over from now
-    on, until L{releaseWakeups}: the calls one feed brings (the WRITEs of a
-    1 MiB read) then wait together, and those of one batch run as one (see
-    L{Batch}) instead of the first running alone.  A thread already awake
-    still takes them meanwhile.
-
-    @return: whether this call started holding (L{False}: already held;
-        do not release).
-    """
-    global _holding
-    if _holding is not None:
-        return False
-    _holding = []
-    return True
-
-
-def releaseWakeups() -> None:
-    """
-    Wake the worker threads held back since L{holdWakeups}.
-    """
-    global _holding
-    held, _holding = _holding, None
-    for workers in held or ():
-        workers._wakeHeld()
-
 
 _log = Logger()
 
 
-class Batch:
+class KernelRing(Protocol):
     """
-    What lets calls run as one (see L{Workers.run}): the calls made with
-    the same batch, on the same single key, one right behind the other.
-    """
-
-    def accepts(self, jobs: list[Job], job: Job) -> bool:
-        """
-        Whether C{job} may join C{jobs} (taken so far, in call order;
-        never empty).  Called in a worker thread with the workers' lock
-        held: decide quickly, without blocking.
-        """
-        return False
-
-    def call(self, jobs: list[Job]) -> None:
-        """
-        Run C{jobs} (several, in call order) as one, setting each one's
-        result as L{Job.call} would have (C{ok} and C{value}); never
-        raises.  Called in a worker thread.
-        """
-        for job in jobs:
-            job.call()
-
-
-class Job:
-    """
-    One call: its keys, whether it only shares them, the callable and its
-    arguments, and the Deferred its result goes to.
+    What L{Workers} needs of its io_uring ring (L{conchshare.uring.Ring}).
     """
 
-    __slots__ = (
-        "keys",
-        "shared",
-        "solo",
-        "function",
-        "args",
-        "deferred",
-        "ok",
-        "value",
-        "batch",
-        "ring",
-    )
-
-    def __init__(
-        self,
-        keys: tuple[bytes, ...],
-        shared: bool,
-        function: Callable[..., Any],
-        args: tuple[Any, ...],
-        batch: Batch | None = None,
-        ring: RingCall | None = None,
-        solo: tuple[bytes, ...] = (),
-    ) -> None:
-        self.keys = keys
-        self.shared = shared
-        #: Keys held exclusive although C{shared} (see L{KeyOrder}).
-        self.solo = solo
-        self.function = function
-        self.args = args
-        self.batch = batch
-        self.ring = ring
-        self.deferred: Deferred[Any] = Deferred()
-        self.ok = True
-        self.value: Any = None
-
-    def call(self) -> None:
+    def spin(self, seconds: float, clock: Callable[[], float]) -> bool:
         """
-        Run the call, keeping its result or exception (never raises).
-        """
-        try:
-            self.value = self.function(*self.args)
-        except BaseException as e:
-            self.ok = False
-            self.value = e
+        Poll the completion queue for up to C{seconds} (by C{clock}).
 
-    def fire(self) -> None:
+        @return: whether a completion came.
         """
-        Fire the Deferred with what L{call} kept (in the reactor thread).
+
+    def doRead(self) -> object:
         """
-        if self.ok:
-            self.deferred.callback(self.value)
-        else:
-            self.deferred.errback(Failure(self.value))
+        Deliver the completions that came.
+        """
 
 
-#: Returned by a call that is not done: it is made again, still holding
-#: its keys, once the calls ready to run when it returned have started
-#: (a long copy-data, in steps: other clients' calls go in between).
-AGAIN = object()
+class _Reactor(Protocol):
+    # What Workers needs of its reactor (IReactorFromThreads, IReactorCore).
+    def callFromThread(self, callable: Callable[..., object], *args: object) -> None: ...
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, callable: Callable[..., object], *args: object
+    ) -> Any: ...
 
 
 #: What L{RingCall.start} is given to report with: C{(True, result)},
@@ -259,10 +138,12 @@ def _callBatch(jobs: list[Job]) -> None:
             job.value = e
 
 
+@implementer(ICallEngine)
 class Workers:
     """
-    Runs blocking calls in up to C{threads} daemon threads, ordered per key
-    (see the module docstring).
+    The reactor's engine (an L{ICallEngine}): runs blocking calls in up to
+    C{threads} daemon threads, or in the kernel, ordered per key (see the
+    module docstring).
 
     Latency: right after the reactor thread hands over calls, it may wait
     for them (L{waitBriefly}), at most L{WAIT} seconds, instead of going
@@ -280,19 +161,29 @@ class Workers:
     WAIT = 0.0003
 
     def __init__(
-        self, reactor: Any, threads: int = 4, *, name: str = "conchshare-fs", ring: Any = None
+        self,
+        reactor: _Reactor,
+        threads: int = 4,
+        *,
+        name: str = "conchshare-fs",
+        ring: KernelRing | None = None,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         """
-        @param reactor: an L{IReactorFromThreads}; results are handed back
-            with its C{callFromThread}.
+        @param reactor: an L{IReactorFromThreads} and L{IReactorCore};
+            results are handed back with its C{callFromThread}, and the
+            threads stop at its shutdown.
         @param threads: the most threads running calls at once.
         @param name: the threads' name.
         @param ring: a L{conchshare.uring.Ring} whose completions C{reactor}
             delivers: calls made with a L{RingCall} start there when their
             keys are free (L{None}: always in threads).
+        @param clock: seconds, monotonic: how long calls take, and how long
+            L{waitBriefly} waits.
         """
         self._reactor = reactor
         self.ring = ring
+        self._clock = clock
         self._max = max(1, threads)
         self._name = name
         # One lock for the state; waking goes through locks used as
@@ -304,6 +195,10 @@ class Workers:
         self._reactorWake = threading.Lock()
         self._reactorWake.acquire()
         self._order = KeyOrder()
+        #: Whether a shared call on C{keys} would start at once: nothing
+        #: exclusive runs or waits on them (C{sharedFree(*keys)}).  Only
+        #: calls made from the reactor thread can change that to C{False}.
+        self.sharedFree: Callable[..., bool] = self._order.sharedFreeUnder(self._lock)
         self._ready: deque[Job] = deque()
         self._done: list[Job] = []
         self._collecting = False
@@ -317,7 +212,12 @@ class Workers:
         self._waitForThreads = switchedOn("CONCHSHARE_WORKERS_WAIT")
         self._stopped = False
         self._shutdownTrigger = False
-        self._wakeHeldBack = False  # in _holding
+        # Wake-ups held back (holdWakeups), and whether one was.
+        self._holding = False
+        self._wakeHeldBack = False
+        # While _collect fires a batch of results (in the reactor thread):
+        # what to call once all are fired (afterDelivery).
+        self._delivering: list[Callable[[], object]] | None = None
         self._inRing = 0  # calls in the ring, not yet reported
 
     def __len__(self) -> int:
@@ -341,23 +241,89 @@ class Workers:
         """
         return bool(self._calling or self._ready)
 
-    def sharedFree(self, *keys: bytes) -> bool:
+    def holdWakeups(self) -> bool:
         """
-        Whether a shared call on C{keys} would start at once: nothing
-        exclusive runs or waits on them.  Only calls made from the reactor
-        thread can change that to C{False}.
+        Hold back the wake-ups of worker threads for calls handed over from
+        now on, until L{releaseWakeups}: the calls one feed brings (the
+        WRITEs of a 1 MiB read) then wait together, and those of one batch
+        run as one (see L{Batch}) instead of the first running alone.  A
+        thread already awake still takes them meanwhile.  In the reactor
+        thread.
+
+        @return: whether this call started holding (L{False}: already held;
+            do not release).
         """
-        with self._lock:
-            return self._order.sharedFree(*keys)
+        if self._holding:
+            return False
+        self._holding = True
+        return True
+
+    def releaseWakeups(self) -> None:
+        """
+        Wake the worker threads held back since L{holdWakeups}.
+        """
+        self._holding = False
+        if self._wakeHeldBack:
+            self._wakeHeld()
+
+    def feed(self, core: Fed, data: bytes, small: bool) -> None:
+        """
+        See L{ICallEngine.feed}: in the reactor thread.
+        """
+        if self._holding:
+            core.dataReceived(data)
+        else:
+            self._holding = True
+            try:
+                core.dataReceived(data)
+            finally:
+                self._holding = False
+                if self._wakeHeldBack:
+                    self._wakeHeld()
+        if small and core.settled:
+            # Small requests (metadata): their answers come within a
+            # fraction of a millisecond, so wait for them rather than for
+            # a wake-up.  After data (WRITEs) read on.
+            self.waitBriefly()
+
+    def holdingWakeups(self, call: Callable[..., object], *args: object) -> None:
+        """
+        Call C{call(*args)} between L{holdWakeups} and L{releaseWakeups}
+        (see L{ICallEngine.holdingWakeups}).
+        """
+        if self._holding:
+            call(*args)
+            return
+        self._holding = True
+        try:
+            call(*args)
+        finally:
+            self._holding = False
+            if self._wakeHeldBack:
+                self._wakeHeld()
+
+    def afterDelivery(self, call: Callable[[], object]) -> bool:
+        """
+        Defer C{call} to the end of the batch of results being delivered, if
+        one is: so that the replies a batch produces are written at once.
+
+        @return: whether C{call} will be called (L{False}: no batch is being
+            delivered; call it yourself).
+        """
+        delivering = self._delivering
+        if delivering is None:
+            return False
+        delivering.append(call)
+        return True
 
     def run(
         self,
         keys: Iterable[bytes],
         function: Callable[..., Any],
-        *args: Any,
+        *args: object,
         shared: bool = False,
         batch: Batch | None = None,
-        ring: RingCall | None = None,
+        ring: KernelCall | None = None,
         solo: tuple[bytes, ...] = (),
     ) -> Deferred[Any]:
         """
@@ -373,18 +339,19 @@ class Workers:
         @return: a Deferred firing, in the reactor thread, with the result
             or the exception.
         """
-        job = Job(orderedKeys(keys), shared, function, args, batch, ring, solo)
+        d: Deferred[Any] = Deferred()
         wake = None
         with self._lock:
-            if not self._order.add(job):
-                return job.deferred
+            job, ready = self._order.take(d, tuple(keys), shared, function, args, batch, ring, solo)
+            if not ready:
+                return d
             if ring is None or self.ring is None:
                 wake = self._readied(job)
         if wake is not None:
             _signal(wake)
         elif ring is not None and self.ring is not None:
             self._startInRing(job)
-        return job.deferred
+        return d
 
     def _startInRing(self, job: Job) -> None:
         # In the reactor thread: job may start; start it in the kernel, or
@@ -406,11 +373,9 @@ class Workers:
         # wake-up to signal once the lock is released, if any.
         self._ready.append(job)
         if len(self._ready) > self._between:
-            if _holding is None:
+            if not self._holding:
                 return self._wakeOne()
-            if not self._wakeHeldBack:
-                self._wakeHeldBack = True
-                _holding.append(self)
+            self._wakeHeldBack = True
         return None
 
     def _toThread(self, job: Job) -> None:
@@ -458,7 +423,7 @@ class Workers:
 
     def _wakeHeld(self) -> None:
         # Wake-ups were held back (holdWakeups): wake a thread if the calls
-        # are still waiting for one.
+        # are still waiting for one.  In the reactor thread.
         wake = None
         with self._lock:
             self._wakeHeldBack = False
@@ -493,9 +458,7 @@ class Workers:
         if self._live < self._max:
             if not self._shutdownTrigger:
                 self._shutdownTrigger = True
-                addTrigger = getattr(self._reactor, "addSystemEventTrigger", None)
-                if addTrigger is not None:
-                    addTrigger("during", "shutdown", self.stop)
+                self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
             self._between += 1
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{self._started}", daemon=True
@@ -508,6 +471,7 @@ class Workers:
     def _work(self) -> None:
         lock = self._lock
         ready = self._ready
+        clock = self._clock
         wake = threading.Lock()
         wake.acquire()
         lock.acquire()
@@ -539,12 +503,12 @@ class Workers:
                 try:
                     if other is not None:
                         _signal(other)
-                    started = monotonic()
+                    started = clock()
                     if jobs is None or len(jobs) == 1:
                         job.call()
                     else:
                         _callBatch(jobs)
-                    self._lastCall = monotonic() - started
+                    self._lastCall = clock() - started
                 finally:
                     lock.acquire()
                 self._calling -= 1
@@ -591,7 +555,7 @@ class Workers:
         if ring is not None and self._inRing and not (self._ready or self._calling):
             # Only calls in the kernel: poll for their completion (no
             # thread needs the GIL meanwhile).
-            if ring.spin(self.WAIT, monotonic):
+            if ring.spin(self.WAIT, self._clock):
                 ring.doRead()  # its eventfd too: no wake-up for nothing
             return
         if not self._waitForThreads or self._lastCall > 4 * self.WAIT:
@@ -603,11 +567,12 @@ class Workers:
             return
         lock = self._lock
         reactorWake = self._reactorWake
+        clock = self._clock
         lock.acquire()
         try:
-            deadline = monotonic() + self.WAIT
+            deadline = clock() + self.WAIT
             while self._ready or self._calling:
-                remaining = deadline - monotonic()
+                remaining = deadline - clock()
                 if remaining <= 0:
                     break
                 # Drop a signal left over from an earlier wait.
@@ -627,19 +592,29 @@ class Workers:
 
     def _collect(self) -> None:
         # In the reactor thread: fire every call done since the last time.
-        global _delivering
+        # The calls their callbacks hand over wait together (holdWakeups).
         with self._lock:
             done, self._done = self._done, []
             self._collecting = False
-        outer = _delivering
+        outer = self._delivering
         if outer is None:
-            _delivering = []
+            self._delivering = []
+        holding = self.holdWakeups()
         try:
             for job in done:
-                job.fire()
+                # Fired here, not through a method of the job: one module
+                # less on every reply's way (see ARCHITECTURE.rst).
+                deferred = job.deferred
+                assert deferred is not None
+                if job.ok:
+                    deferred.callback(job.value)
+                else:
+                    deferred.errback(Failure(job.value))
         finally:
+            if holding:
+                self.releaseWakeups()
             if outer is None:
-                calls, _delivering = _delivering, None
+                calls, self._delivering = self._delivering, None
                 for call in calls or ():
                     try:
                         call()

@@ -46,8 +46,8 @@ def main(argv: list[str]) -> int:
         reactor=reactor,
     )
     service._avatar = service._makeAvatar()
-    workers = service._avatar.workers
-    if workers is None or workers.ring is None:
+    workers = service._avatar.engine
+    if workers.ring is None:
         # Still served (by worker threads), but not as share serves here.
         sys.stderr.write("channelserver: io_uring is not used\n")
     protocol = service._protocolFactory()()

@@ -101,7 +101,7 @@ class Served:
             self.toServer[0], self.fromServer[1], threads=threads, maxInFlight=maxInFlight
         )
         self.avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["s"], cwd=base), runner=self.engine.run, inlineCalls=True
+            ShareSet.fromSpecs(["s"], cwd=base), engine=self.engine.engine
         )
         self.thread = threading.Thread(target=self.engine.serve, args=(self.avatar,), daemon=True)
         self.thread.start()

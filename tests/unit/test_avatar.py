@@ -10,6 +10,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
@@ -33,15 +34,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from conchshare.confined import groupName, userName
-from conchshare.sftp.avatar import (
-    PathOrder,
-    ShareDirectory,
-    ShareFile,
-    ShareSFTPServer,
-    makeThreadPool,
-    synchronousRunner,
-)
+from conchshare.sftp.avatar import ShareDirectory, ShareFile, ShareSFTPServer
+from conchshare.sftp.engine import ICallEngine, OrderedEngine
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
+from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.support.engines import ManualRunner
 from tests.support.harness import Harness
@@ -56,7 +52,7 @@ class AvatarTestCase(SynchronousTestCase):
         self.shares = ShareSet.fromSpecs(
             ["one", "two", "ro:ro", "home/alice/docs=alice"], cwd=self.base
         )
-        self.avatar = ShareSFTPServer(self.shares, runner=synchronousRunner)
+        self.avatar = ShareSFTPServer(self.shares, engine=OrderedEngine())
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.base, *parts)
@@ -119,7 +115,7 @@ class InterfaceTests(AvatarTestCase):
         self.assertEqual(raised.exception.code, FX_OP_UNSUPPORTED)
 
     def test_fromSpecs(self) -> None:
-        avatar = ShareSFTPServer.fromSpecs(["x=one:ro"], cwd=self.base, runner=synchronousRunner)
+        avatar = ShareSFTPServer.fromSpecs(["x=one:ro"], cwd=self.base, engine=OrderedEngine())
         self.assertTrue(avatar.readOnly)
         self.assertEqual(avatar.homeDirectory(b"anyone"), b"/x")
         self.assertEqual(self.successResultOf(avatar.realPath(b".")), b"/x")
@@ -251,7 +247,7 @@ class OrderingTests(SynchronousTestCase):
         makeTree(self.base)
         self.runner = ManualRunner()
         self.avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["one"], cwd=self.base), runner=self.runner
+            ShareSet.fromSpecs(["one"], cwd=self.base), engine=OrderedEngine(self.runner)
         )
 
     def openFile(self, path: bytes) -> ShareFile:
@@ -359,17 +355,18 @@ class OrderingTests(SynchronousTestCase):
         self.successResultOf(rename)
         self.failureResultOf(old, FileNotFoundError)
         self.assertEqual(self.successResultOf(new)["size"], 6)
-        self.assertEqual(len(self.avatar._order), 0)
+        self.assertEqual(len(self.avatar.engine), 0)  # type: ignore[arg-type]
 
 
-class PathOrderTests(SynchronousTestCase):
+class OrderedEngineTests(SynchronousTestCase):
     def test_orderPerKey(self) -> None:
         """
         Calls sharing a key run one after another in call order; a call with
         two keys waits for both; disjoint calls run at once; failures
         release their keys too.
         """
-        order = PathOrder()
+        order = OrderedEngine()
+        self.assertTrue(verifyObject(ICallEngine, order))
         started: list[str] = []
         gates: dict[str, Deferred[None]] = {}
 
@@ -406,30 +403,21 @@ class PathOrderTests(SynchronousTestCase):
 class ThreadPoolTests(TestCase):
     def pooledAvatar(self) -> ShareSFTPServer:
         """
-        An avatar over a new empty share C{s}, its calls run in a Twisted
-        pool of 4 threads, results delivered to the global reactor.
+        An avatar over a new empty share C{s}, its calls started by an
+        L{OrderedEngine} in a Twisted pool of 4 threads, results delivered
+        to the global reactor.
         """
         from twisted.internet import reactor
+        from twisted.internet.threads import deferToThreadPool
+        from twisted.python.threadpool import ThreadPool
 
-        pool = makeThreadPool(MemoryReactor(), maxthreads=4)
+        pool = ThreadPool(minthreads=0, maxthreads=4, name="test-fs")
+        pool.start()
         self.addCleanup(pool.stop)
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
-        return ShareSFTPServer(
-            ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, threadpool=pool
-        )
-
-    def test_makeThreadPool(self) -> None:
-        """
-        The pool is started and stopped at reactor shutdown.
-        """
-        memory = MemoryReactor()
-        pool = makeThreadPool(memory, maxthreads=3)
-        self.assertTrue(pool.started)
-        self.assertEqual(pool.max, 3)
-        [(stop, args, kwargs)] = memory.triggers["during"]["shutdown"]
-        stop(*args, **kwargs)
-        self.assertFalse(pool.started)
+        engine = OrderedEngine(partial(deferToThreadPool, reactor, pool))
+        return ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), engine=engine)
 
     def test_reactorPoolByDefault(self) -> Deferred[Any]:
         """
@@ -442,8 +430,9 @@ class ThreadPoolTests(TestCase):
         os.makedirs(os.path.join(base, "s"))
         shares = ShareSet.fromSpecs(["s"], cwd=base)
         idle = ShareSFTPServer(shares, reactor=MemoryReactor())
-        assert idle.workers is not None
-        self.assertEqual(idle.workers.threads, 0)
+        assert isinstance(idle.engine, Workers)
+        self.assertTrue(verifyObject(ICallEngine, idle.engine))
+        self.assertEqual(idle.engine.threads, 0)
         avatar = ShareSFTPServer(shares, reactor=reactor)
         d = avatar.realPath(b".")
         d.addCallback(self.assertEqual, b"/s")
@@ -468,17 +457,17 @@ class ThreadPoolTests(TestCase):
         avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
         if confined._memory is None or not avatar.filesystem._localMounts:
             raise SkipTest("No in-memory attributes on this system or filesystem")
-        assert avatar.workers is not None
+        assert isinstance(avatar.engine, Workers)
         os.stat(os.path.join(base, "s", "f"))  # looked up once: in the dcache
         attrs = avatar.getAttrs(b"/s/f", False)
         self.assertIsInstance(attrs, dict)
         self.assertEqual(attrs["size"], 5)  # type: ignore[index]
-        self.assertEqual(avatar.workers.threads, 0)
+        self.assertEqual(avatar.engine.threads, 0)
         # OPENDIR too: opened here, its entries read ahead by a worker, and
         # READDIR returns them once that is done.
         directory = avatar.openDirectory(b"/s")
         self.assertIsInstance(directory, ShareDirectory)
-        self.assertEqual(avatar.workers.threads, 1)
+        self.assertEqual(avatar.engine.threads, 1)
         assert isinstance(directory, ShareDirectory)
         listed = directory.readBatch(100)
         fresh = avatar.getAttrs(b"/s/never-looked-up", False)
@@ -614,8 +603,8 @@ class MergedWriteTests(TestCase):
         os.makedirs(os.path.join(base, "s"))
         self.path = os.path.join(base, "s", "f")
         self.avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
-        assert self.avatar.workers is not None
-        self.workers = self.avatar.workers
+        assert isinstance(self.avatar.engine, Workers)
+        self.workers = self.avatar.engine
         self.addCleanup(self.workers.stop)
 
     def opened(self) -> Deferred[ShareFile]:

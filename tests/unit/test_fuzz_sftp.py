@@ -32,7 +32,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from conchshare.sftp import wire
-from conchshare.sftp.avatar import ShareSFTPServer, synchronousRunner
+from conchshare.sftp.avatar import ShareSFTPServer
+from conchshare.sftp.engine import OrderedEngine
 from conchshare.sftp.protocol import SFTPServerProtocol
 from conchshare.shares import ShareSet
 from tests.support import CHECKOUT
@@ -413,7 +414,7 @@ class FuzzTestCase(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.watcher)
 
     def connect(self) -> tuple[SFTPServerProtocol, StringTransport]:
-        protocol = SFTPServerProtocol(self.tree.avatar(runner=synchronousRunner))
+        protocol = SFTPServerProtocol(self.tree.avatar(engine=OrderedEngine()))
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(INIT)
@@ -473,7 +474,7 @@ class ExactlyOneReplyTests(FuzzTestCase):
                 for kind, _, body in replies:
                     if kind == wire.FXP_HANDLE:
                         fuzzer.handles.append(wire.Reader(body, 5).string())
-                # Synchronous runner: all answered once fed.
+                # Synchronous engine: all answered once fed.
                 self.assertEqual(got, expected, f"seed {seed}")
             self.assertEqual(protocol.core.inFlight if protocol.core else 0, 0)
             self.close(protocol)
@@ -685,7 +686,7 @@ class DisconnectTests(FuzzTestCase):
         """
         for seed in range(100):
             rng = random.Random(seed)
-            protocol = SFTPServerProtocol(self.tree.avatar(runner=synchronousRunner))
+            protocol = SFTPServerProtocol(self.tree.avatar(engine=OrderedEngine()))
             transport = StringTransport()
             protocol.makeConnection(transport)
             kind = rng.choice([k for k in range(256) if k != wire.FXP_INIT])

@@ -11,7 +11,7 @@ replies, matched by request id, must equal those of the same requests sent
 one at a time.  Both engines are driven through the SFTP core, bytes in and
 replies out: the reactor engine (the avatar's L{Workers}, with a fake
 reactor whose thread is the test's) and the engine of C{sftp-server} (the
-avatar's L{PathOrder}, with a runner that holds the latched call; and the
+avatar's L{OrderedEngine}, with a start function that holds the latched call; and the
 real L{ThreadedServer} on pipes).
 """
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -32,8 +34,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.core import SFTPServerCore
-from conchshare.sftp.ordering import KeyOrder
-from conchshare.sftp.workers import Job
+from conchshare.sftp.engine import OrderedEngine
+from conchshare.sftp.ordering import Job, KeyOrder
+from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.support.wire import INIT, NO_ATTRS, request, s, u32, u64
 
@@ -86,7 +89,7 @@ def _held(function: Callable[..., Any]) -> Held | None:
 
 class LatchRunner:
     """
-    A runner for the avatar (see L{conchshare.sftp.avatar.Runner}): calls
+    How an L{OrderedEngine} starts the avatar's calls: calls
     run at once, in the calling thread, except an armed L{Held} call, which
     runs when the test releases it.
     """
@@ -112,8 +115,10 @@ class LatchRunner:
 
 class ThreadReactor:
     """
-    The part of a reactor L{Workers} uses: C{callFromThread}.  The calls
-    wait until the test thread (the reactor thread) runs them.
+    The part of a reactor L{Workers} uses: C{callFromThread} and
+    C{addSystemEventTrigger}.  The calls wait until the test thread (the
+    reactor thread) runs them; it never shuts down (the test stops the
+    workers).
     """
 
     def __init__(self) -> None:
@@ -124,6 +129,11 @@ class ThreadReactor:
         with self._wake:
             self._calls.append((function, args))
             self._wake.notify()
+
+    def addSystemEventTrigger(
+        self, phase: str, eventType: str, function: Callable[..., Any], *args: Any
+    ) -> None:
+        pass
 
     def pending(self) -> bool:
         with self._wake:
@@ -266,8 +276,8 @@ class WorkersEngine(Engine):
     def makeAvatar(self) -> ShareSFTPServer:
         self.reactor = ThreadReactor()
         avatar = ShareSFTPServer(self.shares, reactor=self.reactor, ring=False)
-        assert avatar.workers is not None
-        self.workers = avatar.workers
+        assert isinstance(avatar.engine, Workers)
+        self.workers = avatar.engine
         return avatar
 
     def stop(self) -> None:
@@ -286,14 +296,14 @@ class WorkersEngine(Engine):
 
 class PathOrderEngine(Engine):
     """
-    The engine of C{sftp-server}: the avatar ordered by its L{PathOrder},
+    The engine of C{sftp-server}: the avatar ordered by an L{OrderedEngine},
     inline answers allowed (as C{sftp-server} builds it), calls run by a
     L{LatchRunner}.
     """
 
     def makeAvatar(self) -> ShareSFTPServer:
         self.runner = LatchRunner()
-        return ShareSFTPServer(self.shares, runner=self.runner, inlineCalls=True)
+        return ShareSFTPServer(self.shares, engine=OrderedEngine(self.runner, inlineReads=True))
 
     def releaseRunner(self) -> None:
         self.runner.release()
@@ -662,7 +672,7 @@ class KeyOrderTests(SynchronousTestCase):
         the connection and the handle, join one batch; a reader between
         them ends the batch.
         """
-        from conchshare.sftp.workers import Batch
+        from conchshare.sftp.ordering import Batch
 
         class All(Batch):
             def accepts(self, jobs: list[Job], job: Job) -> bool:
@@ -700,7 +710,7 @@ class ConnectionsTests(SynchronousTestCase):
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
         runner = LatchRunner()
-        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=runner)
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), engine=OrderedEngine(runner))
         one, other = avatar.forConnection(), avatar.forConnection()
         self.assertIs(one.filesystem, other.filesystem)
         held = Held(avatar.filesystem.makeDirectory, blocking=False)
@@ -738,7 +748,7 @@ class ConnectionsTests(SynchronousTestCase):
         one, other = factory().avatar, factory().avatar
         self.assertIsNot(one, other)
         self.assertIs(one.filesystem, other.filesystem)
-        self.assertIs(one.workers, other.workers)
+        self.assertIs(one.engine, other.engine)
         self.assertNotEqual(one._connection.key, other._connection.key)
 
 
@@ -751,7 +761,9 @@ class CloseTests(SynchronousTestCase):
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
         self.runner = LatchRunner()
-        self.avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), runner=self.runner)
+        self.avatar = ShareSFTPServer(
+            ShareSet.fromSpecs(["s"], cwd=base), engine=OrderedEngine(self.runner)
+        )
 
     def test_closeNotHeldByWriter(self) -> None:
         """
@@ -816,3 +828,25 @@ class CloseTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.successResultOf(removed)
         self.successResultOf(closedAfter)
+
+
+class PurityTests(SynchronousTestCase):
+    def test_importsNoEngine(self) -> None:
+        """
+        The ordering module, the execution seam's pure part, imports no
+        engine and no Twisted (a fresh interpreter loads neither).
+        """
+        code = (
+            "import sys, conchshare.sftp.ordering\n"
+            "print(sorted(m for m in sys.modules if m.startswith("
+            "('twisted', 'conchshare.sftp.workers', 'conchshare.sftp.engine',"
+            " 'conchshare.sftp.threaded', 'conchshare.confined'))))"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+        self.assertEqual(result.stdout.strip(), b"[]")

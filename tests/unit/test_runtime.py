@@ -21,7 +21,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from conchshare.sftp import avatar as avatarModule
-from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer, synchronousRunner
+from conchshare.sftp.avatar import MAX_NAME_LOOKUPS, ShareSFTPServer
+from conchshare.sftp.engine import OrderedEngine
+from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.support.harness import Harness
 from tests.support.sharetree import makeTree, read, write
@@ -142,8 +144,8 @@ class _Base(TestCase):
             lookUpUser=self.lookup,
             lookUpGroup=self.lookup,
         )
-        assert avatar.workers is not None
-        self.addCleanup(avatar.workers.stop)
+        assert isinstance(avatar.engine, Workers)
+        self.addCleanup(avatar.engine.stop)
         return avatar
 
 
@@ -194,7 +196,7 @@ class NameLookupLimitTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "one"))
         avatar = ShareSFTPServer(
             ShareSet.fromSpecs(["one"], cwd=base),
-            runner=synchronousRunner,
+            engine=OrderedEngine(),
             lookUpUser=lookUp,
             lookUpGroup=lookUp,
         )
@@ -217,14 +219,14 @@ class StopTests(_Base):
 
     async def _stopWithCallsInFlight(self) -> None:
         avatar = self.avatar()
-        assert avatar.workers is not None
+        assert isinstance(avatar.engine, Workers)
         client = Client(avatar)
         client.send(request(3, 1, s(b"/one/new") + u32(WRITE | CREAT) + NO_ATTRS))
         client.send(request(3, 2, s(b"/one/f") + u32(READ) + NO_ATTRS))
         written, kept = handleOf(await client.reply(1)), handleOf(await client.reply(2))
         client.send(usersGroups(3, [0], []))
         await entered(self.lookup.entered, "the held call")
-        avatar.workers.stop()
+        avatar.engine.stop()
         client.send(request(6, 4, s(written) + u64(0) + s(b"data")))  # WRITE
         client.send(request(4, 5, s(written)))  # CLOSE
         client.send(request(5, 6, s(kept) + u64(0) + u32(100)))  # READ
@@ -282,8 +284,8 @@ class CopyDataTests(_Base):
         # Every worker busy copying; the STAT goes to a worker too (not
         # answered from the kernel's caches, nor by io_uring).
         avatar = self.avatar(threads=1, ring=False)
-        assert avatar.workers is not None
-        avatar.workers.inlineReads = False
+        assert isinstance(avatar.engine, Workers)
+        avatar.engine.inlineReads = False
         held = HeldCopy(avatar.filesystem.copyData)
         self.addCleanup(held.rest.set)
         self.addCleanup(held.first.set)
@@ -332,7 +334,7 @@ class CopyDataStepsTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "one"))
         data = os.urandom(1024) * (20 * 1024)
         write(os.path.join(base, "one", "source"), data)
-        avatar = ShareSFTPServer(ShareSet.fromSpecs(["one"], cwd=base), runner=synchronousRunner)
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["one"], cwd=base), engine=OrderedEngine())
         held = HeldCopy(avatar.filesystem.copyData)
         held.first.set()
         held.rest.set()
@@ -370,7 +372,7 @@ class DirectoryCloseTests(SynchronousTestCase):
         makeTree(base)
         runner = ManualRunner()
         avatar = ShareSFTPServer(
-            ShareSet.fromSpecs(["one"], cwd=base), runner=runner, inlineCalls=True
+            ShareSet.fromSpecs(["one"], cwd=base), engine=OrderedEngine(runner, inlineReads=True)
         )
         # Through a symlink: not from the kernel's caches, by a worker.
         opened = avatar.openDirectory(b"/one/in_rel")

@@ -25,7 +25,8 @@ from zope.interface.verify import verifyObject
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, budgetFor
-from conchshare.sftp.core import EXTENSIONS, SFTPServerCore
+from conchshare.sftp.core import SFTPServerCore
+from conchshare.sftp.extensions import EXTENSIONS
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from tests.support.harness import Harness
 from tests.support.sftpfake import FakeDirectory, FakeFile, FakeSFTPServer
@@ -299,6 +300,25 @@ class MalformedTests(CoreTestCase):
                 + u32(2000),
             ),
         )
+
+    def test_shortFieldsOfHotRequests(self) -> None:
+        """
+        READ, WRITE, STAT, LSTAT and FSTAT, whose fields the core parses
+        itself, fail as every other request does when a field runs past
+        the end: BAD_MESSAGE with the request's id, at each field.
+        """
+        cases = [
+            request(5, 1, u32(9) + b"1"),  # READ: handle longer than the packet
+            request(5, 2, s(b"1") + u64(0)),  # READ: no length
+            request(5, 3, s(b"1") + u32(0)),  # READ: offset cut short
+            request(6, 4, s(b"1") + u64(0)),  # WRITE: no length
+            request(6, 5, b"\0\0"),  # WRITE: handle's length cut short
+            request(17, 6, u32(2) + b"/"),  # STAT
+            request(7, 7, b""),  # LSTAT: no path
+            request(8, 8, u32(5)),  # FSTAT
+        ]
+        expected = b"".join(status(requestId, 5, b"Packet too short") for requestId in range(1, 9))
+        self.exchange(b"".join(cases), expected)
 
     def test_noRequestId(self) -> None:
         """

@@ -4,12 +4,17 @@ Tests for L{conchshare.sftp.protocol}: the core on a Twisted transport.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from conchshare.sftp import wire
+from conchshare.sftp.avatar import ShareSFTPServer
+from conchshare.sftp.engine import Fed, OrderedEngine
 from conchshare.sftp.protocol import SFTPServerFactory, SFTPServerProtocol, subsystemFactory
+from conchshare.shares import ShareSet
 from tests.support.sftpfake import FakeSFTPServer
 from tests.support.wire import INIT, NO_ATTRS, READ, name1, ok, packets, request, s, u32
 
@@ -31,6 +36,32 @@ class ProtocolTests(SynchronousTestCase):
         protocol, transport = connect(FakeSFTPServer())
         protocol.dataReceived(request(16, 1, s(b"/a/..")))
         self.assertEqual(transport.value(), name1(1, b"/"))
+
+    def test_feedsThroughTheEngine(self) -> None:
+        """
+        With an avatar that names its engine (L{IEngineAvatar}), every
+        chunk received is fed to the core through the engine's
+        L{ICallEngine.feed} (which holds wake-ups and may wait briefly),
+        marked small below 64 KiB.
+        """
+        fed: list[tuple[int, bool]] = []
+
+        class RecordingEngine(OrderedEngine):
+            def feed(self, core: Fed, data: bytes, small: bool) -> None:
+                fed.append((len(data), small))
+                super().feed(core, data, small)
+
+        base = self.mktemp()
+        os.makedirs(os.path.join(base, "s"))
+        avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), engine=RecordingEngine())
+        protocol = SFTPServerProtocol(avatar)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(INIT)
+        big = request(16, 1, s(b"/" * 70000))
+        protocol.dataReceived(big)
+        self.assertEqual(fed, [(len(INIT), True), (len(big), False)])
+        self.assertIn(b"\x00\x00\x00\x01", transport.value())
 
     def test_slowCallDoesNotStallOtherConnection(self) -> None:
         """

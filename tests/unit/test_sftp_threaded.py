@@ -228,6 +228,22 @@ class SpinTests(SynchronousTestCase):
         self.assertEqual(self.zeroPolls(), 0)
         self.assertEqual(ThreadedServer(0, 1)._spin, 0.0)
 
+    def test_spinByTheClock(self) -> None:
+        """
+        The reading thread polls stdin until its injected clock says the
+        spin is over: with a clock that jumps past it, one poll, however
+        long the spin (an hour here).
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        self.addCleanup(os.close, writeEnd)
+        readings = iter([0.0, 7200.0])
+        server = ThreadedServer(readEnd, writeEnd, spin=3600.0, clock=lambda: next(readings))
+        started = time.monotonic()
+        server._await()
+        self.assertLess(time.monotonic() - started, 60.0)
+        self.assertEqual(list(readings), [])
+
 
 class BackpressureTests(SynchronousTestCase):
     def test_stopsReadingPastTheBound(self) -> None:

@@ -34,7 +34,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from conchshare import confined, uring
 from conchshare.confined import ConfinedFile, ConfinedFilesystem, _Statx
 from conchshare.sftp.avatar import ShareFile, ShareSFTPServer
-from conchshare.sftp.workers import FALLBACK, RingCall
+from conchshare.sftp.workers import FALLBACK, RingCall, Workers
 from conchshare.shares import ShareSet
 from conchshare.uring import OpenHow, Ring, ringFor
 from tests.support import CHECKOUT
@@ -592,8 +592,8 @@ class AvatarTestsMixin(_Case):
         avatar = ShareSFTPServer(
             ShareSet.fromSpecs(["s"], cwd=self.base), reactor=self.reactor, ring=self.ring, **kwargs
         )
-        workers = avatar.workers
-        assert workers is not None
+        workers = avatar.engine
+        assert isinstance(workers, Workers)
         self.addCleanup(workers.stop)
         return avatar
 
@@ -618,8 +618,8 @@ class AvatarTestsMixin(_Case):
         return d
 
     def threadsUsed(self) -> int:
-        workers = self.avatar.workers
-        assert workers is not None
+        workers = self.avatar.engine
+        assert isinstance(workers, Workers)
         return workers.threads
 
     @defer.inlineCallbacks
@@ -843,8 +843,8 @@ class AvatarRingTests(AvatarTestsMixin, TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        workers = self.avatar.workers
-        assert workers is not None
+        workers = self.avatar.engine
+        assert isinstance(workers, Workers)
         if workers.ring is None:
             raise SkipTest("The installed reactor has no ring")
         self.assertIs(workers.ring, ringFor(self.reactor))
@@ -863,8 +863,8 @@ class AvatarThreadTests(AvatarTestsMixin, TestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        workers = self.avatar.workers
-        assert workers is not None
+        workers = self.avatar.engine
+        assert isinstance(workers, Workers)
         self.assertIsNone(workers.ring)
 
     def checkThreads(self) -> None:

@@ -12,19 +12,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from conchshare.confined import ConfinedFile
-from conchshare.sftp.workers import (
-    FALLBACK,
-    Batch,
-    Job,
-    KeyOrder,
-    RingCall,
-    Workers,
-    afterDelivery,
-    holdWakeups,
-    releaseWakeups,
-)
+from conchshare.sftp.engine import ICallEngine
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
+from conchshare.sftp.workers import FALLBACK, RingCall, Workers
 from conchshare.shares import Share
 
 
@@ -198,11 +191,11 @@ class WorkersTests(TestCase):
         def delivered(result: object) -> None:
             self.assertEqual(threading.get_ident(), main)
             events.append("result")
-            self.assertTrue(afterDelivery(lambda: events.append("after")))
+            self.assertTrue(workers.afterDelivery(lambda: events.append("after")))
 
         d = workers.run([b"k"], lambda: None)
         d.addCallback(delivered)
-        self.assertFalse(afterDelivery(lambda: None))
+        self.assertFalse(workers.afterDelivery(lambda: None))
         waiter: Deferred[None] = Deferred()
 
         def check() -> None:
@@ -317,15 +310,79 @@ class WorkersTests(TestCase):
                 super().call(jobs)
 
         batch = Recording()
-        self.assertTrue(holdWakeups())
-        self.assertFalse(holdWakeups())  # nested: the outer one releases
+        self.assertTrue(workers.holdWakeups())
+        self.assertFalse(workers.holdWakeups())  # nested: the outer one releases
         calls = [workers.run([b"k"], lambda n: n, n, batch=batch) for n in range(5)]
         self.assertEqual(workers.threads, 0)
-        releaseWakeups()
+        workers.releaseWakeups()
         d = gatherResults(calls)
         d.addCallback(self.assertEqual, [("together", n) for n in range(5)])
         d.addCallback(lambda _: self.assertEqual(groups, [5]))
         return d
+
+    def test_heldWakeupsPerEngine(self) -> Deferred[Any]:
+        """
+        Holding one engine's wake-ups (a feed of one protocol) holds back
+        no other engine's: the hold is the engine's state, not a module
+        global.
+        """
+        held, other = self.workers(), self.workers()
+        self.assertTrue(held.holdWakeups())
+        waiting = held.run([b"k"], lambda: "held")
+        going = other.run([b"k"], lambda: "other")
+        self.assertEqual((held.threads, other.threads), (0, 1))
+        held.releaseWakeups()
+        self.assertEqual(held.threads, 1)
+        d = gatherResults([waiting, going])
+        d.addCallback(self.assertEqual, ["held", "other"])
+        return d
+
+    def test_feed(self) -> Deferred[Any]:
+        """
+        L{Workers.feed} feeds the core with wake-ups held (the feed's calls
+        wait together and run as one batch), wakes the threads after, and
+        waits briefly only after a small feed that left the core settled.
+        """
+        workers = self.workers()
+        groups: list[int] = []
+        waits: list[str] = []
+        workers.waitBriefly = lambda: waits.append("waited")  # type: ignore[method-assign]
+
+        class Recording(_Pairs):
+            def accepts(self, jobs: list[Job], job: Job) -> bool:
+                return True
+
+            def call(self, jobs: list[Job]) -> None:
+                groups.append(len(jobs))
+                super().call(jobs)
+
+        batch = Recording()
+        calls: list[Deferred[Any]] = []
+
+        class Core:
+            settled = True
+
+            def dataReceived(self, data: bytes) -> None:
+                threads = workers.threads
+                calls.extend(workers.run([b"k"], lambda n: n, n, batch=batch) for n in data)
+                assert workers.threads == threads  # held
+
+        core = Core()
+        workers.feed(core, bytes(range(5)), True)
+        core.settled = False
+        workers.feed(core, b"", True)
+        workers.feed(core, b"", False)
+        self.assertEqual(waits, ["waited"])
+        d = gatherResults(calls)
+        d.addCallback(self.assertEqual, [("together", n) for n in range(5)])
+        d.addCallback(lambda _: self.assertEqual(groups, [5]))
+        return d
+
+    def test_engine(self) -> None:
+        """
+        L{Workers} is an L{ICallEngine}.
+        """
+        self.assertTrue(verifyObject(ICallEngine, self.workers()))
 
     def test_stopped(self) -> Deferred[Any]:
         """
