@@ -457,21 +457,42 @@ class CallPath:
     changes: int
     segments: tuple[tuple[str, tuple[str, ...]], ...]
 
-    def modules(self) -> str:
+    def modules(self, *, compact: bool = False) -> str:
         """
         The modules crossed, one line: C{>} between places, system calls in
         brackets, C{|} where the request moves to another thread.
+
+        @param compact: write a back and forth repeated, such as C{core >
+            wire > core > wire > core}, as C{core > (wire > core) x2}.
         """
         parts = []
         for who, entries in self.segments:
-            text = []
-            for entry in entries:
-                if entry.startswith("!"):
-                    text.append(f"[{entry[1:]}]")
-                else:
-                    text.append(entry.removeprefix("conchshare."))
+            text = [
+                f"[{entry[1:]}]" if entry.startswith("!") else entry.removeprefix("conchshare.")
+                for entry in entries
+            ]
+            if compact:
+                text = _folded(text)
             parts.append(f"{who}: " + " > ".join(text))
         return " | ".join(parts)
+
+
+def _folded(names: list[str]) -> list[str]:
+    # Each run of the same two names repeated (a, b, a, b) as one "(a > b) xN".
+    folded = []
+    index = 0
+    while index < len(names):
+        pair = names[index : index + 2]
+        times = 1
+        while len(pair) == 2 and names[index + 2 * times : index + 2 * times + 2] == pair:
+            times += 1
+        if times > 1:
+            folded.append(f"({pair[0]} > {pair[1]}) x{times}")
+            index += 2 * times
+        else:
+            folded.append(names[index])
+            index += 1
+    return folded
 
 
 def _changes(segments: list[tuple[str, list[str]]]) -> int:
@@ -637,6 +658,9 @@ def measureAll() -> dict[str, CallPath | PathError]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="measure N times (all must agree)")
+    parser.add_argument(
+        "--compact", action="store_true", help="fold modules crossed back and forth"
+    )
     options = parser.parse_args()
     import conchshare
 
@@ -651,7 +675,7 @@ def main() -> None:
         counts = sorted({r.changes for r in results if isinstance(r, CallPath)})
         same = all(isinstance(r, CallPath) and r == first for r in results)
         print(f"{name}: {first.changes} module changes" + ("" if same else f" (varied: {counts})"))
-        print(f"    {first.modules()}")
+        print(f"    {first.modules(compact=options.compact)}")
 
 
 if __name__ == "__main__":
