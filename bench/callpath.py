@@ -79,15 +79,23 @@ FS_MODULES = ("conchshare.confined", "conchshare.fs")
 def makeAvatar(base: str, reactor: Any, ring: Any) -> Any:
     """
     The SFTP avatar serving the share C{s} (the folder C{base}/s), its
-    calls run by its own L{Workers} on C{reactor}, which make the calls
-    they can in C{ring} (L{None}: threads only).
+    calls run by its own L{Workers} (8 threads) on C{reactor}, which make
+    the calls they can in C{ring} (L{None}: threads only).
     """
+    import inspect
+
     from conchshare.sftp.avatar import ShareSFTPServer
+    from conchshare.sftp.workers import Workers
     from conchshare.shares import ShareSet
 
-    avatar: Any = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor, ring=False)
+    shares = ShareSet.fromSpecs(["s"], cwd=base)
+    if "engine" in inspect.signature(ShareSFTPServer).parameters:
+        build: Any = ShareSFTPServer
+        return build(shares, engine=Workers(reactor, 8, ring=ring))
+    # Before the engine was an argument; ringFor() gives a ring only to a
+    # reactor that polls descriptors.
+    avatar: Any = ShareSFTPServer(shares, reactor=reactor, ring=False)
     if ring is not None:
-        # ringFor() gives a ring only to a reactor that polls descriptors.
         avatar.workers.ring = ring
     return avatar
 
@@ -96,15 +104,62 @@ def stopEngine(avatar: Any) -> None:
     """
     Let the avatar's worker threads end.
     """
-    avatar.workers.stop()
+    engine = getattr(avatar, "engine", None)
+    (engine if engine is not None else avatar.workers).stop()
+
+
+def _module(name: str) -> Any:
+    """
+    The module C{name} of the conchshare tree measured, or L{None}: not
+    there (nor one of another tree that an editable install would find).
+    """
+    import importlib
+
+    import conchshare
+
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    tree = os.path.dirname(os.path.abspath(conchshare.__file__))
+    if not os.path.abspath(module.__file__ or "").startswith(tree + os.sep):
+        return None
+    return module
+
+
+def watchRing(reactor: Any, ring: Any) -> Callable[[], None]:
+    """
+    Have C{reactor} deliver C{ring}'s completions, as the reactor's own
+    ring would be (L{conchshare.sftp.ringwatch} where there is one).
+
+    @return: what undoes it.
+    """
+    ringwatch = _module("conchshare.sftp.ringwatch")
+    if ringwatch is None:
+        reactor.addReader(ring)
+        return lambda: reactor.removeReader(ring)
+    reader = ringwatch.RingReader(reactor, ring)
+    ring.busy = reader.busy
+    return lambda: reactor.removeReader(reader)
+
+
+#: Where the io_uring module may be, first found first.
+URING_MODULES = ("conchshare.fs.ring", "conchshare.uring")
+
+
+def _uring() -> Any:
+    for name in URING_MODULES:
+        module = _module(name)
+        if module is not None:
+            return module
+    raise RuntimeError(f"None of {URING_MODULES} is in this tree: update the adaptor")
 
 
 def newRing() -> Any:
     """
     A new io_uring, or L{None} where io_uring is not usable.
     """
-    from conchshare import uring
-
+    uring = _uring()
     if not uring.usable():
         return None
     return uring.Ring()
@@ -115,9 +170,7 @@ def systemEntries() -> dict[CodeType, str]:
     Functions that enter the kernel through C{ctypes} (which the profiler
     does not see), by the name they are shown with.
     """
-    from conchshare import uring
-
-    return {uring.Ring._submit.__code__: "io_uring_enter"}
+    return {_uring().Ring._submit.__code__: "io_uring_enter"}
 
 
 def makeProtocol(avatar: Any) -> Any:
@@ -136,7 +189,7 @@ def rootRecheck(seconds: float) -> Iterator[None]:
     every call checks it and none is answered from the kernel's caches on
     the reactor thread; an hour: always, however slow the machine).
     """
-    import conchshare.confined  # noqa: F401  (where it is defined today)
+    import conchshare.sftp.avatar  # noqa: F401  (and the file system layer below it)
 
     modules: list[Any] = [
         module
@@ -535,10 +588,8 @@ class _Connection:
         self.reactor = DeliveryReactor()
         self.transport = StringTransport()
         self.recorder = Recorder(self.reactor, self.transport)
-        self.ring = ring
         self.recorder.install()  # before the engine starts a thread
-        if ring is not None:
-            self.reactor.addReader(ring)
+        self.unwatch = watchRing(self.reactor, ring) if ring is not None else None
         self.avatar = makeAvatar(base, self.reactor, ring)
         self.protocol = makeProtocol(self.avatar)
         self.protocol.makeConnection(self.transport)
@@ -582,8 +633,8 @@ class _Connection:
         finally:
             self.recorder.uninstall()
             self.reactor.closePipe()
-            if self.ring is not None:
-                self.reactor.removeReader(self.ring)
+            if self.unwatch is not None:
+                self.unwatch()
 
 
 def measure(name: str) -> CallPath:
