@@ -3,7 +3,7 @@ The call path of one SFTP request through conchshare, as issue 13 counts
 it: how many times control moves from one conchshare module to another
 between the protocol's C{dataReceived} and the reply's C{transport.write}.
 
-    python bench/callpath.py [--repeat N]
+    python bench/callpath.py [--repeat N] [--compact]
     PYTHONPATH=/path/to/other/tree python bench/callpath.py
 
 The second form measures another checkout (C{git worktree add} one at the
@@ -38,10 +38,12 @@ hands its result to the reactor, C{callFromThread}), then the reactor
 thread's delivery.  A worker is held when it enters the file system layer
 until the feed has returned, so that the reactor never finds the result
 already there (the engine waits briefly for results that are): the path
-is the same whatever the machine's load.  The kernel's caches decide
-whether a STAT may be answered on the reactor thread only while the
-share's folder was checked lately; the check's interval is set for each
-path so that the path taken is the one named.
+is the same whatever the machine's load (without the hold, the reactor
+thread found a STAT's result already there in 196 of 200 runs).  A STAT
+is answered from the kernel's caches on the reactor thread only while
+the share's folder was checked lately: the check's interval is set for
+each path (L{PATHS}) so that the path taken is the one named, and each
+measurement checks where the reply came from (L{PathError} otherwise).
 
 System calls are shown, not counted: C{os} functions called from
 conchshare code, and the io_uring submission.
@@ -589,10 +591,16 @@ class _Connection:
         self.transport = StringTransport()
         self.recorder = Recorder(self.reactor, self.transport)
         self.recorder.install()  # before the engine starts a thread
-        self.unwatch = watchRing(self.reactor, ring) if ring is not None else None
-        self.avatar = makeAvatar(base, self.reactor, ring)
-        self.protocol = makeProtocol(self.avatar)
-        self.protocol.makeConnection(self.transport)
+        self.unwatch = None
+        try:
+            if ring is not None:
+                self.unwatch = watchRing(self.reactor, ring)
+            self.avatar = makeAvatar(base, self.reactor, ring)
+            self.protocol = makeProtocol(self.avatar)
+            self.protocol.makeConnection(self.transport)
+        except BaseException:
+            self._release()
+            raise
         self.nextId = 1
 
     def request(self, packet: bytes) -> tuple[int, int, bytes]:
@@ -631,10 +639,13 @@ class _Connection:
             self.protocol.connectionLost(None)
             stopEngine(self.avatar)
         finally:
-            self.recorder.uninstall()
-            self.reactor.closePipe()
-            if self.unwatch is not None:
-                self.unwatch()
+            self._release()
+
+    def _release(self) -> None:
+        self.recorder.uninstall()
+        self.reactor.closePipe()
+        if self.unwatch is not None:
+            self.unwatch()
 
 
 def measure(name: str) -> CallPath:
@@ -665,17 +676,19 @@ def measure(name: str) -> CallPath:
                 handle = body[4:]
                 if path.request == "WRITE":
                     data = b"w" * WRITE_SIZE
-                    connection.request(write(2, handle, 0, data))
+                    warmUp = write(2, handle, 0, data)
                     packet = write(3, handle, WRITE_SIZE, data)
-                    expected = FXP_STATUS
+                    expected = (FXP_STATUS, 3, b"\0\0\0\0")  # FX_OK
                 else:
-                    connection.request(stat(2, b"/s/f"))
+                    warmUp = stat(2, b"/s/f")
                     packet = stat(3, b"/s/f")
-                    expected = FXP_ATTRS
+                    expected = (FXP_ATTRS, 3, b"")
+                if connection.request(warmUp)[0] != expected[0]:
+                    raise PathError(f"{path.request} failed")
                 segments, inFeed = connection.measure(packet)
-                ((kind, requestId, _),) = replies(connection.transport.value())
-                if (kind, requestId) != (expected, 3):
-                    raise PathError(f"{path.request} answered type {kind}")
+                ((kind, requestId, body),) = replies(connection.transport.value())
+                if (kind, requestId) != expected[:2] or not body.startswith(expected[2]):
+                    raise PathError(f"{path.request} answered type {kind}: {body[:40]!r}")
                 connection.nextId = 4
             finally:
                 connection.close(handle)
