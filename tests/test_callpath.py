@@ -13,9 +13,11 @@ commit issue 13 started from (L{BEFORE}).
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from bench.callpath import PATHS, measure, newRing
+from bench.callpath import PATHS, DeliveryReactor, measure, newRing
 from conchshare.switches import switchedOn
 
 #: The counts at 328387c, the commit issue 13 started from.  To measure
@@ -59,6 +61,20 @@ class CallPathTests(SynchronousTestCase):
         Every path of the harness has a count to compare with.
         """
         self.assertEqual(sorted(PATHS), sorted(BEFORE))
+
+    def test_reactor(self) -> None:
+        """
+        The harness's reactor takes calls from threads: it is an
+        L{IReactorFromThreads}, and runs them when iterated.
+        """
+        reactor = DeliveryReactor()
+        self.addCleanup(reactor.closePipe)
+        self.assertTrue(verifyObject(IReactorFromThreads, reactor))
+        called: list[int] = []
+        reactor.callFromThread(called.append, 1)
+        self.assertEqual(called, [])
+        reactor.iterate()
+        self.assertEqual(called, [1])
 
     def test_writeInWorkerThread(self) -> None:
         """
