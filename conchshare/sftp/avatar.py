@@ -1,7 +1,7 @@
 """
 The SFTP avatar over the shares: L{ISFTPServer} and L{IShareSFTPServer}.
 
-Every filesystem call is a blocking call of L{conchshare.confined}, run off
+Every filesystem call is a blocking call of L{conchshare.fs}, run off
 the reactor thread: by default by the avatar's own L{Workers} (a few
 threads).  Tests may pass a I{runner} instead, such as L{synchronousRunner},
 which runs the call at once and returns an already-fired Deferred.  The one
@@ -38,19 +38,13 @@ from twisted.internet.interfaces import IReactorCore, IReactorThreads
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from conchshare.confined import (
-    ConfinedDirectory,
-    ConfinedFile,
-    ConfinedFilesystem,
-    Entry,
-    groupName,
-    userName,
-)
+from conchshare.fs import ConfinedFile, ConfinedFilesystem
+from conchshare.sftp.entries import Entry, Listing, groupName, openFlags, userName
 from conchshare.sftp.interfaces import IEncodedDirectory, IShareSFTPServer
 from conchshare.sftp.ordering import ConnectionOrder, KeyOrder, orderedKeys
+from conchshare.sftp.ringwatch import ringFor
 from conchshare.sftp.workers import AGAIN, Batch, Job, RingCall, Workers
 from conchshare.shares import ShareSet
-from conchshare.uring import ringFor
 
 if TYPE_CHECKING:
     from twisted.python.threadpool import ThreadPool
@@ -447,7 +441,7 @@ class ShareDirectory:
 
     def __init__(
         self,
-        confined: ConfinedDirectory,
+        confined: Listing,
         executor: Executor | Runner,
         connection: ConnectionOrder | None = None,
         changes: int | None = None,
@@ -599,7 +593,7 @@ class ShareSFTPServer:
             L{Workers}).
         @param ring: with the default L{Workers}: let the kernel make the
             common calls (create, write, close, stat) through io_uring
-            where it is usable (see L{conchshare.uring}), instead of a
+            where it is usable (see L{conchshare.fs.ring}), instead of a
             worker thread.
         @param lookUpUser: the login name of a uid (empty when unknown),
             for users-groups-by-id; called in a worker, never in the
@@ -706,14 +700,15 @@ class ShareSFTPServer:
         shared = not flags & (FXF_CREAT | FXF_TRUNC)
         key = connection.key if shared else connection.writer()
         order = self._order
+        osFlags = openFlags(flags)
         d = order.run(
             (key,),
             self.filesystem.openFile,
             filename,
-            flags,
+            osFlags,
             dict(attrs),
             shared=shared,
-            ring=self.filesystem.ringOpenFile(filename, flags, attrs)
+            ring=self.filesystem.ringOpenFile(filename, osFlags, attrs)
             if order.ring is not None
             else None,
         )
@@ -749,7 +744,7 @@ class ShareSFTPServer:
         if order.inlineReads and order.sharedFree(connection.key):
             confined = self.filesystem.openDirectoryCached(path)
             if confined is not None:
-                directory = ShareDirectory(confined, order, connection)
+                directory = ShareDirectory(Listing(confined), order, connection)
                 directory.closesInline = True
                 directory.readAhead(_PREFETCH)
                 return directory
@@ -757,11 +752,11 @@ class ShareSFTPServer:
         d.addCallback(ShareDirectory, order, connection, connection.changes)
         return d
 
-    def _openDirectory(self, path: bytes) -> ConfinedDirectory:
+    def _openDirectory(self, path: bytes) -> Listing:
         # In the same worker call: the first entries (all of them, in most
         # directories), so that the READDIRs that return them and find the
         # end are answered without a round trip to a worker.
-        directory = self.filesystem.openDirectory(path)
+        directory = Listing(self.filesystem.openDirectory(path))
         directory.prefetch(_PREFETCH)
         directory.checkLocal()
         return directory
