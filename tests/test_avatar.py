@@ -33,7 +33,6 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from conchshare.confined import groupName, userName
 from conchshare.sftp.avatar import (
     PathOrder,
     ShareDirectory,
@@ -42,6 +41,7 @@ from conchshare.sftp.avatar import (
     makeThreadPool,
     synchronousRunner,
 )
+from conchshare.sftp.entries import groupName, userName
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.shares import ShareSet
 from tests.test_confined import SECRET, makeTree, read, write
@@ -483,14 +483,12 @@ class ThreadPoolTests(TestCase):
         """
         from twisted.internet import reactor
 
-        from conchshare import confined
-
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
         with open(os.path.join(base, "s", "f"), "wb") as f:
             f.write(b"12345")
         avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
-        if confined._memory is None or not avatar.filesystem._localMounts:
+        if avatar.filesystem._memory is None or not avatar.filesystem._localMounts:
             raise SkipTest("No in-memory attributes on this system or filesystem")
         assert avatar.workers is not None
         os.stat(os.path.join(base, "s", "f"))  # looked up once: in the dcache

@@ -1,5 +1,5 @@
 """
-Tests for L{conchshare.confined}: confinement (paths, symlinks at every depth,
+Tests for L{conchshare.fs}: confinement (paths, symlinks at every depth,
 races), read-only shares, the virtual tree, names as bytes, umask, and the
 POSIX semantics of each operation.
 """
@@ -1054,6 +1054,9 @@ class _ComponentWalk:
     Mixin: the walk goes component by component (no C{openat2}), as on a
     kernel without it, so that path is tested on every kernel too.
     """
+
+    shares: ShareSet
+    umask: int
 
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]

@@ -248,7 +248,7 @@ class Engine:
 
     def fileOf(self, handle: bytes) -> Any:
         """
-        The open file (L{conchshare.confined.ConfinedFile}) of a handle.
+        The open file (L{conchshare.fs.ConfinedFile}) of a handle.
         """
         return self.core._files[handle].confined
 

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from conchshare.confined import ConfinedFile
+from conchshare.fs import ConfinedFile
 from conchshare.sftp.workers import (
     FALLBACK,
     Batch,
@@ -529,7 +529,7 @@ class ReadCachedTests(SynchronousTestCase):
 class _Keeping(RingCall):
     """
     A call "in the kernel" that keeps its data and its report while it
-    runs, as the calls of L{conchshare.confined} do, and reports success
+    runs, as the calls of L{conchshare.fs} do, and reports success
     from the reactor a little later.
     """
 
