@@ -7,14 +7,18 @@ POSIX semantics of each operation.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import resource
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -532,6 +536,24 @@ class VirtualTreeTests(ConfinedTestCase):
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
         self.assertIsNone(self.fs.statCached(b"/two/t"))
+
+    def test_rootCheckedByTheClock(self) -> None:
+        """
+        A share's path is checked again once L{resolver.ROOT_RECHECK}
+        seconds of the filesystem's clock have passed, not before: until
+        then the folder opened first is served (renamed or not), after it
+        nothing.
+        """
+        now = [100.0]
+        fs = ConfinedFilesystem(self.shares, clock=lambda: now[0])
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+        os.rename(self.path("two"), self.path("two-gone"))
+        now[0] += resolver.ROOT_RECHECK / 2
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+        now[0] += resolver.ROOT_RECHECK
+        self.assertErrno(errno.ENOENT, fs.stat, b"/two/t")
+        os.rename(self.path("two-gone"), self.path("two"))
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
 
     def test_replacedShareFolderNotServed(self) -> None:
         """
@@ -1261,3 +1283,91 @@ class CachedStatTests(ConfinedTestCase):
         self.assertErrno(errno.ENOENT, self.fs.openDirectoryCached, b"/one/nothing")
         self.fs._localMounts.clear()
         self.assertIsNone(self.fs.openDirectoryCached(b"/one/sub"))
+
+
+# The modules of the file system layer.
+_LAYER = [
+    "conchshare.fs",
+    "conchshare.fs.attrs",
+    "conchshare.fs.directory",
+    "conchshare.fs.file",
+    "conchshare.fs.filesystem",
+    "conchshare.fs.resolver",
+    "conchshare.fs.ring",
+    "conchshare.fs.ringcalls",
+    "conchshare.fs.syscalls",
+]
+
+# What a fresh interpreter reports about the layer: the modules it loaded,
+# what systemCalls gives, whether io_uring is usable, and whether a share
+# is served.
+_FRESH = """
+import json, os, sys
+for name in sys.argv[2:]:
+    __import__(name)
+loaded = sorted(sys.modules)
+from conchshare.fs import ConfinedFilesystem, ring, syscalls
+from conchshare.shares import ShareSet
+calls = syscalls.systemCalls()
+fs = ConfinedFilesystem(ShareSet.fromSpecs([sys.argv[1]]))
+f = fs.openFile(b"/" + os.path.basename(sys.argv[1]).encode() + b"/f", os.O_RDONLY, {})
+print(json.dumps({
+    "loaded": loaded,
+    "portable": calls is syscalls.PORTABLE and fs._calls is calls,
+    "ring": ring.usable(),
+    "read": f.read(0, 10).decode(),
+}))
+"""
+
+
+class LayerTests(SynchronousTestCase):
+    """
+    The file system layer is a layer of its own: importing it loads nothing
+    above it, and it runs with the Linux-only calls switched off.
+    """
+
+    def fresh(self, **environ: str) -> dict[str, Any]:
+        share = os.path.realpath(self.mktemp())
+        os.makedirs(share)
+        write(os.path.join(share, "f"), b"content")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, "-c", _FRESH, share, *_LAYER],
+            env={**os.environ, "PYTHONPATH": root, **environ},
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def test_importsNothingAbove(self) -> None:
+        """
+        Importing every module of L{conchshare.fs} in a fresh interpreter
+        loads no Twisted and nothing of the SFTP or tunnel layers (nor of
+        the service above them).
+        """
+        loaded = self.fresh(CONCHSHARE_PORTABLE_FS="0")["loaded"]
+        above = [
+            name
+            for name in loaded
+            if name.split(".")[0] in ("twisted", "zope")
+            or name.startswith(("conchshare.sftp", "conchshare.tunnel"))
+            or name in ("conchshare.service", "conchshare.mount")
+        ]
+        self.assertEqual(above, [])
+        self.assertIn("conchshare.fs.filesystem", loaded)
+
+    def test_portableSwitch(self) -> None:
+        """
+        With C{CONCHSHARE_PORTABLE_FS=1} the layer uses none of the
+        Linux-only calls (nor io_uring), and still serves; without it, the
+        calls this system offers.
+        """
+        portable = self.fresh(CONCHSHARE_PORTABLE_FS="1")
+        self.assertEqual(
+            (portable["portable"], portable["ring"], portable["read"]), (True, False, "content")
+        )
+        native = self.fresh(CONCHSHARE_PORTABLE_FS="0")
+        self.assertEqual((native["portable"], native["read"]), (False, "content"))
+        self.assertIs(syscalls.systemCalls(portable=True), syscalls.PORTABLE)

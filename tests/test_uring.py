@@ -306,6 +306,62 @@ class RingTests(SynchronousTestCase):
         self.assertEqual(results, [])
 
 
+class SpinTests(SynchronousTestCase):
+    """
+    L{Ring.spin} polls the completion queue until its deadline, unless the
+    switch C{CONCHSHARE_RING_SPIN} is off: then it only looks.
+    """
+
+    skip = UNUSABLE
+
+    def spin(self, **kwargs: Any) -> tuple[bool, int]:
+        """
+        Spin for 5 seconds of a clock that advances a second each time it
+        is read, while an operation is in flight that cannot complete (an
+        open of a FIFO with no writer, held in io-wq).
+
+        @return: what C{spin} said, and how often it read the clock.
+        """
+        ring = Ring(4, **kwargs)
+        self.addCleanup(ring.close)
+        fifo = os.path.realpath(self.mktemp())
+        os.mkfifo(fifo)
+        results: list[int] = []
+        # O_CREAT: never tried without waiting, always by io-wq, where the
+        # open waits for a writer.
+        how = OpenHow(os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.assertTrue(ring.openat2(-100, os.fsencode(fifo), how, results.append))
+        readings = [0]
+
+        def clock() -> float:
+            readings[0] += 1
+            return float(readings[0])
+
+        spun = ring.spin(5.0, clock)
+        # The writer lets the open complete: nothing is left in flight.
+        writer = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, writer)
+        delivered(self, ring, results)
+        self.assertGreaterEqual(results[0], 0)
+        os.close(results[0])
+        return spun, readings[0]
+
+    def test_spins(self) -> None:
+        """
+        By default, C{spin} polls until its deadline.
+        """
+        self.assertEqual(self.spin(spin=True), (False, 6))
+
+    def test_switchedOff(self) -> None:
+        """
+        With C{CONCHSHARE_RING_SPIN=0} in the environment when the ring is
+        made, C{spin} only looks: it never reads the clock.
+        """
+        self.assertEqual(self.spin(spin=False), (False, 0))
+        self.patch(os, "environ", {**os.environ, "CONCHSHARE_RING_SPIN": "0"})
+        self.assertEqual(self.spin(), (False, 0))
+
+
 class RingForTests(SynchronousTestCase):
     """
     L{ringFor} and L{uring.usable} where io_uring is not used.

@@ -63,7 +63,12 @@ class RingReader:
         pass
 
 
-def _logFailure(message: str) -> None:
+def logFailure(message: str) -> None:
+    """
+    What the reactor's ring does when a completion's callback raised
+    (L{Ring.logFailure}): log the exception being handled, to Twisted's
+    log.
+    """
     _log.failure(message)
 
 
@@ -89,7 +94,7 @@ def ringFor(reactor: Any) -> Ring | None:
         except OSError as e:
             _log.warn("io_uring not used: {error}", error=e)
             return None
-        ring.logFailure = _logFailure
+        ring.logFailure = logFailure
         ring.busy = RingReader(reactor, ring).busy
         _rings[reactor] = ring
     return ring
