@@ -1292,6 +1292,7 @@ _LAYER = [
     "conchshare.fs.directory",
     "conchshare.fs.file",
     "conchshare.fs.filesystem",
+    "conchshare.fs.links",
     "conchshare.fs.resolver",
     "conchshare.fs.ring",
     "conchshare.fs.ringcalls",

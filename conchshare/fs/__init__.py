@@ -14,6 +14,8 @@ each:
   - L{attrs<conchshare.fs.attrs>}: an entry's attributes and the errors;
   - L{file<conchshare.fs.file>}, L{directory<conchshare.fs.directory>}: an
     open file, an open directory;
+  - L{links<conchshare.fs.links>}: symlink targets between virtual and
+    real paths;
   - L{filesystem<conchshare.fs.filesystem>}: L{ConfinedFilesystem}, every
     call by path;
   - L{ring<conchshare.fs.ring>}: a minimal io_uring, with no reactor in

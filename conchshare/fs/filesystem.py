@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable, Mapping
 from functools import cached_property, partial
 
+from conchshare.fs import links
 from conchshare.fs.attrs import Attrs, attrsFromStat, attrsFromStatx, denied, number, readOnly
 from conchshare.fs.directory import ConfinedDirectory
 from conchshare.fs.file import ConfinedFile, permissions, setAttrsOnFd, statVFSOf
 from conchshare.fs.resolver import (
+    CACHED,
     ENTRY,
     LIST,
     Place,
@@ -84,8 +86,11 @@ class ConfinedFilesystem:
         self._lookup = resolver.lookup
         #: See L{Resolver.place}.
         self.place = resolver.place
-        # What a STAT made by io_uring opens: the entry itself.
+        # What a STAT made by io_uring opens, and one on the reactor thread:
+        # the entry itself; what OPENDIR does there.
         self._ringEntry = resolver.how(ENTRY | CLOEXEC)
+        self._cachedEntry = resolver.how(_CACHED_ENTRY, 0, CACHED)
+        self._cachedList = resolver.how(LIST, 0, CACHED)
         self._started = int(time.time())
         # The mount of each share on a local filesystem (by its path): its
         # attributes may be read in the reactor thread (statCached).
@@ -183,7 +188,7 @@ class ConfinedFilesystem:
             return None
         mount, root = inMemory
         if components:
-            fd = self.resolver.openCached(root, components, _CACHED_ENTRY)
+            fd = self.resolver.openCached(root, components, self._cachedEntry)
             if fd < 0:
                 return None
             try:
@@ -220,7 +225,7 @@ class ConfinedFilesystem:
         if inMemory is None:
             return None
         mount, root = inMemory
-        fd = self.resolver.openCached(root, components, LIST)
+        fd = self.resolver.openCached(root, components, self._cachedList)
         if fd < 0:
             return None
         try:
@@ -614,70 +619,22 @@ class ConfinedFilesystem:
             raise OSError(errno.EINVAL, "The target contains a NUL byte")
         with self.place(linkPath, follow=False, creating=True) as found:
             place = self._entry(found)
-            os.symlink(self._storedTarget(targetPath), place.name, dir_fd=place.parent)
-
-    def _storedTarget(self, target: bytes) -> bytes:
-        # The target SYMLINK stores for the target a client gave.
-        if not target.startswith(b"/"):
-            return target
-        try:
-            located = self.shares.locate(self.shares.normalize(target))
-        except OSError:
-            return target  # not a virtual path: stored as given
-        if not isinstance(located, tuple):
-            return target  # a virtual folder above the shares
-        share, rest = located
-        real = os.fsencode(share.path).rstrip(b"/")
-        # The share's virtual components as written, "//" and "." between
-        # them allowed; the rest follows them exactly as written.
-        wanted = list(share.components)
-        at = 0
-        while wanted:
-            slash = target.find(b"/", at + 1)
-            component = target[at + 1 : len(target) if slash < 0 else slash]
-            if component == wanted[0]:
-                del wanted[0]
-            elif component not in (b"", b"."):
-                break
-            if slash < 0:
-                at = len(target)
-                break
-            at = slash
-        if wanted:
-            # Reached through ".." (or the like): the rest as normalised.
-            return b"/".join((real, *rest)) if rest else real or b"/"
-        return (real + target[at:]) or b"/"
+            os.symlink(links.storedTarget(self.shares, targetPath), place.name, dir_fd=place.parent)
 
     def virtualTarget(self, target: bytes) -> bytes:
         """
-        What READLINK answers for a stored symlink target: an absolute
-        target that begins with a share's real path (the longest) as that
-        share's virtual path followed by the same rest; anything else as
-        stored.
+        What READLINK answers for a stored symlink target (see
+        L{links.virtualTarget}).
         """
-        if not target.startswith(b"/"):
-            return target
-        best: tuple[int, Share] | None = None
-        for share in self.shares.shares:
-            real = os.fsencode(share.path).rstrip(b"/")
-            if (target == real or target.startswith(real + b"/")) and (
-                best is None or len(real) > best[0]
-            ):
-                best = (len(real), share)
-        if best is None:
-            return target
-        return best[1].virtualPath + target[best[0] :]
+        return links.virtualTarget(self.shares, target)
 
     @cached_property
     def _mapsLinks(self) -> bool:
-        # Whether virtualTarget may change a target's length (a share's real
-        # path differs from its virtual path); if not, symlinks' sizes are
-        # reported as they are, without a readlink each.  (A bool, not the
-        # bound method: no reference cycle.  The shares never change.)
-        return any(
-            os.fsencode(share.path).rstrip(b"/") != share.virtualPath
-            for share in self.shares.shares
-        )
+        # Whether virtualTarget may change a target's length; if not,
+        # symlinks' sizes are reported as they are, without a readlink
+        # each.  (A bool, not the bound method: no reference cycle.  The
+        # shares never change.)
+        return links.mapsLinks(self.shares)
 
     @property
     def _linkTargets(self) -> Callable[[bytes], bytes] | None:

@@ -71,6 +71,7 @@ from conchshare.fs.syscalls import (
     RESOLVE_NO_MAGICLINKS,
     RESOLVE_NO_SYMLINKS,
     RESOLVE_NO_XDEV,
+    SYS_OPENAT2,
     OpenHow,
     SystemCalls,
 )
@@ -111,6 +112,8 @@ _MAX_HOPS = 40
 MAX_WALKED = 4096
 # The most client paths whose lookup is remembered.
 _LOOKUPS_KEPT = 4096
+_HOW_SIZE = ctypes.sizeof(OpenHow)
+addressof = ctypes.addressof
 # The most open_how structures kept (a handful of flag sets, and the modes
 # clients create files with).
 _HOWS_KEPT = 256
@@ -271,6 +274,7 @@ class Resolver:
         self._hows: dict[tuple[int, int, int], OpenHow] = {}
         # The directory of a walk, by one openat2.
         self._walkHow = self.how(WALK & ~os.O_NOFOLLOW)
+        self._walkAddress = addressof(self._walkHow)
 
     # -- rule 1: the client's path ----------------------------------------
 
@@ -416,26 +420,31 @@ class Resolver:
         share, components = found
         if writing and share.readOnly:
             raise denied("The share is read-only")
-        fd = self.calls.open(
-            self.root(share),
-            b"/".join(components),
-            self.how(flags | os.O_NOFOLLOW | CLOEXEC, mode),
+        how = self.how(flags | os.O_NOFOLLOW | CLOEXEC, mode)
+        fd = int(
+            self._openat2(
+                SYS_OPENAT2, self.root(share), b"/".join(components), addressof(how), _HOW_SIZE
+            )
         )
         if fd < 0 and ctypes.get_errno() == errno.ENOENT and not flags & os.O_CREAT:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         return fd
 
-    def openCached(self, root: int, components: tuple[bytes, ...], flags: int) -> int:
+    def openCached(self, root: int, components: tuple[bytes, ...], how: OpenHow) -> int:
         """
         The fast path on the reactor thread: C{components} below the
-        folder C{root} (from L{freshRoot}) opened with C{flags}, with
-        nothing the kernel does not have in memory, no mount crossed.
-        Never waits.
+        folder C{root} (from L{freshRoot}) opened as C{how} says (one of
+        L{how}'s, with L{CACHED}): nothing the kernel does not have in
+        memory, no mount crossed.  Never waits.
 
         @return: the descriptor, or -1 when a worker must do it.
         @raise FileNotFoundError: the kernel knows it does not exist.
         """
-        fd = self.calls.open(root, b"/".join(components) or b".", self.how(flags, 0, CACHED))
+        fd = int(
+            self._openat2(
+                SYS_OPENAT2, root, b"/".join(components) or b".", addressof(how), _HOW_SIZE
+            )
+        )
         if fd < 0 and ctypes.get_errno() == errno.ENOENT:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         return fd
@@ -620,7 +629,11 @@ class Resolver:
         a missing directory, an error).
         """
         name = components[-1]
-        parent = self.calls.open(root, b"/".join(components[:-1]), self._walkHow)
+        parent = int(
+            self._openat2(
+                SYS_OPENAT2, root, b"/".join(components[:-1]), self._walkAddress, _HOW_SIZE
+            )
+        )
         if parent < 0:
             return None
         fds.append(parent)
