@@ -41,17 +41,17 @@ SWITCHES: dict[str, Switch] = {
             "io_uring for create, write, close and stat; 0: worker threads only.",
         ),
         Switch(
-            "CONCHSHARE_RING_SPIN",
-            "1",
-            "the reactor polls io_uring's completion queue for a moment before "
-            "it sleeps; 0: it only looks.",
-        ),
-        Switch(
             "CONCHSHARE_PORTABLE_FS",
             "0",
             "1: none of the Linux-only file system calls (openat2, statx, "
             "renameat2, io_uring): the portable component walk alone, as on "
             "macOS or an old kernel.",
+        ),
+        Switch(
+            "CONCHSHARE_RING_SPIN",
+            "1",
+            "the reactor polls io_uring's completion queue for a moment before "
+            "it sleeps; 0: it only looks.",
         ),
     ]
 }
