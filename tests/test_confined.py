@@ -7,6 +7,7 @@ POSIX semantics of each operation.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import re
@@ -554,6 +555,26 @@ class VirtualTreeTests(ConfinedTestCase):
         self.assertErrno(errno.ENOENT, fs.stat, b"/two/t")
         os.rename(self.path("two-gone"), self.path("two"))
         self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+
+    def test_shareFoldersClosedWhenCollected(self) -> None:
+        """
+        The descriptors of the share folders are closed once the file
+        system is collected.
+        """
+
+        def opened() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("No /proc/self/fd here")
+        gc.collect()
+        before = opened()
+        fs = ConfinedFilesystem(self.shares)
+        fs.stat(b"/one/f")
+        self.assertGreater(opened(), before)
+        del fs
+        gc.collect()
+        self.assertEqual(opened(), before)
 
     def test_replacedShareFolderNotServed(self) -> None:
         """

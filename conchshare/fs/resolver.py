@@ -58,6 +58,7 @@ import errno
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -267,6 +268,7 @@ class Resolver:
         # folder's identity (st_dev, st_ino) and when its path last led
         # there (see the module docstring, rule 2).
         self._roots: dict[str, tuple[int, int, int, float]] = {}
+        weakref.finalize(self, closeAll, self._roots)
         self._rootLock = threading.Lock()
         # The paths of the shares whose folder is not there (reported).
         self._moved: set[str] = set()
