@@ -374,6 +374,15 @@ class RingForTests(SynchronousTestCase):
         """
         self.assertIsNone(ringFor(MemoryReactor()))
 
+    def test_selectReactor(self) -> None:
+        """
+        Only reactors that poll with epoll or poll get a ring: not the
+        select reactor.
+        """
+        from twisted.internet.selectreactor import SelectReactor
+
+        self.assertIsNone(ringFor(SelectReactor()))
+
     def test_disabledByEnvironment(self) -> None:
         """
         With C{CONCHSHARE_IO_URING=0} in the environment, io_uring is not

@@ -63,6 +63,28 @@ class RingReader:
         pass
 
 
+def _pollingReactors() -> tuple[type, ...]:
+    """
+    The reactor classes whose completions the ring is used with: those
+    that poll descriptors with epoll or poll (and their subclasses, such
+    as conchshare's own).
+    """
+    found: list[type] = []
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+
+        found.append(EPollReactor)
+    except ImportError:
+        pass
+    try:
+        from twisted.internet.pollreactor import PollReactor
+
+        found.append(PollReactor)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 def logFailure(message: str) -> None:
     """
     What the reactor's ring does when a completion's callback raised
@@ -80,9 +102,7 @@ def ringFor(reactor: Any) -> Ring | None:
     L{conchshare.fs.ring.usable}), or C{reactor} is not one that polls
     file descriptors (a test's fake reactor).
     """
-    from twisted.internet.posixbase import PosixReactorBase
-
-    if not isinstance(reactor, PosixReactorBase):
+    if not isinstance(reactor, _pollingReactors()):
         return None
     ring = _rings.get(reactor)
     if ring is None:
