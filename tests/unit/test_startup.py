@@ -39,14 +39,14 @@ import conchshare.sftp.stdio
 
 imported["entry"] = sorted(sys.modules)
 from conchshare.sftp import avatar, threaded
-from conchshare import confined, uring
+from conchshare.fs import ring, syscalls
 
 imported["imports"] = sorted(sys.modules)
-imported["probedAtImport"] = [getattr(confined, "_probed", None), uring._usable is not None, list(calls)]
+imported["probedAtImport"] = [syscalls._found is not None, ring._usable is not None, list(calls)]
 code = conchshare.sftp.stdio.main([sys.argv[1]])
 imported["served"] = sorted(sys.modules)
 imported["code"] = code
-imported["probedAfterServing"] = getattr(confined, "_probed", None)
+imported["probedAfterServing"] = syscalls._found is not None
 print(json.dumps(imported))
 """
 
