@@ -19,7 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Mapping
-from functools import cached_property, partial
+from functools import partial
 
 from conchshare.fs import links
 from conchshare.fs.attrs import Attrs, attrsFromStat, attrsFromStatx, denied, number, readOnly
@@ -37,7 +37,6 @@ from conchshare.fs.ring import RingCall
 from conchshare.fs.ringcalls import RingCreate, RingStat
 from conchshare.fs.syscalls import (
     CLOEXEC,
-    O_PATH,
     MountKey,
     SystemCalls,
     processUmask,
@@ -50,8 +49,6 @@ __all__ = ["ConfinedFilesystem"]
 
 # The access mode of open(2)'s flags.
 _ACCESS = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
-# What a cached STAT opens: the entry itself.
-_CACHED_ENTRY = O_PATH | os.O_NOFOLLOW | CLOEXEC
 
 
 class ConfinedFilesystem:
@@ -86,23 +83,23 @@ class ConfinedFilesystem:
         self._lookup = resolver.lookup
         #: See L{Resolver.place}.
         self.place = resolver.place
-        # What a STAT made by io_uring opens, and one on the reactor thread:
-        # the entry itself; what OPENDIR does there.
+        #: STAT (C{follow}) or LSTAT answered from the kernel's caches
+        #: without ever blocking, for the reactor thread: the path must
+        #: resolve with no symlink (a final one too, for STAT), no mount
+        #: crossing and nothing the kernel would have to read from disk, on
+        #: a share on a local filesystem.  Same answers as L{stat}; L{None}
+        #: when L{stat} must do it; C{FileNotFoundError} when the kernel
+        #: knows the path does not exist.  One call of the resolver
+        #: (L{Resolver.statCached}), which makes the whole step.
+        self.statCached = resolver.statCached
+        self._virtualAttrs = resolver.virtualAttrs
+        # What a STAT made by io_uring opens: the entry itself; what OPENDIR
+        # opens on the reactor thread.
         self._ringEntry = resolver.how(ENTRY | CLOEXEC)
-        self._cachedEntry = resolver.how(_CACHED_ENTRY, 0, CACHED)
         self._cachedList = resolver.how(LIST, 0, CACHED)
-        self._started = int(time.time())
         # The mount of each share on a local filesystem (by its path): its
         # attributes may be read in the reactor thread (statCached).
-        self._localMounts: dict[str, MountKey] = {}
-        if self._memory is not None:
-            for share in shares.shares:
-                try:
-                    mount = self._memory.localMount(share.path)
-                except OSError:
-                    mount = None
-                if mount is not None:
-                    self._localMounts[share.path] = mount
+        self._localMounts: dict[str, MountKey] = resolver.localMounts
         for share in shares.shares:
             try:
                 resolver.root(share)
@@ -154,54 +151,6 @@ class ConfinedFilesystem:
         return place
 
     # -- attributes -----------------------------------------------------
-
-    def _virtualAttrs(self) -> Attrs:
-        return {
-            "size": 0,
-            "uid": os.getuid(),
-            "gid": os.getgid(),
-            "permissions": stat.S_IFDIR | 0o555,
-            "atime": self._started,
-            "mtime": self._started,
-        }
-
-    def statCached(self, path: bytes, *, follow: bool = True) -> Attrs | None:
-        """
-        STAT (C{follow}) or LSTAT answered from the kernel's caches without
-        ever blocking, for the reactor thread: the path must resolve with
-        no symlink (a final one too, for STAT), no mount crossing and
-        nothing the kernel would have to read from disk, on a share on a
-        local filesystem.  Same answers as L{stat}.
-
-        @return: the attributes, or L{None} when L{stat} must do it.
-        @raise FileNotFoundError: the kernel knows the path does not exist.
-        """
-        memory = self._memory
-        if memory is None:
-            return None
-        found = self._lookup(path)
-        if isinstance(found, VirtualDirectory):
-            return self._virtualAttrs()
-        share, components = found
-        inMemory = self._inMemory(share)
-        if inMemory is None:
-            return None
-        mount, root = inMemory
-        if components:
-            fd = self.resolver.openCached(root, components, self._cachedEntry)
-            if fd < 0:
-                return None
-            try:
-                got = memory.statx(fd)
-            finally:
-                os.close(fd)
-        else:
-            got = memory.statx(root)
-        if got is None or (got.mntId, got.devMajor, got.devMinor) != mount:
-            return None
-        if stat.S_ISLNK(got.mode) and (follow or self._mapsLinks):
-            return None  # followed, or its size is what READLINK gives
-        return attrsFromStatx(got)
 
     def openDirectoryCached(self, path: bytes) -> ConfinedDirectory | None:
         """
@@ -304,14 +253,9 @@ class ConfinedFilesystem:
         """
         STAT (C{follow}) or LSTAT.
         """
-        fd = self.resolver.openEntry(path, ENTRY)
-        if fd >= 0:
-            try:
-                entry = os.fstat(fd)
-                if not (follow and stat.S_ISLNK(entry.st_mode)):
-                    return self._linkAttrs(attrsFromStat(entry), fd, b"")
-            finally:
-                os.close(fd)
+        attrs = self.resolver.statEntry(path, follow=follow)
+        if attrs is not None:
+            return attrs
         with self.place(path, follow=follow) as found:
             if isinstance(found, VirtualDirectory):
                 return self._virtualAttrs()
@@ -628,13 +572,12 @@ class ConfinedFilesystem:
         """
         return links.virtualTarget(self.shares, target)
 
-    @cached_property
+    @property
     def _mapsLinks(self) -> bool:
         # Whether virtualTarget may change a target's length; if not,
         # symlinks' sizes are reported as they are, without a readlink
-        # each.  (A bool, not the bound method: no reference cycle.  The
-        # shares never change.)
-        return links.mapsLinks(self.shares)
+        # each.
+        return self.resolver.mapsLinks
 
     @property
     def _linkTargets(self) -> Callable[[bytes], bytes] | None:

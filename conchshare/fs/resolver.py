@@ -58,13 +58,17 @@ import errno
 import os
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from conchshare.fs.attrs import denied
+from conchshare.fs import links
+from conchshare.fs.attrs import Attrs, denied
 from conchshare.fs.syscalls import (
+    AT_EMPTY_PATH,
     AT_FDCWD,
+    AT_STATX_DONT_SYNC,
     CLOEXEC,
     O_PATH,
     RESOLVE_BENEATH,
@@ -72,8 +76,11 @@ from conchshare.fs.syscalls import (
     RESOLVE_NO_MAGICLINKS,
     RESOLVE_NO_SYMLINKS,
     RESOLVE_NO_XDEV,
+    STATX_WANTED,
     SYS_OPENAT2,
+    MountKey,
     OpenHow,
+    Statx,
     SystemCalls,
 )
 from conchshare.shares import Share, ShareSet, VirtualDirectory, splitPath
@@ -118,6 +125,29 @@ addressof = ctypes.addressof
 # The most open_how structures kept (a handful of flag sets, and the modes
 # clients create files with).
 _HOWS_KEPT = 256
+# What statx reads on the reactor thread: the open entry, never asking a
+# server.
+_IN_MEMORY = AT_EMPTY_PATH | AT_STATX_DONT_SYNC
+byref = ctypes.byref
+S_ISLNK = stat.S_ISLNK
+ST_ATIME, ST_MTIME = stat.ST_ATIME, stat.ST_MTIME
+
+
+def _attrs(size: int, uid: int, gid: int, mode: int, atime: int, mtime: int) -> Attrs:
+    # attrs.makeAttrs, for the STATs this module answers itself (one module
+    # per step of a request: see test_callpath).  The two are held equal
+    # by test_confined's CachedStatTests.test_timesBeyond32Bits.
+    if not (0 <= atime <= 0xFFFFFFFF and 0 <= mtime <= 0xFFFFFFFF):
+        atime = min(max(atime, 0), 0xFFFFFFFF)
+        mtime = min(max(mtime, 0), 0xFFFFFFFF)
+    return {
+        "size": size,
+        "uid": uid,
+        "gid": gid,
+        "permissions": mode,
+        "atime": atime,
+        "mtime": mtime,
+    }
 
 
 @dataclass
@@ -210,8 +240,9 @@ def openFolder(path: str, calls: SystemCalls) -> int:
         on the way (C{ELOOP} or C{ENOTDIR}).
     """
     encoded = os.fsencode(path)
-    if calls.openat2 is not None:
-        fd = calls.open(AT_FDCWD, encoded, _HOW_FOLDER)
+    openat2 = calls.openat2
+    if openat2 is not None:
+        fd = int(openat2(SYS_OPENAT2, AT_FDCWD, encoded, addressof(_HOW_FOLDER), _HOW_SIZE))
         if fd < 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), path)
@@ -277,6 +308,28 @@ class Resolver:
         # The directory of a walk, by one openat2.
         self._walkHow = self.how(WALK & ~os.O_NOFOLLOW)
         self._walkAddress = addressof(self._walkHow)
+        #: The calls that read from the kernel's memory (L{None}: none, and
+        #: L{statCached} always answers L{None}).
+        self.memory = memory = calls.memory
+        self._statx = None if memory is None else memory.statxCall
+        #: The mount of each share on a local filesystem, by the share's
+        #: path, noted when the share was opened: what is below may be read
+        #: from the kernel's memory (L{statCached}).
+        self.localMounts: dict[str, MountKey] = {}
+        if memory is not None:
+            for share in shares.shares:
+                try:
+                    mount = memory.localMount(share.path)
+                except OSError:
+                    mount = None
+                if mount is not None:
+                    self.localMounts[share.path] = mount
+        #: Whether a symlink's size is not its target's length but that of
+        #: what READLINK answers (see L{links.mapsLinks}).
+        self.mapsLinks = links.mapsLinks(shares)
+        self._started = int(time.time())
+        # What a STAT on the reactor thread opens: the entry itself.
+        self._cachedEntry = self.how(O_PATH | os.O_NOFOLLOW | CLOEXEC, 0, CACHED)
 
     # -- rule 1: the client's path ----------------------------------------
 
@@ -372,6 +425,97 @@ class Resolver:
         report = self.shareMoved
         if report is not None:
             report(share, movedMessage(share))
+
+    # -- what is there: the attributes of a path ---------------------------
+
+    def virtualAttrs(self) -> Attrs:
+        """
+        The attributes of a virtual directory above the shares: read-only,
+        the process's, made when the resolver was.
+        """
+        return {
+            "size": 0,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "permissions": stat.S_IFDIR | 0o555,
+            "atime": self._started,
+            "mtime": self._started,
+        }
+
+    def statCached(self, path: bytes, *, follow: bool = True) -> Attrs | None:
+        """
+        STAT (C{follow}) or LSTAT of C{path} from the kernel's caches,
+        without ever waiting, for the reactor thread: the fast path with
+        L{CACHED} (L{openCached}) and C{statx} with C{AT_STATX_DONT_SYNC},
+        on a share on a local filesystem (L{localMounts}) whose folder was
+        checked lately (L{freshRoot}); the answer is used only if it is of
+        the share's mount.  A symlink met is left to the caller's worker
+        where it is followed, or where its size is what READLINK gives
+        (L{mapsLinks}).  The whole step is made here, with no call to
+        another module (see C{tests/unit/test_callpath.py}).
+
+        @return: the attributes, or L{None} when a worker must do it.
+        @raise FileNotFoundError: the kernel knows the path does not exist.
+        """
+        statx = self._statx
+        if statx is None:
+            return None
+        found = self.lookup(path)
+        if isinstance(found, VirtualDirectory):
+            return self.virtualAttrs()
+        share, components = found
+        mount = self.localMounts.get(share.path)
+        if mount is None:
+            return None
+        root = self.freshRoot(share)
+        if root is None:
+            return None
+        got = Statx()
+        if components:
+            fd = self.openCached(root, components, self._cachedEntry)
+            if fd < 0:
+                return None
+            try:
+                failed = statx(fd, b"", _IN_MEMORY, STATX_WANTED, byref(got))
+            finally:
+                os.close(fd)
+        else:
+            failed = statx(root, b"", _IN_MEMORY, STATX_WANTED, byref(got))
+        if (
+            failed
+            or got.mask & STATX_WANTED != STATX_WANTED
+            or (got.mntId, got.devMajor, got.devMinor) != mount
+        ):
+            return None
+        mode = got.mode
+        if S_ISLNK(mode) and (follow or self.mapsLinks):
+            return None  # followed, or its size is what READLINK gives
+        return _attrs(got.size, got.uid, got.gid, mode, got.atime.sec, got.mtime.sec)
+
+    def statEntry(self, path: bytes, *, follow: bool = True) -> Attrs | None:
+        """
+        STAT (C{follow}) or LSTAT of C{path} by the fast path
+        (L{openEntry}, then C{fstat}), in a worker.
+
+        @return: the attributes, or L{None} when the caller must take the
+            walk (L{place}): a symlink on the way, a share's folder, or a
+            symlink at the end that is followed or whose size is what
+            READLINK gives (L{mapsLinks}).
+        @raise FileNotFoundError: no such entry (nor symlink on the way).
+        """
+        fd = self.openEntry(path, ENTRY)
+        if fd < 0:
+            return None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        mode = st.st_mode
+        if S_ISLNK(mode) and (follow or self.mapsLinks):
+            return None
+        # The whole seconds (as statx gives them): int(st.st_mtime) would
+        # round up a time within 0.2 us of the next second (a double).
+        return _attrs(st.st_size, st.st_uid, st.st_gid, mode, int(st[ST_ATIME]), int(st[ST_MTIME]))
 
     # -- rule 3: the fast path ---------------------------------------------
 

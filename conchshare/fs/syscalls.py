@@ -139,6 +139,9 @@ class CachedCalls:
             ctypes.c_void_p,
         ]
         self._statx.restype = ctypes.c_int
+        #: libc's C{statx(dirfd, path, flags, mask, buffer)}, typed: 0, or
+        #: -1 (for a caller that reads the result itself, see L{statx}).
+        self.statxCall = self._statx
         self._statfs = libc.statfs
         self._statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         self._statfs.restype = ctypes.c_int

@@ -1177,6 +1177,31 @@ class CachedStatTests(ConfinedTestCase):
                     continue
                 self.assertEqual(got, self.fs.stat(path, follow=follow), (path, follow))
 
+    def test_timesBeyond32Bits(self) -> None:
+        """
+        STAT and LSTAT, from memory and in a worker, give what
+        L{confined.attrsFromStat} makes of the entry's status: times beyond
+        32 bits, or before 1970, clamped alike (the resolver makes these
+        attributes itself).
+        """
+        times = [(0, 0), (1000, 2**31), (5, 2**33), (-7, 10**9), (2**40, -(2**35))]
+        checked = 0
+        for i, (atime, mtime) in enumerate(times):
+            name = f"t{i}"
+            write(self.path("one", name), b"x" * i)
+            try:
+                os.utime(self.path("one", name), (atime, mtime))
+            except (OSError, OverflowError):
+                continue
+            expected = confined.attrsFromStat(os.lstat(self.path("one", name)))
+            path = f"/one/{name}".encode()
+            for follow in (False, True):
+                self.assertEqual(self.fs.stat(path, follow=follow), expected, (path, follow))
+                self.warm(path, follow)
+                self.assertEqual(self.fs.statCached(path, follow=follow), expected, (path, follow))
+            checked += 1
+        self.assertGreater(checked, 2)
+
     def test_missing(self) -> None:
         """
         A name the kernel knows is missing gets FileNotFoundError, as from
