@@ -140,6 +140,9 @@ def watchRing(reactor: Any, ring: Any) -> Callable[[], None]:
     if ringwatch is None:
         reactor.addReader(ring)
         return lambda: reactor.removeReader(ring)
+    if hasattr(ringwatch, "watch"):
+        stop: Callable[[], None] = ringwatch.watch(reactor, ring)
+        return stop
     reader = ringwatch.RingReader(reactor, ring)
     ring.busy = reader.busy
     return lambda: reactor.removeReader(reader)

@@ -13,8 +13,8 @@ waiting (a close, a lookup it has cached) completes during the submission.
 
 What is here: L{Ring}, a minimal io_uring through C{ctypes} (a submission
 queue used from one thread, completions delivered to callbacks), with no
-knowledge of any reactor (L{conchshare.sftp.ringwatch} has its eventfd
-watched by one); L{usable}, whether io_uring may be used here (not where
+knowledge of any reactor (it is a reader a reactor may watch, through
+callables it is given: L{conchshare.sftp.ringwatch}); L{usable}, whether io_uring may be used here (not where
 it is not Linux x86-64, disabled by C{kernel.io_uring_disabled} or a
 seccomp filter, an operation is missing, C{CONCHSHARE_IO_URING=0} or
 C{CONCHSHARE_PORTABLE_FS=1}: callers then use worker threads); and
@@ -166,10 +166,12 @@ class Ring:
     #: (the exception is the one being handled), with what was being done.
     logFailure: Callable[[str], None] = staticmethod(_logFailure)
 
-    #: Called with L{True} when an operation is submitted while none was in
-    #: flight, and with L{False} when the last one in flight is delivered
-    #: (L{conchshare.sftp.ringwatch} watches the eventfd only meanwhile).
-    busy: Callable[[bool], object] | None = None
+    #: Called when an operation is submitted while none was in flight, and
+    #: L{unwatch} when the last one in flight is delivered (or the ring
+    #: closed with some): L{conchshare.sftp.ringwatch} has a reactor watch
+    #: the ring (its L{fileno}, L{doRead}) only meanwhile.
+    watch: Callable[[], object] | None = None
+    unwatch: Callable[[], object] | None = None
 
     def __init__(self, entries: int = 128, *, spin: bool | None = None) -> None:
         """
@@ -313,8 +315,8 @@ class Ring:
             self._sqTail.value = tail
             return False
         pending = self._pending
-        if not pending and self.busy is not None:
-            self.busy(True)
+        if not pending and self.watch is not None:
+            self.watch()
         pending[userData] = (callback, keep)
         return True
 
@@ -336,8 +338,8 @@ class Ring:
             head = self._cqHead.value
             tail = self._cqTail.value
             if head == tail:
-                if delivered and not self._pending and self.busy is not None:
-                    self.busy(False)
+                if delivered and not self._pending and self.unwatch is not None:
+                    self.unwatch()
                 return delivered
             found = []
             while head != tail:
@@ -383,6 +385,17 @@ class Ring:
         except BlockingIOError:
             pass
         self.reap()
+
+    def logPrefix(self) -> str:
+        """
+        What a reactor watching the ring logs it as.
+        """
+        return "io_uring"
+
+    def connectionLost(self, reason: object) -> None:
+        """
+        A reactor watching the ring stopped (L{close} is its owner's).
+        """
 
     # -- operations ------------------------------------------------------
 
@@ -430,6 +443,20 @@ class Ring:
         address, length = _address(data)
         return self._submit(OP_WRITE, fd, address, length, offset, 0, callback, data)
 
+    def writeAll(
+        self, fd: int, data: Any, offset: int, report: Callable[[RingOutcome], None]
+    ) -> bool:
+        """
+        All of C{data} written at C{offset} of C{fd}, a short write
+        continued: C{report} is given C{(True, None)}, C{(False, OSError)},
+        or L{FALLBACK} (nothing written at all, or the continuation not
+        submitted: a thread's C{pwrite} finishes it and says why).  As
+        L{write}, C{data} is not copied.
+
+        @return: whether it was submitted (L{False}: nothing started).
+        """
+        return _WholeWrite(self, fd, data, offset, report).submit()
+
     def close(self) -> None:
         """
         Stop using the ring; operations in flight are abandoned (their
@@ -437,8 +464,8 @@ class Ring:
         the process).  Idempotent.
         """
         self.closed = True
-        if self._pending and self.busy is not None:
-            self.busy(False)
+        if self._pending and self.unwatch is not None:
+            self.unwatch()
         self._finalizer()
         self._eventfd = -1
         self._fd = -1
@@ -451,6 +478,41 @@ class Ring:
 
 
 _AT_EMPTY_PATH = 0x1000
+
+
+class _WholeWrite:
+    # One Ring.writeAll: its completions continue it here, in this module,
+    # and report to the caller's callable directly.
+    __slots__ = ("ring", "fd", "data", "offset", "report")
+
+    def __init__(
+        self, ring: Ring, fd: int, data: Any, offset: int, report: Callable[[RingOutcome], None]
+    ) -> None:
+        self.ring = ring
+        self.fd = fd
+        self.data = data
+        self.offset = offset
+        self.report = report
+
+    def submit(self) -> bool:
+        return self.ring.write(self.fd, self.data, self.offset, self.wrote)
+
+    def wrote(self, result: int) -> None:
+        if result < 0:
+            self.report((False, OSError(-result, os.strerror(-result))))
+            return
+        rest = memoryview(self.data)[result:]
+        if not rest:
+            self.report((True, None))
+            return
+        if result == 0:
+            self.report(FALLBACK)  # the thread's pwrite says why
+            return
+        self.offset += result
+        self.data = rest
+        if not self.submit():
+            self.report(FALLBACK)
+
 
 # What the operations of closed rings pointed to.
 _abandoned: list[dict[int, tuple[Completion, object]]] = []

@@ -1,10 +1,11 @@
 """
-The file system's calls made by the kernel through io_uring (L{Ring}), the
-same fast paths as the calls made in a worker: STAT and LSTAT (an
-C{openat2} by the resolver's rule, then C{statx}), the creation of a new
-file, WRITE and CLOSE.  Anything other than the plain case (a symlink on
+The file system's calls by path made by the kernel through io_uring
+(L{Ring}), the same fast paths as the calls made in a worker: STAT and
+LSTAT (an C{openat2} by the resolver's rule, then C{statx}) and the
+creation of a new file.  Anything other than the plain case (a symlink on
 the way, an existing file to open, an error the walk reports better)
-reports L{FALLBACK}: the call then runs in a worker thread.
+reports L{FALLBACK}: the call then runs in a worker thread.  (WRITE and
+CLOSE of an open file are the file's: L{conchshare.fs.file}.)
 """
 
 from __future__ import annotations
@@ -13,16 +14,13 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conchshare.fs.attrs import Attrs, attrsFromStatx
 from conchshare.fs.ring import FALLBACK, Ring, RingCall, RingOutcome
 from conchshare.fs.syscalls import AT_SYMLINK_NOFOLLOW, STATX_BASIC, OpenHow, Statx
 
-if TYPE_CHECKING:
-    from conchshare.fs.file import ConfinedFile
-
-__all__ = ["RingClose", "RingCreate", "RingStat", "RingWrite"]
+__all__ = ["RingCreate", "RingStat"]
 
 
 def _errorOf(result: int) -> OSError:
@@ -128,61 +126,3 @@ class RingCreate(RingCall):
             self.report((False, _errorOf(result)))  # a FileExistsError
         else:
             self.report(FALLBACK)
-
-
-class RingWrite(RingCall):
-    """
-    WRITE at an offset (not in append mode), continued after a short write.
-    """
-
-    def __init__(self, confined: ConfinedFile, offset: int, data: Any) -> None:
-        self.confined = confined
-        self.offset = offset
-        self.data = data
-
-    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
-        if self.confined.closed:
-            return False  # the thread's write fails as it should (EBADF)
-        self.fd = self.confined._fd
-        self.ring = ring
-        self.report = report
-        return bool(ring.write(self.fd, self.data, self.offset, self._wrote))
-
-    def _wrote(self, result: int) -> None:
-        if result < 0:
-            self.report((False, _errorOf(result)))
-            return
-        rest = memoryview(self.data)[result:]
-        if not rest:
-            self.report((True, None))
-            return
-        if result == 0:
-            self.report(FALLBACK)  # the thread's pwrite says why
-            return
-        self.offset += result
-        self.data = rest
-        if not self.ring.write(self.fd, rest, self.offset, self._wrote):
-            self.report(FALLBACK)
-
-
-class RingClose(RingCall):
-    """
-    CLOSE of an open file.
-    """
-
-    def __init__(self, confined: ConfinedFile) -> None:
-        self.confined = confined
-
-    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
-        confined = self.confined
-        if confined.closed:
-            return False
-        self.report = report
-        confined.closed = True
-        if ring.closeFile(confined._fd, self._closed):
-            return True
-        confined.closed = False
-        return False
-
-    def _closed(self, result: int) -> None:
-        self.report((True, None) if result >= 0 else (False, _errorOf(result)))

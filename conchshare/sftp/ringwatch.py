@@ -3,25 +3,25 @@ The process' io_uring ring of a reactor (L{ringFor}): its completions are
 delivered on the reactor thread when the reactor sees the ring's eventfd
 readable.
 
-The eventfd is watched (C{addReader}) only while operations are in flight
-(L{conchshare.fs.ring.Ring.busy}), and no longer once the last completion
-is delivered: an idle ring leaves nothing in the reactor, so that a
-reactor's C{removeAll} (its shutdown, a program's clean-up, trial's
+The ring (its eventfd) is watched (C{addReader}) only while operations are
+in flight (L{conchshare.fs.ring.Ring.watch}), and no longer once the last
+completion is delivered: an idle ring leaves nothing in the reactor, so
+that a reactor's C{removeAll} (its shutdown, a program's clean-up, trial's
 check for a dirty reactor) finds nothing of it, through public API only.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from conchshare.fs.ring import Ring, usable, whyUnusable
 
-__all__ = ["ringFor"]
+__all__ = ["ringFor", "watch"]
 
 _log = Logger()
 
@@ -29,38 +29,24 @@ _log = Logger()
 _rings: weakref.WeakKeyDictionary[Any, Ring] = weakref.WeakKeyDictionary()
 
 
-@implementer(IReadDescriptor)
-class RingReader:
+def watch(reactor: Any, ring: Ring) -> Callable[[], None]:
     """
-    The ring's eventfd as a reactor's reader, added while operations are
-    in flight.
+    Have C{reactor} watch C{ring} (its eventfd; the ring is the reader)
+    while operations are in flight: added when one is submitted while none
+    was, removed when the last is delivered (L{Ring.watch},
+    L{Ring.unwatch}).  The reactor's own methods are called from the ring,
+    with nothing between them.
+
+    @return: what stops it (and removes the ring from the reactor).
     """
+    ring.watch = partial(reactor.addReader, ring)
+    ring.unwatch = partial(reactor.removeReader, ring)
 
-    def __init__(self, reactor: Any, ring: Ring) -> None:
-        self._reactor = reactor
-        self.ring = ring
+    def stop() -> None:
+        ring.watch = ring.unwatch = None
+        reactor.removeReader(ring)
 
-    def busy(self, inFlight: bool) -> None:
-        """
-        Watch the eventfd while operations are in flight (see
-        L{Ring.busy}, which calls this only when that changes).
-        """
-        if inFlight:
-            self._reactor.addReader(self)
-        else:
-            self._reactor.removeReader(self)
-
-    def fileno(self) -> int:
-        return self.ring.fileno()
-
-    def doRead(self) -> None:
-        self.ring.doRead()
-
-    def logPrefix(self) -> str:
-        return "io_uring"
-
-    def connectionLost(self, reason: object) -> None:
-        pass
+    return stop
 
 
 def _pollingReactors() -> tuple[type, ...]:
@@ -115,6 +101,6 @@ def ringFor(reactor: Any) -> Ring | None:
             _log.warn("io_uring not used: {error}", error=e)
             return None
         ring.logFailure = logFailure
-        ring.busy = RingReader(reactor, ring).busy
+        watch(reactor, ring)
         _rings[reactor] = ring
     return ring
