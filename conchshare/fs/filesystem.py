@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from conchshare.fs import links
-from conchshare.fs.attrs import Attrs, attrsFromStat, attrsFromStatx, denied, number, readOnly
+from conchshare.fs.attrs import Attrs, attrsFromStatx, denied, number, readOnly
 from conchshare.fs.directory import ConfinedDirectory
 from conchshare.fs.file import ConfinedFile, permissions, setAttrsOnFd, statVFSOf
 from conchshare.fs.resolver import (
@@ -92,6 +92,9 @@ class ConfinedFilesystem:
         #: knows the path does not exist.  One call of the resolver
         #: (L{Resolver.statCached}), which makes the whole step.
         self.statCached = resolver.statCached
+        #: STAT (C{follow}) or LSTAT: L{Resolver.stat}, which makes the
+        #: whole step (fast path, else the walk).
+        self.stat = resolver.stat
         self._virtualAttrs = resolver.virtualAttrs
         # What a STAT made by io_uring opens: the entry itself; what OPENDIR
         # opens on the reactor thread.
@@ -248,21 +251,6 @@ class ConfinedFilesystem:
             return ConfinedFile(fd, share, append=append, virtualPath=virtualPath)
 
         return RingCreate(root, relative, how, bool(flags & os.O_EXCL), made)
-
-    def stat(self, path: bytes, *, follow: bool = True) -> Attrs:
-        """
-        STAT (C{follow}) or LSTAT.
-        """
-        attrs = self.resolver.statEntry(path, follow=follow)
-        if attrs is not None:
-            return attrs
-        with self.place(path, follow=follow) as found:
-            if isinstance(found, VirtualDirectory):
-                return self._virtualAttrs()
-            st = found.seen
-            if st is None:
-                st = os.stat(found.name, dir_fd=found.parent, follow_symlinks=False)
-            return self._linkAttrs(attrsFromStat(st), found.parent, found.name)
 
     def setAttrs(self, path: bytes, attrs: Mapping[str, object], *, follow: bool = True) -> None:
         """
@@ -583,19 +571,6 @@ class ConfinedFilesystem:
     def _linkTargets(self) -> Callable[[bytes], bytes] | None:
         # virtualTarget where it may change a target's length, else None.
         return self.virtualTarget if self._mapsLinks else None
-
-    def _linkAttrs(self, attrs: Attrs, parent: int, name: bytes) -> Attrs:
-        # LSTAT of a symlink: its size is the length of what READLINK gives.
-        if not stat.S_ISLNK(number(attrs, "permissions", 0)):
-            return attrs
-        linkTargets = self._linkTargets
-        if linkTargets is None:
-            return attrs
-        try:
-            target = os.readlink(name, dir_fd=parent)
-        except OSError:
-            return attrs
-        return {**attrs, "size": len(linkTargets(target))}
 
     def readLink(self, path: bytes) -> bytes:
         """

@@ -61,10 +61,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from conchshare.fs import links
 from conchshare.fs.attrs import Attrs, denied
+from conchshare.fs.places import Place, Placed, Unresolved
 from conchshare.fs.syscalls import (
     AT_EMPTY_PATH,
     AT_FDCWD,
@@ -150,66 +150,13 @@ def _attrs(size: int, uid: int, gid: int, mode: int, atime: int, mtime: int) -> 
     }
 
 
-@dataclass
-class Place:
-    """
-    A confined real location: the entry C{name} of the directory open as
-    C{parent}.  Valid only inside the L{Resolver.place} context.
-
-    @ivar share: the share it is in.
-    @ivar parent: a descriptor of the containing directory.
-    @ivar name: the entry's name (C{b"."} for the share's root).
-    @ivar components: the resolved components from the share's root,
-        C{name} included (empty for the root).
-    @ivar seen: the entry's own status (a symlink not followed), if the
-        walk read it on the way; L{None} if not.
-    """
-
-    share: Share
-    parent: int
-    name: bytes
-    components: tuple[bytes, ...]
-    seen: os.stat_result | None = None
-
-    @property
-    def isRoot(self) -> bool:
-        return not self.components
-
-    @property
-    def virtualPath(self) -> bytes:
-        return b"/".join((self.share.virtualPath,) + self.components)
-
-
-class Unresolved(Exception):
-    """
-    Raised by the walk in lenient mode: what could be resolved, and the
-    rest, lexically.
-    """
-
-    def __init__(self, components: tuple[bytes, ...], rest: list[bytes]) -> None:
-        self.components = components
-        self.rest = rest
-
-
-class Placed:
-    """
-    What L{Resolver.place} found, and the descriptors to close when the
-    C{with} statement ends (a plain class: cheaper than a generator-based
-    context manager, on every request's path).
-    """
-
-    __slots__ = ("found", "fds")
-
-    def __init__(self, found: Place | VirtualDirectory, fds: list[int]) -> None:
-        self.found = found
-        self.fds = fds
-
-    def __enter__(self) -> Place | VirtualDirectory:
-        return self.found
-
-    def __exit__(self, *exc_info: object) -> None:
-        for fd in self.fds:
-            os.close(fd)
+def _attrsOfStat(st: os.stat_result) -> Attrs:
+    # attrs.attrsFromStat: the whole seconds (as statx gives them):
+    # int(st.st_mtime) would round up a time within 0.2 us of the next
+    # second (a double).
+    return _attrs(
+        st.st_size, st.st_uid, st.st_gid, st.st_mode, int(st[ST_ATIME]), int(st[ST_MTIME])
+    )
 
 
 def closeAll(roots: dict[str, tuple[int, int, int, float]]) -> None:
@@ -492,30 +439,40 @@ class Resolver:
             return None  # followed, or its size is what READLINK gives
         return _attrs(got.size, got.uid, got.gid, mode, got.atime.sec, got.mtime.sec)
 
-    def statEntry(self, path: bytes, *, follow: bool = True) -> Attrs | None:
+    def stat(self, path: bytes, *, follow: bool = True) -> Attrs:
         """
-        STAT (C{follow}) or LSTAT of C{path} by the fast path
-        (L{openEntry}, then C{fstat}), in a worker.
+        STAT (C{follow}) or LSTAT of C{path}, in a worker: by the fast path
+        (L{openEntry}, then C{fstat}) when it can, else by the walk
+        (L{place}).  A symlink's size, where L{mapsLinks}, is the length of
+        what READLINK answers (L{links.virtualTarget}).  The whole step is
+        made here (see L{statCached}).
 
-        @return: the attributes, or L{None} when the caller must take the
-            walk (L{place}): a symlink on the way, a share's folder, or a
-            symlink at the end that is followed or whose size is what
-            READLINK gives (L{mapsLinks}).
-        @raise FileNotFoundError: no such entry (nor symlink on the way).
+        @raise OSError: as L{openEntry} and L{place} do.
         """
         fd = self.openEntry(path, ENTRY)
-        if fd < 0:
-            return None
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        mode = st.st_mode
-        if S_ISLNK(mode) and (follow or self.mapsLinks):
-            return None
-        # The whole seconds (as statx gives them): int(st.st_mtime) would
-        # round up a time within 0.2 us of the next second (a double).
-        return _attrs(st.st_size, st.st_uid, st.st_gid, mode, int(st[ST_ATIME]), int(st[ST_MTIME]))
+        if fd >= 0:
+            try:
+                entry = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not (S_ISLNK(entry.st_mode) and (follow or self.mapsLinks)):
+                return _attrsOfStat(entry)
+        with self.place(path, follow=follow) as found:
+            if isinstance(found, VirtualDirectory):
+                return self.virtualAttrs()
+            st = found.seen
+            if st is None:
+                st = os.stat(found.name, dir_fd=found.parent, follow_symlinks=False)
+            attrs = _attrsOfStat(st)
+            if S_ISLNK(st.st_mode) and self.mapsLinks:
+                # LSTAT of a symlink: its size is the length of what
+                # READLINK gives.
+                try:
+                    target = os.readlink(found.name, dir_fd=found.parent)
+                except OSError:
+                    return attrs
+                attrs["size"] = len(links.virtualTarget(self.shares, target))
+            return attrs
 
     # -- rule 3: the fast path ---------------------------------------------
 

@@ -1293,6 +1293,7 @@ _LAYER = [
     "conchshare.fs.file",
     "conchshare.fs.filesystem",
     "conchshare.fs.links",
+    "conchshare.fs.places",
     "conchshare.fs.resolver",
     "conchshare.fs.ring",
     "conchshare.fs.ringcalls",
