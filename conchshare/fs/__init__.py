@@ -14,16 +14,15 @@ each:
     attributes, from the kernel's caches or in a worker); what it resolves
     a path to is in L{places<conchshare.fs.places>};
   - L{attrs<conchshare.fs.attrs>}: an entry's attributes and the errors;
-  - L{file<conchshare.fs.file>} (with its WRITE and CLOSE as calls in the
-    kernel), L{directory<conchshare.fs.directory>}: an open file, an open
-    directory;
+  - L{file<conchshare.fs.file>}, L{directory<conchshare.fs.directory>}: an
+    open file, an open directory;
   - L{links<conchshare.fs.links>}: symlink targets between virtual and
     real paths;
   - L{filesystem<conchshare.fs.filesystem>}: L{ConfinedFilesystem}, every
     call by path;
   - L{ring<conchshare.fs.ring>}: a minimal io_uring, with no reactor in
-    it, and L{ringcalls<conchshare.fs.ringcalls>}, the calls by path made
-    there.
+    it, and the calls on an open file made there (WRITE, CLOSE);
+    L{ringcalls<conchshare.fs.ringcalls>}, the calls by path made there.
 """
 
 from conchshare.fs.attrs import Attrs, attrsFromStat

@@ -1,9 +1,7 @@
 """
-An open regular file of a share (L{ConfinedFile}), its WRITE and CLOSE as
-calls in the kernel (L{RingWrite}, L{RingClose}: see L{conchshare.fs.ring}),
-and the calls on a descriptor that a file and a path share: setting
-attributes (never a set-id bit a client could leave behind) and
-C{statvfs}.
+An open regular file of a share (L{ConfinedFile}), and the calls on a
+descriptor that a file and a path share: setting attributes (never a
+set-id bit a client could leave behind) and C{statvfs}.
 """
 
 from __future__ import annotations
@@ -11,14 +9,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from conchshare.fs.attrs import Attrs, attrsFromStat, number, readOnly
-from conchshare.fs.ring import Ring, RingCall, RingOutcome
+from conchshare.fs.ring import RingCall, RingClose, RingWrite
 from conchshare.shares import Share
 
-__all__ = ["MAX_READ", "ConfinedFile", "RingClose", "RingWrite", "setAttrsOnFd", "statVFSOf"]
+__all__ = ["MAX_READ", "ConfinedFile", "setAttrsOnFd", "statVFSOf"]
 
 #: The most bytes one read returns, whatever the client asks (a cap, so a
 #: huge READ length cannot make us allocate that much).
@@ -153,50 +151,6 @@ class ConfinedFile:
         L{close} as a call in the kernel.
         """
         return RingClose(self)
-
-
-class RingWrite(RingCall):
-    """
-    WRITE at an offset (not in append mode), all of it: L{Ring.writeAll},
-    which continues a short write.
-    """
-
-    def __init__(self, confined: ConfinedFile, offset: int, data: Any) -> None:
-        self.confined = confined
-        self.offset = offset
-        self.data = data
-
-    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
-        confined = self.confined
-        if confined.closed:
-            return False  # the thread's write fails as it should (EBADF)
-        return ring.writeAll(confined._fd, self.data, self.offset, report)
-
-
-class RingClose(RingCall):
-    """
-    CLOSE of an open file.
-    """
-
-    def __init__(self, confined: ConfinedFile) -> None:
-        self.confined = confined
-
-    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
-        confined = self.confined
-        if confined.closed:
-            return False
-        self.report = report
-        confined.closed = True
-        if ring.closeFile(confined._fd, self._closed):
-            return True
-        confined.closed = False
-        return False
-
-    def _closed(self, result: int) -> None:
-        if result >= 0:
-            self.report((True, None))
-        else:
-            self.report((False, OSError(-result, os.strerror(-result))))
 
 
 _SET_ID = stat.S_ISUID | stat.S_ISGID

@@ -14,7 +14,9 @@ waiting (a close, a lookup it has cached) completes during the submission.
 What is here: L{Ring}, a minimal io_uring through C{ctypes} (a submission
 queue used from one thread, completions delivered to callbacks), with no
 knowledge of any reactor (it is a reader a reactor may watch, through
-callables it is given: L{conchshare.sftp.ringwatch}); L{usable}, whether io_uring may be used here (not where
+callables it is given: L{conchshare.sftp.ringwatch}); the calls on an
+open file made there (L{RingWrite}, L{RingClose}; those by path are in
+L{conchshare.fs.ringcalls}); L{usable}, whether io_uring may be used here (not where
 it is not Linux x86-64, disabled by C{kernel.io_uring_disabled} or a
 seccomp filter, an operation is missing, C{CONCHSHARE_IO_URING=0} or
 C{CONCHSHARE_PORTABLE_FS=1}: callers then use worker threads); and
@@ -37,12 +39,24 @@ import struct
 import sys
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conchshare.fs.syscalls import OpenHow
 from conchshare.switches import switchedOn
 
-__all__ = ["FALLBACK", "OpenHow", "Ring", "RingCall", "RingOutcome", "usable"]
+if TYPE_CHECKING:
+    from conchshare.fs.file import ConfinedFile
+
+__all__ = [
+    "FALLBACK",
+    "OpenHow",
+    "Ring",
+    "RingCall",
+    "RingClose",
+    "RingOutcome",
+    "RingWrite",
+    "usable",
+]
 
 
 def _logFailure(message: str) -> None:
@@ -443,20 +457,6 @@ class Ring:
         address, length = _address(data)
         return self._submit(OP_WRITE, fd, address, length, offset, 0, callback, data)
 
-    def writeAll(
-        self, fd: int, data: Any, offset: int, report: Callable[[RingOutcome], None]
-    ) -> bool:
-        """
-        All of C{data} written at C{offset} of C{fd}, a short write
-        continued: C{report} is given C{(True, None)}, C{(False, OSError)},
-        or L{FALLBACK} (nothing written at all, or the continuation not
-        submitted: a thread's C{pwrite} finishes it and says why).  As
-        L{write}, C{data} is not copied.
-
-        @return: whether it was submitted (L{False}: nothing started).
-        """
-        return _WholeWrite(self, fd, data, offset, report).submit()
-
     def close(self) -> None:
         """
         Stop using the ring; operations in flight are abandoned (their
@@ -480,24 +480,28 @@ class Ring:
 _AT_EMPTY_PATH = 0x1000
 
 
-class _WholeWrite:
-    # One Ring.writeAll: its completions continue it here, in this module,
-    # and report to the caller's callable directly.
-    __slots__ = ("ring", "fd", "data", "offset", "report")
+class RingWrite(RingCall):
+    """
+    WRITE of all of C{data} at C{offset} of an open file (not in append
+    mode), a short write continued.  Its completions are handled here and
+    reported to the engine directly: one module between the engine and the
+    kernel.
+    """
 
-    def __init__(
-        self, ring: Ring, fd: int, data: Any, offset: int, report: Callable[[RingOutcome], None]
-    ) -> None:
-        self.ring = ring
-        self.fd = fd
-        self.data = data
+    def __init__(self, confined: ConfinedFile, offset: int, data: Any) -> None:
+        self.confined = confined
         self.offset = offset
+        self.data = data
+
+    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
+        if self.confined.closed:
+            return False  # the thread's write fails as it should (EBADF)
+        self.fd = self.confined._fd
+        self.ring = ring
         self.report = report
+        return ring.write(self.fd, self.data, self.offset, self._wrote)
 
-    def submit(self) -> bool:
-        return self.ring.write(self.fd, self.data, self.offset, self.wrote)
-
-    def wrote(self, result: int) -> None:
+    def _wrote(self, result: int) -> None:
         if result < 0:
             self.report((False, OSError(-result, os.strerror(-result))))
             return
@@ -510,8 +514,34 @@ class _WholeWrite:
             return
         self.offset += result
         self.data = rest
-        if not self.submit():
+        if not self.ring.write(self.fd, rest, self.offset, self._wrote):
             self.report(FALLBACK)
+
+
+class RingClose(RingCall):
+    """
+    CLOSE of an open file.
+    """
+
+    def __init__(self, confined: ConfinedFile) -> None:
+        self.confined = confined
+
+    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
+        confined = self.confined
+        if confined.closed:
+            return False
+        self.report = report
+        confined.closed = True
+        if ring.closeFile(confined._fd, self._closed):
+            return True
+        confined.closed = False
+        return False
+
+    def _closed(self, result: int) -> None:
+        if result >= 0:
+            self.report((True, None))
+        else:
+            self.report((False, OSError(-result, os.strerror(-result))))
 
 
 # What the operations of closed rings pointed to.

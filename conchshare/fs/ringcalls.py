@@ -5,7 +5,7 @@ LSTAT (an C{openat2} by the resolver's rule, then C{statx}) and the
 creation of a new file.  Anything other than the plain case (a symlink on
 the way, an existing file to open, an error the walk reports better)
 reports L{FALLBACK}: the call then runs in a worker thread.  (WRITE and
-CLOSE of an open file are the file's: L{conchshare.fs.file}.)
+CLOSE of an open file are the ring's own: L{conchshare.fs.ring}.)
 """
 
 from __future__ import annotations
