@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, processBudget
+from conchshare.sftp.engine import Delivery
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.extensions import (
     OK_MESSAGE,
@@ -134,23 +135,6 @@ def _string(body: bytes | memoryview, offset: int) -> tuple[bytes, int]:
     return bytes(body[start:end]), end
 
 
-class Delivery(Protocol):
-    """
-    What the core reads of its engine's delivery of results
-    (L{conchshare.sftp.engine.Delivery}): an attribute, not a call, on
-    every reply's way.
-    """
-
-    #: What to call once every result of the batch being delivered is
-    #: fired, or L{None} while no batch is being delivered.
-    after: list[Callable[[], object]] | None
-
-
-class _NoDelivery:
-    # Results are never delivered in batches: each reply is written at once.
-    after: list[Callable[[], object]] | None = None
-
-
 def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes | bytearray]:
     if not isinstance(chunk, bytes | bytearray):
         chunk = asBytes(chunk)
@@ -229,7 +213,8 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
-        self._delivery: Delivery = delivery if delivery is not None else _NoDelivery()
+        # (Default: never delivering in batches, each reply written at once.)
+        self._delivery = delivery if delivery is not None else Delivery()
         # The Deferred whose reply _answer wired (see _packet).
         self._answering: Deferred[Any] | None = None
         self._pauseReading = pauseReading
@@ -642,6 +627,20 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             reply = shape(value, requestId, *args)
         except BaseException:
             self._replyFailed(Failure(), requestId)
+            return
+        if (
+            self._delivery.single
+            and not self._corked
+            and not self._buffer
+            and not self._readingPaused
+        ):
+            # The one result of the engine's batch, and answering it
+            # dispatches nothing: its reply is written here, at the end of
+            # this callback, as the end of the batch would (no call back
+            # into the core from the engine for it).
+            self._corked = True
+            self._replied(reply)
+            self._flush()
             return
         self._replied(reply)
 

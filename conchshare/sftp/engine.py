@@ -76,12 +76,17 @@ class Delivery:
     @ivar after: what to call once every result of the batch is fired (the
         replies the batch produced are then written together), or L{None}
         while no batch is being delivered.
+    @ivar single: the batch is of one result, and nothing else is fired
+        meanwhile: the callback that makes its reply may write it itself,
+        at its end, instead of deferring that to C{after} (no other reply
+        of the batch could join it).
     """
 
-    __slots__ = ("after",)
+    __slots__ = ("after", "single")
 
     def __init__(self) -> None:
         self.after: list[Callable[[], object]] | None = None
+        self.single = False
 
 
 class KernelCall(Protocol):

@@ -612,6 +612,10 @@ class Workers:
         outer = delivery.after
         if outer is None:
             delivery.after = []
+            delivery.single = len(done) == 1
+        else:
+            # Results fired within another batch's: part of it.
+            delivery.single = False
         holding = self.holdWakeups()
         try:
             for job in done:
@@ -624,6 +628,7 @@ class Workers:
                 else:
                     deferred.errback(Failure(job.value))
         finally:
+            delivery.single = False
             if holding:
                 self.releaseWakeups()
             if outer is None:
