@@ -213,9 +213,8 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
-        # (Default: never delivering in batches, each reply written at once.)
         self._delivery = delivery if delivery is not None else Delivery()
-        # The Deferred whose reply _answer wired (see _packet).
+        # The Deferred whose one callback _answer added: _packet adds none.
         self._answering: Deferred[Any] | None = None
         self._pauseReading = pauseReading
         self._resumeReading = resumeReading
@@ -537,8 +536,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             return
         after = self._delivery.after
         if after is not None:
-            # More replies come in this batch of results: one write for all,
-            # at its end.
+            # More replies come in this batch of results: one write for all.
             after.append(self._flush)
             self._corked = True
             return
@@ -599,7 +597,6 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             return
         if isinstance(result, Deferred):
             if result is self._answering:
-                # Its one callback makes and sends the reply (_answer).
                 self._answering = None
             else:
                 result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))
@@ -608,9 +605,8 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         return None
 
     def _answer(self, result: object, shape: Callable[..., Any], requestId: int, *args: Any) -> Any:
-        # The reply shape(result, requestId, *args) now, or, when result is
-        # a Deferred, made and sent by its one callback (one call into the
-        # core per reply delivered: see ARCHITECTURE.rst, One request).
+        # The reply shape(result, requestId, *args) now, or made and sent by
+        # the one callback of result, a Deferred (see ARCHITECTURE.rst).
         if isinstance(result, Deferred):
             result.addCallbacks(
                 self._shaped,
@@ -628,21 +624,15 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         except BaseException:
             self._replyFailed(Failure(), requestId)
             return
-        if (
-            self._delivery.single
-            and not self._corked
-            and not self._buffer
-            and not self._readingPaused
-        ):
+        single = self._delivery.single and not (self._corked or self._buffer or self._readingPaused)
+        if single:
             # The one result of the engine's batch, and answering it
-            # dispatches nothing: its reply is written here, at the end of
-            # this callback, as the end of the batch would (no call back
-            # into the core from the engine for it).
+            # dispatches nothing: written at the end of this callback, as at
+            # the batch's end (the engine calls nothing more for it).
             self._corked = True
-            self._replied(reply)
-            self._flush()
-            return
         self._replied(reply)
+        if single:
+            self._flush()
 
     def _replied(self, reply: bytes | tuple[bytes, ...]) -> None:
         try:
