@@ -233,6 +233,8 @@ class ForwardedChannel(SSHChannel):
         self._kept: deque[bytes] = deque()
         self._keptBytes = 0
         self._outgoing: deque[bytes] = deque()
+        #: How much of C{_outgoing[0]} was already sent.
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._delivering = False
         self._eofPending = False
@@ -490,23 +492,37 @@ class ForwardedChannel(SSHChannel):
 
     def _take(self, n: int) -> bytes:
         """
-        Remove and return the first C{n} queued bytes.
+        Remove and return the first C{n} queued bytes.  Only those C{n}
+        bytes are copied: the rest of a queued write stays where it is (its
+        sent part is skipped by C{_outgoingStart}), so that a reply of any
+        size is taken in linear time.
         """
         first = self._outgoing[0]
-        if len(first) >= n:
-            self._outgoing.popleft()
-            if len(first) > n:
-                self._outgoing.appendleft(first[n:])
-                first = first[:n]
+        start = self._outgoingStart
+        end = start + n
+        size = len(first)
+        if end <= size:
+            if end == size:
+                self._outgoing.popleft()
+                self._outgoingStart = 0
+                if start:
+                    first = first[start:]
+            else:
+                self._outgoingStart = end
+                first = first[start:end]
             self._outgoingBytes -= n
             return first
-        pieces = []
-        need = n
+        pieces = [first[start:] if start else first]
+        self._outgoing.popleft()
+        need = n - (size - start)
         while need:
             chunk = self._outgoing.popleft()
             if len(chunk) > need:
-                self._outgoing.appendleft(chunk[need:])
+                self._outgoing.appendleft(chunk)
+                self._outgoingStart = need
                 chunk = chunk[:need]
+            else:
+                self._outgoingStart = 0
             pieces.append(chunk)
             need -= len(chunk)
         self._outgoingBytes -= n
@@ -611,6 +627,7 @@ class ForwardedChannel(SSHChannel):
         """
         self.closing = 1
         self._outgoing.clear()
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._kept.clear()
         self._keptBytes = 0
@@ -644,6 +661,7 @@ class ForwardedChannel(SSHChannel):
         self._kept.clear()
         self._keptBytes = 0
         self._outgoing.clear()
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._budget.outputSent()
         protocol, self.protocol = self.protocol, None

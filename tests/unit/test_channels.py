@@ -7,6 +7,7 @@ holds writes, resumes in order.
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from typing import Any
 
 from twisted.conch.ssh import common
@@ -407,6 +408,59 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(h.transport.take(MSG_CHANNEL_CLOSE), [])
         channel.abort()
         self.assertEqual(len(h.transport.take(MSG_CHANNEL_CLOSE)), 1)
+
+
+class LargeReplyTests(unittest.SynchronousTestCase):
+    def test_restNeverCopied(self) -> None:
+        """
+        A 16 MiB reply sent in 32 KiB packets, 1 MiB of window at a time,
+        arrives whole and in order, and the part not yet sent is never
+        copied: the memory allocated meanwhile stays far below the reply's
+        size (before, every packet taken copied the rest of the reply: 8 GiB
+        copied in all, 16 MiB more memory at once).
+        """
+        size = 16 << 20
+        reply = bytes(range(256)) * (size // 256)
+        h = Harness()
+        channel = h.open(window=1 << 20)
+        assert channel is not None
+        h.sent()
+        received = 0
+        tracemalloc.start()
+        try:
+            channel.write(reply)
+            while True:
+                data = h.sent()
+                if not data:
+                    break
+                self.assertEqual(data, reply[received : received + len(data)])
+                received += len(data)
+                h.conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", channel.id, 1 << 20))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(received, size)
+        self.assertLess(peak, 4 << 20)
+
+    def test_writesSplitAcrossPackets(self) -> None:
+        """
+        Writes of mixed sizes, sent in packets cut at odd places by the
+        peer's window (parts of one write in several packets, several
+        writes in one packet), arrive whole and in order.
+        """
+        h = Harness()
+        channel = h.open(window=1000)
+        assert channel is not None
+        h.sent()
+        writes = [b"a" * 50000, b"b" * 10, b"c" * 70000, b"d", b"e" * 40000]
+        for data in writes:
+            channel.write(data)
+        received = h.sent()
+        while len(received) < sum(map(len, writes)):
+            h.conn.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", channel.id, 7777))
+            h.clock.advance(0)
+            received += h.sent()
+        self.assertEqual(received, b"".join(writes))
 
 
 class BudgetWindowTests(unittest.SynchronousTestCase):
