@@ -35,7 +35,6 @@ from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.errors import ConnectionFailed, ForwardRefused
@@ -45,6 +44,7 @@ from conchshare.tunnel.channels import (
     ChannelGroup,
     ChannelServingMixin,
     ForwardedChannel,
+    GroupPressure,
 )
 from conchshare.tunnel.remote import quote, runRemote
 
@@ -118,26 +118,6 @@ class Listener:
         return {"mode": self.mode, "address": self.address, "port": self.port}
 
 
-@implementer(interfaces.IPushProducer)
-class _TransportPressure:
-    """
-    Registered with the TCP transport: when its send buffer is full, every
-    channel stops taking requests until it drains.
-    """
-
-    def __init__(self, group: ChannelGroup) -> None:
-        self.group = group
-
-    def pauseProducing(self) -> None:
-        self.group.setReason(TRANSPORT, True)
-
-    def resumeProducing(self) -> None:
-        self.group.setReason(TRANSPORT, False)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class ShareConnection(ChannelServingMixin, SSHConnection):
     """
     The client C{ssh-connection} service of conchshare.
@@ -202,7 +182,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None and hasattr(tcp, "registerProducer"):
             try:
-                tcp.registerProducer(_TransportPressure(self.group), True)
+                tcp.registerProducer(GroupPressure(self.group, TRANSPORT), True)
             except RuntimeError:
                 pass  # someone else already watches the send buffer
 

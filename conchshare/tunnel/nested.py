@@ -34,10 +34,11 @@ from zope.interface import implementer
 
 from conchshare.errors import UsageError
 from conchshare.tunnel.channels import (
+    CARRIER,
     ChannelGroup,
     ChannelServingMixin,
-    ConnectionPressure,
     ForwardedChannel,
+    GroupPressure,
 )
 from conchshare.tunnel.fastpath import FastTransportMixin
 
@@ -220,7 +221,7 @@ class NestedConnection(ChannelServingMixin, SSHConnection):
         carrier = getattr(self.transport, "transport", None)
         if isinstance(carrier, ForwardedChannel):
             carrier.carriesConnection()
-            carrier.registerProducer(ConnectionPressure(self.group), True)
+            carrier.registerProducer(GroupPressure(self.group, CARRIER), True)
 
     def channelAccepted(self, channel: Any) -> None:
         if isinstance(channel, ForwardedChannel):

@@ -28,14 +28,16 @@ from zope.interface.verify import verifyObject
 
 from conchshare.budget import LARGEST_REQUEST, MIN_WINDOW, MemoryBudget
 from conchshare.tunnel.channels import (
+    CARRIER,
     MAX_PACKET,
     OUTPUT_HIGH,
+    TRANSPORT,
     WINDOW_SIZE,
     ChannelGroup,
-    ConnectionPressure,
     ForwardedChannel,
+    GroupPressure,
 )
-from conchshare.tunnel.connection import Listener, ShareConnection, _TransportPressure
+from conchshare.tunnel.connection import Listener, ShareConnection
 from conchshare.tunnel.nested import NestedConnection, NestedSessionChannel, _NestedUser
 
 
@@ -211,7 +213,7 @@ class ForwardedChannelTests(unittest.SynchronousTestCase):
         h = Harness()
         channel = h.open()
         assert channel is not None
-        pressure = _TransportPressure(h.conn.group)
+        pressure = GroupPressure(h.conn.group, TRANSPORT)
         pressure.pauseProducing()
         channel.write(b"one")
         channel.write(b"x" * (OUTPUT_HIGH + 1))
@@ -642,7 +644,7 @@ class NestedConnectionTests(unittest.SynchronousTestCase):
     """
 
     def test_interfaces(self) -> None:
-        self.assertTrue(verifyObject(IPushProducer, ConnectionPressure(ChannelGroup())))
+        self.assertTrue(verifyObject(IPushProducer, GroupPressure(ChannelGroup(), CARRIER)))
 
     def test_heldWhileTheCarrierCannotSend(self) -> None:
         """
@@ -658,7 +660,7 @@ class NestedConnectionTests(unittest.SynchronousTestCase):
         inner, replier = nested.open()
         self.assertFalse(replier.paused)
         h.sent()
-        tcp = _TransportPressure(h.conn.group)
+        tcp = GroupPressure(h.conn.group, TRANSPORT)
         tcp.pauseProducing()
         self.assertTrue(replier.paused)
         inner.write(b"r" * 100)
