@@ -347,6 +347,13 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
                     granted.socketDirectory = await self._makeRemoteDirectory("/tmp")
                 granted.socketPath = granted.socketDirectory + "/sftp.sock"
             else:
+                if not granted.socketPath.startswith("/"):
+                    # sshd would bind a relative path in its own working
+                    # directory (usually /), while our commands (the stale
+                    # socket's removal, the cleanup, mount's socat) run in
+                    # the remote home: take it from the home, for all.
+                    home = await self._remoteWorkingDirectory()
+                    granted.socketPath = home.rstrip("/") + "/" + granted.socketPath
                 # sshd leaves a stale socket behind; a new forward on the
                 # path fails until it is gone.
                 await self._runQuietly(
@@ -384,6 +391,23 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         self._routes[granted.routeKey()] = granted
         self.emit("forwarding", **granted.event())
         return granted
+
+    async def _remoteWorkingDirectory(self) -> str:
+        """
+        The directory the remote user's commands start in (the home).
+
+        @raise ForwardRefused: it could not be found.
+        """
+        status, out, err = await runRemote(self, b"pwd")
+        path = out.decode("utf-8", "surrogateescape")
+        path = path[:-1] if path.endswith("\n") else path
+        if status != 0 or not path.startswith("/"):
+            raise ForwardRefused(
+                "Could not find the home directory on the remote host for a relative socket path: "
+                + (err.decode("utf-8", "replace").strip() or f"exit status {status}")
+                + "."
+            )
+        return path
 
     async def _makeRemoteDirectory(self, parent: str | None = None) -> str:
         where = b'"${TMPDIR:-/tmp}"' if parent is None else quote(parent).encode()
