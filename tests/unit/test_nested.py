@@ -178,7 +178,6 @@ class SubsystemRequestTests(unittest.SynchronousTestCase):
 
         server = NestedServerTransport()
         server.transport = StringTransport()
-        server.connectionMade = lambda: None  # type: ignore[method-assign]
         server.currentEncryptions = SSHCiphers(b"none", b"none", b"none", b"none")
         server.currentEncryptions.setKeys(b"", b"", b"", b"", b"", b"")
         server.avatar = _NestedUser(sftpFactory)
