@@ -7,7 +7,7 @@ the first component of every share; the directories above a multi-component
 name are virtual, listable and read-only.
 
 This module is pure Python (no Twisted) and does no filesystem work beyond
-checking the folders at parse time; L{conchshare.confined} walks the real
+checking the folders at parse time; L{conchshare.fs} walks the real
 folders.
 
 Rules:

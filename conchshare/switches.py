@@ -67,6 +67,12 @@ SWITCHES: dict[str, Switch] = {
             "renameat2, io_uring): the portable component walk alone, as on "
             "macOS or an old kernel.",
         ),
+        Switch(
+            "CONCHSHARE_RING_SPIN",
+            "1",
+            "the reactor polls io_uring's completion queue for a moment before "
+            "it sleeps; 0: it only looks.",
+        ),
     ]
 }
 

@@ -1,7 +1,7 @@
 """
 The SFTP avatar over the shares: L{ISFTPServer} and L{IShareSFTPServer}.
 
-The avatar is the policy: which filesystem call of L{conchshare.confined}
+The avatar is the policy: which filesystem call of L{conchshare.fs}
 a request becomes, and under which ordering keys.  Every such call blocks;
 the avatar's engine (L{conchshare.sftp.engine.ICallEngine}) runs it off the
 reactor thread: by default the avatar's own L{Workers} (a few threads and
@@ -40,21 +40,16 @@ from twisted.conch.ssh.filetransfer import FX_OP_UNSUPPORTED, FXF_CREAT, FXF_TRU
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from conchshare.confined import (
-    ConfinedDirectory,
-    ConfinedFile,
-    ConfinedFilesystem,
-    groupName,
-    userName,
-)
+from conchshare.fs import ConfinedFile, ConfinedFilesystem
 from conchshare.reactors import orGlobalReactor
 from conchshare.sftp.engine import AGAIN, ICallEngine, OrderedEngine
+from conchshare.sftp.entries import Listing, groupName, openFlags, userName
 from conchshare.sftp.files import ShareDirectory, ShareFile
 from conchshare.sftp.interfaces import IEngineAvatar, IShareSFTPServer
 from conchshare.sftp.ordering import ConnectionOrder
+from conchshare.sftp.ringwatch import ringFor
 from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
-from conchshare.uring import ringFor
 
 __all__ = [
     "MAX_NAME_LOOKUPS",
@@ -108,7 +103,7 @@ class ShareSFTPServer:
         @param threads: the most worker threads of the default L{Workers}.
         @param ring: with the default L{Workers}: let the kernel make the
             common calls (create, write, close, stat) through io_uring
-            where it is usable (see L{conchshare.uring}), instead of a
+            where it is usable (see L{conchshare.fs.ring}), instead of a
             worker thread.
         @param lookUpUser: the login name of a uid (empty when unknown),
             for users-groups-by-id; called in a worker, never in the
@@ -209,14 +204,15 @@ class ShareSFTPServer:
         shared = not flags & (FXF_CREAT | FXF_TRUNC)
         key = connection.key if shared else connection.writer()
         engine = self.engine
+        osFlags = openFlags(flags)
         d = engine.run(
             (key,),
             self.filesystem.openFile,
             filename,
-            flags,
+            osFlags,
             dict(attrs),
             shared=shared,
-            ring=self.filesystem.ringOpenFile(filename, flags, attrs)
+            ring=self.filesystem.ringOpenFile(filename, osFlags, attrs)
             if engine.ring is not None
             else None,
         )
@@ -252,7 +248,7 @@ class ShareSFTPServer:
         if engine.inlineReads and engine.sharedFree(connection.key):
             confined = self.filesystem.openDirectoryCached(path)
             if confined is not None:
-                directory = ShareDirectory(confined, engine, connection)
+                directory = ShareDirectory(Listing(confined), engine, connection)
                 directory.closesInline = True
                 directory.readAhead(_PREFETCH)
                 return directory
@@ -260,11 +256,11 @@ class ShareSFTPServer:
         d.addCallback(ShareDirectory, engine, connection, connection.changes)
         return d
 
-    def _openDirectory(self, path: bytes) -> ConfinedDirectory:
+    def _openDirectory(self, path: bytes) -> Listing:
         # In the same worker call: the first entries (all of them, in most
         # directories), so that the READDIRs that return them and find the
         # end are answered without a round trip to a worker.
-        directory = self.filesystem.openDirectory(path)
+        directory = Listing(self.filesystem.openDirectory(path))
         directory.prefetch(_PREFETCH)
         directory.checkLocal()
         return directory

@@ -1,7 +1,7 @@
 """
 The open files and directories of the share avatar (L{ShareFile},
 L{ShareDirectory}): each request on them becomes a call of
-L{conchshare.confined} run by the avatar's engine
+L{conchshare.fs} run by the avatar's engine
 (L{conchshare.sftp.engine.ICallEngine}), under the keys of the
 connection's order (L{conchshare.sftp.ordering}).
 """
@@ -16,8 +16,9 @@ from twisted.conch.interfaces import ISFTPFile
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from conchshare.confined import ConfinedDirectory, ConfinedFile, ConfinedFilesystem, Entry
+from conchshare.fs import ConfinedFile, ConfinedFilesystem
 from conchshare.sftp.engine import Batch, ICallEngine, Job
+from conchshare.sftp.entries import Entry, Listing
 from conchshare.sftp.interfaces import IEncodedDirectory
 from conchshare.sftp.ordering import ConnectionOrder
 
@@ -223,14 +224,14 @@ class ShareDirectory:
     #: Whether its descriptor may be closed in the reactor thread: for
     #: directories of a local filesystem (opened there, see
     #: L{ConfinedFilesystem.openDirectoryCached}, or found local by the
-    #: worker that opened them: L{ConfinedDirectory.checkLocal}).
+    #: worker that opened them: L{Listing.checkLocal}).
     #: Elsewhere closing may wait for a server (CIFS sends its close
     #: request and waits).
     closesInline = False
 
     def __init__(
         self,
-        confined: ConfinedDirectory,
+        confined: Listing,
         engine: ICallEngine,
         connection: ConnectionOrder | None = None,
         changes: int | None = None,

@@ -22,7 +22,7 @@ holding its keys, once the calls ready at that moment have started (a
 copy-data of gigabytes takes a thread from other clients for one step at
 a time, and the later requests on its files still wait for its end).
 
-With a ring (L{conchshare.uring}), a call made with a L{RingCall} whose
+With a ring (L{conchshare.fs.ring}), a call made with a L{RingCall} whose
 keys are free starts in the kernel instead, from the reactor thread, and
 ends there (its completion is delivered by the reactor); the calls it
 releases start there too when they can.  A call the kernel cannot finish
@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from conchshare.fs.ring import FALLBACK, RingCall, RingOutcome
 from conchshare.sftp.engine import AGAIN, Delivery, Fed, ICallEngine, KernelCall
 from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.switches import switchedOn
@@ -60,7 +61,7 @@ _log = Logger()
 
 class KernelRing(Protocol):
     """
-    What L{Workers} needs of its io_uring ring (L{conchshare.uring.Ring}).
+    What L{Workers} needs of its io_uring ring (L{conchshare.fs.ring.Ring}).
     """
 
     def spin(self, seconds: float, clock: Callable[[], float]) -> bool:
@@ -83,36 +84,6 @@ class _Reactor(Protocol):
     def addSystemEventTrigger(
         self, phase: str, eventType: str, callable: Callable[..., object], *args: object
     ) -> Any: ...
-
-
-#: What L{RingCall.start} is given to report with: C{(True, result)},
-#: C{(False, exception)}, or L{FALLBACK} (run the call in a thread after all).
-RingOutcome = Any
-
-#: Reported by a L{RingCall} that cannot finish its call in the kernel (a
-#: symlink on the way, say): the call's function then runs in a worker
-#: thread, still holding its keys.
-FALLBACK = object()
-
-
-class RingCall:
-    """
-    A call that may run in the kernel (io_uring) instead of a worker
-    thread: what the avatar hands L{Workers.run} beside the function.
-    """
-
-    def start(self, ring: Any, report: Callable[[RingOutcome], None]) -> bool:
-        """
-        Submit the call's first operation to C{ring}, in the reactor thread.
-        C{report} is called once, in the reactor thread, with C{(True,
-        result)}, C{(False, exception)} or L{FALLBACK}: later, or at once
-        (before returning L{True}) when the call needs no system call that
-        may wait.
-
-        @return: whether it was submitted (L{False}: nothing started; the
-            call runs in a thread).
-        """
-        raise NotImplementedError()
 
 
 def _signal(wake: threading.Lock) -> None:
@@ -154,7 +125,7 @@ class Workers:
     """
 
     #: Whether the avatar may read cached file data in the reactor thread
-    #: (see L{conchshare.confined.ConfinedFile.readCached}).
+    #: (see L{conchshare.fs.ConfinedFile.readCached}).
     inlineReads = True
 
     #: The longest the reactor thread waits for calls it just handed over.
@@ -175,7 +146,7 @@ class Workers:
             threads stop at its shutdown.
         @param threads: the most threads running calls at once.
         @param name: the threads' name.
-        @param ring: a L{conchshare.uring.Ring} whose completions C{reactor}
+        @param ring: a L{conchshare.fs.ring.Ring} whose completions C{reactor}
             delivers: calls made with a L{RingCall} start there when their
             keys are free (L{None}: always in threads).
         @param clock: seconds, monotonic: how long calls take, and how long
@@ -561,7 +532,7 @@ class Workers:
         calls take much longer than that (a slow disk), it does not wait at
         all: the reactor is not held up call after call.  Nor with the
         switch C{CONCHSHARE_WORKERS_WAIT=0} (the wait for the ring is
-        L{conchshare.uring.Ring.spin}'s).
+        L{conchshare.fs.ring.Ring.spin}'s).
         """
         ring = self.ring
         if ring is not None and self._inRing and not (self._ready or self._calling):

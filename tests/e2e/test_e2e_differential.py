@@ -501,9 +501,9 @@ class DifferentialTests(TestCase):
             self.runSequences(CI_SEQUENCES, derandomize=True)
         # The channel engine ran as share runs it: with its io_uring ring
         # where the kernel allows one.
-        from conchshare import uring
+        from conchshare.fs import ring
 
-        if uring.usable():
+        if ring.usable():
             channel = self.differential.servers[2]
             with open(channel.stderrPath, "rb") as f:
                 self.assertNotIn(b"io_uring is not used", f.read())

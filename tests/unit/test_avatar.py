@@ -33,9 +33,9 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from conchshare.confined import groupName, userName
 from conchshare.sftp.avatar import ShareDirectory, ShareFile, ShareSFTPServer
 from conchshare.sftp.engine import ICallEngine, OrderedEngine
+from conchshare.sftp.entries import groupName, userName
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
@@ -448,14 +448,12 @@ class ThreadPoolTests(TestCase):
         """
         from twisted.internet import reactor
 
-        from conchshare import confined
-
         base = os.path.realpath(self.mktemp())
         os.makedirs(os.path.join(base, "s"))
         with open(os.path.join(base, "s", "f"), "wb") as f:
             f.write(b"12345")
         avatar = ShareSFTPServer(ShareSet.fromSpecs(["s"], cwd=base), reactor=reactor)
-        if confined._memory is None or not avatar.filesystem._localMounts:
+        if avatar.filesystem._memory is None or not avatar.filesystem._localMounts:
             raise SkipTest("No in-memory attributes on this system or filesystem")
         assert isinstance(avatar.engine, Workers)
         os.stat(os.path.join(base, "s", "f"))  # looked up once: in the dcache

@@ -1,5 +1,5 @@
 """
-Tests for L{conchshare.confined}: confinement (paths, symlinks at every depth,
+Tests for L{conchshare.fs}: confinement (paths, symlinks at every depth,
 races), read-only shares, the virtual tree, names as bytes, umask, and the
 POSIX semantics of each operation.
 """
@@ -7,31 +7,30 @@ POSIX semantics of each operation.
 from __future__ import annotations
 
 import errno
+import gc
+import json
 import os
 import re
 import resource
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from conchshare import confined
-from conchshare.confined import (
-    FXF_APPEND,
-    FXF_CREAT,
-    FXF_EXCL,
-    FXF_READ,
-    FXF_TRUNC,
-    FXF_WRITE,
-    MAX_READ,
-    ConfinedFilesystem,
-    longname,
-)
+from conchshare import fs as confined
+from conchshare.fs import MAX_READ, ConfinedFilesystem, resolver, syscalls
+from conchshare.sftp import entries as sftpEntries
 from conchshare.sftp import wire
+from conchshare.sftp.entries import Listing, groupName, longname, openFlags, userName
+from conchshare.sftp.wire import FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE
 from conchshare.shares import ShareSet
+from tests.support import CHECKOUT
 from tests.support.sharetree import SECRET, makeTree, read, write
 
 
@@ -57,7 +56,7 @@ class ConfinedTestCase(SynchronousTestCase):
         self.assertEqual(raised.exception.errno, code, f"{function.__name__}{args!r}")
 
     def readAll(self, path: bytes) -> bytes:
-        f = self.fs.openFile(path, FXF_READ, {})
+        f = self.fs.openFile(path, openFlags(FXF_READ), {})
         try:
             return f.read(0, 1 << 20)
         finally:
@@ -86,7 +85,7 @@ class PathTests(ConfinedTestCase):
         fs = ConfinedFilesystem(ShareSet.fromSpecs(["one"], cwd=self.base))
         self.assertEqual(fs.realPath(b"."), b"/one")
         self.assertEqual(fs.realPath(b""), b"/one")
-        f = fs.openFile(b"sub/g", FXF_READ, {})
+        f = fs.openFile(b"sub/g", openFlags(FXF_READ), {})
         self.assertEqual(f.read(0, 10), b"deep")
         f.close()
         self.assertEqual(fs.realPath(b"../../.."), b"/")
@@ -97,7 +96,7 @@ class PathTests(ConfinedTestCase):
 
     def test_nul(self) -> None:
         self.assertErrno(errno.EINVAL, self.fs.stat, b"/one/f\0/etc/passwd")
-        self.assertErrno(errno.EINVAL, self.fs.openFile, b"/one/f\0x", FXF_READ, {})
+        self.assertErrno(errno.EINVAL, self.fs.openFile, b"/one/f\0x", openFlags(FXF_READ), {})
 
     def test_veryLong(self) -> None:
         self.assertErrno(errno.ENAMETOOLONG, self.fs.stat, b"/one/" + b"a/" * 3000)
@@ -123,17 +122,21 @@ class SymlinkEscapeTests(ConfinedTestCase):
 
     def test_neverRead(self) -> None:
         for path in self.escapes:
-            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_READ, {})
+            self.assertErrno(errno.EACCES, self.fs.openFile, path, openFlags(FXF_READ), {})
             self.assertErrno(errno.EACCES, self.fs.stat, path)
             if path != b"/one/sub/esc_file":  # there the link is final
                 self.assertErrno(errno.EACCES, self.fs.stat, path, follow=False)
 
     def test_neverWritten(self) -> None:
         for path in [b"/one/esc_abs/new", b"/one/sub/deeper/esc/new", b"/one/esc_root/tmp/x"]:
-            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_WRITE | FXF_CREAT, {})
+            self.assertErrno(
+                errno.EACCES, self.fs.openFile, path, openFlags(FXF_WRITE | FXF_CREAT), {}
+            )
             self.assertErrno(errno.EACCES, self.fs.makeDirectory, path, {})
             self.assertErrno(errno.EACCES, self.fs.makeLink, path, b"x")
-        self.assertErrno(errno.EACCES, self.fs.openFile, b"/one/sub/esc_file", FXF_WRITE, {})
+        self.assertErrno(
+            errno.EACCES, self.fs.openFile, b"/one/sub/esc_file", openFlags(FXF_WRITE), {}
+        )
         self.assertErrno(
             errno.EACCES, self.fs.setAttrs, b"/one/sub/esc_file", {"permissions": 0o777}
         )
@@ -149,7 +152,7 @@ class SymlinkEscapeTests(ConfinedTestCase):
             self.assertErrno(errno.EACCES, self.fs.openDirectory, path)
 
     def test_listedAsSymlinks(self) -> None:
-        d = self.fs.openDirectory(b"/one")
+        d = Listing(self.fs.openDirectory(b"/one"))
         entries = {name: attrs for name, _, attrs in d.read(1000)}
         d.close()
         for name in (b"esc_abs", b"esc_root", b"to_sibling"):
@@ -172,14 +175,14 @@ class SymlinkEscapeTests(ConfinedTestCase):
 
     def test_loop(self) -> None:
         self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/loop")
-        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/loop/x", FXF_READ, {})
+        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/loop/x", openFlags(FXF_READ), {})
 
     def test_danglingCreatesInside(self) -> None:
         """
         Opening a dangling symlink inside the share with CREAT creates its
         target, as open(2) does.
         """
-        f = self.fs.openFile(b"/one/dangling", FXF_WRITE | FXF_CREAT, {})
+        f = self.fs.openFile(b"/one/dangling", openFlags(FXF_WRITE | FXF_CREAT), {})
         f.write(0, b"made")
         f.close()
         self.assertEqual(read(self.path("one", "nothing-here")), b"made")
@@ -192,7 +195,7 @@ class SymlinkEscapeTests(ConfinedTestCase):
         self.assertErrno(errno.EACCES, self.fs.hardLink, b"/one/esc_abs/secret", b"/one/stolen")
         self.fs.hardLink(b"/one/sub/esc_file", b"/one/hl")
         self.assertTrue(os.path.islink(self.path("one", "hl")))
-        self.assertErrno(errno.EACCES, self.fs.openFile, b"/one/hl", FXF_READ, {})
+        self.assertErrno(errno.EACCES, self.fs.openFile, b"/one/hl", openFlags(FXF_READ), {})
         self.assertEqual(os.stat(self.path("outside", "secret")).st_nlink, 1)
 
     def test_renameInOut(self) -> None:
@@ -285,7 +288,7 @@ class SymlinkEscapeTests(ConfinedTestCase):
             self.fs.makeLink(b"/one/l", target)
             self.assertEqual(self.fs.readLink(b"/one/l"), target)
             self.assertEqual(self.fs.stat(b"/one/l", follow=False)["size"], len(target))
-            d = self.fs.openDirectory(b"/one")
+            d = Listing(self.fs.openDirectory(b"/one"))
             entries = {name: (line, attrs) for name, line, attrs in d.read(1000)}
             d.close()
             line, attrs = entries[b"l"]
@@ -351,7 +354,7 @@ class RaceTests(ConfinedTestCase):
                     seen["inside"] += 1
                 for path in (b"/one/sw", b"/one/sw/etc"):
                     try:
-                        d = self.fs.openDirectory(path)
+                        d = Listing(self.fs.openDirectory(path))
                         names = {os.fsdecode(n) for n, _, _ in d.read(1000)}
                         d.close()
                     except (OSError, EOFError):
@@ -381,12 +384,12 @@ class ReadOnlyTests(ConfinedTestCase):
     def test_everyMutationDenied(self) -> None:
         fs = self.fs
         denied: list[tuple[Callable[..., object], tuple[object, ...]]] = [
-            (fs.openFile, (b"/ro/r", FXF_WRITE, {})),
-            (fs.openFile, (b"/ro/r", FXF_READ | FXF_WRITE, {})),
-            (fs.openFile, (b"/ro/r", FXF_APPEND, {})),
-            (fs.openFile, (b"/ro/r", FXF_READ | FXF_TRUNC, {})),
-            (fs.openFile, (b"/ro/new", FXF_READ | FXF_CREAT, {})),
-            (fs.openFile, (b"/ro/new", FXF_WRITE | FXF_CREAT | FXF_EXCL, {})),
+            (fs.openFile, (b"/ro/r", openFlags(FXF_WRITE), {})),
+            (fs.openFile, (b"/ro/r", openFlags(FXF_READ | FXF_WRITE), {})),
+            (fs.openFile, (b"/ro/r", openFlags(FXF_APPEND), {})),
+            (fs.openFile, (b"/ro/r", openFlags(FXF_READ | FXF_TRUNC), {})),
+            (fs.openFile, (b"/ro/new", openFlags(FXF_READ | FXF_CREAT), {})),
+            (fs.openFile, (b"/ro/new", openFlags(FXF_WRITE | FXF_CREAT | FXF_EXCL), {})),
             (fs.setAttrs, (b"/ro/r", {"permissions": 0o600})),
             (fs.setAttrs, (b"/ro/r", {"size": 0})),
             (fs.setAttrs, (b"/ro/l", {"atime": 0, "mtime": 0})),
@@ -420,8 +423,8 @@ class ReadOnlyTests(ConfinedTestCase):
         """
         before = read(self.path("one", "f"))
         self.assertGreater(len(before), 2)
-        rw = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
-        other = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        rw = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE), {})
+        other = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE), {})
         try:
             self.assertErrno(errno.EBUSY, self.fs.copyData, rw, 0, 0, rw, 1)
             self.assertErrno(errno.EBUSY, self.fs.copyData, rw, 0, 0, other, 1)
@@ -435,8 +438,8 @@ class ReadOnlyTests(ConfinedTestCase):
         """
         FSETSTAT and copy-data into a file of a read-only share are refused.
         """
-        source = self.fs.openFile(b"/one/f", FXF_READ, {})
-        f = self.fs.openFile(b"/ro/r", FXF_READ, {})
+        source = self.fs.openFile(b"/one/f", openFlags(FXF_READ), {})
+        f = self.fs.openFile(b"/ro/r", openFlags(FXF_READ), {})
         try:
             self.assertErrno(errno.EACCES, f.setAttrs, {"size": 0})
             self.assertErrno(errno.EACCES, f.setAttrs, {"permissions": 0o777})
@@ -449,7 +452,7 @@ class ReadOnlyTests(ConfinedTestCase):
 
     def test_readingWorks(self) -> None:
         self.assertEqual(self.readAll(b"/ro/l"), b"read-only")
-        d = self.fs.openDirectory(b"/ro")
+        d = Listing(self.fs.openDirectory(b"/ro"))
         self.assertEqual(sorted(n for n, _, _ in d.read(100)), [b"d", b"l", b"r"])
         d.close()
         self.assertEqual(self.fs.statVFS(b"/ro")["flag"] & 1, 1)
@@ -462,7 +465,7 @@ class ReadOnlyTests(ConfinedTestCase):
 
 class VirtualTreeTests(ConfinedTestCase):
     def list(self, path: bytes) -> list[bytes]:
-        d = self.fs.openDirectory(path)
+        d = Listing(self.fs.openDirectory(path))
         try:
             return [n for n, _, _ in d.read(100)]
         finally:
@@ -484,10 +487,48 @@ class VirtualTreeTests(ConfinedTestCase):
         """
         self.fs.stat(b"/two/t")
         os.rename(self.path("two"), self.path("two-gone"))
-        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.patch(resolver, "ROOT_RECHECK", 0.0)
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
         self.assertIsNone(self.fs.statCached(b"/two/t"))
+
+    def test_rootCheckedByTheClock(self) -> None:
+        """
+        A share's path is checked again once L{resolver.ROOT_RECHECK}
+        seconds of the filesystem's clock have passed, not before: until
+        then the folder opened first is served (renamed or not), after it
+        nothing.
+        """
+        now = [100.0]
+        fs = ConfinedFilesystem(self.shares, clock=lambda: now[0])
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+        os.rename(self.path("two"), self.path("two-gone"))
+        now[0] += resolver.ROOT_RECHECK / 2
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+        now[0] += resolver.ROOT_RECHECK
+        self.assertErrno(errno.ENOENT, fs.stat, b"/two/t")
+        os.rename(self.path("two-gone"), self.path("two"))
+        self.assertEqual(fs.stat(b"/two/t")["size"], len(b"two"))
+
+    def test_shareFoldersClosedWhenCollected(self) -> None:
+        """
+        The descriptors of the share folders are closed once the file
+        system is collected.
+        """
+
+        def opened() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        if not os.path.isdir("/proc/self/fd"):
+            raise SkipTest("No /proc/self/fd here")
+        gc.collect()
+        before = opened()
+        fs = ConfinedFilesystem(self.shares)
+        fs.stat(b"/one/f")
+        self.assertGreater(opened(), before)
+        del fs
+        gc.collect()
+        self.assertEqual(opened(), before)
 
     def test_replacedShareFolderNotServed(self) -> None:
         """
@@ -499,10 +540,12 @@ class VirtualTreeTests(ConfinedTestCase):
         os.rename(self.path("two"), self.path("two-old"))
         os.mkdir(self.path("two"))
         write(self.path("two", "t"), b"replaced")
-        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.patch(resolver, "ROOT_RECHECK", 0.0)
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
-        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/t", FXF_READ, {})
-        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/n", FXF_WRITE | FXF_CREAT, {})
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/two/t", openFlags(FXF_READ), {})
+        self.assertErrno(
+            errno.ENOENT, self.fs.openFile, b"/two/n", openFlags(FXF_WRITE | FXF_CREAT), {}
+        )
         self.assertEqual(self.list(b"/"), [b"home", b"one", b"ro", b"two"])
         self.assertEqual(self.fs.statVFS(b"/")["flag"] & 1, 1)
         os.rename(self.path("two"), self.path("two-new"))
@@ -517,7 +560,7 @@ class VirtualTreeTests(ConfinedTestCase):
         self.fs.stat(b"/two/t")
         os.rename(self.path("two"), self.path("two-old"))
         os.symlink("two-old", self.path("two"))
-        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.patch(resolver, "ROOT_RECHECK", 0.0)
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/two/t")
         os.unlink(self.path("two"))
         os.rename(self.path("two-old"), self.path("two"))
@@ -537,14 +580,16 @@ class VirtualTreeTests(ConfinedTestCase):
         fs = ConfinedFilesystem(shares)
         moved: list[tuple[bytes, str]] = []
         fs.shareMoved = lambda share, message: moved.append((share.name, message))
-        self.patch(confined, "ROOT_RECHECK", 0.0)
+        self.patch(resolver, "ROOT_RECHECK", 0.0)
         self.assertEqual(fs.stat(b"/sub/s")["size"], 3)
         fs.rename(b"/top/share", b"/top/away", overwrite=False)
         fs.makeLink(b"/top/share", b"/")
         for name in (b"sub", b"subro"):
             for path in (b"/etc/passwd", b"/" + os.fsencode(self.base)[1:] + b"/outside/secret"):
                 self.assertErrno(errno.ENOENT, fs.stat, b"/" + name + path)
-                self.assertErrno(errno.ENOENT, fs.openFile, b"/" + name + path, FXF_READ, {})
+                self.assertErrno(
+                    errno.ENOENT, fs.openFile, b"/" + name + path, openFlags(FXF_READ), {}
+                )
             self.assertErrno(errno.ENOENT, fs.openDirectory, b"/" + name)
             # (Read-only may be refused first.)
             codes = (errno.ENOENT, errno.EACCES) if name == b"subro" else (errno.ENOENT,)
@@ -552,7 +597,7 @@ class VirtualTreeTests(ConfinedTestCase):
                 fs.makeDirectory(b"/" + name + b"/made", {})
             self.assertIn(raised.exception.errno, codes)
             with self.assertRaises(OSError) as raised:
-                fs.openFile(b"/" + name + b"/made", FXF_WRITE | FXF_CREAT, {})
+                fs.openFile(b"/" + name + b"/made", openFlags(FXF_WRITE | FXF_CREAT), {})
             self.assertIn(raised.exception.errno, codes)
         self.assertErrno(errno.EACCES, fs.stat, b"/top/share/etc/passwd")
         self.assertFalse(os.path.exists(self.path("made")))
@@ -572,13 +617,15 @@ class VirtualTreeTests(ConfinedTestCase):
         self.assertEqual(attrs["permissions"], stat.S_IFDIR | 0o555)
         for path in (b"/home/x", b"/y", b"/home/alice/z"):
             self.assertErrno(errno.EACCES, self.fs.makeDirectory, path, {})
-            self.assertErrno(errno.EACCES, self.fs.openFile, path, FXF_WRITE | FXF_CREAT, {})
+            self.assertErrno(
+                errno.EACCES, self.fs.openFile, path, openFlags(FXF_WRITE | FXF_CREAT), {}
+            )
             self.assertErrno(errno.EACCES, self.fs.makeLink, path, b"/")
         for path in (b"/home", b"/home/alice", b"/"):
             self.assertErrno(errno.EACCES, self.fs.removeDirectory, path)
             self.assertErrno(errno.EACCES, self.fs.setAttrs, path, {"permissions": 0o777})
             self.assertErrno(errno.EACCES, self.fs.rename, path, b"/one/x", overwrite=False)
-        self.assertErrno(errno.EISDIR, self.fs.openFile, b"/home", FXF_READ, {})
+        self.assertErrno(errno.EISDIR, self.fs.openFile, b"/home", openFlags(FXF_READ), {})
         self.assertErrno(errno.ENOENT, self.fs.stat, b"/home/bob")
 
     def test_shareRootsCannotBeRemoved(self) -> None:
@@ -590,10 +637,10 @@ class VirtualTreeTests(ConfinedTestCase):
 class OperationTests(ConfinedTestCase):
     def test_nonUtf8Names(self) -> None:
         name = b"caf\xe9-\xff\xfe"
-        f = self.fs.openFile(b"/one/" + name, FXF_WRITE | FXF_CREAT, {})
+        f = self.fs.openFile(b"/one/" + name, openFlags(FXF_WRITE | FXF_CREAT), {})
         f.write(0, b"latin1")
         f.close()
-        d = self.fs.openDirectory(b"/one")
+        d = Listing(self.fs.openDirectory(b"/one"))
         entries = d.read(100)
         d.close()
         self.assertIn(name, [n for n, _, _ in entries])
@@ -634,14 +681,18 @@ class OperationTests(ConfinedTestCase):
 
     def test_openFlags(self) -> None:
         self.assertErrno(
-            errno.EEXIST, self.fs.openFile, b"/one/f", FXF_WRITE | FXF_CREAT | FXF_EXCL, {}
+            errno.EEXIST,
+            self.fs.openFile,
+            b"/one/f",
+            openFlags(FXF_WRITE | FXF_CREAT | FXF_EXCL),
+            {},
         )
-        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/one/nope", FXF_READ, {})
-        f = self.fs.openFile(b"/one/f", FXF_WRITE | FXF_APPEND, {})
+        self.assertErrno(errno.ENOENT, self.fs.openFile, b"/one/nope", openFlags(FXF_READ), {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_WRITE | FXF_APPEND), {})
         f.write(0, b"+more")
         f.close()
         self.assertEqual(read(self.path("one", "f")), b"inside+more")
-        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE | FXF_TRUNC, {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE | FXF_TRUNC), {})
         f.write(3, b"xyz")
         self.assertEqual(f.read(0, 100), b"\0\0\0xyz")
         self.assertRaises(EOFError, f.read, 6, 10)
@@ -652,9 +703,9 @@ class OperationTests(ConfinedTestCase):
         A closed file refuses every call, even if its descriptor number has
         been reused by another open file.
         """
-        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE), {})
         f.close()
-        other = self.fs.openFile(b"/one/sub/g", FXF_READ | FXF_WRITE, {})
+        other = self.fs.openFile(b"/one/sub/g", openFlags(FXF_READ | FXF_WRITE), {})
         try:
             self.assertErrno(errno.EBADF, f.read, 0, 10)
             self.assertErrno(errno.EBADF, f.write, 0, b"x")
@@ -668,7 +719,7 @@ class OperationTests(ConfinedTestCase):
 
     def test_readCapped(self) -> None:
         write(self.path("one", "big"), b"x" * (MAX_READ + 10))
-        f = self.fs.openFile(b"/one/big", FXF_READ, {})
+        f = self.fs.openFile(b"/one/big", openFlags(FXF_READ), {})
         self.assertEqual(len(f.read(0, 2**32 - 1)), MAX_READ)
         self.assertEqual(f.read(MAX_READ, 100), b"x" * 10)
         f.close()
@@ -683,15 +734,15 @@ class OperationTests(ConfinedTestCase):
         self.fs.setAttrs(b"/one/in_rel", {"atime": 5, "mtime": 6}, follow=False)
         self.assertEqual(int(os.lstat(self.path("one", "in_rel")).st_mtime), 6)
         self.fs.setAttrs(b"/one/f", {"uid": os.getuid(), "gid": os.getgid()})
-        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE), {})
         f.setAttrs({"size": 10, "mtime": 3000, "atime": 3000})
         self.assertEqual(f.stat()["size"], 10)
         self.assertEqual(f.stat()["mtime"], 3000)
         f.close()
 
     def test_copyData(self) -> None:
-        source = self.fs.openFile(b"/one/sub/g", FXF_READ, {})
-        destination = self.fs.openFile(b"/two/copy", FXF_WRITE | FXF_CREAT, {})
+        source = self.fs.openFile(b"/one/sub/g", openFlags(FXF_READ), {})
+        destination = self.fs.openFile(b"/two/copy", openFlags(FXF_WRITE | FXF_CREAT), {})
         self.fs.copyData(source, 1, 0, destination, 0)
         self.fs.copyData(source, 0, 2, destination, 3)
         source.close()
@@ -699,7 +750,7 @@ class OperationTests(ConfinedTestCase):
         self.assertEqual(read(self.path("two", "copy")), b"eepde")
 
     def test_longname(self) -> None:
-        d = self.fs.openDirectory(b"/one/sub")
+        d = Listing(self.fs.openDirectory(b"/one/sub"))
         entries = {n: ln for n, ln, _ in d.read(100)}
         d.close()
         pattern = rb"-rw-r--r--    1 \S+ +\S+ +4 [A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d g"
@@ -724,12 +775,12 @@ class OperationTests(ConfinedTestCase):
         os.chmod(os.path.join(directory, "e"), 0o640)
         # Noon UTC: the same day in every time zone in use.
         os.utime(os.path.join(directory, "e"), (978436801, 978436800))
-        d = confined.ConfinedDirectory(os.open(directory, os.O_RDONLY), now=1e9)
+        d = Listing(confined.ConfinedDirectory(os.open(directory, os.O_RDONLY)), now=1e9)
         [entry] = d.readEncoded(100)
         self.assertRaises(EOFError, d.readEncoded, 100)
         d.close()
-        user = confined.userName(os.getuid()) or b"%d" % os.getuid()
-        group = confined.groupName(os.getgid()) or b"%d" % os.getgid()
+        user = userName(os.getuid()) or b"%d" % os.getuid()
+        group = groupName(os.getgid()) or b"%d" % os.getgid()
         line = b"-rw-r-----    1 %-8s %-8s        5 Jan  2  2001 e" % (user, group)
         attrs = struct.pack(">IQIIII", 15, 5, os.getuid(), os.getgid(), 0o100640, 978436801)
         attrs += struct.pack(">I", 978436800)
@@ -749,7 +800,7 @@ class OperationTests(ConfinedTestCase):
         now = 2 * 10**9
 
         def listing(encoded: bool, prefetch: int) -> list[bytes]:
-            d = confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY), now=now)
+            d = Listing(confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY)), now=now)
             if prefetch:
                 d.prefetch(prefetch)
             entries: list[bytes] = []
@@ -783,7 +834,7 @@ class OperationTests(ConfinedTestCase):
             raise SkipTest("no nanosecond timestamps here")
         attrs = confined.attrsFromStat(os.stat(path))
         self.assertEqual((attrs["atime"], attrs["mtime"]), (second, second))
-        d = self.fs.openDirectory(b"/two")
+        d = Listing(self.fs.openDirectory(b"/two"))
         entries = {n: a for n, _, a in d.read(100)}
         d.close()
         self.assertEqual((entries[b"late"]["atime"], entries[b"late"]["mtime"]), (second, second))
@@ -811,7 +862,7 @@ class OperationTests(ConfinedTestCase):
             expected[name.encode()] = (name.encode(), line, attrs)
 
         def listing() -> dict[bytes, tuple[bytes, bytes, dict[str, object]]]:
-            d = confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY), now=now)
+            d = Listing(confined.ConfinedDirectory(os.open(self.path("two"), os.O_RDONLY)), now=now)
             entries = {e[0]: e for e in d.read(1000)}
             d.close()
             return entries
@@ -821,26 +872,28 @@ class OperationTests(ConfinedTestCase):
         def refuse(*args: object) -> bytes:
             raise struct.error("refused")
 
-        self.patch(confined, "_entryPacker", lambda n, m: refuse)
-        self.patch(confined, "_entryPackers", {})
+        self.patch(sftpEntries, "_entryPacker", lambda n, m: refuse)
+        self.patch(sftpEntries, "_entryPackers", {})
         self.assertEqual(listing(), expected)
 
     def test_readEncodedVirtual(self) -> None:
         """
-        A virtual directory's entries are encoded as given.
+        A virtual directory's entries are encoded with the attributes given
+        and their long names.
         """
-        attrs = {"permissions": 0o40755, "size": 0}
-        entries = [(b"a", b"la", attrs), (b"b", b"lb", {})]
-        d = confined.ConfinedDirectory(None, list(entries))
+        attrs: dict[str, object] = {"permissions": 0o40755, "size": 0}
+        virtual = [(b"a", attrs), (b"b", {})]
+        d = Listing(confined.ConfinedDirectory(None, list(virtual)), now=1e9)
+        la, lb = longname(b"a", attrs, now=1e9), longname(b"b", {}, now=1e9)
         d.prefetch(1)
-        self.assertEqual(d.readEncoded(5), [wire.nameEntry(b"a", b"la", attrs)])
-        self.assertEqual(d.read(5), [(b"b", b"lb", {})])
+        self.assertEqual(d.readEncoded(5), [wire.nameEntry(b"a", la, attrs)])
+        self.assertEqual(d.read(5), [(b"b", lb, {})])
         self.assertRaises(EOFError, d.readEncoded, 5)
 
     def test_directoryBatches(self) -> None:
         for i in range(250):
             write(self.path("two", f"n{i:03d}"), b"")
-        d = self.fs.openDirectory(b"/two")
+        d = Listing(self.fs.openDirectory(b"/two"))
         sizes = []
         while True:
             try:
@@ -854,15 +907,17 @@ class OperationTests(ConfinedTestCase):
 class UmaskTests(ConfinedTestCase):
     def check(self, umask: int, fileMode: int, dirMode: int) -> None:
         fs = ConfinedFilesystem(self.shares, umask=umask)
-        fs.openFile(b"/one/u", FXF_WRITE | FXF_CREAT, {}).close()
-        fs.openFile(b"/one/p", FXF_WRITE | FXF_CREAT, {"permissions": 0o640}).close()
+        fs.openFile(b"/one/u", openFlags(FXF_WRITE | FXF_CREAT), {}).close()
+        fs.openFile(b"/one/p", openFlags(FXF_WRITE | FXF_CREAT), {"permissions": 0o640}).close()
         fs.makeDirectory(b"/one/ud", {})
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "u")).st_mode), fileMode)
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "p")).st_mode), 0o640 & ~umask)
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "ud")).st_mode), dirMode)
 
     def test_noSetIdOnCreate(self) -> None:
-        self.fs.openFile(b"/one/s", FXF_WRITE | FXF_CREAT, {"permissions": 0o4777}).close()
+        self.fs.openFile(
+            b"/one/s", openFlags(FXF_WRITE | FXF_CREAT), {"permissions": 0o4777}
+        ).close()
         self.assertEqual(stat.S_IMODE(os.stat(self.path("one", "s")).st_mode), 0o755)
 
     def test_restrictive(self) -> None:
@@ -916,7 +971,7 @@ class WalkTests(ConfinedTestCase):
         before = sorted(os.listdir("/proc/self/fd"))
         self.lowFileLimit()
         self.assertErrno(errno.ELOOP, self.fs.stat, b"/one/l0")
-        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/l0", FXF_READ, {})
+        self.assertErrno(errno.ELOOP, self.fs.openFile, b"/one/l0", openFlags(FXF_READ), {})
         self.assertTrue(self.fs.realPath(b"/one/l0").startswith(b"/one/"))
         self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
 
@@ -967,7 +1022,7 @@ class SetIdTests(ConfinedTestCase):
         self.assertEqual(self.mode("one", "sub"), 0o2775)
 
     def test_fsetStat(self) -> None:
-        f = self.fs.openFile(b"/one/f", FXF_READ | FXF_WRITE, {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_READ | FXF_WRITE), {})
         try:
             f.setAttrs({"permissions": 0o6711})
         finally:
@@ -985,7 +1040,9 @@ class SetIdTests(ConfinedTestCase):
             self.assertEqual(self.mode("one", name) & 0o777, 0o755 if fs is self.fs else 0o775)
 
     def test_open(self) -> None:
-        self.fs.openFile(b"/one/n", FXF_WRITE | FXF_CREAT, {"permissions": 0o6755}).close()
+        self.fs.openFile(
+            b"/one/n", openFlags(FXF_WRITE | FXF_CREAT), {"permissions": 0o6755}
+        ).close()
         self.assertEqual(self.mode("one", "n"), 0o755)
 
 
@@ -995,10 +1052,13 @@ class _ComponentWalk:
     kernel without it, so that path is tested on every kernel too.
     """
 
+    shares: ShareSet
+    umask: int
+
     def setUp(self) -> None:
         super().setUp()  # type: ignore[misc]
-        confined.probeSystemCalls()  # found on first use: before it is switched off
-        self.patch(confined, "_openat2Function", None)  # type: ignore[attr-defined]
+        # As CONCHSHARE_PORTABLE_FS=1 does: none of the Linux-only calls.
+        self.fs = ConfinedFilesystem(self.shares, umask=self.umask, calls=syscalls.PORTABLE)
 
 
 class WalkTestsWithoutOpenat2(_ComponentWalk, WalkTests):
@@ -1033,8 +1093,7 @@ class FastWalkTests(ConfinedTestCase):
     """
 
     def setUp(self) -> None:
-        confined.probeSystemCalls()
-        if confined._openat2Function is None:
+        if syscalls.systemCalls().openat2 is None:
             raise SkipTest("openat2 is not usable here")
         super().setUp()
         os.makedirs(self.path("one", "a", "b"))
@@ -1043,14 +1102,14 @@ class FastWalkTests(ConfinedTestCase):
         os.symlink("f", self.path("one", "a", "b", "to_f"))
 
     def fastWalk(self, path: bytes, follow: bool) -> confined.Place | None:
-        found = self.fs._lookup(path)
+        found = self.fs.resolver.lookup(path)
         assert isinstance(found, tuple)
         share, components = found
         fds: list[int] = []
         root = os.open(share.path, os.O_RDONLY | os.O_DIRECTORY)
         fds.append(root)
         try:
-            place = self.fs._fastWalk(share, root, components, follow, fds)
+            place = self.fs.resolver._fastWalk(share, root, components, follow, fds)
             if place is not None:
                 self.assertEqual(place.parent, fds[-1])
             return place
@@ -1088,7 +1147,7 @@ class CachedStatTests(ConfinedTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        if confined._memory is None:
+        if self.fs._memory is None:
             raise SkipTest("openat2 RESOLVE_CACHED or statx is not available here")
         if not self.fs._localMounts:
             raise SkipTest("The test folder is not on a filesystem statCached answers for")
@@ -1161,7 +1220,7 @@ class CachedStatTests(ConfinedTestCase):
         """
         FSTAT of an open file, from memory, equals L{ConfinedFile.stat}.
         """
-        f = self.fs.openFile(b"/one/f", FXF_READ, {})
+        f = self.fs.openFile(b"/one/f", openFlags(FXF_READ), {})
         try:
             self.assertEqual(self.fs.fstatCached(f), f.stat())
         finally:
@@ -1175,7 +1234,8 @@ class CachedStatTests(ConfinedTestCase):
         it (L{None}), and a name known missing is FileNotFoundError.
         """
 
-        def listing(directory: confined.ConfinedDirectory) -> list[object]:
+        def listing(found: confined.ConfinedDirectory) -> list[object]:
+            directory = Listing(found)
             entries: list[object] = []
             try:
                 while True:
@@ -1198,3 +1258,92 @@ class CachedStatTests(ConfinedTestCase):
         self.assertErrno(errno.ENOENT, self.fs.openDirectoryCached, b"/one/nothing")
         self.fs._localMounts.clear()
         self.assertIsNone(self.fs.openDirectoryCached(b"/one/sub"))
+
+
+# The modules of the file system layer.
+_LAYER = [
+    "conchshare.fs",
+    "conchshare.fs.attrs",
+    "conchshare.fs.directory",
+    "conchshare.fs.file",
+    "conchshare.fs.filesystem",
+    "conchshare.fs.links",
+    "conchshare.fs.resolver",
+    "conchshare.fs.ring",
+    "conchshare.fs.ringcalls",
+    "conchshare.fs.syscalls",
+]
+
+# What a fresh interpreter reports about the layer: the modules it loaded,
+# what systemCalls gives, whether io_uring is usable, and whether a share
+# is served.
+_FRESH = """
+import json, os, sys
+for name in sys.argv[2:]:
+    __import__(name)
+loaded = sorted(sys.modules)
+from conchshare.fs import ConfinedFilesystem, ring, syscalls
+from conchshare.shares import ShareSet
+calls = syscalls.systemCalls()
+fs = ConfinedFilesystem(ShareSet.fromSpecs([sys.argv[1]]))
+f = fs.openFile(b"/" + os.path.basename(sys.argv[1]).encode() + b"/f", os.O_RDONLY, {})
+print(json.dumps({
+    "loaded": loaded,
+    "portable": calls is syscalls.PORTABLE and fs._calls is calls,
+    "ring": ring.usable(),
+    "read": f.read(0, 10).decode(),
+}))
+"""
+
+
+class LayerTests(SynchronousTestCase):
+    """
+    The file system layer is a layer of its own: importing it loads nothing
+    above it, and it runs with the Linux-only calls switched off.
+    """
+
+    def fresh(self, **environ: str) -> dict[str, Any]:
+        share = os.path.realpath(self.mktemp())
+        os.makedirs(share)
+        write(os.path.join(share, "f"), b"content")
+        root = CHECKOUT
+        done = subprocess.run(
+            [sys.executable, "-c", _FRESH, share, *_LAYER],
+            env={**os.environ, "PYTHONPATH": root, **environ},
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    def test_importsNothingAbove(self) -> None:
+        """
+        Importing every module of L{conchshare.fs} in a fresh interpreter
+        loads no Twisted and nothing of the SFTP or tunnel layers (nor of
+        the service above them).
+        """
+        loaded = self.fresh(CONCHSHARE_PORTABLE_FS="0")["loaded"]
+        above = [
+            name
+            for name in loaded
+            if name.split(".")[0] in ("twisted", "zope")
+            or name.startswith(("conchshare.sftp", "conchshare.tunnel"))
+            or name in ("conchshare.service", "conchshare.mount")
+        ]
+        self.assertEqual(above, [])
+        self.assertIn("conchshare.fs.filesystem", loaded)
+
+    def test_portableSwitch(self) -> None:
+        """
+        With C{CONCHSHARE_PORTABLE_FS=1} the layer uses none of the
+        Linux-only calls (nor io_uring), and still serves; without it, the
+        calls this system offers.
+        """
+        portable = self.fresh(CONCHSHARE_PORTABLE_FS="1")
+        self.assertEqual(
+            (portable["portable"], portable["ring"], portable["read"]), (True, False, "content")
+        )
+        native = self.fresh(CONCHSHARE_PORTABLE_FS="0")
+        self.assertEqual((native["portable"], native["read"]), (False, "content"))
+        self.assertIs(syscalls.systemCalls(portable=True), syscalls.PORTABLE)

@@ -38,6 +38,7 @@ from conchshare.sftp.engine import OrderedEngine
 from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
+from tests.support import CHECKOUT
 from tests.support.wire import INIT, NO_ATTRS, request, s, u32, u64
 
 TIMEOUT = 10.0
@@ -258,7 +259,7 @@ class Engine:
 
     def fileOf(self, handle: bytes) -> Any:
         """
-        The open file (L{conchshare.confined.ConfinedFile}) of a handle.
+        The open file (L{conchshare.fs.ConfinedFile}) of a handle.
         """
         return self.core._files[handle].confined
 
@@ -872,9 +873,9 @@ class PurityTests(SynchronousTestCase):
             "import sys, conchshare.sftp.ordering\n"
             "print(sorted(m for m in sys.modules if m.startswith("
             "('twisted', 'conchshare.sftp.workers', 'conchshare.sftp.engine',"
-            " 'conchshare.sftp.threaded', 'conchshare.confined'))))"
+            " 'conchshare.sftp.threaded', 'conchshare.fs'))))"
         )
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = CHECKOUT
         result = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,

@@ -361,13 +361,13 @@ class DirectoryCloseTests(SynchronousTestCase):
     """
 
     def _openedInWorker(self, local: bool) -> tuple[Any, Any, Deferred[None]]:
-        from conchshare import confined
+        from conchshare.fs import syscalls
         from tests.support.engines import ManualRunner
 
-        confined.probeSystemCalls()
-        if confined._memory is None:
+        memory = syscalls.systemCalls().memory
+        if memory is None:
             raise SkipTest("no openat2 here: nothing is opened from the kernel's caches")
-        self.patch(confined._memory, "isLocal", lambda fd: local)
+        self.patch(memory, "isLocal", lambda fd: local)
         base = os.path.realpath(self.mktemp())
         makeTree(base)
         runner = ManualRunner()
@@ -391,7 +391,7 @@ class DirectoryCloseTests(SynchronousTestCase):
         self.assertEqual(len(runner.calls), 1)
         runner.runNext()
         self.assertIsNone(self.successResultOf(closed))
-        self.assertIsNone(directory.confined._fd)
+        self.assertIsNone(directory.confined.directory._fd)
 
     def test_openedInWorkerLocalClosedAtOnce(self) -> None:
         """
@@ -401,7 +401,7 @@ class DirectoryCloseTests(SynchronousTestCase):
         runner, directory, closed = self._openedInWorker(local=True)
         self.assertIsNone(self.successResultOf(closed))
         self.assertEqual(runner.calls, [])
-        self.assertIsNone(directory.confined._fd)
+        self.assertIsNone(directory.confined.directory._fd)
 
 
 class IdentityFileTests(TestCase):

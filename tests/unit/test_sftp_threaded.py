@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from conchshare.confined import ConfinedFile
+from conchshare.fs import ConfinedFile
 from conchshare.sftp import threaded, wire
 from conchshare.sftp.threaded import SLOW, SPIN, ThreadedServer
 from tests.support.engines import TIMEOUT, Served

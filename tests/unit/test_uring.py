@@ -1,5 +1,5 @@
 """
-Tests for L{conchshare.uring} and the calls the avatar hands to the kernel
+Tests for L{conchshare.fs.ring} (and L{conchshare.sftp.ringwatch}) and the calls the avatar hands to the kernel
 through it: the ring itself (create, write, stat, close, errors, its
 capacity), the reactor's ring, and the avatar's requests, which must give
 the same results whether the ring or a worker thread makes them.
@@ -31,12 +31,16 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from conchshare import confined, uring
-from conchshare.confined import ConfinedFile, ConfinedFilesystem, _Statx
+from conchshare.fs import ConfinedFile, ConfinedFilesystem, resolver
+from conchshare.fs import ring as uring
+from conchshare.fs.ring import FALLBACK, OpenHow, Ring, RingCall
+from conchshare.fs.syscalls import Statx as _Statx
+from conchshare.sftp import ringwatch
 from conchshare.sftp.avatar import ShareFile, ShareSFTPServer
-from conchshare.sftp.workers import FALLBACK, RingCall, Workers
+from conchshare.sftp.entries import openFlags
+from conchshare.sftp.ringwatch import ringFor
+from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
-from conchshare.uring import OpenHow, Ring, ringFor
 from tests.support import CHECKOUT
 from tests.support.engines import epollReactor
 from tests.support.workload import readFile, writeFile
@@ -84,7 +88,7 @@ def usableIn(case: SynchronousTestCase, setting: str) -> bytes:
     """
     env = dict(os.environ, CONCHSHARE_IO_URING=setting)
     done = subprocess.run(
-        [sys.executable, "-c", "from conchshare import uring; print(uring.usable())"],
+        [sys.executable, "-c", "from conchshare.fs import ring; print(ring.usable())"],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -269,8 +273,10 @@ class RingTests(SynchronousTestCase):
     def test_callbackErrorLogged(self) -> None:
         """
         A callback that raises does not stop the delivery of the other
-        completions; its error is logged.
+        completions; its error is logged (by the reactor's ring, to
+        Twisted's log).
         """
+        self.ring.logFailure = ringwatch.logFailure
         source = os.path.join(self.directory, "source")
         writeFile(source, b"")
         original = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
@@ -302,6 +308,62 @@ class RingTests(SynchronousTestCase):
         self.assertEqual(results, [])
 
 
+class SpinTests(SynchronousTestCase):
+    """
+    L{Ring.spin} polls the completion queue until its deadline, unless the
+    switch C{CONCHSHARE_RING_SPIN} is off: then it only looks.
+    """
+
+    skip = UNUSABLE
+
+    def spin(self, **kwargs: Any) -> tuple[bool, int]:
+        """
+        Spin for 5 seconds of a clock that advances a second each time it
+        is read, while an operation is in flight that cannot complete (an
+        open of a FIFO with no writer, held in io-wq).
+
+        @return: what C{spin} said, and how often it read the clock.
+        """
+        ring = Ring(4, **kwargs)
+        self.addCleanup(ring.close)
+        fifo = os.path.realpath(self.mktemp())
+        os.mkfifo(fifo)
+        results: list[int] = []
+        # O_CREAT: never tried without waiting, always by io-wq, where the
+        # open waits for a writer.
+        how = OpenHow(os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.assertTrue(ring.openat2(-100, os.fsencode(fifo), how, results.append))
+        readings = [0]
+
+        def clock() -> float:
+            readings[0] += 1
+            return float(readings[0])
+
+        spun = ring.spin(5.0, clock)
+        # The writer lets the open complete: nothing is left in flight.
+        writer = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, writer)
+        delivered(self, ring, results)
+        self.assertGreaterEqual(results[0], 0)
+        os.close(results[0])
+        return spun, readings[0]
+
+    def test_spins(self) -> None:
+        """
+        By default, C{spin} polls until its deadline.
+        """
+        self.assertEqual(self.spin(spin=True), (False, 6))
+
+    def test_switchedOff(self) -> None:
+        """
+        With C{CONCHSHARE_RING_SPIN=0} in the environment when the ring is
+        made, C{spin} only looks: it never reads the clock.
+        """
+        self.assertEqual(self.spin(spin=False), (False, 0))
+        self.patch(os, "environ", {**os.environ, "CONCHSHARE_RING_SPIN": "0"})
+        self.assertEqual(self.spin(), (False, 0))
+
+
 class RingForTests(SynchronousTestCase):
     """
     L{ringFor} and L{uring.usable} where io_uring is not used.
@@ -313,6 +375,15 @@ class RingForTests(SynchronousTestCase):
         ring.
         """
         self.assertIsNone(ringFor(MemoryReactor()))
+
+    def test_selectReactor(self) -> None:
+        """
+        Only reactors that poll with epoll or poll get a ring: not the
+        select reactor.
+        """
+        from twisted.internet.selectreactor import SelectReactor
+
+        self.assertIsNone(ringFor(SelectReactor()))
 
     def test_disabledByEnvironment(self) -> None:
         """
@@ -338,46 +409,49 @@ class UsableRingForTests(SynchronousTestCase):
 
     def test_globalReactor(self) -> None:
         """
-        The global reactor gets one ring, always the same, which it watches
-        as one of its own readers (not one that C{removeAll} removes).
+        The global reactor gets one ring, always the same.
         """
         from twisted.internet import reactor as installed
 
         reactor: Any = installed
-        if not hasattr(reactor, "_poller"):
-            raise SkipTest("The installed reactor does not poll descriptors")
         ring = ringFor(reactor)
-        assert ring is not None
+        if ring is None:
+            raise SkipTest("The installed reactor does not poll descriptors")
         self.assertIs(ringFor(reactor), ring)
         self.assertFalse(ring.closed)
-        self.assertIn(ring, reactor.getReaders())
-        self.assertIn(ring, reactor._internalReaders)
 
     def test_freshReactor(self) -> None:
         """
-        A reactor's ring survives C{removeAll} (a test's clean-up, a
-        program's shutdown), and the reactor delivers its completions.
+        A reactor watches its ring's eventfd only while operations are in
+        flight, through its public C{addReader} and C{removeReader}: an
+        idle ring leaves nothing for C{removeAll} (a test's clean-up, a
+        program's shutdown) to find, and the reactor delivers the
+        completions of a busy one.
         """
         reactor = epollReactor(self)
         ring = ringFor(reactor)
         assert ring is not None
         self.addCleanup(ring.close)
         self.assertIs(ringFor(reactor), ring)
-        self.assertIn(ring, reactor.getReaders())
-        removed = reactor.removeAll()
-        self.assertNotIn(ring, removed)
-        self.assertIn(ring, reactor.getReaders())
+        own = set(reactor.getReaders())  # its waker
+
+        def ours() -> list[Any]:
+            return [r for r in reactor.getReaders() if r not in own]
 
         source = self.mktemp()
         writeFile(source, b"")
-        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        results: list[int] = []
-        self.assertTrue(ring.closeFile(fd, results.append))
-        deadline = time.monotonic() + 10
-        while not results and time.monotonic() < deadline:
-            reactor.doIteration(0.5)
-        self.assertEqual(results, [0])
-        self.assertEqual(len(ring), 0)
+        for _attempt in range(2):
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            results: list[int] = []
+            self.assertTrue(ring.closeFile(fd, results.append))
+            self.assertEqual([r.logPrefix() for r in ours()], ["io_uring"])
+            deadline = time.monotonic() + 10
+            while not results and time.monotonic() < deadline:
+                reactor.doIteration(0.5)
+            self.assertEqual(results, [0])
+            self.assertEqual(len(ring), 0)
+            self.assertEqual(ours(), [])
+            self.assertEqual(reactor.removeAll(), [])
 
 
 # -- the confined filesystem's calls in the kernel -------------------------
@@ -394,9 +468,6 @@ class ConfinedRingCallTests(SynchronousTestCase):
     skip = UNUSABLE
 
     def setUp(self) -> None:
-        # The share's folder counts as checked lately however slow the
-        # machine (else the calls go to threads, as they should then).
-        self.patch(confined, "ROOT_RECHECK", 3600.0)
         # A process umask that lets a file be created with 0644 in one
         # call (no fchmod after the open, which the ring does not make).
         self.addCleanup(os.umask, os.umask(0o022))
@@ -412,7 +483,10 @@ class ConfinedRingCallTests(SynchronousTestCase):
         os.symlink("f", os.path.join(self.share, "link"))
         os.symlink("sub", os.path.join(self.share, "sublink"))
         os.symlink(self.outside, os.path.join(self.share, "out"))
-        self.fs = ConfinedFilesystem(ShareSet.fromSpecs(["s"], cwd=self.base))
+        # The share's folder counts as checked lately (a clock that stands
+        # still), however slow the machine (else the calls go to threads,
+        # as they should then).
+        self.fs = ConfinedFilesystem(ShareSet.fromSpecs(["s"], cwd=self.base), clock=lambda: 0.0)
 
     def outcome(self, call: RingCall | None) -> Any:
         """
@@ -460,7 +534,7 @@ class ConfinedRingCallTests(SynchronousTestCase):
             self.outcome(self.fs.ringStat(b"link", follow=False, cachedFirst=False)), FALLBACK
         )
         self.fs = ConfinedFilesystem(
-            ShareSet.fromSpecs([self.share.lstrip("/") + "=" + self.share])
+            ShareSet.fromSpecs([self.share.lstrip("/") + "=" + self.share]), clock=lambda: 0.0
         )
         ok, attrs = self.outcome(self.fs.ringStat(b"link", follow=False, cachedFirst=False))
         self.assertTrue(ok)
@@ -498,7 +572,9 @@ class ConfinedRingCallTests(SynchronousTestCase):
         asked for (minus the umask); the file written and closed in the
         ring holds the data.
         """
-        call = self.fs.ringOpenFile(b"new", FXF_WRITE | FXF_CREAT, {"permissions": 0o644})
+        call = self.fs.ringOpenFile(
+            b"new", openFlags(FXF_WRITE | FXF_CREAT), {"permissions": 0o644}
+        )
         ok, opened = self.outcome(call)
         self.assertTrue(ok)
         self.assertIsInstance(opened, ConfinedFile)
@@ -519,7 +595,9 @@ class ConfinedRingCallTests(SynchronousTestCase):
         OPEN with FXF_CREAT|FXF_EXCL of an existing file fails with
         L{FileExistsError} and leaves it as it was.
         """
-        call = self.fs.ringOpenFile(b"f", FXF_WRITE | FXF_CREAT | FXF_EXCL | FXF_TRUNC, {})
+        call = self.fs.ringOpenFile(
+            b"f", openFlags(FXF_WRITE | FXF_CREAT | FXF_EXCL | FXF_TRUNC), {}
+        )
         ok, error = self.outcome(call)
         self.assertFalse(ok)
         self.assertIsInstance(error, FileExistsError)
@@ -531,11 +609,11 @@ class ConfinedRingCallTests(SynchronousTestCase):
         file below a symlink, is left to a thread; nothing is created or
         changed meanwhile.
         """
-        call = self.fs.ringOpenFile(b"f", FXF_WRITE | FXF_CREAT | FXF_TRUNC, {})
+        call = self.fs.ringOpenFile(b"f", openFlags(FXF_WRITE | FXF_CREAT | FXF_TRUNC), {})
         self.assertIs(self.outcome(call), FALLBACK)
         self.assertEqual(readFile(os.path.join(self.share, "f")), b"12345")
         for path in (b"out/new", b"sublink/new"):
-            call = self.fs.ringOpenFile(path, FXF_WRITE | FXF_CREAT, {})
+            call = self.fs.ringOpenFile(path, openFlags(FXF_WRITE | FXF_CREAT), {})
             self.assertIs(self.outcome(call), FALLBACK)
         self.assertEqual(sorted(os.listdir(self.outside)), ["secret"])
         self.assertEqual(os.listdir(os.path.join(self.share, "sub")), [])
@@ -545,9 +623,11 @@ class ConfinedRingCallTests(SynchronousTestCase):
         What the ring cannot make is not handed to it: an open without
         FXF_CREAT, a creation in a read-only share, a share's own folder.
         """
-        self.assertIsNone(self.fs.ringOpenFile(b"f", FXF_READ, {}))
-        readOnly = ConfinedFilesystem(ShareSet.fromSpecs(["s"], cwd=self.base, readOnly=True))
-        self.assertIsNone(readOnly.ringOpenFile(b"new", FXF_WRITE | FXF_CREAT, {}))
+        self.assertIsNone(self.fs.ringOpenFile(b"f", openFlags(FXF_READ), {}))
+        readOnly = ConfinedFilesystem(
+            ShareSet.fromSpecs(["s"], cwd=self.base, readOnly=True), clock=lambda: 0.0
+        )
+        self.assertIsNone(readOnly.ringOpenFile(b"new", openFlags(FXF_WRITE | FXF_CREAT), {}))
         self.assertIsNone(self.fs.ringStat(b"/"))
 
 
@@ -580,7 +660,7 @@ class AvatarTestsMixin(_Case):
         self.addCleanup(os.umask, os.umask(0o022))
         # The share's folder counts as checked lately, however slow the
         # machine: every request then may go to the ring.
-        self.patch(confined, "ROOT_RECHECK", 3600.0)
+        self.patch(resolver, "ROOT_RECHECK", 3600.0)
         self.base = os.path.realpath(self.mktemp())
         self.share = os.path.join(self.base, "s")
         self.outside = os.path.join(self.base, "outside")

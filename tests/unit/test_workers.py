@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from conchshare.confined import ConfinedFile
+from conchshare.fs import ConfinedFile
 from conchshare.sftp.engine import ICallEngine
 from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.sftp.workers import FALLBACK, RingCall, Workers
@@ -629,7 +629,7 @@ class ReadCachedTests(SynchronousTestCase):
 class _Keeping(RingCall):
     """
     A call "in the kernel" that keeps its data and its report while it
-    runs, as the calls of L{conchshare.confined} do, and reports success
+    runs, as the calls of L{conchshare.fs} do, and reports success
     from the reactor a little later.
     """
 

@@ -1,6 +1,7 @@
 """
-Filesystem calls handed to the kernel with io_uring, completed on the
-reactor thread: no worker thread to wake, and none to wake us back.
+File system calls handed to the kernel with io_uring, completed in the
+thread that submitted them (the reactor's): no worker thread to wake, and
+none to wake us back.
 
 Why: a worker thread costs two thread wake-ups per call (the worker's, then
 the reactor's), 70-100 microseconds on a busy two-CPU machine for calls of
@@ -11,11 +12,13 @@ system call) while the kernel runs it.  A call the kernel can do without
 waiting (a close, a lookup it has cached) completes during the submission.
 
 What is here: L{Ring}, a minimal io_uring through C{ctypes} (a submission
-queue used from one thread, completions delivered to callbacks), and
-L{ringFor}, the process' ring for a reactor, or L{None} where io_uring is
-not usable (not Linux x86-64, disabled by C{kernel.io_uring_disabled} or a
-seccomp filter, an operation missing, C{CONCHSHARE_IO_URING=0} in the
-environment).  Callers then use worker threads, as before.
+queue used from one thread, completions delivered to callbacks), with no
+knowledge of any reactor (L{conchshare.sftp.ringwatch} has its eventfd
+watched by one); L{usable}, whether io_uring may be used here (not where
+it is not Linux x86-64, disabled by C{kernel.io_uring_disabled} or a
+seccomp filter, an operation is missing, C{CONCHSHARE_IO_URING=0} or
+C{CONCHSHARE_PORTABLE_FS=1}: callers then use worker threads); and
+L{RingCall}, a call that may run in the kernel instead of a worker thread.
 
 x86-64 only: the rings are shared memory read and written with plain loads
 and stores, which x86's ordering makes safe (the kernel side uses the
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import platform
@@ -35,17 +39,46 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Ring", "ringFor", "usable"]
+from conchshare.fs.syscalls import OpenHow
+from conchshare.switches import switchedOn
+
+__all__ = ["FALLBACK", "OpenHow", "Ring", "RingCall", "RingOutcome", "usable"]
 
 
-def _log() -> Any:
+def _logFailure(message: str) -> None:
+    # The default of Ring.logFailure: the exception being handled, to the
+    # standard library's logging.
+    logging.getLogger(__name__).exception(message)
+
+
+#: What L{RingCall.start} is given to report with: C{(True, result)},
+#: C{(False, exception)}, or L{FALLBACK} (run the call in a thread after all).
+RingOutcome = Any
+
+#: Reported by a L{RingCall} that cannot finish its call in the kernel (a
+#: symlink on the way, say): the call's function then runs in a worker
+#: thread, still holding its keys.
+FALLBACK = object()
+
+
+class RingCall:
     """
-    This module's C{twisted.logger.Logger}, imported when first needed:
-    importing this module loads no Twisted.
+    A call that may run in the kernel (io_uring) instead of a worker
+    thread: what the avatar hands the engine beside the function.
     """
-    from twisted.logger import Logger
 
-    return Logger(namespace=__name__)
+    def start(self, ring: Ring, report: Callable[[RingOutcome], None]) -> bool:
+        """
+        Submit the call's first operation to C{ring}, in the ring's thread.
+        C{report} is called once, in that thread, with C{(True, result)},
+        C{(False, exception)} or L{FALLBACK}: later, or at once (before
+        returning L{True}) when the call needs no system call that may
+        wait.
+
+        @return: whether it was submitted (L{False}: nothing started; the
+            call runs in a thread).
+        """
+        raise NotImplementedError()
 
 
 _SYS_SETUP = 425
@@ -103,18 +136,6 @@ class _Params(ctypes.Structure):
     ] + [("sqOff", _SqOffsets), ("cqOff", _CqOffsets)]
 
 
-class OpenHow(ctypes.Structure):
-    """
-    struct open_how, for openat2.
-    """
-
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
-
-
 #: What a completion is handed: the call's result (a count, a descriptor,
 #: or minus an errno value).
 Completion = Callable[[int], object]
@@ -131,8 +152,8 @@ class Ring:
     """
     One io_uring, used from one thread (the reactor's).  Each call submits
     one operation at once and gives its result, later, to a callback: call
-    L{reap} to deliver what has completed (the reactor does when the
-    ring's eventfd, L{fileno}, is readable; L{spin} waits for a while).
+    L{reap} to deliver what has completed (or L{doRead}, when the ring's
+    eventfd, L{fileno}, is readable; L{spin} waits for a while).
 
     Everything an operation points to (path, C{open_how}, buffers) is kept
     alive until its completion is delivered.  A ring dropped without
@@ -141,10 +162,22 @@ class Ring:
     flight point to is kept for the life of the process all the same.
     """
 
-    def __init__(self, entries: int = 128) -> None:
+    #: Called, in the except block, when a completion's callback raised
+    #: (the exception is the one being handled), with what was being done.
+    logFailure: Callable[[str], None] = staticmethod(_logFailure)
+
+    #: Called with L{True} when an operation is submitted while none was in
+    #: flight, and with L{False} when the last one in flight is delivered
+    #: (L{conchshare.sftp.ringwatch} watches the eventfd only meanwhile).
+    busy: Callable[[bool], object] | None = None
+
+    def __init__(self, entries: int = 128, *, spin: bool | None = None) -> None:
         """
+        @param spin: whether L{spin} may poll the completion queue (L{None}:
+            what the switch C{CONCHSHARE_RING_SPIN} says, read now).
         @raise OSError: io_uring is not usable here.
         """
+        self._spins = switchedOn("CONCHSHARE_RING_SPIN") if spin is None else spin
         self._syscall = _syscall()
         params = _Params()
         fd = int(self._syscall(_SYS_SETUP, entries, ctypes.byref(params)))
@@ -279,7 +312,10 @@ class Ring:
             # during io_uring_enter.
             self._sqTail.value = tail
             return False
-        self._pending[userData] = (callback, keep)
+        pending = self._pending
+        if not pending and self.busy is not None:
+            self.busy(True)
+        pending[userData] = (callback, keep)
         return True
 
     def ready(self) -> bool:
@@ -300,6 +336,8 @@ class Ring:
             head = self._cqHead.value
             tail = self._cqTail.value
             if head == tail:
+                if delivered and not self._pending and self.busy is not None:
+                    self.busy(False)
                 return delivered
             found = []
             while head != tail:
@@ -314,18 +352,19 @@ class Ring:
                 try:
                     entry[0](result)
                 except Exception:
-                    _log().failure("Delivering an io_uring completion")
+                    self.logFailure("Delivering an io_uring completion")
 
     def spin(self, seconds: float, clock: Callable[[], float]) -> bool:
         """
         Poll the completion queue for up to C{seconds} (no system call, no
-        sleep: for waits shorter than a thread wake-up).
+        sleep: for waits shorter than a thread wake-up); with the switch
+        C{CONCHSHARE_RING_SPIN} off, only look.
 
         @return: whether a completion is waiting.
         """
         if self.ready():
             return True
-        if not self._pending:
+        if not self._pending or not self._spins:
             return False
         deadline = clock() + seconds
         head, tail = self._cqHead, self._cqTail
@@ -344,12 +383,6 @@ class Ring:
         except BlockingIOError:
             pass
         self.reap()
-
-    def logPrefix(self) -> str:
-        return "io_uring"
-
-    def connectionLost(self, reason: object) -> None:
-        pass
 
     # -- operations ------------------------------------------------------
 
@@ -404,6 +437,8 @@ class Ring:
         the process).  Idempotent.
         """
         self.closed = True
+        if self._pending and self.busy is not None:
+            self.busy(False)
         self._finalizer()
         self._eventfd = -1
         self._fd = -1
@@ -479,57 +514,39 @@ def _address(data: Any) -> tuple[int, int]:
         _releaseBuffer(ctypes.byref(buffer))
 
 
-# Whether io_uring is usable here: probed once (None: not yet).
+# Whether io_uring is usable here: probed once (None: not yet), and why not.
 _usable: bool | None = None
-
-# The ring of each reactor that asked for one.
-_rings: weakref.WeakKeyDictionary[Any, Ring] = weakref.WeakKeyDictionary()
+_unusable: str | None = None
 
 
 def usable() -> bool:
     """
     Whether io_uring may be used here (see the module docstring); probed
-    once.
+    once, the switches read then.
     """
-    global _usable
+    global _usable, _unusable
     if _usable is None:
         _usable = False
-        if (
-            sys.platform.startswith("linux")
-            and platform.machine() in ("x86_64", "AMD64")
-            and os.environ.get("CONCHSHARE_IO_URING", "1") != "0"
-            and hasattr(os, "eventfd")
-        ):
+        if not (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")):
+            _unusable = "not Linux x86-64"
+        elif not switchedOn("CONCHSHARE_IO_URING"):
+            _unusable = "CONCHSHARE_IO_URING=0"
+        elif switchedOn("CONCHSHARE_PORTABLE_FS"):
+            _unusable = "CONCHSHARE_PORTABLE_FS=1"
+        elif not hasattr(os, "eventfd"):
+            _unusable = "no eventfd"
+        else:
             try:
                 Ring(4).close()
             except (OSError, ValueError) as e:
-                _log().debug("io_uring not used: {error}", error=e)
+                _unusable = str(e)
             else:
                 _usable = True
     return _usable
 
 
-def ringFor(reactor: Any) -> Ring | None:
+def whyUnusable() -> str | None:
     """
-    C{reactor}'s ring, its completions delivered when the reactor sees its
-    eventfd readable (call it from the reactor thread, which must be the
-    one submitting); L{None} if io_uring is not usable, or C{reactor} is
-    not one that polls file descriptors (a test's fake reactor).
+    Why L{usable} said no (L{None}: it said yes, or was not asked yet).
     """
-    if not hasattr(reactor, "addReader") or not hasattr(reactor, "_poller"):
-        return None
-    ring = _rings.get(reactor)
-    if ring is None and usable():
-        try:
-            ring = Ring()
-        except OSError as e:
-            _log().warn("io_uring not used: {error}", error=e)
-            return None
-        _rings[reactor] = ring
-        # Part of the reactor, like its waker: not one of the selectables a
-        # program (or a test's clean-up) removes with removeAll.
-        internal = getattr(reactor, "_internalReaders", None)
-        if internal is not None:
-            internal.add(ring)
-        reactor.addReader(ring)
-    return ring
+    return _unusable
