@@ -23,6 +23,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests.support.processes import endProcess  # noqa: E402
 from tests.support.workload import (  # noqa: E402
     SshfsMount,
     makeLargeFile,
@@ -197,21 +198,12 @@ class SftpSession:
         return time.monotonic() - start
 
     def close(self, kill: bool = False) -> None:
-        if self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            assert self.process.stdin is not None
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        """
+        End the session (see L{endProcess}); with C{kill}, kill sftp first.
+        """
+        if kill and self.process.poll() is None:
+            self.process.kill()
+        endProcess(self.process)
 
 
 def timed(argv: Sequence[str], what: str, timeout: float = TIMEOUT, **kwargs: object) -> float:

@@ -176,7 +176,8 @@ def _shareParser(kind: str, prog: str | None) -> argparse.ArgumentParser:
         dest="remoteSocket",
         metavar="PATH",
         help="forward a remote Unix socket (no TCP forward unless --remote-listen is"
-        " given too); 'auto': a fresh path in a private directory",
+        " given too); a relative PATH is in the remote home directory; 'auto': a"
+        " fresh path in a private directory",
     )
     parser.add_argument(
         "-i",

@@ -33,7 +33,7 @@ State and its rules, all kept on the core:
     L{statusForException}).
   - C{_outbox}: replies not yet written.  Replies are held back (corked)
     while a feed is dispatched and while the engine delivers a batch of
-    results (the C{afterDelivery} given), then written at once; never more
+    results (the C{delivery} given), then written at once; never more
     than L{_CORK_LIMIT} bytes are held.
   - After the connection is lost nothing is written, and every handle, those
     that in-flight OPEN and OPENDIR requests create included, is closed.
@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, processBudget
+from conchshare.sftp.engine import Delivery
 from conchshare.sftp.errors import statusForException
 from conchshare.sftp.extensions import (
     OK_MESSAGE,
@@ -134,19 +135,6 @@ def _string(body: bytes | memoryview, offset: int) -> tuple[bytes, int]:
     return bytes(body[start:end]), end
 
 
-def _notDelivering(call: Callable[[], object]) -> bool:
-    return False
-
-
-def _then(result: object, callback: Callable[..., Any], *args: Any) -> Any:
-    """
-    C{callback(result, *args)} now, or when C{result}, a Deferred, fires.
-    """
-    if isinstance(result, Deferred):
-        return result.addCallback(callback, *args)
-    return callback(result, *args)
-
-
 def _dataReply(chunk: object, requestId: int, length: int) -> tuple[bytes, bytes | bytearray]:
     if not isinstance(chunk, bytes | bytearray):
         chunk = asBytes(chunk)
@@ -188,7 +176,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         logRequests: bool = False,
         budget: HandleBudget | None = None,
         memory: MemoryBudget | None = None,
-        afterDelivery: Callable[[Callable[[], object]], bool] | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         """
         @param avatar: an L{ISFTPServer} provider (or something adaptable to
@@ -213,10 +201,10 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         @param memory: a L{conchshare.budget.MemoryBudget} whose packet
             share large packets are taken from (default: none; give one only
             if C{pauseReading} does pause).
-        @param afterDelivery: the engine's
-            L{conchshare.sftp.engine.ICallEngine.afterDelivery}: replies
-            made while it delivers a batch of results are written together,
-            at its end (default: each at once).
+        @param delivery: the engine's
+            L{conchshare.sftp.engine.ICallEngine.delivery}: replies made
+            while it delivers a batch of results are written together, at
+            its end (default: each at once).
         """
         self.avatar: ISFTPServer = ISFTPServer(avatar)
         self._write = write
@@ -225,7 +213,9 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         self._writeSequence: Callable[[list[bytes]], object] = (
             writeSequence if writeSequence is not None else lambda pieces: write(b"".join(pieces))
         )
-        self._afterDelivery = afterDelivery if afterDelivery is not None else _notDelivering
+        self._delivery = delivery if delivery is not None else Delivery()
+        # The Deferred whose one callback _answer added: _packet adds none.
+        self._answering: Deferred[Any] | None = None
         self._pauseReading = pauseReading
         self._resumeReading = resumeReading
         self._disconnect = disconnect
@@ -544,8 +534,10 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
                 self._flush()
                 self._corked = True
             return
-        if self._afterDelivery(self._flush):
+        after = self._delivery.after
+        if after is not None:
             # More replies come in this batch of results: one write for all.
+            after.append(self._flush)
             self._corked = True
             return
         self._flush()
@@ -604,10 +596,43 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             self._replyFailed(Failure(e), requestId)
             return
         if isinstance(result, Deferred):
-            result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))
+            if result is self._answering:
+                self._answering = None
+            else:
+                result.addCallbacks(self._replied, self._replyFailed, errbackArgs=(requestId,))
             return result
         self._replied(result)
         return None
+
+    def _answer(self, result: object, shape: Callable[..., Any], requestId: int, *args: Any) -> Any:
+        # The reply shape(result, requestId, *args) now, or made and sent by
+        # the one callback of result, a Deferred (see ARCHITECTURE.rst).
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                self._shaped,
+                self._replyFailed,
+                callbackArgs=(shape, requestId, *args),
+                errbackArgs=(requestId,),
+            )
+            self._answering = result
+            return result
+        return shape(result, requestId, *args)
+
+    def _shaped(self, value: object, shape: Callable[..., Any], requestId: int, *args: Any) -> None:
+        try:
+            reply = shape(value, requestId, *args)
+        except BaseException:
+            self._replyFailed(Failure(), requestId)
+            return
+        single = self._delivery.single and not (self._corked or self._buffer or self._readingPaused)
+        if single:
+            # The one result of the engine's batch, and answering it
+            # dispatches nothing: written at the end of this callback, as at
+            # the batch's end (the engine calls nothing more for it).
+            self._corked = True
+        self._replied(reply)
+        if single:
+            self._flush()
 
     def _replied(self, reply: bytes | tuple[bytes, ...]) -> None:
         try:
@@ -668,7 +693,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
             # OpenSSH's sftp-server: ENOENT here (FAILURE for the other
             # requests on an unknown handle).
             raise SFTPError(wire.FX_NO_SUCH_FILE, "No such handle")
-        return _then(result, _okReply, requestId)
+        return self._answer(result, _okReply, requestId)
 
     # READ, WRITE, STAT, LSTAT and FSTAT parse their fields here (see
     # _FIELDS_HERE), as wire.Reader does, failing alike.
@@ -684,7 +709,7 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
         # than OpenSSH's client accepts.
         length = min(length, wire.MAX_READ_LENGTH)
 
-        return _then(fileObj.readChunk(offset, length), _dataReply, requestId, length)
+        return self._answer(fileObj.readChunk(offset, length), _dataReply, requestId, length)
 
     def _writeChunk(self, requestId: int, body: bytes | memoryview) -> Any:
         handle, start = _string(body, 5)
@@ -763,12 +788,12 @@ class SFTPServerCore(PacketReceiving, ExtensionRequests, HandleRequests):
     # error reply in _packet, as a failed Deferred does.
 
     def _status(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
-        return _then(call(*args), _okReply, requestId)
+        return self._answer(call(*args), _okReply, requestId)
 
     def _attrs(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
-        return _then(call(*args), _attrsReply, requestId)
+        return self._answer(call(*args), _attrsReply, requestId)
 
     def _name(self, requestId: int, call: Callable[..., object], *args: object) -> Any:
-        return _then(call(*args), _nameReply, requestId)
+        return self._answer(call(*args), _nameReply, requestId)
 
     # Extensions

@@ -34,6 +34,7 @@ from conchshare.sftp.ordering import Batch, Job, KeyOrder
 __all__ = [
     "AGAIN",
     "Batch",
+    "Delivery",
     "Fed",
     "ICallEngine",
     "Job",
@@ -67,6 +68,27 @@ class Fed(Protocol):
         """
 
 
+class Delivery:
+    """
+    The batch of results an engine is delivering, as the callbacks it
+    fires see it: an attribute read, not a call, on every reply's way.
+
+    @ivar after: what to call once every result of the batch is fired (the
+        replies the batch produced are then written together), or L{None}
+        while no batch is being delivered.
+    @ivar single: the batch is of one result, and nothing else is fired
+        meanwhile: the callback that makes its reply may write it itself,
+        at its end, instead of deferring that to C{after} (no other reply
+        of the batch could join it).
+    """
+
+    __slots__ = ("after", "single")
+
+    def __init__(self) -> None:
+        self.after: list[Callable[[], object]] | None = None
+        self.single = False
+
+
 class KernelCall(Protocol):
     """
     A call that may run in the kernel (io_uring) instead of a thread:
@@ -97,6 +119,11 @@ class ICallEngine(Interface):
         "Whether the avatar may make the calls that never wait (cached "
         "reads, attributes and directories the kernel has in memory) in the "
         "calling thread instead of handing them over."
+    )
+
+    delivery = Attribute(
+        "A L{Delivery}: what the callbacks of the results being delivered "
+        "may defer to the end of their batch (see L{afterDelivery})."
     )
 
     ring = Attribute(
@@ -157,7 +184,7 @@ class ICallEngine(Interface):
         """
         Defer C{call} to the end of the batch of results being delivered,
         if one is: so that the replies a batch produces are written at
-        once.
+        once (what appending to C{delivery.after} does, when not L{None}).
 
         @return: whether C{call} will be called (L{False}: no batch is
             being delivered; call it yourself).
@@ -198,6 +225,8 @@ class OrderedEngine:
         """
         self._start: Start = start if start is not None else maybeDeferred
         self.inlineReads = inlineReads
+        #: Results are not delivered in batches: its C{after} stays None.
+        self.delivery = Delivery()
         self._order = KeyOrder()
 
     def __len__(self) -> int:

@@ -228,6 +228,9 @@ class KeyOrder:
 
     def __init__(self) -> None:
         self._keys: dict[bytes, _Key] = {}
+        #: How many calls wait (taken in, not started): when none do, no
+        #: call can join another (L{joining} need not be asked).
+        self.waiting = 0
 
     def __len__(self) -> int:
         """
@@ -302,6 +305,7 @@ class KeyOrder:
                 state.running += 1
                 state.exclusive = _exclusive(job, key)
         else:
+            self.waiting += 1
             for state in states:
                 state.waiting.append(job)
         return ready
@@ -334,6 +338,7 @@ class KeyOrder:
                     headState.running += 1
                     headState.exclusive = _exclusive(head, headKey)
                 started.append(head)
+                self.waiting -= 1
                 # Its keys' next calls may run alongside it (shared).
                 check.extend(head.keys)
         return started
@@ -361,6 +366,7 @@ class KeyOrder:
                 return jobs
             for key in job.keys:
                 self._keys[key].waiting.popleft()
+            self.waiting -= 1
             jobs.append(candidate)
 
     def _next(self, job: Job) -> Job | None:

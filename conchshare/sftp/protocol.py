@@ -106,7 +106,7 @@ class SFTPServerProtocol(Protocol):
             # Large packets wait for the budget's packet share only where
             # waiting can stop the client's data (reading pauses).
             memory=self._memoryBudget if pauses else None,
-            afterDelivery=self._engine.afterDelivery if self._engine is not None else None,
+            delivery=self._engine.delivery if self._engine is not None else None,
         )
         self._memoryBudget.addServer(self)
         carriesReplies = getattr(transport, "carriesReplies", None)

@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from conchshare.fs.ring import FALLBACK, RingCall, RingOutcome
-from conchshare.sftp.engine import AGAIN, Fed, ICallEngine, KernelCall
+from conchshare.sftp.engine import AGAIN, Delivery, Fed, ICallEngine, KernelCall
 from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.switches import switchedOn
 
@@ -186,9 +186,9 @@ class Workers:
         # Wake-ups held back (holdWakeups), and whether one was.
         self._holding = False
         self._wakeHeldBack = False
-        # While _collect fires a batch of results (in the reactor thread):
-        # what to call once all are fired (afterDelivery).
-        self._delivering: list[Callable[[], object]] | None = None
+        #: While _collect fires a batch of results (in the reactor thread):
+        #: what to call once all are fired (L{afterDelivery}).
+        self.delivery = Delivery()
         self._inRing = 0  # calls in the ring, not yet reported
 
     def __len__(self) -> int:
@@ -281,10 +281,10 @@ class Workers:
         @return: whether C{call} will be called (L{False}: no batch is being
             delivered; call it yourself).
         """
-        delivering = self._delivering
-        if delivering is None:
+        after = self.delivery.after
+        if after is None:
             return False
-        delivering.append(call)
+        after.append(call)
         return True
 
     def run(
@@ -463,7 +463,13 @@ class Workers:
                         lock.acquire()
                     continue
                 job = ready.popleft()
-                jobs = self._order.joining(job) if job.batch is not None else None
+                # One call into the order to start (only when calls wait:
+                # some may join this one) and one to finish.
+                jobs = (
+                    self._order.joining(job)
+                    if job.batch is not None and self._order.waiting
+                    else None
+                )
                 self._between -= 1
                 self._calling += 1
                 other = None
@@ -476,7 +482,13 @@ class Workers:
                         _signal(other)
                     started = clock()
                     if jobs is None or len(jobs) == 1:
-                        job.call()
+                        # Job.call, made here: no hop through the order's
+                        # module on the way to the system call.
+                        try:
+                            job.value = job.function(*job.args)
+                        except BaseException as e:
+                            job.ok = False
+                            job.value = e
                     else:
                         _callBatch(jobs)
                     self._lastCall = clock() - started
@@ -567,9 +579,14 @@ class Workers:
         with self._lock:
             done, self._done = self._done, []
             self._collecting = False
-        outer = self._delivering
+        delivery = self.delivery
+        outer = delivery.after
         if outer is None:
-            self._delivering = []
+            delivery.after = []
+            delivery.single = len(done) == 1
+        else:
+            # Results fired within another batch's: part of it.
+            delivery.single = False
         holding = self.holdWakeups()
         try:
             for job in done:
@@ -582,10 +599,11 @@ class Workers:
                 else:
                     deferred.errback(Failure(job.value))
         finally:
+            delivery.single = False
             if holding:
                 self.releaseWakeups()
             if outer is None:
-                calls, self._delivering = self._delivering, None
+                calls, delivery.after = delivery.after, None
                 for call in calls or ():
                     try:
                         call()

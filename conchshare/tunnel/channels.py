@@ -9,7 +9,7 @@ State rules (the whole module follows them):
     connection's send buffer is full) or C{"carrier"} (the channel that
     carries our nested SSH connection cannot send now).
   - A channel that carries a nested SSH connection (L{carriesConnection})
-    holds that connection (its L{ConnectionPressure}: every channel of it
+    holds that connection (its L{GroupPressure}: every channel of it
     gets C{"carrier"}) while it is paused for C{"group"}, C{"output"} or
     C{"transport"}, and while the replies waiting in all channels fill the
     memory budget's reply share and bytes wait in it; it keeps taking
@@ -233,6 +233,8 @@ class ForwardedChannel(SSHChannel):
         self._kept: deque[bytes] = deque()
         self._keptBytes = 0
         self._outgoing: deque[bytes] = deque()
+        #: How much of C{_outgoing[0]} was already sent.
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._delivering = False
         self._eofPending = False
@@ -490,23 +492,37 @@ class ForwardedChannel(SSHChannel):
 
     def _take(self, n: int) -> bytes:
         """
-        Remove and return the first C{n} queued bytes.
+        Remove and return the first C{n} queued bytes.  Only those C{n}
+        bytes are copied: the rest of a queued write stays where it is (its
+        sent part is skipped by C{_outgoingStart}), so that a reply of any
+        size is taken in linear time.
         """
         first = self._outgoing[0]
-        if len(first) >= n:
-            self._outgoing.popleft()
-            if len(first) > n:
-                self._outgoing.appendleft(first[n:])
-                first = first[:n]
+        start = self._outgoingStart
+        end = start + n
+        size = len(first)
+        if end <= size:
+            if end == size:
+                self._outgoing.popleft()
+                self._outgoingStart = 0
+                if start:
+                    first = first[start:]
+            else:
+                self._outgoingStart = end
+                first = first[start:end]
             self._outgoingBytes -= n
             return first
-        pieces = []
-        need = n
+        pieces = [first[start:] if start else first]
+        self._outgoing.popleft()
+        need = n - (size - start)
         while need:
             chunk = self._outgoing.popleft()
             if len(chunk) > need:
-                self._outgoing.appendleft(chunk[need:])
+                self._outgoing.appendleft(chunk)
+                self._outgoingStart = need
                 chunk = chunk[:need]
+            else:
+                self._outgoingStart = 0
             pieces.append(chunk)
             need -= len(chunk)
         self._outgoingBytes -= n
@@ -568,7 +584,7 @@ class ForwardedChannel(SSHChannel):
         The attached protocol is a nested SSH connection whose channels
         carry replies: what waits here to be sent counts in the budget's
         reply share too, and the connection (the producer registered here,
-        a L{ConnectionPressure}) is held while this channel cannot send or
+        a L{GroupPressure}) is held while this channel cannot send or
         while the replies of all channels fill the share.
         """
         self._carrier = True
@@ -611,6 +627,7 @@ class ForwardedChannel(SSHChannel):
         """
         self.closing = 1
         self._outgoing.clear()
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._kept.clear()
         self._keptBytes = 0
@@ -644,6 +661,7 @@ class ForwardedChannel(SSHChannel):
         self._kept.clear()
         self._keptBytes = 0
         self._outgoing.clear()
+        self._outgoingStart = 0
         self._outgoingBytes = 0
         self._budget.outputSent()
         protocol, self.protocol = self.protocol, None
@@ -661,24 +679,29 @@ class ForwardedChannel(SSHChannel):
 
 
 @implementer(interfaces.IPushProducer)
-class ConnectionPressure:
+class GroupPressure:
     """
-    Registered as the producer of a channel that carries a nested SSH
-    connection (see L{ForwardedChannel.carriesConnection}): while that
-    channel cannot send, every channel of the nested connection (its
-    L{ChannelGroup}) is paused for C{"carrier"}: their protocols make no
-    more replies.  Replies already made still go to the carrying channel,
-    where they count in the memory budget's reply share.
+    The producer registered with what carries a connection's channels, for
+    the time it cannot send: every channel of the group is paused for
+    C{reason} meanwhile.  Two uses:
+      - the TCP transport to the SSH server, C{"transport"}: while its send
+        buffer is full, every channel stops taking requests until it drains;
+      - a channel that carries a nested SSH connection (see
+        L{ForwardedChannel.carriesConnection}), C{"carrier"}: while it
+        cannot send, the protocols of the nested connection's channels make
+        no more replies.  Replies already made still go to the carrying
+        channel, where they count in the memory budget's reply share.
     """
 
-    def __init__(self, group: ChannelGroup) -> None:
+    def __init__(self, group: ChannelGroup, reason: str) -> None:
         self.group = group
+        self.reason = reason
 
     def pauseProducing(self) -> None:
-        self.group.setReason(CARRIER, True)
+        self.group.setReason(self.reason, True)
 
     def resumeProducing(self) -> None:
-        self.group.setReason(CARRIER, False)
+        self.group.setReason(self.reason, False)
 
     def stopProducing(self) -> None:
         pass

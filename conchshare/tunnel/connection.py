@@ -35,7 +35,6 @@ from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from conchshare.budget import MemoryBudget, processMemoryBudget
 from conchshare.errors import ConnectionFailed, ForwardRefused
@@ -45,6 +44,7 @@ from conchshare.tunnel.channels import (
     ChannelGroup,
     ChannelServingMixin,
     ForwardedChannel,
+    GroupPressure,
 )
 from conchshare.tunnel.remote import quote, runRemote
 
@@ -118,26 +118,6 @@ class Listener:
         return {"mode": self.mode, "address": self.address, "port": self.port}
 
 
-@implementer(interfaces.IPushProducer)
-class _TransportPressure:
-    """
-    Registered with the TCP transport: when its send buffer is full, every
-    channel stops taking requests until it drains.
-    """
-
-    def __init__(self, group: ChannelGroup) -> None:
-        self.group = group
-
-    def pauseProducing(self) -> None:
-        self.group.setReason(TRANSPORT, True)
-
-    def resumeProducing(self) -> None:
-        self.group.setReason(TRANSPORT, False)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class ShareConnection(ChannelServingMixin, SSHConnection):
     """
     The client C{ssh-connection} service of conchshare.
@@ -202,7 +182,7 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None and hasattr(tcp, "registerProducer"):
             try:
-                tcp.registerProducer(_TransportPressure(self.group), True)
+                tcp.registerProducer(GroupPressure(self.group, TRANSPORT), True)
             except RuntimeError:
                 pass  # someone else already watches the send buffer
 
@@ -367,6 +347,13 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
                     granted.socketDirectory = await self._makeRemoteDirectory("/tmp")
                 granted.socketPath = granted.socketDirectory + "/sftp.sock"
             else:
+                if not granted.socketPath.startswith("/"):
+                    # sshd would bind a relative path in its own working
+                    # directory (usually /), while our commands (the stale
+                    # socket's removal, the cleanup, mount's socat) run in
+                    # the remote home: take it from the home, for all.
+                    home = await self._remoteWorkingDirectory()
+                    granted.socketPath = home.rstrip("/") + "/" + granted.socketPath
                 # sshd leaves a stale socket behind; a new forward on the
                 # path fails until it is gone.
                 await self._runQuietly(
@@ -404,6 +391,23 @@ class ShareConnection(ChannelServingMixin, SSHConnection):
         self._routes[granted.routeKey()] = granted
         self.emit("forwarding", **granted.event())
         return granted
+
+    async def _remoteWorkingDirectory(self) -> str:
+        """
+        The directory the remote user's commands start in (the home).
+
+        @raise ForwardRefused: it could not be found.
+        """
+        status, out, err = await runRemote(self, b"pwd")
+        path = out.decode("utf-8", "surrogateescape")
+        path = path[:-1] if path.endswith("\n") else path
+        if status != 0 or not path.startswith("/"):
+            raise ForwardRefused(
+                "Could not find the home directory on the remote host for a relative socket path: "
+                + (err.decode("utf-8", "replace").strip() or f"exit status {status}")
+                + "."
+            )
+        return path
 
     async def _makeRemoteDirectory(self, parent: str | None = None) -> str:
         where = b'"${TMPDIR:-/tmp}"' if parent is None else quote(parent).encode()

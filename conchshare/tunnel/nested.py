@@ -34,10 +34,11 @@ from zope.interface import implementer
 
 from conchshare.errors import UsageError
 from conchshare.tunnel.channels import (
+    CARRIER,
     ChannelGroup,
     ChannelServingMixin,
-    ConnectionPressure,
     ForwardedChannel,
+    GroupPressure,
 )
 from conchshare.tunnel.fastpath import FastTransportMixin
 
@@ -148,11 +149,29 @@ class NestedSessionChannel(ForwardedChannel):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
 
-    def request_subsystem(self, data: bytes) -> int:
+    def request_subsystem(self, data: bytes) -> int | defer.Deferred[int]:
+        """
+        Start the SFTP server on this channel for C{subsystem "sftp"} (once);
+        refuse any other subsystem.  A request with bytes after the name is
+        malformed: as OpenSSH's sshd (C{session_subsystem_req}), the whole
+        nested connection ends, here with a protocol-error disconnect, and
+        the request gets no reply.
+
+        @return: 1 (started) or 0 (refused); for a malformed request a
+            L{Deferred} that never fires, so that no reply follows the
+            disconnect.
+        """
         try:
-            subsystem, _ = common.getNS(data)
+            subsystem, rest = common.getNS(data)
         except (ValueError, IndexError):
             return 0
+        if rest:
+            conn: Any = self.conn
+            conn.transport.sendDisconnect(
+                transport.DISCONNECT_PROTOCOL_ERROR,
+                b"Packet integrity error: trailing data in the subsystem request.",
+            )
+            return defer.Deferred()
         if subsystem != b"sftp" or self.protocol is not None:
             return 0
         user: Any = self.avatar
@@ -202,7 +221,7 @@ class NestedConnection(ChannelServingMixin, SSHConnection):
         carrier = getattr(self.transport, "transport", None)
         if isinstance(carrier, ForwardedChannel):
             carrier.carriesConnection()
-            carrier.registerProducer(ConnectionPressure(self.group), True)
+            carrier.registerProducer(GroupPressure(self.group, CARRIER), True)
 
     def channelAccepted(self, channel: Any) -> None:
         if isinstance(channel, ForwardedChannel):

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -511,6 +514,37 @@ print(json.dumps([line, status.returncode, status.stdout, process.returncode, er
         running.signal(signal.SIGTERM)
         self.assertEqual(running.wait(), 0)
         self.assertFalse(os.path.exists(path))
+
+    def test_remoteSocketRelative(self) -> None:
+        """
+        C{--remote-socket} with a relative path: the socket is made in the
+        remote home directory, where conchshare removes a stale socket
+        before and its own socket after (before, sshd bound it in its own
+        working directory, C{/}, while the stale socket was looked for in
+        the home); the forwarding event names the full path.
+        """
+        home = pwd.getpwnam(self.sshd.user).pw_dir
+        directory = tempfile.mkdtemp(prefix=".conchshare-test-", dir=home)
+        self.addCleanup(shutil.rmtree, directory, True)
+        relative = os.path.basename(directory) + "/sftp.sock"
+        path = os.path.join(home, relative)
+        with socket.socket(socket.AF_UNIX) as stale:
+            stale.bind(path)
+        running = self.share_("--mode", "raw", "--remote-socket", relative)
+        self.assertEqual(running.event("forwarding")["socket"], path)
+        result = subprocess.run(
+            ["sftp", "-b", "-", "-D", f"socat STDIO UNIX-CONNECT:{path}"],
+            input="ls /docs\n",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("hello.txt", result.stdout)
+        running.signal(signal.SIGTERM)
+        self.assertEqual(running.wait(), 0, running.stderr)
+        self.assertEqual(os.listdir(directory), [])
+        self.assertFalse(os.path.lexists("/" + relative))
 
     def test_verboseAuditTrail(self) -> None:
         """

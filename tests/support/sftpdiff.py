@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tests.support.processes import endProcess
 from tests.support.wire import s, u32, u64
 
 # Packet types and status codes (draft-ietf-secsh-filexfer-02).
@@ -155,20 +156,9 @@ class PipeServer:
 
     def close(self) -> None:
         """
-        Close its stdin and wait for it to exit.
+        Close its stdin and wait for it to exit (see L{endProcess}).
         """
-        try:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        assert self.process.stdout is not None
-        self.process.stdout.close()
+        endProcess(self.process)
         self._stderr.close()
 
 

@@ -10,17 +10,21 @@ import struct
 
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.transport import SSHCiphers
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from conchshare.errors import UsageError
 from conchshare.tunnel.nested import (
+    NestedConnection,
     NestedServerTransport,
     NestedSSHServer,
     _AnyUserKeyChecker,
+    _NestedUser,
     loadOrCreateHostKey,
     readAuthorizedKeys,
 )
@@ -137,3 +141,80 @@ class DisconnectLogTests(unittest.SynchronousTestCase):
             formatEvent(events[0]),
             "The nested SSH client disconnected with code 2: protocol error.",
         )
+
+
+class _Packets:
+    """
+    The unencrypted SSH packets a transport wrote to a L{StringTransport}
+    (before any key exchange, RFC 4253 6: no cipher, no MAC).
+    """
+
+    def __init__(self, wire: StringTransport) -> None:
+        self.wire = wire
+
+    def payloads(self) -> list[bytes]:
+        data = self.wire.value()
+        self.wire.clear()
+        found = []
+        while data:
+            length, padding = struct.unpack(">LB", data[:5])
+            found.append(data[5 : 4 + length - padding])
+            data = data[4 + length :]
+        return found
+
+
+class SubsystemRequestTests(unittest.SynchronousTestCase):
+    """
+    The C{subsystem} request of the nested server's session channels, fed
+    as the nested client's packets.
+    """
+
+    def setUp(self) -> None:
+        self.started: list[Protocol] = []
+
+        def sftpFactory() -> Protocol:
+            self.started.append(Protocol())
+            return self.started[-1]
+
+        server = NestedServerTransport()
+        server.transport = StringTransport()
+        server.currentEncryptions = SSHCiphers(b"none", b"none", b"none", b"none")
+        server.currentEncryptions.setKeys(b"", b"", b"", b"", b"", b"")
+        server.avatar = _NestedUser(sftpFactory)
+        self.server = server
+        self.conn = NestedConnection()
+        self.conn.transport = server
+        self.conn.serviceStarted()
+        self.conn.ssh_CHANNEL_OPEN(NS(b"session") + struct.pack(">3L", 7, 1 << 20, 32768))
+        self.packets = _Packets(server.transport)
+        self.packets.payloads()
+        self.local = self.conn.localChannelID - 1
+
+    def request(self, data: bytes) -> list[bytes]:
+        self.conn.ssh_CHANNEL_REQUEST(
+            struct.pack(">L", self.local) + NS(b"subsystem") + b"\x01" + data
+        )
+        return self.packets.payloads()
+
+    def test_sftp(self) -> None:
+        """
+        C{subsystem "sftp"} starts the SFTP server on the channel.
+        """
+        self.assertEqual(self.request(NS(b"sftp")), [bytes((99,)) + struct.pack(">L", 7)])
+        self.assertEqual(len(self.started), 1)
+        self.assertFalse(self.server.transport.disconnecting)
+
+    def test_trailingData(self) -> None:
+        """
+        Bytes after the subsystem name are a malformed request: as OpenSSH's
+        sshd (C{session_subsystem_req}: C{sshpkt_get_end} fails, the
+        connection ends), the nested server ends the connection, with a
+        protocol-error disconnect as the last packet the client gets; no
+        SFTP server starts and no reply to the request comes first.
+        """
+        payloads = self.request(NS(b"sftp") + b"junk")
+        self.assertEqual(self.started, [])
+        self.assertTrue(self.server.transport.disconnecting)
+        self.assertEqual(payloads[0][0], 1)  # MSG_DISCONNECT
+        self.assertEqual(struct.unpack(">L", payloads[0][1:5])[0], 2)  # PROTOCOL_ERROR
+        self.assertEqual(len(payloads), 1)

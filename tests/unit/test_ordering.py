@@ -35,7 +35,7 @@ from conchshare.sftp import wire
 from conchshare.sftp.avatar import ShareSFTPServer
 from conchshare.sftp.core import SFTPServerCore
 from conchshare.sftp.engine import OrderedEngine
-from conchshare.sftp.ordering import Job, KeyOrder
+from conchshare.sftp.ordering import Batch, Job, KeyOrder
 from conchshare.sftp.workers import Workers
 from conchshare.shares import ShareSet
 from tests.support import CHECKOUT
@@ -696,6 +696,38 @@ class KeyOrderTests(SynchronousTestCase):
         self.assertEqual(order.finish(first), [stat])
         self.assertEqual(order.finish(stat), [last])
         self.assertEqual(order.joining(last), [last])
+
+    def test_waitingCounted(self) -> None:
+        """
+        L{KeyOrder.waiting} is the number of calls taken in and not yet
+        started, whether they start when others finish or join a batch;
+        when it is zero no call can join another (the engine does not ask
+        L{KeyOrder.joining}).
+        """
+
+        class All(Batch):
+            def accepts(self, jobs: list[Job], job: Job) -> bool:
+                return True
+
+        batch = All()
+        order = KeyOrder()
+        blocker = _job((b"G",), False)
+        writes = [Job((b"G", b"h"), False, lambda: None, (), batch) for _ in range(3)]
+        stat = _job((b"G",), True)
+        self.assertEqual(order.waiting, 0)
+        self.assertTrue(order.add(blocker))
+        self.assertEqual(order.waiting, 0)
+        for job in [*writes, stat]:
+            order.add(job)
+        self.assertEqual(order.waiting, 4)
+        [first] = order.finish(blocker)
+        self.assertEqual(order.waiting, 3)
+        self.assertEqual(order.joining(first), writes)
+        self.assertEqual(order.waiting, 1)
+        self.assertEqual(order.finish(first), [stat])
+        self.assertEqual(order.waiting, 0)
+        self.assertEqual(order.finish(stat), [])
+        self.assertEqual((order.waiting, len(order)), (0, 0))
 
 
 class ConnectionsTests(SynchronousTestCase):

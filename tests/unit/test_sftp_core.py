@@ -15,6 +15,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from twisted.conch.interfaces import ISFTPFile, ISFTPServer
 from twisted.conch.ssh.filetransfer import SFTPError
@@ -26,6 +27,7 @@ from zope.interface.verify import verifyObject
 from conchshare.sftp import wire
 from conchshare.sftp.budget import HandleBudget, budgetFor
 from conchshare.sftp.core import SFTPServerCore
+from conchshare.sftp.engine import Delivery
 from conchshare.sftp.extensions import EXTENSIONS
 from conchshare.sftp.interfaces import IShareDirectory, IShareSFTPServer
 from tests.support.harness import Harness
@@ -974,6 +976,77 @@ class ConcurrencyTests(SynchronousTestCase):
         core.dataReceived(b"".join(request(16, rid, s(b"/x")) for rid in (1, 2, 3)))
         self.assertEqual(len(writes), 2)
         self.assertEqual(writes[1], [name1(1, b"/x"), name1(2, b"/x"), name1(3, b"/x")])
+
+    def delivered(self, core: SFTPServerCore, gate: Deferred[None], single: bool) -> int:
+        """
+        Fire C{gate} (the avatar's answers) as an engine delivers a batch
+        of results through C{core}'s L{Delivery}: what the callbacks defer
+        runs once all are fired.
+
+        @param single: the batch is of one result.
+        @return: how many calls the core deferred to the end of the batch.
+        """
+        delivery = core._delivery
+        after: list[Callable[[], object]] = []
+        delivery.after, delivery.single = after, single
+        try:
+            gate.callback(None)
+        finally:
+            delivery.after, delivery.single = None, False
+        for call in after:
+            call()
+        return len(after)
+
+    def deliveryCore(self, maxInFlight: int = 64) -> tuple[SFTPServerCore, list[list[bytes]]]:
+        writes: list[list[bytes]] = []
+        core = SFTPServerCore(
+            FakeSFTPServer(),
+            lambda data: writes.append([data]),
+            writeSequence=lambda pieces: writes.append(list(pieces)),
+            delivery=Delivery(),
+            maxInFlight=maxInFlight,
+        )
+        core.dataReceived(INIT)
+        return core, writes
+
+    def test_repliesOfOneDeliveryWrittenTogether(self) -> None:
+        """
+        The replies made while the engine delivers a batch of results go
+        out in one write, at the end of the batch.
+        """
+        core, writes = self.deliveryCore()
+        gate: Deferred[None] = Deferred()
+        cast(FakeSFTPServer, core.avatar).gates["realPath"] = gate
+        core.dataReceived(b"".join(request(16, rid, s(b"/x")) for rid in (1, 2)))
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(self.delivered(core, gate, single=False), 1)
+        self.assertEqual(writes[1:], [[name1(1, b"/x"), name1(2, b"/x")]])
+
+    def test_singleDeliveryWrittenByItsCallback(self) -> None:
+        """
+        The one result of a batch: its reply is written by its callback
+        (nothing deferred to the end of the batch), in one write with the
+        replies of the requests its answer let through.
+        """
+        core, writes = self.deliveryCore()
+        gate: Deferred[None] = Deferred()
+        cast(FakeSFTPServer, core.avatar).gates["realPath"] = gate
+        core.dataReceived(request(16, 1, s(b"/x")))
+        self.assertEqual(self.delivered(core, gate, single=True), 0)
+        self.assertEqual(writes[1:], [[name1(1, b"/x")]])
+
+        core, writes = self.deliveryCore(maxInFlight=1)
+        gate = Deferred()
+        avatar = cast(FakeSFTPServer, core.avatar)
+        avatar.gates["realPath"] = gate
+        core.dataReceived(b"".join(request(16, rid, s(b"/x")) for rid in (1, 2)))
+        self.assertEqual(core.inFlight, 1)
+        del avatar.gates["realPath"]
+        # Answering it dispatches the request held back: the write waits
+        # for the end of the batch (the calls it hands over are woken
+        # first), as for a batch of several.
+        self.assertEqual(self.delivered(core, gate, single=True), 1)
+        self.assertEqual(writes[1:], [[name1(1, b"/x"), name1(2, b"/x")]])
 
     def test_backpressure(self) -> None:
         """

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -205,6 +206,31 @@ class WorkersTests(TestCase):
         d.addCallback(lambda _: workers.run([b"k"], lambda: None))
         d.addCallback(lambda _: check())
         return waiter
+
+    def test_singleDelivery(self) -> Deferred[Any]:
+        """
+        While L{Workers} delivers a batch of one result, its L{Delivery}
+        says so (the callback may write its reply itself); outside a
+        delivery it has no batch.
+        """
+        workers = self.workers()
+        seen: list[tuple[bool, bool]] = []
+
+        def delivered(result: object) -> None:
+            seen.append((workers.delivery.after is not None, workers.delivery.single))
+
+        d = workers.run([b"k"], lambda: None)
+        d.addCallback(delivered)
+        self.assertEqual((workers.delivery.after, workers.delivery.single), (None, False))
+
+        def check() -> None:
+            self.assertEqual(seen, [(True, True)])
+            self.assertEqual((workers.delivery.after, workers.delivery.single), (None, False))
+
+        from twisted.internet import reactor
+
+        # Checked on the reactor's next turn, after the delivery.
+        return d.addCallback(lambda _: deferLater(reactor, 0, check))
 
     def test_waitBriefly(self) -> Deferred[Any]:
         """
