@@ -293,6 +293,32 @@ class RingTests(SynchronousTestCase):
         self.assertEqual(len(self.ring), 0)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
+    def test_watchedWhileInFlight(self) -> None:
+        """
+        L{Ring.watch} is called when an operation is submitted while none
+        was in flight, L{Ring.unwatch} when the last one is delivered, and
+        on a close with operations in flight: once each, not per
+        operation.
+        """
+        source = os.path.join(self.directory, "source")
+        writeFile(source, b"")
+        original = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, original)
+        told: list[str] = []
+        self.ring.watch = lambda: told.append("watch")
+        self.ring.unwatch = lambda: told.append("unwatch")
+        results: list[int] = []
+        for _ in range(2):
+            self.assertTrue(self.ring.closeFile(os.dup(original), results.append))
+        self.assertEqual(told, ["watch"])
+        delivered(self, self.ring, results, 2)
+        self.assertEqual(told, ["watch", "unwatch"])
+        self.ring.reap()
+        self.assertEqual(told, ["watch", "unwatch"])
+        self.assertTrue(self.ring.write(original, b"x", 0, results.append))
+        self.ring.close()
+        self.assertEqual(told, ["watch", "unwatch", "watch", "unwatch"])
+
     def test_closed(self) -> None:
         """
         A closed ring is full and takes no operation; closing it again does
